@@ -1,0 +1,5 @@
+"""``python -m imageclf`` (and ``torchrun -m imageclf train ...``)."""
+
+from .cli import main
+
+main()

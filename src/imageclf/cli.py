@@ -1,0 +1,254 @@
+"""The ``imageclf`` command line: parse, call one library function, print.
+
+Errors meant for the user become one line on stderr and exit code 2 (bad input)
+or 1 (failure); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import ImageclfError, UserInputError
+
+log = logging.getLogger("imageclf")
+
+
+# ---------------------------------------------------------------- logging
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not tear through progress bars."""
+
+    def __init__(self, json_lines: bool) -> None:
+        super().__init__()
+        self.json_lines = json_lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        if self.json_lines:
+            text = json.dumps(
+                {"time": round(record.created, 3), "level": record.levelname.lower(),
+                 "logger": record.name, "message": record.getMessage()}
+            )
+        else:
+            text = record.getMessage()
+        tqdm.write(text, file=sys.stdout)
+
+
+def _configure_logging(quiet: bool, log_format: str) -> None:
+    root = logging.getLogger("imageclf")
+    root.handlers[:] = [_TqdmHandler(log_format == "json")]
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.propagate = False
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="imageclf")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="json: one JSON object per log line, for machines.",
+)
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool, log_format: str) -> None:
+    """Train, evaluate, explain and serve small-image CNN classifiers."""
+    ctx.obj = {"progress": not quiet and log_format == "text"}
+    _configure_logging(quiet, log_format)
+
+
+# ---------------------------------------------------------------- data
+@cli.group()
+def data() -> None:
+    """Download and inspect datasets."""
+
+
+@data.command("download")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Where to save it (default: ~/.cache/imageclf).")
+@click.pass_context
+def data_download(ctx: click.Context, directory: Path | None) -> None:
+    """Download the official CIFAR-10 python archive (md5-verified)."""
+    from .data.download import CIFAR10_FILENAME, download
+    from .paths import default_cifar10_path
+
+    dest = directory / CIFAR10_FILENAME if directory else default_cifar10_path()
+    path = download(dest, progress=ctx.obj["progress"])
+    click.echo(f"CIFAR-10 ready: {path}")
+
+
+@data.command("info")
+@click.argument("path", required=False)
+@click.pass_context
+def data_info(ctx: click.Context, path: str | None) -> None:
+    """Decode (or load from cache) a dataset and print its classes and sizes."""
+    from .data import TEST, TRAIN, load_dataset
+
+    ds = load_dataset(path, progress=ctx.obj["progress"])
+    click.echo(f"source: {ds.source}\nimages: {len(ds)} at {ds.image_size}x{ds.image_size}")
+    train, test = ds.counts(TRAIN), ds.counts(TEST)
+    click.echo(f"{'class':<16}{'train':>8}{'test':>8}")
+    for name in ds.classes:
+        click.echo(f"{name:<16}{train[name]:>8}{test[name]:>8}")
+
+
+# ---------------------------------------------------------------- train
+def _parse_set(values: tuple[str, ...]) -> dict:
+    overrides = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UserInputError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key.replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key.replace("-", "_")] = raw
+    return overrides
+
+
+@cli.command()
+@click.option("--recipe", default="fast", show_default=True,
+              help="fast, seed-a, seed-b or seed-d.")
+@click.option("--data", "data_path", default=None,
+              help="Dataset: CIFAR-10 python archive/folder or an image folder/archive "
+                   "(default: the official CIFAR-10 download).")
+@click.option("--split", type=click.Choice(["auto", "official", "70-15-15"]), default=None,
+              help="auto: official when the data has a test set, else 70-15-15.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=None)
+@click.option("--schedule", type=click.Choice(["constant", "plateau", "warmup-linear"]),
+              default=None)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1), default=None)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None)
+@click.option("--early-stopping", type=click.IntRange(min=0), default=None,
+              help="Patience in epochs on val_loss (0 turns it off).")
+@click.option("--subset", type=click.IntRange(min=1), default=None,
+              help="Train on the first N (stratified) training images only.")
+@click.option("--val-size", type=click.IntRange(min=0), default=None,
+              help="Official split: images held out of train for validation (default 5000).")
+@click.option("--device", default=None, help="auto, cpu or cuda.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run folder (default runs/<recipe>-<timestamp>).")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Continue the interrupted run in this folder.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any recipe field, e.g. --set arch_kwargs='{\"widths\":[64,128,256]}'.")
+@click.pass_context
+def train(ctx: click.Context, recipe: str, data_path, resume, sets, early_stopping, **options):
+    """Train a model and write a run folder with checkpoints and a model bundle."""
+    from . import recipes
+    from .train import train as run_training
+
+    progress = ctx.obj["progress"]
+    if resume:
+        cfg = None
+    else:
+        overrides = {**options, "data": data_path, **_parse_set(sets)}
+        if early_stopping is not None:
+            overrides["early_stopping"] = early_stopping or None
+        if "augment" in overrides and isinstance(overrides["augment"], dict):
+            from .data.augment import AugmentConfig
+
+            overrides["augment"] = AugmentConfig(**overrides["augment"])
+        try:
+            cfg = recipes.resolve(recipe, **overrides)
+        except TypeError as exc:
+            raise UserInputError(f"bad --set: {exc}") from None
+    if cfg is None:
+        from .recipes import TrainConfig
+
+        cfg = TrainConfig()  # replaced by the checkpoint's own config
+    result = run_training(cfg, progress=progress, resume=resume)
+    if result is None:
+        return  # a non-zero DDP rank: rank 0 reports
+    m = result.metrics
+    parts = []
+    if "test" in m:
+        parts.append(f"test accuracy {m['test']['accuracy']:.4f} (loss {m['test']['loss']:.4f})")
+    if "test_tta" in m:
+        parts.append(f"with TTA {m['test_tta']['accuracy']:.4f}")
+    if "val" in m and "test" not in m:
+        parts.append(f"val accuracy {m['val']['accuracy']:.4f}")
+    click.echo(f"done in {result.seconds:.1f}s: {', '.join(parts)}")
+    click.echo(f"model: {result.bundle_path}")
+
+
+# ---------------------------------------------------------------- info
+def _format_metrics(metrics: dict) -> list[str]:
+    lines = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in value.items())
+            lines.append(f"  {key:<14}{inner}")
+        else:
+            lines.append(f"  {key:<14}{value}")
+    return lines
+
+
+@cli.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw metadata as JSON.")
+def info(model: str | None, as_json: bool) -> None:
+    """Show what a model bundle contains (default: the bundled model)."""
+    from .bundle import load_bundle
+    from .predict import default_model_path
+
+    path = Path(model) if model else default_model_path()
+    bundle = load_bundle(path)
+    meta = bundle.metadata
+    if as_json:
+        click.echo(json.dumps(meta, indent=2))
+        return
+    params = sum(t.numel() for k, t in bundle.state_dict.items() if "running" not in k)
+    lines = [
+        f"model        {path} ({path.stat().st_size / 1e6:.1f} MB, {params:,} numbers)",
+        f"name         {bundle.name}",
+        f"architecture {meta['architecture']} {json.dumps(meta['arch_kwargs'])}",
+        f"input        {meta['input_size']}x{meta['input_size']} RGB, "
+        f"mean {meta['normalization']['mean']}, std {meta['normalization']['std']}",
+        f"classes      {len(meta['classes'])}: {', '.join(meta['classes'])}",
+    ]
+    if "data" in meta:
+        lines.append(f"data         {meta['data'].get('source')} "
+                     f"(fingerprint {meta['data'].get('fingerprint')})")
+    if "split" in meta:
+        s = meta["split"]
+        lines.append(f"split        {s['name']} seed {s['seed']} {s['sizes']}")
+    if "recipe" in meta:
+        cfg = meta.get("config", {})
+        lines.append(f"recipe       {meta['recipe']}: {cfg.get('epochs')} epochs, batch "
+                     f"{cfg.get('batch_size')}, {cfg.get('optimizer')} lr {cfg.get('lr')}")
+    if "metrics" in meta:
+        lines.append("metrics")
+        lines += _format_metrics(meta["metrics"])
+    lines.append(f"created      {meta.get('created')}")
+    lines.append("versions     " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()))
+    click.echo("\n".join(lines))
+
+
+# ---------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = cli.main(args=argv, prog_name="imageclf", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("imageclf: interrupted", err=True)
+        sys.exit(130)
+    except ImageclfError as exc:
+        click.echo(f"imageclf: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,48 @@
+"""Datasets: official CIFAR-10, image folders and archives, cached, split, batched."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import DataError
+from ..paths import cache_dir, default_cifar10_path
+from . import cache
+from .dataset import TEST, TRAIN, Dataset
+from .download import download
+from .readers import read_source
+from .splits import SPLITS, Split, make_split
+
+__all__ = ["SPLITS", "TEST", "TRAIN", "Dataset", "Split", "download", "load_dataset", "make_split"]
+
+
+def load_dataset(
+    path: str | os.PathLike | None = None,
+    *,
+    image_size: int = 32,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> Dataset:
+    """Load a dataset into memory, decoding it only the first time.
+
+    ``path=None`` means the official CIFAR-10 archive, downloaded on first use.
+    """
+    if path is None:
+        path = default_cifar10_path()
+        if not path.exists():
+            download(path, progress=progress)
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"dataset not found: {path}")
+    key = cache.fingerprint(path, image_size)
+    if use_cache:
+        cached = cache.load_cached(cache_dir(), key, str(path))
+        if cached is not None:
+            return cached
+    dataset = read_source(path, image_size, key, progress=progress)
+    if use_cache:
+        try:
+            cache.store(cache_dir(), dataset)
+        except OSError:
+            pass  # a read-only or full cache folder only costs speed next time
+    return dataset

@@ -1,0 +1,106 @@
+"""Batched augmentation on tensors: whole batches at once, no per-image Python work.
+
+Inputs are float NCHW batches (already normalised); every random choice comes
+from an explicit ``torch.Generator`` so a run replays exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+FLIP_MODES = ("none", "random", "alternate")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    flip: str = "none"  # "random": p=0.5; "alternate": airbench's epoch-alternating flip
+    translate: int = 0  # pixels: reflect-pad then random crop back to size
+    cutout: int = 0  # side of a random square set to 0 (the normalised mean)
+    rotate: float = 0.0  # degrees, uniform in [-rotate, rotate] (Keras rotation_range)
+    shift: float = 0.0  # fraction of the side (Keras width/height_shift_range)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def active(self) -> bool:
+        return self != AugmentConfig()
+
+
+def flip_mask(indices: torch.Tensor, epoch: int, mode: str, gen: torch.Generator, seed: int):
+    """Which images of the batch to mirror.
+
+    "alternate" flips a fixed random half of the dataset on even epochs and the
+    other half on odd ones, so over any two epochs every image is seen both ways
+    (less redundancy than independent coin flips; airbench, arXiv 2404.00498).
+    """
+    if mode == "random":
+        return torch.rand(len(indices), generator=gen) < 0.5
+    if mode == "alternate":
+        # A cheap integer hash of (seed, index) gives each image its fixed parity.
+        h = (indices.to(torch.int64) * 2654435761 + seed * 97531) % 4294967296
+        return ((h >> 7) % 2).bool() ^ bool(epoch % 2)
+    return torch.zeros(len(indices), dtype=torch.bool)
+
+
+def apply_flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask[:, None, None, None], x.flip(-1), x)
+
+
+def translate(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Random crops of a reflect-padded batch, gathered with one index operation."""
+    n, _c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # n,1,h,1
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]  # n,1,1,w
+    batch = torch.arange(n)[:, None, None, None]
+    chans = torch.arange(x.shape[1])[None, :, None, None]
+    return padded[batch, chans, rows, cols].contiguous(memory_format=torch.channels_last)
+
+
+def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    n, _c, h, w = x.shape
+    cy = torch.randint(0, h, (n,), generator=gen)[:, None, None]
+    cx = torch.randint(0, w, (n,), generator=gen)[:, None, None]
+    ys = torch.arange(h)[None, :, None]
+    xs = torch.arange(w)[None, None, :]
+    half = size // 2
+    inside = (ys >= cy - half) & (ys < cy - half + size) & (xs >= cx - half) & (xs < cx - half + size)
+    return x.masked_fill(inside[:, None], 0.0)
+
+
+def affine(x: torch.Tensor, degrees: float, shift: float, gen: torch.Generator) -> torch.Tensor:
+    """Random rotation and shift, edges filled by repeating border pixels (Keras "nearest")."""
+    n = x.shape[0]
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(degrees)
+    tx = (torch.rand(n, generator=gen) * 2 - 1) * shift * 2  # grid units span [-1, 1]
+    ty = (torch.rand(n, generator=gen) * 2 - 1) * shift * 2
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def augment_batch(
+    x: torch.Tensor,
+    indices: torch.Tensor,
+    epoch: int,
+    cfg: AugmentConfig,
+    gen: torch.Generator,
+    seed: int = 0,
+) -> torch.Tensor:
+    if cfg.flip != "none":
+        x = apply_flip(x, flip_mask(indices, epoch, cfg.flip, gen, seed))
+    if cfg.rotate or cfg.shift:
+        x = affine(x, cfg.rotate, cfg.shift, gen)
+    if cfg.translate:
+        x = translate(x, cfg.translate, gen)
+    if cfg.cutout:
+        x = cutout(x, cfg.cutout, gen)
+    return x

@@ -1,0 +1,51 @@
+"""Exceptions whose messages are written for the person at the keyboard.
+
+The CLI prints ``str(error)`` as one line and exits with ``exit_code``; the web
+app maps ``http_status`` to its response. Anything else escaping is a bug.
+"""
+
+from __future__ import annotations
+
+
+class ImageclfError(Exception):
+    """A failure explained to the user (exit code 1)."""
+
+    exit_code = 1
+    http_status = 500
+
+
+class UserInputError(ImageclfError):
+    """The user gave us something we cannot use (exit code 2, HTTP 400)."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class DataError(UserInputError):
+    """A dataset is missing, malformed, or fails its checksum."""
+
+
+class BundleError(UserInputError):
+    """A model file is missing, truncated, tampered with, or not ours."""
+
+
+class ImageError(UserInputError):
+    """One image cannot be used; ``http_status`` says why in HTTP terms."""
+
+
+class InvalidImageError(ImageError):
+    """Bytes that are not a decodable image (truncated, corrupt, random)."""
+
+    http_status = 400
+
+
+class UnsupportedFormatError(ImageError):
+    """A real file in a format outside the allowlist (PDF, SVG, TIFF...)."""
+
+    http_status = 415
+
+
+class ImageTooLargeError(ImageError):
+    """Dimensions beyond our pixel or aspect-ratio policy (decompression bombs)."""
+
+    http_status = 422

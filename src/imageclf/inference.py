@@ -1,0 +1,59 @@
+"""Batched forward passes with optional test-time augmentation: the one prediction
+path shared by training-time evaluation, ``Predictor`` and the reports."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.loader import Normalizer
+from .device import autocast
+
+
+def _views(x: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
+    """Mirror + 1-pixel translations (airbench's TTA): the original pair carries half
+    the weight, the two diagonal shifts a quarter each."""
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    h, w = x.shape[-2:]
+    shifted = [padded[..., 0:h, 0:w], padded[..., 2 : h + 2, 2 : w + 2]]
+    views = [(0.25, x), (0.25, x.flip(-1))]
+    for s in shifted:
+        views += [(0.125, s), (0.125, s.flip(-1))]
+    return views
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    images_u8: torch.Tensor,
+    normalizer: Normalizer,
+    *,
+    batch_size: int = 500,
+    tta: bool = False,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """uint8 NHWC images -> float32 logits (N, classes); TTA averages log-probabilities."""
+    model.eval()
+    device = torch.device(device)
+    outputs = []
+    for start in range(0, len(images_u8), batch_size):
+        x = normalizer(images_u8[start : start + batch_size], device)
+        with autocast(device, amp_dtype):
+            if tta:
+                out = sum(wt * F.log_softmax(model(v).float(), -1) for wt, v in _views(x))
+            else:
+                out = model(x).float()
+        outputs.append(out.float().cpu())
+    if not outputs:
+        return torch.empty(0, 0)
+    return torch.cat(outputs)
+
+
+def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    if len(labels) == 0:
+        return {"loss": float("nan"), "accuracy": float("nan")}
+    loss = F.cross_entropy(logits, labels).item()
+    accuracy = (logits.argmax(1) == labels).double().mean().item()
+    return {"loss": loss, "accuracy": accuracy}

@@ -1,0 +1,6 @@
+"""Model architectures by name: the seed CNNs and the fast net."""
+
+from . import fast, seeds  # noqa: F401  (registers the architectures)
+from .registry import build, names, register
+
+__all__ = ["build", "names", "register"]
