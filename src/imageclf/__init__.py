@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from .predict import Predictor  # noqa: E402
+from .predict import Predictor
 
 __all__ = ["Predictor", "__version__"]

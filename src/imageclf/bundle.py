@@ -61,7 +61,7 @@ def _digest(metadata_json: str, tensors: dict[str, torch.Tensor]) -> str:
     for key in sorted(tensors):
         t = tensors[key].contiguous()
         h.update(f"|{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -106,7 +106,9 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     if header.get("format") != FORMAT or "imageclf" not in header:
         raise BundleError(f"{path} is a safetensors file but not an imageclf model bundle")
     if header.get("digest") != _digest(header["imageclf"], tensors):
-        raise BundleError(f"{path} is corrupt or was modified after it was written (digest mismatch)")
+        raise BundleError(
+            f"{path} is corrupt or was modified after it was written (digest mismatch)"
+        )
     try:
         metadata = json.loads(header["imageclf"])
     except json.JSONDecodeError:
@@ -132,5 +134,7 @@ def build_model(bundle: Bundle) -> torch.nn.Module:
         model.load_state_dict(bundle.state_dict, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
-        raise BundleError(f"model weights do not match architecture {meta['architecture']}: {first}")
+        raise BundleError(
+            f"model weights do not match architecture {meta['architecture']}: {first}"
+        ) from None
     return model.eval()

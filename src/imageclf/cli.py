@@ -32,8 +32,12 @@ class _TqdmHandler(logging.Handler):
 
         if self.json_lines:
             text = json.dumps(
-                {"time": round(record.created, 3), "level": record.levelname.lower(),
-                 "logger": record.name, "message": record.getMessage()}
+                {
+                    "time": round(record.created, 3),
+                    "level": record.levelname.lower(),
+                    "logger": record.name,
+                    "message": record.getMessage(),
+                }
             )
         else:
             text = record.getMessage()
@@ -51,7 +55,10 @@ def _configure_logging(quiet: bool, log_format: str) -> None:
 @click.version_option(__version__, prog_name="imageclf")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
 @click.option(
-    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
     help="json: one JSON object per log line, for machines.",
 )
 @click.pass_context
@@ -68,8 +75,13 @@ def data() -> None:
 
 
 @data.command("download")
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="Where to save it (default: ~/.cache/imageclf).")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to save it (default: ~/.cache/imageclf).",
+)
 @click.pass_context
 def data_download(ctx: click.Context, directory: Path | None) -> None:
     """Download the official CIFAR-10 python archive (md5-verified)."""
@@ -111,37 +123,70 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 
 
 @cli.command()
-@click.option("--recipe", default="fast", show_default=True,
-              help="fast, seed-a, seed-b or seed-d.")
-@click.option("--data", "data_path", default=None,
-              help="Dataset: CIFAR-10 python archive/folder or an image folder/archive "
-                   "(default: the official CIFAR-10 download).")
-@click.option("--split", type=click.Choice(["auto", "official", "70-15-15"]), default=None,
-              help="auto: official when the data has a test set, else 70-15-15.")
+@click.option("--recipe", default="fast", show_default=True, help="fast, seed-a, seed-b or seed-d.")
+@click.option(
+    "--data",
+    "data_path",
+    default=None,
+    help="Dataset: CIFAR-10 python archive/folder or an image folder/archive "
+    "(default: the official CIFAR-10 download).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["auto", "official", "70-15-15"]),
+    default=None,
+    help="auto: official when the data has a test set, else 70-15-15.",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=None)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=None)
-@click.option("--schedule", type=click.Choice(["constant", "plateau", "warmup-linear"]),
-              default=None)
+@click.option(
+    "--schedule", type=click.Choice(["constant", "plateau", "warmup-linear"]), default=None
+)
 @click.option("--label-smoothing", type=click.FloatRange(0, 1), default=None)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=None)
-@click.option("--early-stopping", type=click.IntRange(min=0), default=None,
-              help="Patience in epochs on val_loss (0 turns it off).")
-@click.option("--subset", type=click.IntRange(min=1), default=None,
-              help="Train on the first N (stratified) training images only.")
-@click.option("--val-size", type=click.IntRange(min=0), default=None,
-              help="Official split: images held out of train for validation (default 5000).")
+@click.option(
+    "--early-stopping",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Patience in epochs on val_loss (0 turns it off).",
+)
+@click.option(
+    "--subset",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train on the first N (stratified) training images only.",
+)
+@click.option(
+    "--val-size",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Official split: images held out of train for validation (default 5000).",
+)
 @click.option("--device", default=None, help="auto, cpu or cuda.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--seed", type=int, default=None)
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run folder (default runs/<recipe>-<timestamp>).")
-@click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Continue the interrupted run in this folder.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override any recipe field, e.g. --set arch_kwargs='{\"widths\":[64,128,256]}'.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run folder (default runs/<recipe>-<timestamp>).",
+)
+@click.option(
+    "--resume",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Continue the interrupted run in this folder.",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override any recipe field, e.g. --set arch_kwargs='{\"widths\":[64,128,256]}'.",
+)
 @click.pass_context
 def train(ctx: click.Context, recipe: str, data_path, resume, sets, early_stopping, **options):
     """Train a model and write a run folder with checkpoints and a model bundle."""
@@ -187,8 +232,9 @@ def _format_metrics(metrics: dict) -> list[str]:
     lines = []
     for key, value in metrics.items():
         if isinstance(value, dict):
-            inner = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                              for k, v in value.items())
+            inner = ", ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items()
+            )
             lines.append(f"  {key:<14}{inner}")
         else:
             lines.append(f"  {key:<14}{value}")
@@ -219,21 +265,56 @@ def info(model: str | None, as_json: bool) -> None:
         f"classes      {len(meta['classes'])}: {', '.join(meta['classes'])}",
     ]
     if "data" in meta:
-        lines.append(f"data         {meta['data'].get('source')} "
-                     f"(fingerprint {meta['data'].get('fingerprint')})")
+        lines.append(
+            f"data         {meta['data'].get('source')} "
+            f"(fingerprint {meta['data'].get('fingerprint')})"
+        )
     if "split" in meta:
         s = meta["split"]
         lines.append(f"split        {s['name']} seed {s['seed']} {s['sizes']}")
     if "recipe" in meta:
         cfg = meta.get("config", {})
-        lines.append(f"recipe       {meta['recipe']}: {cfg.get('epochs')} epochs, batch "
-                     f"{cfg.get('batch_size')}, {cfg.get('optimizer')} lr {cfg.get('lr')}")
+        lines.append(
+            f"recipe       {meta['recipe']}: {cfg.get('epochs')} epochs, batch "
+            f"{cfg.get('batch_size')}, {cfg.get('optimizer')} lr {cfg.get('lr')}"
+        )
     if "metrics" in meta:
         lines.append("metrics")
         lines += _format_metrics(meta["metrics"])
     lines.append(f"created      {meta.get('created')}")
-    lines.append("versions     " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()))
+    lines.append(
+        "versions     " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
+    )
     click.echo("\n".join(lines))
+
+
+# ---------------------------------------------------------------- serve
+@cli.command()
+@click.option(
+    "--model",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Model bundle (default: the bundled model).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on (0.0.0.0 for every interface).",
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="gunicorn worker processes (default: one per core).",
+)
+@click.option("--debug", is_flag=True, help="Flask's development server with reloading.")
+def serve(model: str | None, host: str, port: int, workers: int | None, debug: bool) -> None:
+    """Serve the upload page and the JSON API (gunicorn)."""
+    from .web.server import serve as run_server
+
+    run_server(model, host=host, port=port, workers=workers, debug=debug)
 
 
 # ---------------------------------------------------------------- entry point

@@ -66,8 +66,12 @@ class Predictor:
     def predict_proba(self, batch_u8: np.ndarray, *, tta: bool = False) -> np.ndarray:
         """Probabilities (N, classes) for already-preprocessed uint8 images."""
         logits = predict_logits(
-            self.model, torch.from_numpy(np.ascontiguousarray(batch_u8)), self.normalizer,
-            tta=tta, device=self.device, amp_dtype=self.amp_dtype,
+            self.model,
+            torch.from_numpy(np.ascontiguousarray(batch_u8)),
+            self.normalizer,
+            tta=tta,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
         )
         return torch.softmax(logits, dim=1).numpy()
 

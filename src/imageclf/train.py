@@ -106,7 +106,9 @@ def schedule_multiplier(cfg: TrainConfig, step: int, total_steps: int) -> float:
         return max(0.0, (total_steps - step) / max(1, total_steps - peak))
     if cfg.schedule in ("constant", "plateau"):
         return 1.0
-    raise UserInputError(f"unknown schedule {cfg.schedule!r}; choose constant, plateau, warmup-linear")
+    raise UserInputError(
+        f"unknown schedule {cfg.schedule!r}; choose constant, plateau, warmup-linear"
+    )
 
 
 @torch.no_grad()
@@ -177,6 +179,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
         torch.cuda.set_device(device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    elif ctx.world > 1 and device.type == "cpu":
+        # N processes on one machine would each grab every core: share them out instead.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     amp_dtype = resolve_precision(device, cfg.precision)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     show = progress and ctx.is_main
@@ -253,7 +259,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
 
     def evaluate(x, y, tta=False):
         logits = predict_logits(
-            model, x, normalizer, batch_size=cfg.eval_batch_size, tta=tta, device=device,
+            model,
+            x,
+            normalizer,
+            batch_size=cfg.eval_batch_size,
+            tta=tta,
+            device=device,
             amp_dtype=amp_dtype,
         )
         return evaluate_logits(logits, y)
@@ -271,8 +282,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
         correct = torch.zeros((), dtype=torch.int64)
         seen = 0
         bar = tqdm(
-            total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-            disable=not show, unit="step", dynamic_ncols=True,
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            leave=False,
+            disable=not show,
+            unit="step",
+            dynamic_ncols=True,
         )
         for step_in_epoch, idx in enumerate(
             batch_indices(len(x_train), cfg.batch_size, shuffle=True, gen=gen)
@@ -289,7 +304,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
                 loss_each = F.cross_entropy(
                     logits.float(), y, label_smoothing=cfg.label_smoothing, reduction="none"
                 )
-                loss = loss_each.sum() * ctx.world if cfg.loss_reduction == "sum" else loss_each.mean()
+                loss = (
+                    loss_each.sum() * ctx.world if cfg.loss_reduction == "sum" else loss_each.mean()
+                )
                 penalty = getattr(model, "l2_penalty", lambda: None)()
                 if penalty is not None:
                     loss = loss + penalty
@@ -301,7 +318,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
             if lookahead is not None and state["step"] % LOOKAHEAD_EVERY == 0:
                 # Lookahead: pull weights toward a slow average; the decay ramps up late in
                 # training so the final weights are a smoothed average (airbench).
-                _lookahead_sync(lookahead, model, 0.95**LOOKAHEAD_EVERY * (state["step"] / total_steps) ** 3)
+                _lookahead_sync(
+                    lookahead, model, 0.95**LOOKAHEAD_EVERY * (state["step"] / total_steps) ** 3
+                )
             with torch.no_grad():
                 loss_sum += loss_each.detach().double().sum().cpu()
                 correct += (logits.argmax(1) == y).sum().cpu()
@@ -314,13 +333,23 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
                 )
             bar.update(1)
         bar.close()
+        if ctx.world > 1:  # every process saw its share of each batch: report the whole epoch
+            totals = torch.tensor([loss_sum.item(), float(correct.item()), float(seen)])
+            dist.all_reduce(totals)
+            loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
         if not math.isfinite(loss_sum.item()):
             raise UserInputError(
                 f"training diverged in epoch {epoch + 1} (loss is not finite); try a lower --lr"
             )
 
-        val = evaluate(x_val, y_val) if len(x_val) else {"loss": float("nan"), "accuracy": float("nan")}
-        lr_now = cfg.lr * schedule_multiplier(cfg, state["step"] - 1, total_steps) * state["lr_factor"]
+        val = (
+            evaluate(x_val, y_val)
+            if len(x_val)
+            else {"loss": float("nan"), "accuracy": float("nan")}
+        )
+        lr_now = (
+            cfg.lr * schedule_multiplier(cfg, state["step"] - 1, total_steps) * state["lr_factor"]
+        )
         record = {
             "epoch": epoch + 1,
             "train_loss": round(loss_sum.item() / max(seen, 1), 6),
@@ -343,7 +372,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
         elif math.isfinite(val["loss"]):
             state["bad_epochs"] += 1
             if cfg.schedule == "plateau" and state["bad_epochs"] % cfg.plateau_patience == 0:
-                state["lr_factor"] = max(state["lr_factor"] * cfg.plateau_factor, cfg.min_lr / cfg.lr)
+                state["lr_factor"] = max(
+                    state["lr_factor"] * cfg.plateau_factor, cfg.min_lr / cfg.lr
+                )
             if cfg.early_stopping and state["bad_epochs"] >= cfg.early_stopping:
                 state["stopped_early"] = True
 
@@ -363,12 +394,18 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
             _write_history(run_dir, state["history"])
             val_text = (
                 f"val_loss {record['val_loss']:.4f}  val_acc {record['val_acc']:.4f}  "
-                if record["val_loss"] is not None else ""
+                if record["val_loss"] is not None
+                else ""
             )
             log.info(
                 "epoch %d/%d  loss %.4f  acc %.4f  %slr %.3g  %.1fs%s",
-                epoch + 1, cfg.epochs, record["train_loss"], record["train_acc"], val_text,
-                lr_now, record["seconds"],
+                epoch + 1,
+                cfg.epochs,
+                record["train_loss"],
+                record["train_acc"],
+                val_text,
+                lr_now,
+                record["seconds"],
                 "  (early stop)" if state["stopped_early"] else "",
             )
         ctx.barrier()

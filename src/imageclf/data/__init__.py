@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -41,8 +42,7 @@ def load_dataset(
             return cached
     dataset = read_source(path, image_size, key, progress=progress)
     if use_cache:
-        try:
+        # A read-only or full cache folder only costs speed next time.
+        with contextlib.suppress(OSError):
             cache.store(cache_dir(), dataset)
-        except OSError:
-            pass  # a read-only or full cache folder only costs speed next time
     return dataset

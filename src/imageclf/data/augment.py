@@ -71,7 +71,9 @@ def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
     ys = torch.arange(h)[None, :, None]
     xs = torch.arange(w)[None, None, :]
     half = size // 2
-    inside = (ys >= cy - half) & (ys < cy - half + size) & (xs >= cx - half) & (xs < cx - half + size)
+    inside = (
+        (ys >= cy - half) & (ys < cy - half + size) & (xs >= cx - half) & (xs < cx - half + size)
+    )
     return x.masked_fill(inside[:, None], 0.0)
 
 

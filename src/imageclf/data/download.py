@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -53,7 +52,7 @@ def download(
         return dest
     try:
         response = urllib.request.urlopen(url, timeout=CONNECT_TIMEOUT_S)
-    except (urllib.error.URLError, socket.timeout, OSError) as exc:
+    except (TimeoutError, urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DataError(f"cannot download {url} ({reason}); {_OFFLINE_HINT}") from None
     total = int(response.headers.get("Content-Length") or 0) or None
@@ -80,6 +79,6 @@ def download(
                     f"downloaded file from {url} has md5 {digest.hexdigest()}, expected {md5}; "
                     "nothing was saved, try again"
                 )
-    except (urllib.error.URLError, socket.timeout, ConnectionError) as exc:
+    except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
         raise DataError(f"download of {url} failed ({exc}); {_OFFLINE_HINT}") from None
     return dest

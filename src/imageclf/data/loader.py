@@ -28,7 +28,11 @@ class Normalizer:
 
 
 def batch_indices(
-    n: int, batch_size: int, *, shuffle: bool, gen: torch.Generator | None = None,
+    n: int,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    gen: torch.Generator | None = None,
     drop_last: bool = False,
 ) -> Iterator[torch.Tensor]:
     order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)

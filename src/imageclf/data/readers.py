@@ -37,14 +37,17 @@ class _CifarUnpickler(pickle.Unpickler):
     """The official batches are pickles; allow only what they need, so a hostile
     file cannot run code while we read it."""
 
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
+    _ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),  # how protocol-2 pickles spell bytes; harmless
+        }
+    )
 
-    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle protocol
+    def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
             raise DataError(f"refusing to load {module}.{name} from a CIFAR batch file")
         return super().find_class(module, name)
@@ -66,7 +69,18 @@ def _load_cifar_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cifar_meta(data: bytes | None) -> list[str]:
-    default = "airplane automobile bird cat deer dog frog horse ship truck".split()
+    default = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     if data is None:
         return default
     try:
@@ -84,8 +98,10 @@ def _assemble_cifar(files: dict[str, bytes], source: str, size: int) -> tuple:
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     partition = np.concatenate(
-        [np.full(len(p[1]), TEST if b == "test_batch" else TRAIN, np.uint8)
-         for b, p in zip(CIFAR_BATCHES, parts, strict=True)]
+        [
+            np.full(len(p[1]), TEST if b == "test_batch" else TRAIN, np.uint8)
+            for b, p in zip(CIFAR_BATCHES, parts, strict=True)
+        ]
     )
     classes = _cifar_meta(files.get("batches.meta"))
     if size != 32:
@@ -258,8 +274,12 @@ def read_source(path: Path, size: int, fingerprint: str, progress: bool = True) 
                 "archive)"
             )
         entries = list(
-            tqdm(_iter_archive(path), desc=f"reading {path.name}", unit=" files",
-                 disable=not progress)
+            tqdm(
+                _iter_archive(path),
+                desc=f"reading {path.name}",
+                unit=" files",
+                disable=not progress,
+            )
         )
         names = {PurePosixPath(n).name: d for n, d in entries if d is not None}
         if "data_batch_1" in names:

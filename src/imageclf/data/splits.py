@@ -34,7 +34,12 @@ class Split:
         return h.hexdigest()[:16]
 
     def describe(self) -> dict:
-        return {"name": self.name, "seed": self.seed, "sizes": self.sizes(), "digest": self.digest()}
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "sizes": self.sizes(),
+            "digest": self.digest(),
+        }
 
 
 def _interleave_by_class(indices: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
@@ -74,7 +79,8 @@ def make_split(
     val_size: int | None = None,
     subset: int | None = None,
 ) -> Split:
-    """``official``: the source's test set, ``val_size`` held out of train.
+    """``official``: the source's test set, ``val_size`` held out of train
+    (default: 5,000, or a tenth of train when that is smaller).
     ``70-15-15``: all images pooled and split 70/15/15 by class.
     ``auto``: official when the source has a test set, else 70-15-15."""
     if name not in SPLITS:
@@ -91,12 +97,11 @@ def make_split(
             )
         pool = np.flatnonzero(dataset.partition == TRAIN)
         test = np.flatnonzero(dataset.partition == TEST)
-        n_val = OFFICIAL_VAL_SIZE if val_size is None else val_size
+        # 5,000 for CIFAR-10's 50,000; a tenth of train for smaller datasets.
+        n_val = min(OFFICIAL_VAL_SIZE, round(0.1 * len(pool))) if val_size is None else val_size
         if n_val >= len(pool):
             raise DataError(f"--val-size {n_val} leaves no training images (train has {len(pool)})")
-        val, train = (
-            _stratified_take(pool, labels, n_val, rng) if n_val > 0 else (pool[:0], pool)
-        )
+        val, train = _stratified_take(pool, labels, n_val, rng) if n_val > 0 else (pool[:0], pool)
     else:
         everything = np.arange(len(dataset))
         test, rest = _stratified_take(everything, labels, 0.15, rng)

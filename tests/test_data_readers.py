@@ -1,0 +1,204 @@
+import io
+import pickle
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import CLASSES, write_image_folder
+from PIL import Image
+
+from imageclf.data import TEST, TRAIN, load_dataset
+from imageclf.data import readers as readers_mod
+from imageclf.errors import DataError
+
+
+def _tar(folder, dest, wrap="dataset"):
+    with tarfile.open(dest, "w:gz") as archive:
+        archive.add(folder, arcname=wrap)
+    return dest
+
+
+def _zip(folder, dest):
+    with zipfile.ZipFile(dest, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            archive.write(path, path.relative_to(folder).as_posix())
+    return dest
+
+
+def test_partitioned_folder(tmp_path):
+    root = write_image_folder(tmp_path / "ds", per_class=4)
+    ds = load_dataset(root, progress=False)
+    assert ds.classes == sorted(CLASSES)
+    assert ds.images.shape == (3 * 4 + 3 * 2, 32, 32, 3) and ds.images.dtype == np.uint8
+    assert ds.counts(TRAIN) == {c: 4 for c in CLASSES}
+    assert ds.counts(TEST) == {c: 2 for c in CLASSES}
+    # class-folder colour must match the label: class index c was painted in channel c % 3
+    for image, label in zip(ds.images, ds.labels, strict=True):
+        assert image.mean(axis=(0, 1)).argmax() == CLASSES.index(ds.classes[label]) % 3
+
+
+def test_flat_folder_and_archives_give_identical_arrays(tmp_path):
+    root = write_image_folder(tmp_path / "flat", per_class=3, partitioned=False)
+    from_dir = load_dataset(root, progress=False, use_cache=False)
+    from_tar = load_dataset(_tar(root, tmp_path / "d.tar.gz"), progress=False, use_cache=False)
+    from_zip = load_dataset(_zip(root, tmp_path / "d.zip"), progress=False, use_cache=False)
+    assert not from_dir.has_test_partition
+    for other in (from_tar, from_zip):
+        assert other.classes == from_dir.classes
+        np.testing.assert_array_equal(other.images, from_dir.images)
+        np.testing.assert_array_equal(other.labels, from_dir.labels)
+
+
+def test_any_size_and_mode_becomes_rgb_at_input_size(tmp_path):
+    for c, name in enumerate(["a", "b"]):
+        (tmp_path / name).mkdir()
+        Image.new("L", (50, 20), 100 + c).save(tmp_path / name / "x.png")
+        Image.new("RGBA", (8, 8), (10, 20, 30, 255)).save(tmp_path / name / "y.png")
+        Image.new("P", (40, 40)).save(tmp_path / name / "z.gif")
+    ds = load_dataset(tmp_path, progress=False, image_size=16)
+    assert ds.images.shape == (6, 16, 16, 3)
+
+
+def test_cache_is_used_second_time(tmp_path, monkeypatch):
+    root = write_image_folder(tmp_path / "ds", per_class=2)
+    first = load_dataset(root, progress=False)
+
+    def boom(*a, **k):
+        raise AssertionError("decoded again instead of using the cache")
+
+    monkeypatch.setattr("imageclf.data.read_source", boom)
+    second = load_dataset(root, progress=False)
+    np.testing.assert_array_equal(first.images, second.images)
+    assert second.classes == first.classes
+
+
+def _fake_cifar_tar(dest, n=4, corrupt=None):
+    rng = np.random.default_rng(0)
+    with tarfile.open(dest, "w:gz") as archive:
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        blobs = {
+            name: pickle.dumps(
+                {
+                    b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8),
+                    b"labels": [i % 10 for i in range(n)],
+                },
+                protocol=2,
+            )
+            for name in names
+        }
+        blobs["batches.meta"] = pickle.dumps(
+            {b"label_names": [f"c{i}".encode() for i in range(10)]}
+        )
+        if corrupt:
+            blobs[corrupt] = b"not a pickle"
+        for name, blob in blobs.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            archive.addfile(info, io.BytesIO(blob))
+    return dest
+
+
+def test_cifar_python_archive(tmp_path):
+    ds = load_dataset(_fake_cifar_tar(tmp_path / "cifar-10-python.tar.gz"), progress=False)
+    assert len(ds) == 24 and ds.classes == [f"c{i}" for i in range(10)]
+    assert ds.counts(TEST) == {f"c{i}": int(i < 4) for i in range(10)}
+
+
+def test_cifar_batch_refuses_arbitrary_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    blob = pickle.dumps({b"data": Evil(), b"labels": []})
+    with pytest.raises(DataError, match="refusing"):
+        readers_mod._load_cifar_batch(blob, "data_batch_1")
+
+
+def test_corrupt_cifar_batch(tmp_path):
+    path = _fake_cifar_tar(tmp_path / "c.tar.gz", corrupt="data_batch_3")
+    with pytest.raises(DataError, match="data_batch_3"):
+        load_dataset(path, progress=False)
+
+
+def test_corrupt_archive(tmp_path):
+    bad = tmp_path / "broken.tar.gz"
+    bad.write_bytes(b"\x1f\x8b" + b"garbage" * 100)
+    with pytest.raises(DataError, match=r"corrupt|not a readable archive"):
+        load_dataset(bad, progress=False)
+
+
+def test_truncated_archive(tmp_path):
+    root = write_image_folder(tmp_path / "ds", per_class=3)
+    full = _tar(root, tmp_path / "full.tar.gz").read_bytes()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(full[: len(full) // 2])
+    with pytest.raises(DataError):
+        load_dataset(cut, progress=False)
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    root = write_image_folder(tmp_path / "ds", per_class=2)
+    (root / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    with pytest.raises(DataError, match=r"train/dog/broken\.png"):
+        load_dataset(root, progress=False)
+
+
+def test_empty_class_folder(tmp_path):
+    root = write_image_folder(tmp_path / "ds", per_class=2, partitioned=False)
+    (root / "zebra").mkdir()
+    with pytest.raises(DataError, match="zebra"):
+        load_dataset(root, progress=False)
+
+
+def test_test_partition_missing_a_class(tmp_path):
+    root = write_image_folder(tmp_path / "ds", per_class=2)
+    for f in (root / "test" / "frog").iterdir():
+        f.unlink()
+    (root / "test" / "frog").rmdir()
+    with pytest.raises(DataError, match="frog"):
+        load_dataset(root, progress=False)
+
+
+def test_no_images_and_bad_layouts(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no image"):
+        load_dataset(tmp_path / "empty", progress=False)
+    deep = tmp_path / "deep" / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(deep / "x.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "deep" / "a" / "y.png")
+    with pytest.raises(DataError, match="expected ROOT"):
+        load_dataset(tmp_path / "deep", progress=False)
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(tmp_path / "missing", progress=False)
+    (tmp_path / "file.txt").write_text("hi")
+    with pytest.raises(DataError, match="not a dataset"):
+        load_dataset(tmp_path / "file.txt", progress=False)
+
+
+def test_single_class_is_refused(tmp_path):
+    (tmp_path / "only").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "only" / "x.png")
+    with pytest.raises(DataError, match="at least 2"):
+        load_dataset(tmp_path, progress=False)
+
+
+def test_hidden_files_are_ignored(tmp_path):
+    root = write_image_folder(tmp_path / "ds", per_class=2, partitioned=False)
+    (root / "cat" / ".DS_Store").write_bytes(b"\0\0junk")
+    (root / "cat" / "notes.txt").write_text("not an image")
+    assert len(load_dataset(root, progress=False)) == 6
+
+
+@pytest.mark.slow
+def test_shared_archive_loads_and_caches_fast(shared_archive):
+    import time
+
+    ds = load_dataset(shared_archive, progress=False)
+    assert len(ds) == 60000 and ds.counts(TRAIN)["cat"] == 5000 and ds.counts(TEST)["cat"] == 1000
+    start = time.perf_counter()
+    again = load_dataset(shared_archive, progress=False)
+    assert len(again) == 60000
+    # Not a benchmark: a guard that the cache is actually hit (decode takes ~15 s).
+    assert time.perf_counter() - start < 5
