@@ -1,0 +1,87 @@
+"""One error path: JSON under ``/api`` and for probes, an HTML page everywhere else.
+
+Every failure becomes a 4xx/5xx answer with a message written for the user; a
+traceback only ever goes to the server log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.http import HTTP_STATUS_CODES
+
+from ..errors import ImageclfError, ImageError
+from .metrics import Metrics
+from .uploads import MB, drain_body
+
+log = logging.getLogger("imageclf.web")
+
+_DEFAULT_413 = RequestEntityTooLarge.description
+
+
+def wants_json() -> bool:
+    """API clients and probes get JSON; people get HTML."""
+    path = request.path
+    return path.startswith("/api/") or path in ("/healthz", "/readyz", "/metrics")
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> Response:
+    """Render one error for whoever asked, with the right status code."""
+    title = HTTP_STATUS_CODES.get(status, "Error")
+    if wants_json():
+        response = jsonify({"error": {"status": status, "title": title, "message": message}})
+    elif request.endpoint == "pages.predict":
+        from .pages import render_index  # the upload form again, with the reason on top
+
+        response = Response(render_index(error=message, error_title=f"{status} {title}"))
+    else:
+        html = render_template("error.html", status=status, title=title, message=message)
+        response = Response(html)
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _too_large_message(exc: HTTPException) -> str:
+    if exc.description and exc.description != _DEFAULT_413:
+        return exc.description
+    limit = request.max_content_length or 0
+    return (
+        f"the upload is too large: images may be at most {limit // MB} MB "
+        "(and a form at most a few dozen parts)"
+    )
+
+
+def register(app: Flask) -> None:
+    """Install the handlers on ``app``."""
+    metrics: Metrics = app.extensions["imageclf.metrics"]
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge) -> Response:
+        drain_body(request)  # so the client reads this answer, not a connection reset
+        metrics.count_rejected(413)
+        # The rest of a refused body may still be in flight: don't reuse the connection.
+        return error_response(413, _too_large_message(exc), {"Connection": "close"})
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        status = exc.code or 500
+        message = exc.description or HTTP_STATUS_CODES.get(status, "error")
+        if status == 404:
+            message = f"there is nothing at {request.path}"
+        return error_response(status, message, headers)
+
+    @app.errorhandler(ImageclfError)
+    def user_error(exc: ImageclfError) -> Response:
+        if isinstance(exc, ImageError):
+            metrics.count_rejected(exc.http_status)
+        return error_response(exc.http_status, str(exc))
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "something went wrong on our side; the error was logged")

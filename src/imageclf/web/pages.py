@@ -1,0 +1,121 @@
+"""HTML pages: the upload form (``/``) and the result page (``POST /predict``).
+
+Both work without JavaScript; ``static/app.js`` adds preview, drag-and-drop, paste
+and a size check before anything is sent.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from flask import Blueprint, current_app, redirect, render_template, request, url_for
+from werkzeug.exceptions import BadRequest
+from werkzeug.wrappers import Response
+
+from ..imaging import WEB_FORMATS
+from .metrics import Metrics
+from .service import ModelService, Upload, display_copy, png_data_url
+from .uploads import MB, collect_uploads
+
+bp = Blueprint("pages", __name__)
+
+TOP_K = 5
+ACCEPT_MIME = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp")
+ACCEPT_EXT = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp")
+FORMAT_NAMES = "PNG, JPEG, GIF, WebP, BMP"
+EXAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+@cache
+def examples() -> dict[str, Path]:
+    """Shipped example images by name; a posted ``example`` must be one of these keys."""
+    folder = Path(str(resources.files("imageclf") / "web" / "static" / "examples"))
+    if not folder.is_dir():
+        return {}
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXAMPLE_SUFFIXES)
+    return {p.stem: p for p in files}
+
+
+def _service() -> ModelService:
+    return current_app.extensions["imageclf"]
+
+
+def _model_summary() -> dict | None:
+    service = _service()
+    return service.describe() if service.ready else None
+
+
+@bp.app_context_processor
+def inject_model() -> dict:
+    """Every page's footer names the model (once it is loaded)."""
+    return {"model": _model_summary()}
+
+
+def render_index(error: str | None = None, error_title: str | None = None) -> str:
+    """The upload page, optionally with an error message above the form."""
+    max_bytes = int(current_app.config["IMAGECLF_MAX_UPLOAD_BYTES"])
+    return render_template(
+        "index.html",
+        examples=[
+            {"name": name, "label": name.split("-")[0], "file": f"examples/{path.name}"}
+            for name, path in examples().items()
+        ],
+        error=error,
+        error_title=error_title,
+        max_bytes=max_bytes,
+        max_mb=max_bytes // MB,
+        accept=",".join(ACCEPT_MIME + ACCEPT_EXT),
+        formats=FORMAT_NAMES,
+        allowed=",".join(f.lower() for f in WEB_FORMATS),
+    )
+
+
+@bp.get("/")
+def index() -> str:
+    return render_index()
+
+
+@bp.get("/predict")
+def predict_get() -> Response:
+    """A bookmarked or reloaded result page: send the user back to the form."""
+    return redirect(url_for("pages.index"), code=303)
+
+
+@bp.post("/predict")
+def predict() -> str:
+    service = _service()
+    uploads = _example_upload() or collect_uploads(
+        request, ("file",), max_files=1, max_bytes=current_app.config["IMAGECLF_MAX_UPLOAD_BYTES"]
+    )
+    wait_s = float(current_app.config["IMAGECLF_MODEL_WAIT_S"])
+    explain = bool(current_app.config["IMAGECLF_EXPLAIN_PAGES"])
+    (result,) = service.classify(uploads, top_k=TOP_K, explain=explain, wait_s=wait_s)
+    metrics: Metrics = current_app.extensions["imageclf.metrics"]
+    metrics.count_predictions([result.top[0][0]])
+    label, confidence = result.top[0]
+    return render_template(
+        "result.html",
+        model=service.describe(),
+        filename=result.filename,
+        width=result.image.width,
+        height=result.image.height,
+        image_url=png_data_url(display_copy(result.image)),
+        small=max(result.image.size) <= 64,
+        overlay_url=png_data_url(result.explanation) if result.explanation else None,
+        label=label,
+        confidence=confidence,
+        top=result.top,
+    )
+
+
+def _example_upload() -> list[Upload] | None:
+    """The example button that was pressed, if any; only shipped names are accepted."""
+    name = request.form.get("example")
+    if name is None:
+        return None
+    path = examples().get(name)
+    if path is None:
+        raise BadRequest("unknown example image")
+    return [Upload(path.name, path.read_bytes())]

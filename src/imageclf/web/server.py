@@ -1,0 +1,111 @@
+"""``imageclf serve``: gunicorn in production, Flask's own server with ``--debug``.
+
+The model file is checked once in the parent before any worker starts, so a bad
+path is one clear error line instead of a crash loop of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..predict import default_model_path
+
+log = logging.getLogger("imageclf.web")
+
+# gunicorn's sync workers: one request at a time per worker, the model loaded once per
+# worker. A stuck request is killed after TIMEOUT_S; workers are recycled after about
+# MAX_REQUESTS requests (jittered so they do not all restart together) to cap any leak.
+TIMEOUT_S = 30
+GRACEFUL_TIMEOUT_S = 10
+MAX_REQUESTS = 2000
+MAX_REQUESTS_JITTER = 200
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's total)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Split the cores between workers so that together they never oversubscribe."""
+    return max(1, (cores or cpu_count()) // max(1, workers))
+
+
+def check_model(model: str | os.PathLike | None) -> Path:
+    """Resolve and fully load the model once; raises ``BundleError`` (exit 2) if unusable."""
+    import torch
+
+    from ..predict import Predictor
+
+    path = Path(model) if model else default_model_path()
+    # One thread in the parent: a forked worker must never inherit a started OpenMP pool.
+    torch.set_num_threads(1)
+    Predictor.load(path)
+    return path
+
+
+def gunicorn_options(host: str, port: int, workers: int) -> dict[str, Any]:
+    """The gunicorn settings ``serve`` uses (exposed for tests and docs)."""
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return {
+        "bind": bind,
+        "workers": workers,
+        "worker_class": "sync",
+        "timeout": TIMEOUT_S,
+        "graceful_timeout": GRACEFUL_TIMEOUT_S,
+        "max_requests": MAX_REQUESTS,
+        "max_requests_jitter": MAX_REQUESTS_JITTER,
+        "preload_app": False,  # each worker builds its own app and model after the fork
+        "accesslog": "-",
+        "errorlog": "-",
+        "loglevel": "info",
+        "proc_name": "imageclf",
+    }
+
+
+def serve(
+    model: str | os.PathLike | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int | None = None,
+    debug: bool = False,
+) -> None:
+    """Check the model, then serve until interrupted."""
+    from . import create_app
+
+    path = check_model(model)
+    if debug:
+        app = create_app(path, IMAGECLF_MODEL_LOADING="eager")
+        app.run(host=host, port=port, debug=True)  # with the reloader
+        return
+
+    from gunicorn.app.base import BaseApplication
+
+    workers = workers or cpu_count()
+    threads = threads_per_worker(workers)
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in gunicorn_options(host, port, workers).items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            # Called in each worker after the fork: its own app, model and torch threads.
+            return create_app(path, IMAGECLF_MODEL_LOADING="eager", IMAGECLF_TORCH_THREADS=threads)
+
+    log.info(
+        "serving %s on http://%s:%d with %d worker(s) x %d thread(s)",
+        path,
+        host,
+        port,
+        workers,
+        threads,
+    )
+    Server().run()

@@ -1,0 +1,174 @@
+// imageclf upload page: preview, drag-and-drop, paste, and a size/type check before
+// sending. The form works without this file; it only makes it nicer.
+"use strict";
+
+(function () {
+  document.documentElement.classList.add("js");
+
+  function ready(fn) {
+    if (document.readyState !== "loading") fn();
+    else document.addEventListener("DOMContentLoaded", fn);
+  }
+
+  ready(function () {
+    var form = document.getElementById("upload-form");
+    if (!form) return;
+    var input = document.getElementById("file");
+    var zone = document.getElementById("dropzone");
+    var preview = document.getElementById("preview");
+    var nameLine = document.getElementById("file-name");
+    var message = document.getElementById("client-error");
+    var submit = document.getElementById("submit");
+    var maxBytes = parseInt(form.dataset.maxBytes, 10) || 5 * 1024 * 1024;
+    var maxMb = form.dataset.maxMb || "5";
+    var allowed = (form.dataset.allowed || "png,jpeg,gif,webp,bmp").split(",");
+    var extensions = { png: "png", jpg: "jpeg", jpeg: "jpeg", gif: "gif", webp: "webp", bmp: "bmp" };
+    var previewUrl = null;
+
+    function showError(text) {
+      message.textContent = text;
+      message.hidden = false;
+    }
+
+    function clearError() {
+      message.textContent = "";
+      message.hidden = true;
+      var serverError = document.getElementById("server-error");
+      if (serverError) serverError.hidden = true;
+    }
+
+    function formatOf(file) {
+      var type = (file.type || "").toLowerCase();
+      if (type.indexOf("image/") === 0) {
+        var sub = type.slice(6).replace("x-ms-bmp", "bmp").replace("pjpeg", "jpeg");
+        return sub;
+      }
+      var dot = file.name.lastIndexOf(".");
+      return dot >= 0 ? extensions[file.name.slice(dot + 1).toLowerCase()] || "" : "";
+    }
+
+    function sizeText(bytes) {
+      return (bytes / (1024 * 1024)).toFixed(1) + " MB";
+    }
+
+    function resetPreview() {
+      if (previewUrl) URL.revokeObjectURL(previewUrl);
+      previewUrl = null;
+      preview.hidden = true;
+      preview.removeAttribute("src");
+      preview.classList.remove("pixelated");
+      zone.classList.remove("has-preview");
+      nameLine.textContent = "";
+    }
+
+    // Returns true when the file may be sent; otherwise explains why and clears the input.
+    function check(file) {
+      clearError();
+      resetPreview();
+      if (!file) return false;
+      if (file.size > maxBytes) {
+        showError("This file is " + sizeText(file.size) + ". The limit is " + maxMb +
+                  " MB: please choose a smaller image.");
+        input.value = "";
+        return false;
+      }
+      if (file.size === 0) {
+        showError("This file is empty.");
+        input.value = "";
+        return false;
+      }
+      if (allowed.indexOf(formatOf(file)) < 0) {
+        showError("“" + file.name + "” is not a PNG, JPEG, GIF, WebP or BMP image.");
+        input.value = "";
+        return false;
+      }
+      previewUrl = URL.createObjectURL(file);
+      preview.onload = function () {
+        if (preview.naturalWidth <= 64 && preview.naturalHeight <= 64) {
+          preview.classList.add("pixelated");
+        }
+      };
+      preview.onerror = function () {
+        resetPreview();
+        nameLine.textContent = file.name + " · " + sizeText(file.size);
+      };
+      preview.src = previewUrl;
+      preview.hidden = false;
+      zone.classList.add("has-preview");
+      nameLine.textContent = file.name + " · " + sizeText(file.size);
+      return true;
+    }
+
+    function useFile(file) {
+      if (!file) return;
+      try {
+        var transfer = new DataTransfer();
+        transfer.items.add(file);
+        input.files = transfer.files;
+      } catch (err) {
+        showError("Your browser cannot take this file here: use the file picker instead.");
+        return;
+      }
+      check(file);
+    }
+
+    input.addEventListener("change", function () {
+      check(input.files && input.files[0]);
+    });
+
+    ["dragenter", "dragover"].forEach(function (name) {
+      zone.addEventListener(name, function (event) {
+        event.preventDefault();
+        zone.classList.add("dragover");
+      });
+    });
+    ["dragleave", "drop"].forEach(function (name) {
+      zone.addEventListener(name, function () {
+        zone.classList.remove("dragover");
+      });
+    });
+    zone.addEventListener("drop", function (event) {
+      event.preventDefault();
+      var files = event.dataTransfer && event.dataTransfer.files;
+      if (files && files.length) useFile(files[0]);
+    });
+
+    document.addEventListener("paste", function (event) {
+      var items = (event.clipboardData && event.clipboardData.items) || [];
+      for (var i = 0; i < items.length; i++) {
+        if (items[i].kind === "file") {
+          event.preventDefault();
+          var file = items[i].getAsFile();
+          if (file && !file.name) {
+            file = new File([file], "pasted." + (formatOf(file) || "png"), { type: file.type });
+          }
+          useFile(file);
+          return;
+        }
+      }
+    });
+
+    form.addEventListener("submit", function (event) {
+      var file = input.files && input.files[0];
+      if (!file) {
+        event.preventDefault();
+        showError("Choose an image first.");
+        return;
+      }
+      if (!check(file)) {
+        event.preventDefault();
+        return;
+      }
+      submit.disabled = true;
+      submit.classList.add("busy");
+      submit.textContent = "Classifying…";
+    });
+
+    // Coming back with the browser's back button: the page may be restored as it was left.
+    window.addEventListener("pageshow", function () {
+      submit.disabled = false;
+      submit.classList.remove("busy");
+      submit.textContent = "Classify";
+    });
+  });
+})();
