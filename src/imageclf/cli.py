@@ -288,6 +288,113 @@ def info(model: str | None, as_json: bool) -> None:
     click.echo("\n".join(lines))
 
 
+# ---------------------------------------------------------------- evaluate
+@cli.command("evaluate")
+@click.argument("models", nargs=-1, type=click.Path(dir_okay=False), metavar="[MODEL]...")
+@click.option(
+    "--data",
+    "data_path",
+    default=None,
+    help="Dataset to evaluate on (default: the one recorded in the model, if present).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["auto", "official", "70-15-15"]),
+    default=None,
+    help="Default: the split recorded in the model when --data is its training data "
+    "(so val/test are truly held out), else auto.",
+)
+@click.option(
+    "--splits",
+    default=None,
+    metavar="LIST",
+    help="Comma-separated subset of train,val,test (default: all that exist). The "
+    "train split is the slow one: up to 45,000 CIFAR images, 7x that with TTA.",
+)
+@click.option(
+    "--tta/--no-tta",
+    default=True,
+    show_default=True,
+    help="Also evaluate with test-time augmentation (6 extra views per image).",
+)
+@click.option(
+    "--gradcam/--no-gradcam",
+    default=True,
+    show_default=True,
+    help="Grad-CAM overlays for the sample and top-loss grids.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Report folder (default runs/eval-<model>-<timestamp>).",
+)
+@click.pass_context
+def evaluate_cmd(ctx: click.Context, models, data_path, split, splits, tta, gradcam, device, out):
+    """Evaluate a model, or an ensemble of several (probabilities averaged): metrics,
+    plots, Grad-CAM and one self-contained report.html."""
+    from .evaluate import default_out_dir, evaluate, parse_splits
+    from .report import console_report, write_report
+
+    result = evaluate(
+        list(models) or None, data_path, split=split, splits=parse_splits(splits), tta=tta,
+        device=device, progress=ctx.obj["progress"],
+    )  # fmt: skip
+    report = write_report(result, out or default_out_dir(result), gradcam=gradcam)
+    click.echo(console_report(result, report))
+
+
+# ---------------------------------------------------------------- predict
+@cli.command("predict")
+@click.argument("inputs", nargs=-1, required=True, metavar="[MODEL] IMAGES_OR_FOLDERS...")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--explain",
+    "explain_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write a Grad-CAM overlay per image into this folder.",
+)
+@click.option("--tta", is_flag=True, help="Average over flipped and shifted views.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda.")
+@click.pass_context
+def predict_cmd(
+    ctx: click.Context, inputs, top_k, out_format, explain_dir, tta, batch_size, device
+):
+    """Classify image files and folders (recursively). MODEL (a .safetensors file) is
+    optional; without it the bundled model is used. Exit code 2 if any file failed."""
+    from .batch import format_results, predict_files
+    from .predict import Predictor
+
+    model = inputs[0] if inputs[0].lower().endswith(".safetensors") else None
+    paths = inputs[1:] if model else inputs
+    if not paths:
+        raise UserInputError("give at least one image file or folder after the model")
+    predictor = Predictor.load(model, device=device)
+    results = []
+    for item in predict_files(
+        predictor, paths, top_k=top_k, tta=tta, explain_dir=explain_dir,
+        batch_size=batch_size, progress=ctx.obj["progress"],
+    ):  # fmt: skip
+        if not item.ok:
+            click.echo(f"imageclf: skipped {item.path}: {item.error}", err=True)
+        results.append(item)
+    click.echo(format_results(results, out_format), nl=False)
+    failed = sum(not r.ok for r in results)
+    if failed:
+        click.echo(f"imageclf: {failed} of {len(results)} files could not be classified", err=True)
+        ctx.exit(2)
+
+
 # ---------------------------------------------------------------- serve
 @cli.command()
 @click.option(

@@ -1,0 +1,293 @@
+"""Evaluation: metrics against hand-computed cases, the recorded split, ensembles, and a
+full report whose numbers must agree between console, JSON, CSV and HTML."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+from conftest import make_tiny_bundle, write_image_folder
+
+from imageclf import Predictor, recipes
+from imageclf.cli import main
+from imageclf.errors import UserInputError
+from imageclf.evaluate import (
+    Interpretation,
+    ensemble_log_probs,
+    evaluate,
+    fmt,
+    load_predictors,
+    parse_splits,
+    report_rows,
+    summary_table,
+)
+from imageclf.report import write_report
+from imageclf.train import train
+
+# ---------------------------------------------------------------- hand-computed metrics
+PROBS = [
+    [0.7, 0.2, 0.1],  # true a, predicted a
+    [0.1, 0.8, 0.1],  # true b, predicted b
+    [0.6, 0.3, 0.1],  # true b, predicted a (wrong)
+    [0.2, 0.2, 0.6],  # true c, predicted c
+    [0.1, 0.1, 0.8],  # true a, predicted c (wrong, confidently)
+    [0.3, 0.6, 0.1],  # true b, predicted b
+]
+TARGETS = [0, 1, 1, 2, 0, 1]
+
+
+@pytest.fixture()
+def interp() -> Interpretation:
+    return Interpretation.from_probs(PROBS, TARGETS, ["a", "b", "c"])
+
+
+def test_accuracy_loss_and_confusion_by_hand(interp):
+    assert interp.accuracy == pytest.approx(4 / 6)
+    expected_loss = -np.mean(np.log([0.7, 0.8, 0.3, 0.6, 0.1, 0.6]))
+    assert interp.mean_loss == pytest.approx(expected_loss)
+    assert interp.confusion_matrix().tolist() == [[1, 0, 1], [1, 2, 0], [0, 0, 1]]
+    np.testing.assert_allclose(
+        interp.confusion_matrix(normalize=True), [[0.5, 0, 0.5], [1 / 3, 2 / 3, 0], [0, 0, 1]]
+    )
+
+
+def test_classification_report_by_hand(interp):
+    rows = {r["class"]: r for r in report_rows(interp)}
+    assert rows["a"] == {"class": "a", "precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert rows["b"] == {"class": "b", "precision": 1.0, "recall": 0.6667, "f1": 0.8, "support": 3}
+    assert rows["c"] == {"class": "c", "precision": 0.5, "recall": 1.0, "f1": 0.6667, "support": 1}
+    macro = rows["macro avg"]
+    assert macro["precision"] == round(2 / 3, 4)
+    assert macro["recall"] == round((0.5 + 2 / 3 + 1) / 3, 4)
+    assert macro["f1"] == round((0.5 + 0.8 + 2 / 3) / 3, 4)
+    assert macro["support"] == 6
+    weighted = rows["weighted avg"]
+    assert weighted["precision"] == 0.75  # (2*0.5 + 3*1 + 1*0.5) / 6
+    assert weighted["recall"] == round(4 / 6, 4)
+
+
+def test_most_confused_top_losses_and_calibration_by_hand(interp):
+    assert interp.most_confused() == [(0, 2, 1), (1, 0, 1)]  # ties: by true, then predicted
+    assert interp.top_losses().tolist() == [4, 2]  # p(true) 0.1 before 0.3; only wrong ones
+    ece, bins = interp.calibration(n_bins=2)  # everything lands in (0.5, 1]
+    assert ece == pytest.approx(abs(4 / 6 - 4.1 / 6))
+    assert [b["count"] for b in bins] == [0, 6]
+    ece, bins = interp.calibration(n_bins=4)
+    # (0.5, 0.75]: confidences .7 .6 .6 .6, 3 of 4 right; (0.75, 1]: .8 .8, 1 of 2 right.
+    assert [b["count"] for b in bins] == [0, 0, 4, 2]
+    assert ece == pytest.approx(4 / 6 * abs(0.75 - 0.625) + 2 / 6 * abs(0.5 - 0.8))
+
+
+def test_parse_splits():
+    assert parse_splits("test,val") == ["val", "test"]
+    assert parse_splits(None) is None
+    with pytest.raises(UserInputError, match="comma-separated"):
+        parse_splits("test,holdout")
+
+
+# ---------------------------------------------------------------- ensembles
+def test_ensemble_averages_probabilities(tmp_path):
+    a = make_tiny_bundle(tmp_path / "a.safetensors", "seed-a")
+    d = make_tiny_bundle(tmp_path / "d.safetensors", "seed-d")
+    predictors = load_predictors([a, d])
+    images = np.random.default_rng(0).integers(0, 255, (7, 32, 32, 3), dtype=np.uint8)
+    mean = (predictors[0].predict_proba(images) + predictors[1].predict_proba(images)) / 2
+    np.testing.assert_allclose(np.exp(ensemble_log_probs(predictors, images)), mean, atol=1e-6)
+
+
+def test_ensemble_with_different_classes_is_a_clear_error(tmp_path, capsys):
+    a = make_tiny_bundle(tmp_path / "a.safetensors")
+    b = make_tiny_bundle(tmp_path / "b.safetensors", classes=["cat", "dog"])
+    with pytest.raises(UserInputError, match="same classes"):
+        load_predictors([a, b])
+    code, _, err = _run(["-q", "evaluate", str(a), str(b), "--data", str(tmp_path)], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1
+    assert "same classes" in lines[0] and "b.safetensors" in lines[0] and "dog" in lines[0]
+
+
+# ---------------------------------------------------------------- a real run, end to end
+def _run(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalrun")
+    data = write_image_folder(root / "ds", per_class=12)  # train 12 + test 6 per class
+    cfg = recipes.resolve(
+        "seed-a",
+        data=str(data),
+        out=str(root / "run"),
+        epochs=2,
+        batch_size=8,
+        seed=0,
+        split="official",
+        val_size=6,
+        subset=24,
+    )
+    return data, train(cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def report(trained, tmp_path_factory):
+    data, run = trained
+    out = tmp_path_factory.mktemp("report") / "eval"
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", "evaluate", str(run.bundle_path), "--data", str(data), "--out", str(out)])
+    assert exc.value.code == 0
+    return out, run
+
+
+def test_training_writes_curves(trained):
+    assert (trained[1].run_dir / "curves.png").stat().st_size > 1000
+
+
+def test_report_uses_the_recorded_split(report):
+    out, run = report
+    metrics = json.loads((out / "metrics.json").read_text())
+    recorded = Predictor.load(run.bundle_path).metadata["split"]
+    assert metrics["split"]["digest"] == recorded["digest"]
+    assert metrics["split"]["origin"] == "recorded in the model bundle"
+    assert metrics["split"]["sizes"] == {"train": 24, "val": 6, "test": 18}
+    assert metrics["notes"] == []
+    summary = {(r["split"], r["tta"]): r for r in metrics["summary"]}
+    assert set(summary) == {(s, t) for s in ("train", "val", "test") for t in (False, True)}
+    # The same model, split and prediction path as training's own test evaluation.
+    assert summary[("test", False)]["accuracy"] == round(run.metrics["test"]["accuracy"], 4)
+    assert summary[("test", False)]["loss"] == pytest.approx(run.metrics["test"]["loss"], abs=2e-4)
+    assert summary[("val", False)]["images"] == 6
+
+
+def test_report_files_exist(report):
+    out, _ = report
+    for name in [
+        "metrics.json",
+        "report.html",
+        "summary.csv",
+        "classification_report.txt",
+        "classification_report.csv",
+        "classification_report.json",
+        "confusion_matrix.csv",
+        "confusion_matrix_normalized.csv",
+        "confusion_matrix.png",
+        "confusion_matrix_normalized.png",
+        "most_confused.csv",
+        "reliability.png",
+        "samples.png",
+        "samples_gradcam.png",
+        "curves.png",
+    ]:
+        assert (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["files"]) <= {p.name for p in out.iterdir()}
+
+
+def test_confusion_matrix_sums_and_supports(report, trained):
+    out, _ = report
+    metrics = json.loads((out / "metrics.json").read_text())
+    counts = np.array(metrics["confusion_matrix"]["counts"])
+    test_images = {r["split"]: r["images"] for r in metrics["summary"]}["test"]
+    assert counts.sum() == test_images == 18
+    supports = [r["support"] for r in metrics["classification_report"]["rows"][:-2]]
+    assert counts.sum(1).tolist() == supports == [6, 6, 6]
+    correct = np.trace(counts) / counts.sum()
+    assert metrics["classification_report"]["accuracy"] == round(correct, 4)
+    for row in metrics["confusion_matrix"]["row_normalized"]:
+        assert sum(row) == pytest.approx(1, abs=1e-3)
+
+
+def _read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_numbers_agree_between_json_csv_html_and_console(report, capsys):
+    out, _ = report
+    metrics = json.loads((out / "metrics.json").read_text())
+    page = (out / "report.html").read_text()
+    cells = re.findall(r'<td class="n">([^<]*)</td>', page)
+
+    for row, line in zip(metrics["summary"], _read_csv(out / "summary.csv"), strict=True):
+        for key in ("accuracy", "loss", "ece"):
+            assert float(line[key]) == row[key] and line[key] == fmt(row[key])
+            assert fmt(row[key]) in cells
+        assert int(line["images"]) == row["images"]
+    rows = metrics["classification_report"]["rows"]
+    assert json.loads((out / "classification_report.json").read_text())["rows"] == rows
+    text = (out / "classification_report.txt").read_text()
+    for row, line in zip(rows, _read_csv(out / "classification_report.csv"), strict=True):
+        assert line["class"] == row["class"] and int(line["support"]) == row["support"]
+        for key in ("precision", "recall", "f1"):
+            assert line[key] == fmt(row[key]) and float(line[key]) == row[key]
+            assert fmt(row[key]) in cells
+        numbers = f"{fmt(row['precision'])} {fmt(row['recall'])}".split()
+        assert any(row["class"] in ln and all(n in ln for n in numbers) for ln in text.splitlines())
+    matrix = _read_csv(out / "confusion_matrix.csv")
+    classes = metrics["classes"]
+    assert [[int(r[c]) for c in classes] for r in matrix] == metrics["confusion_matrix"]["counts"]
+    ece = metrics["calibration"]["ece"]
+    assert f"<b>{fmt(ece)}</b>" in page
+    # The page is self-contained: every picture is inline, nothing is fetched.
+    assert 'src="http' not in page and "src='http" not in page
+    assert page.count("<img") == page.count('src="data:image/png;base64,') >= 6
+
+
+def test_console_summary_matches_json(report, trained, capsys):
+    data, run = trained
+    out = report[0].parent / "again"
+    code, printed, _ = _run(
+        [
+            "-q",
+            "evaluate",
+            str(run.bundle_path),
+            "--data",
+            str(data),
+            "--splits",
+            "test",
+            "--no-tta",
+            "--no-gradcam",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [(r["split"], r["tta"]) for r in metrics["summary"]] == [("test", False)]
+    assert summary_table(metrics) in printed
+    first = json.loads((report[0] / "metrics.json").read_text())
+    test_row = next(r for r in first["summary"] if r == metrics["summary"][0])
+    assert test_row == metrics["summary"][0]  # same numbers, computed again
+    assert not (out / "samples_gradcam.png").exists()
+
+
+def test_other_data_with_a_subset_of_classes(tmp_path, tiny_bundle):
+    data = write_image_folder(tmp_path / "ds", classes=["class0", "class3"], per_class=4)
+    result = evaluate([tiny_bundle], data, splits=["test"], tta=False, progress=False)
+    assert any("not the data the model was trained on" in n for n in result.notes)
+    assert result.detail.confusion_matrix().shape == (10, 10)
+    assert len(result.detail) == 4  # the data's own test partition, whole
+    assert set(result.detail.targets.tolist()) == {0, 3}
+    assert math.isfinite(result.metrics["summary"][0]["loss"])
+    # A random-weight model makes mistakes: the top-loss views exist and are all wrong.
+    page = write_report(result, tmp_path / "out")
+    assert result.metrics["top_losses"] and not any(
+        e["correct"] for e in result.metrics["top_losses"]
+    )
+    for name in ("top_losses.png", "top_losses_gradcam.png", "samples_gradcam.png"):
+        assert (page.parent / name).is_file()
+    assert "No history.json" in page.read_text()
+
+
+def test_data_with_unknown_classes_is_refused(tmp_path, tiny_bundle, capsys):
+    data = write_image_folder(tmp_path / "ds", per_class=2)  # cat/dog/frog
+    code, _, err = _run(["-q", "evaluate", str(tiny_bundle), "--data", str(data)], capsys)
+    assert code == 2 and "classes the model does not know: cat, dog, frog" in err
