@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
     # Body limit before anything is read; the form parser enforces the other two.
     "MAX_CONTENT_LENGTH": MAX_UPLOAD_BYTES + FORM_OVERHEAD_BYTES,
     "MAX_FORM_MEMORY_SIZE": 256 * 1024,  # text fields; must exceed the parser's 64 KiB chunk
-    "MAX_FORM_PARTS": MAX_FILES + 16,
+    "MAX_FORM_PARTS": MAX_FILES + 16,  # files, file, top_k, explain and some slack
     "JSON_SORT_KEYS": False,
     "IMAGECLF_MAX_UPLOAD_BYTES": MAX_UPLOAD_BYTES,
     "IMAGECLF_MAX_FILES": MAX_FILES,

@@ -41,7 +41,7 @@ def predict() -> Response:
     explain = parse_bool(form_value(request, "explain"), "explain")
     uploads = collect_uploads(
         request,
-        max_files=int(current_app.config["IMAGECLF_MAX_FILES"]),
+        {"file": 1, "files": int(current_app.config["IMAGECLF_MAX_FILES"])},
         max_bytes=int(current_app.config["IMAGECLF_MAX_UPLOAD_BYTES"]),
     )
     results = service.classify(uploads, top_k=top_k, explain=explain)

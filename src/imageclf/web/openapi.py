@@ -156,11 +156,14 @@ def _schemas(max_files: int, top_k: dict) -> dict:
     return {
         "PredictRequest": {
             "type": "object",
+            "description": "Send one image in file, several in files, or both.",
+            "anyOf": [{"required": ["file"]}, {"required": ["files"]}],
             "properties": {
                 "file": {"type": "string", "format": "binary", "description": "One image."},
                 "files": {
                     "type": "array",
                     "items": {"type": "string", "format": "binary"},
+                    "minItems": 1,
                     "maxItems": max_files,
                     "description": "Several images, classified in one batch.",
                 },

@@ -87,7 +87,7 @@ def predict_get() -> Response:
 def predict() -> str:
     service = _service()
     uploads = _example_upload() or collect_uploads(
-        request, ("file",), max_files=1, max_bytes=current_app.config["IMAGECLF_MAX_UPLOAD_BYTES"]
+        request, {"file": 1}, max_bytes=current_app.config["IMAGECLF_MAX_UPLOAD_BYTES"]
     )
     wait_s = float(current_app.config["IMAGECLF_MODEL_WAIT_S"])
     explain = bool(current_app.config["IMAGECLF_EXPLAIN_PAGES"])
