@@ -56,7 +56,7 @@ def test_index_page_shows_form_formats_limit_and_examples(client):
     assert response.mimetype == "text/html"
     assert 'action="/predict"' in html and 'enctype="multipart/form-data"' in html
     assert 'name="file"' in html and "accept=" in html
-    assert "PNG, JPEG, GIF, WebP, BMP" in html and "5 MB" in html
+    assert "PNG, JPEG, GIF, WebP, BMP" in html and "5&nbsp;MB" in html
     assert 'data-max-bytes="5242880"' in html
     assert html.count('name="example"') >= 4
     assert "tiny-seed-a" in html and "10.0%" in html  # model name and test accuracy

@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
+from PIL import Image
 from werkzeug.exceptions import BadRequest
 from werkzeug.wrappers import Response
 
@@ -103,11 +104,23 @@ def predict() -> str:
         height=result.image.height,
         image_url=png_data_url(display_copy(result.image)),
         small=max(result.image.size) <= 64,
-        overlay_url=png_data_url(result.explanation) if result.explanation else None,
+        overlay_url=_overlay_url(result.explanation, result.image.size),
         label=label,
         confidence=confidence,
         top=result.top,
     )
+
+
+def _overlay_url(overlay: Image.Image | None, size: tuple[int, int]) -> str | None:
+    """Grad-CAM draws on the square model view; stretch it back to the picture's shape so
+    it sits beside the upload at the same size."""
+    if overlay is None:
+        return None
+    scale = max(overlay.size) / max(size)
+    target = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+    if target != overlay.size:
+        overlay = overlay.resize(target, Image.Resampling.BICUBIC)
+    return png_data_url(overlay)
 
 
 def _example_upload() -> list[Upload] | None:

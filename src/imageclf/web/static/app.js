@@ -24,6 +24,8 @@
     var allowed = (form.dataset.allowed || "png,jpeg,gif,webp,bmp").split(",");
     var extensions = { png: "png", jpg: "jpeg", jpeg: "jpeg", gif: "gif", webp: "webp", bmp: "bmp" };
     var previewUrl = null;
+    // Our own message ("Choose an image first") replaces the browser's bubble.
+    input.required = false;
 
     function showError(text) {
       message.textContent = text;
@@ -48,6 +50,7 @@
     }
 
     function sizeText(bytes) {
+      if (bytes < 1024 * 1024) return Math.max(1, Math.round(bytes / 1024)) + " KB";
       return (bytes / (1024 * 1024)).toFixed(1) + " MB";
     }
 
