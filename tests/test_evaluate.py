@@ -272,7 +272,7 @@ def test_console_summary_matches_json(report, trained, capsys):
 def test_other_data_with_a_subset_of_classes(tmp_path, tiny_bundle):
     data = write_image_folder(tmp_path / "ds", classes=["class0", "class3"], per_class=4)
     result = evaluate([tiny_bundle], data, splits=["test"], tta=False, progress=False)
-    assert any("not the data the model was trained on" in n for n in result.notes)
+    assert any("does not match the training data" in n for n in result.notes)
     assert result.detail.confusion_matrix().shape == (10, 10)
     assert len(result.detail) == 4  # the data's own test partition, whole
     assert set(result.detail.targets.tolist()) == {0, 3}

@@ -319,8 +319,9 @@ def resolve_split(
         split = make_split(dataset, name, int(recorded["seed"]), config.get("val_size"))
         return split, {**split.describe(), "origin": "requested"}, notes
     notes.append(
-        "this data is not the data the model was trained on (or the model does not record "
-        "it): every image is new to the model, and split names only partition this data"
+        "this data does not match the training data recorded in the model (or none is "
+        "recorded), so which images the model saw in training is unknown; split names only "
+        "partition this data"
     )
     resolved = (
         "official"

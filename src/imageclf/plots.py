@@ -44,8 +44,14 @@ def to_png_bytes(fig: Figure) -> bytes:
 
 
 # ---------------------------------------------------------------- training curves
-def training_curves(history: Sequence[dict], title: str | None = None) -> Figure:
-    """Loss and accuracy per epoch, train vs validation, best validation epoch marked."""
+def training_curves(
+    history: Sequence[dict], title: str | None = None, label_smoothing: float = 0.0
+) -> Figure:
+    """Loss and accuracy per epoch, train vs validation, best validation epoch marked.
+
+    With label smoothing the training loss is measured against smoothed targets, so it
+    sits above the validation loss for reasons that are not overfitting: say so.
+    """
     epochs = [h["epoch"] for h in history]
     fig = _figure(10, 4)
     axes = fig.subplots(1, 2)
@@ -76,7 +82,8 @@ def training_curves(history: Sequence[dict], title: str | None = None) -> Figure
             )
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
-        ax.set_title(f"{label} per epoch")
+        smoothing = f" (train with label smoothing {label_smoothing:g})" if label_smoothing else ""
+        ax.set_title(f"{label} per epoch" + (smoothing if key == "loss" else ""))
         ax.grid(True, alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=9)
@@ -86,12 +93,15 @@ def training_curves(history: Sequence[dict], title: str | None = None) -> Figure
 
 
 def save_training_curves(
-    history: Sequence[dict], path: str | os.PathLike, title: str | None = None
+    history: Sequence[dict],
+    path: str | os.PathLike,
+    title: str | None = None,
+    label_smoothing: float = 0.0,
 ) -> Path | None:
     """``curves.png`` for a run folder; None when there is nothing to plot."""
     if not history:
         return None
-    return save(training_curves(history, title), path)
+    return save(training_curves(history, title, label_smoothing), path)
 
 
 # ---------------------------------------------------------------- confusion matrix
@@ -173,26 +183,35 @@ def reliability_diagram(bins: Sequence[dict], ece: float, title: str) -> Figure:
     centers = (lower + upper) / 2
     fig = _figure(6, 6.5)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    top.plot([0, 1], [0, 1], "--", color="0.5", label="perfect calibration")
+    top.plot([0, 1], [0, 1], "--", color="0.5", label="perfect calibration", zorder=2.5)
     top.bar(
         centers,
         np.nan_to_num(acc),
-        width=width * 0.95,
-        color=TRAIN_COLOR,
-        edgecolor="white",
+        width=width * 0.92,
+        color="#9ecae1",
+        edgecolor=TRAIN_COLOR,
         label="accuracy",
+        zorder=2,
     )
-    gap = np.nan_to_num(conf - acc)
-    top.bar(
-        centers,
-        gap,
-        bottom=np.nan_to_num(acc),
-        width=width * 0.95,
+    filled = ~np.isnan(acc)
+    # The gap between what the model claims and what it achieves, per bin.
+    top.vlines(
+        centers[filled],
+        acc[filled],
+        conf[filled],
         color=WRONG,
-        alpha=0.35,
-        hatch="//",
-        edgecolor=WRONG,
-        label="gap to confidence",
+        linewidth=2.5,
+        label="gap",
+        zorder=3,
+    )
+    top.plot(
+        centers[filled],
+        conf[filled],
+        "o",
+        color="black",
+        markersize=4,
+        label="mean confidence",
+        zorder=4,
     )
     top.set_ylim(0, 1)
     top.set_xlim(0, 1)

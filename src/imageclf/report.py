@@ -158,9 +158,15 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike, *, gradcam: boo
         result, "top_losses", f"Top losses: wrong {detail} images, highest loss first", gradcam
     )
     multiple = len(result.histories) > 1
+    smoothing = {
+        path: float((p.metadata.get("config") or {}).get("label_smoothing") or 0.0)
+        for path, p in zip(result.model_paths, result.predictors, strict=True)
+    }
     for k, (path, history) in enumerate(result.histories.items(), start=1):
         title = f"Training curves: {Path(path).parent.name or path}"
-        figures[f"curves-{k}" if multiple else "curves"] = plots.training_curves(history, title)
+        figures[f"curves-{k}" if multiple else "curves"] = plots.training_curves(
+            history, title, smoothing.get(path, 0.0)
+        )
     pngs: dict[str, bytes] = {}
     for name, fig in figures.items():
         pngs[name] = plots.to_png_bytes(fig)
@@ -312,7 +318,8 @@ def render_html(result: EvalResult, pngs: dict[str, bytes]) -> str:
     parts += [
         "<h2 id='calibration'>Calibration</h2>",
         f"<p>Expected calibration error (ECE): <b>{fmt(m['calibration']['ece'])}</b>. "
-        "Bars below the diagonal mean the model is over-confident in that range.</p>",
+        "A bar that ends below its black dot (the bin's mean confidence) means the model "
+        "claims more than it achieves there (over-confident); above it, under-confident.</p>",
         "<figure class='narrow'>",
         _img(pngs, "reliability", "reliability diagram"),
         "</figure>",

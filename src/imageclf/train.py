@@ -159,12 +159,13 @@ def _fingerprint(dataset: Dataset, split: Split) -> dict:
     }
 
 
-def _plot_curves(run_dir: Path, history: list[dict], recipe: str) -> None:
+def _plot_curves(run_dir: Path, history: list[dict], cfg: TrainConfig) -> None:
     """curves.png in the run folder; a plotting failure must never lose a finished run."""
     try:
         from .plots import save_training_curves
 
-        save_training_curves(history, run_dir / "curves.png", f"{recipe}: {run_dir.name}")
+        title = f"{cfg.recipe}: {run_dir.name}"
+        save_training_curves(history, run_dir / "curves.png", title, cfg.label_smoothing)
     except Exception as exc:
         log.warning("could not plot the training curves: %s", exc)
 
@@ -460,7 +461,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
         seconds = time.perf_counter() - started
         metrics["wall_seconds"] = round(seconds, 2)
         write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-        _plot_curves(run_dir, state["history"], cfg.recipe)
+        _plot_curves(run_dir, state["history"], cfg)
         result = TrainResult(run_dir, bundle_path, state["history"], metrics, seconds)
     ctx.barrier()
     return result
