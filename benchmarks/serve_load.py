@@ -6,6 +6,8 @@ level, and prints throughput, p50/p99 latency and errors as a table and JSON.
 
     python benchmarks/serve_load.py --model tiny            # a random-weight seed-a bundle
     python benchmarks/serve_load.py --model runs/x/model.safetensors --requests 1000
+    python benchmarks/serve_load.py --soak 10000    # then 10k more, sampling worker memory
+    IMAGECLF_MAX_REQUESTS=0 python benchmarks/serve_load.py --workers 1 --soak 10000
 
 Nothing leaves the machine: the server binds 127.0.0.1 and the client only talks to it.
 """
@@ -22,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -117,6 +120,63 @@ def run_level(port: int, concurrency: int, requests: int, body: bytes, ctype: st
     }
 
 
+def worker_rss_mb(master: int) -> dict[int, float]:
+    """Resident memory of each gunicorn worker (the master's children), from /proc."""
+    rss: dict[int, float] = {}
+    try:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    except OSError:
+        return rss
+    for pid in map(int, children):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss[pid] = int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return rss
+
+
+_QUANTILES = (0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+def soak(port: int, master: int, requests: int, body: bytes, ctype: str) -> dict:
+    """``requests`` at concurrency 8 while sampling every worker's memory twice a second."""
+    samples: list[dict[int, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            samples.append(worker_rss_mb(master))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = run_level(port, 8, requests, body, ctype)
+    finally:
+        done.set()
+        sampler.join()
+    per_worker: dict[int, list[float]] = {}
+    for snapshot in samples:
+        for pid, mb in snapshot.items():
+            per_worker.setdefault(pid, []).append(mb)
+
+    def trajectory(values: list[float]) -> list[float]:
+        # RSS at 10%, 25%, 50%, 75% and 100% of the worker's sampled life
+        picks = [values[min(len(values) - 1, int(q * (len(values) - 1)))] for q in _QUANTILES]
+        return [round(mb, 1) for mb in picks]
+
+    return {
+        **result,
+        "workers_seen": len(per_worker),  # more than --workers: recycled by max_requests
+        "worker_rss_mb": {
+            str(pid): {"samples": len(v), "at_10_25_50_75_100pct": trajectory(v)}
+            for pid, v in per_worker.items()
+        },
+        "max_worker_rss_mb": round(max((max(v) for v in per_worker.values()), default=0), 1),
+    }
+
+
 def wait_ready(port: int, process: subprocess.Popen, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -139,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=400, help="per concurrency level")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated levels")
     parser.add_argument("--workers", type=int, default=None, help="gunicorn workers (cores)")
+    parser.add_argument("--soak", type=int, default=0, help="then N more, sampling memory")
     parser.add_argument("--image", type=Path, default=EXAMPLE, help="image to post")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "serve_load.json")
     args = parser.parse_args(argv)
@@ -160,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
             run_level(port, 4, 40, body, ctype)  # warm-up, not reported
             load_before = loadavg()
             results = [run_level(port, c, args.requests, body, ctype) for c in levels]
+            soaked = soak(port, process.pid, args.soak, body, ctype) if args.soak else None
         finally:
             process.send_signal(signal.SIGTERM)
             try:
@@ -175,8 +237,13 @@ def main(argv: list[str] | None = None) -> None:
         "loadavg_1min_before": load_before,
         "model": "tiny-seed-a (random weights)" if args.model == "tiny" else str(model),
         "image": f"{args.image.name} ({args.image.stat().st_size} bytes)",
-        "server": {"workers": args.workers or os.cpu_count(), "workers_booted": workers},
+        "server": {
+            "workers": args.workers or os.cpu_count(),
+            "workers_booted": workers,
+            "max_requests": os.environ.get("IMAGECLF_MAX_REQUESTS", "default (2000)"),
+        },
         "results": results,
+        "soak": soaked,
     }
     header = f"{'conc':>5} {'requests':>9} {'errors':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
     print(header)
@@ -185,6 +252,15 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['concurrency']:>5} {r['requests']:>9} {r['errors']:>7} {r['throughput_rps']:>8}"
             f" {r['p50_ms']:>8} {r['p99_ms']:>8}"
         )
+    if soaked:
+        print(
+            f"soak: {soaked['requests']} requests at concurrency 8, {soaked['errors']} errors, "
+            f"{soaked['throughput_rps']} req/s; {soaked['workers_seen']} worker processes seen, "
+            f"largest worker RSS {soaked['max_worker_rss_mb']} MB"
+        )
+        for pid, rss in soaked["worker_rss_mb"].items():
+            path = " -> ".join(f"{mb}" for mb in rss["at_10_25_50_75_100pct"])
+            print(f"  worker {pid} ({rss['samples']} samples): RSS {path} MB")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

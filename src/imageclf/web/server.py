@@ -17,7 +17,8 @@ log = logging.getLogger("imageclf.web")
 
 # gunicorn's sync workers: one request at a time per worker, the model loaded once per
 # worker. A stuck request is killed after TIMEOUT_S; workers are recycled after about
-# MAX_REQUESTS requests (jittered so they do not all restart together) to cap any leak.
+# MAX_REQUESTS requests (jittered so they do not all restart together) to cap any leak;
+# IMAGECLF_MAX_REQUESTS overrides it (0 turns recycling off, e.g. to measure a leak).
 TIMEOUT_S = 30
 GRACEFUL_TIMEOUT_S = 10
 MAX_REQUESTS = 2000
@@ -53,14 +54,15 @@ def check_model(model: str | os.PathLike | None) -> Path:
 def gunicorn_options(host: str, port: int, workers: int) -> dict[str, Any]:
     """The gunicorn settings ``serve`` uses (exposed for tests and docs)."""
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    max_requests = int(os.environ.get("IMAGECLF_MAX_REQUESTS", MAX_REQUESTS))
     return {
         "bind": bind,
         "workers": workers,
         "worker_class": "sync",
         "timeout": TIMEOUT_S,
         "graceful_timeout": GRACEFUL_TIMEOUT_S,
-        "max_requests": MAX_REQUESTS,
-        "max_requests_jitter": MAX_REQUESTS_JITTER,
+        "max_requests": max_requests,
+        "max_requests_jitter": MAX_REQUESTS_JITTER if max_requests else 0,
         "preload_app": False,  # each worker builds its own app and model after the fork
         "accesslog": "-",
         "errorlog": "-",
