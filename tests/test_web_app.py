@@ -6,6 +6,7 @@ import base64
 import io
 import re
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import make_tiny_bundle, png_bytes
@@ -388,3 +389,21 @@ def test_serve_refuses_missing_or_invalid_model(tmp_path, capsys, keep_torch_thr
     err = capsys.readouterr().err.strip()
     assert err.startswith("imageclf: error:") and "\n" not in err
     assert str(model) in err
+
+
+def test_max_requests_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("IMAGECLF_MAX_REQUESTS", "0")
+    options = gunicorn_options("127.0.0.1", 8000, 1)
+    assert options["max_requests"] == 0 and options["max_requests_jitter"] == 0
+
+
+def test_serve_without_bundled_model_is_a_clear_error(monkeypatch, capsys, keep_torch_threads):
+    from imageclf import predict
+    from imageclf.cli import main
+
+    monkeypatch.setattr(predict.resources, "files", lambda _: Path("/nonexistent/imageclf"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--port", "0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "bundled default model is missing" in err and "\n" not in err
