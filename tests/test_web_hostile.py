@@ -115,6 +115,8 @@ def test_02_large_jpeg_photo_is_fast(client):
     response = post(client, photo, "photo.jpg")
     assert response.status_code == 200
     assert time.perf_counter() - started < 3.0  # draft mode decodes at 1/8 scale
+    page = client.post("/predict", data={"file": (io.BytesIO(photo), "photo.jpg")})
+    assert "4000×3000" in page.get_data(as_text=True)  # the real size, not the draft's
 
 
 # 3, 4 ---------------------------------------------------------------- nothing to classify
@@ -365,6 +367,8 @@ def test_23_exif_orientation_6_matches_upright(client):
     assert probabilities(client, rotated) == pytest.approx(
         probabilities(client, encode(upright)), abs=1e-6
     )
+    page = client.post("/predict", data={"file": (io.BytesIO(rotated), "sideways.png")})
+    assert "40×24" in page.get_data(as_text=True)  # shown upright
     # and the tag really matters: without it the same pixels classify differently
     assert probabilities(client, encode(stored)) != pytest.approx(
         probabilities(client, encode(upright)), abs=1e-6

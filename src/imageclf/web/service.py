@@ -80,6 +80,7 @@ class Prediction:
     image: Image.Image
     top: list[tuple[str, float]]
     explanation: Image.Image | None = None
+    size: tuple[int, int] = (0, 0)  # the upload's own size, upright (decoding may draft)
     class_index: int = 0
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
@@ -104,6 +105,18 @@ def png_base64(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def original_size(data: bytes, decoded: Image.Image) -> tuple[int, int]:
+    """The upload's width x height as the user sees it: big JPEGs decode at a reduced
+    scale (draft), so read the header again (cheap) and apply the EXIF rotation."""
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+            orientation = header.getexif().get(0x0112, 1)
+    except Exception:
+        return decoded.size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def display_copy(image: Image.Image, size: int = DISPLAY_SIZE) -> Image.Image:
@@ -251,6 +264,7 @@ class ModelService:
                     filename=upload.filename,
                     image=image,
                     top=predictor.top(row, top_k),
+                    size=original_size(upload.data, image),
                     class_index=best,
                     probabilities=row,
                     explanation=explain_image(predictor, image, best) if explain else None,
