@@ -108,22 +108,19 @@ def main() -> None:
     )
     args = parser.parse_args()
     extra = [a for a in args.extra if a != "--"]
-    rows = []
-    for recipe in args.recipes:
-        rows.append(run_recipe(recipe, args.data, Path(args.runs_dir), extra))
-        print(table(rows[-1:]).splitlines()[-1], flush=True)
-    result = {
-        "machine": describe(),
-        "data": args.data,
-        "rows": rows,
-        "date": time.strftime("%Y-%m-%d"),
-    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(out.read_text()) if out.exists() else {"rows": []}
-    merged = {r["recipe"]: r for r in previous.get("rows", [])} | {r["recipe"]: r for r in rows}
-    result["rows"] = list(merged.values())
-    out.write_text(json.dumps(result, indent=2))
+    result = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    for recipe in args.recipes:
+        row = run_recipe(recipe, args.data, Path(args.runs_dir), extra)
+        print(table([row]).splitlines()[-1], flush=True)
+        # Saved after every recipe: an interrupted sweep keeps what it measured.
+        rows = {r["recipe"]: r for r in result["rows"]} | {
+            recipe: row
+            | {"machine": describe(), "data": args.data, "date": time.strftime("%Y-%m-%d")}
+        }
+        result["rows"] = list(rows.values())
+        out.write_text(json.dumps(result, indent=2))
     print()
     print(table(result["rows"]))
 

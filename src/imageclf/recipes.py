@@ -111,6 +111,12 @@ RECIPES: dict[str, dict] = {
         restore_best=False,
     ),
 }
+# best: the same recipe, wider (airbench95's 128/384/384) and longer, for more time or a GPU.
+RECIPES["best"] = {
+    **RECIPES["fast"],
+    "arch_kwargs": {"widths": [128, 384, 384]},
+    "epochs": 15,
+}
 
 
 def resolve(recipe: str = "fast", **overrides) -> TrainConfig:

@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .bundle import save_bundle
-from .data import Dataset, Split, load_dataset, make_split
+from .data import Dataset, load_dataset, make_split
 from .data.augment import augment_batch
 from .data.loader import Normalizer, batch_indices, channel_stats
 from .device import autocast, resolve_device, resolve_precision
@@ -150,7 +150,7 @@ class TrainResult:
     seconds: float
 
 
-def _fingerprint(dataset: Dataset, split: Split) -> dict:
+def _fingerprint(dataset: Dataset) -> dict:
     return {
         "source": dataset.source,
         "fingerprint": dataset.fingerprint,
@@ -255,7 +255,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
         config_record = {
             "config": cfg.to_dict(),
             "split": split.describe(),
-            "data": _fingerprint(dataset, split),
+            "data": _fingerprint(dataset),
             "normalization": {"mean": mean, "std": std},
             "device": str(device),
             "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
@@ -434,6 +434,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
         metrics: dict = {"train_seconds": round(train_seconds, 2)}
         if len(x_val):
             metrics["val"] = evaluate(x_val, y_val)
+            if cfg.tta:  # tuning decisions read val (with TTA); test is only reported
+                metrics["val_tta"] = evaluate(x_val, y_val, tta=True)
         if len(x_test):
             metrics["test"] = evaluate(x_test, y_test)
             if cfg.tta:
@@ -453,7 +455,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
                 "normalization": {"mean": mean, "std": std},
                 "recipe": cfg.recipe,
                 "config": cfg.to_dict(),
-                "data": _fingerprint(dataset, split),
+                "data": _fingerprint(dataset),
                 "split": split.describe(),
                 "metrics": metrics,
             },

@@ -48,28 +48,31 @@ def flip_mask(indices: torch.Tensor, epoch: int, mode: str, gen: torch.Generator
 
 
 def apply_flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask[:, None, None, None], x.flip(-1), x)
+    return torch.where(mask.to(x.device)[:, None, None, None], x.flip(-1), x)
 
 
 def translate(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
     """Random crops of a reflect-padded batch, gathered with one index operation."""
     n, _c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # n,1,h,1
-    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]  # n,1,1,w
-    batch = torch.arange(n)[:, None, None, None]
-    chans = torch.arange(x.shape[1])[None, :, None, None]
+    # Random numbers come from the CPU generator (replayable); indices then move to x's device.
+    dev = x.device
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(dev)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(dev)
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # n,1,h,1
+    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # n,1,1,w
+    batch = torch.arange(n, device=dev)[:, None, None, None]
+    chans = torch.arange(x.shape[1], device=dev)[None, :, None, None]
     return padded[batch, chans, rows, cols].contiguous(memory_format=torch.channels_last)
 
 
 def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
     n, _c, h, w = x.shape
-    cy = torch.randint(0, h, (n,), generator=gen)[:, None, None]
-    cx = torch.randint(0, w, (n,), generator=gen)[:, None, None]
-    ys = torch.arange(h)[None, :, None]
-    xs = torch.arange(w)[None, None, :]
+    dev = x.device
+    cy = torch.randint(0, h, (n,), generator=gen).to(dev)[:, None, None]
+    cx = torch.randint(0, w, (n,), generator=gen).to(dev)[:, None, None]
+    ys = torch.arange(h, device=dev)[None, :, None]
+    xs = torch.arange(w, device=dev)[None, None, :]
     half = size // 2
     inside = (
         (ys >= cy - half) & (ys < cy - half + size) & (xs >= cx - half) & (xs < cx - half + size)
@@ -85,6 +88,7 @@ def affine(x: torch.Tensor, degrees: float, shift: float, gen: torch.Generator) 
     ty = (torch.rand(n, generator=gen) * 2 - 1) * shift * 2
     cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    theta = theta.to(x.device)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
