@@ -31,22 +31,10 @@ SEED_REPORTED = {
 }
 
 
-def run_recipe(recipe: str, data: str, runs_dir: Path, extra: list[str]) -> dict:
-    out = runs_dir / recipe
-    cmd = [
-        sys.executable,
-        "-m",
-        "imageclf",
-        "-q",
-        "train",
-        "--recipe",
-        recipe,
-        "--data",
-        data,
-        "--out",
-        str(out),
-        *extra,
-    ]
+def run_recipe(recipe: str, data: str, runs_dir: Path, extra: list[str], seed: int = 0) -> dict:
+    out = runs_dir / f"{recipe}-seed{seed}"
+    cmd = [sys.executable, "-m", "imageclf", "-q", "train", "--recipe", recipe]
+    cmd += ["--data", data, "--seed", str(seed), "--out", str(out), *extra]
     load_before = loadavg()
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -58,6 +46,7 @@ def run_recipe(recipe: str, data: str, runs_dir: Path, extra: list[str]) -> dict
     epoch_seconds = sum(h["seconds"] for h in history)
     return {
         "recipe": recipe,
+        "seed": seed,
         "command": "imageclf " + " ".join(shlex.quote(c) for c in cmd[4:]),
         "split": config["split"],
         "precision": config["precision"],
@@ -84,13 +73,14 @@ def fmt(value, digits=4):
 
 def table(rows: list[dict]) -> str:
     head = (
-        "| recipe | split | epochs (best) | train img/s | wall | val acc | test acc | "
+        "| recipe | seed | split | epochs (best) | train img/s | wall | val acc | test acc | "
         "test acc TTA | seed reported |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         lines.append(
-            f"| {r['recipe']} | {r['split']['name']} | {r['epochs']} ({r['best_epoch']}) | "
+            f"| {r['recipe']} | {r.get('seed', 0)} | {r['split']['name']} | "
+            f"{r['epochs']} ({r['best_epoch']}) | "
             f"{r['images_per_s']:.0f} | {r['wall_s'] / 60:.1f} min | {fmt(r['val_acc'])} | "
             f"{fmt(r['test_acc'])} | {fmt(r['test_tta_acc'])} | {r['seed_reported']} |"
         )
@@ -101,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--recipes", nargs="+", default=["seed-a", "seed-b", "seed-d", "fast"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--runs-dir", default="runs/bench")
     parser.add_argument("--out", default="benchmarks/results/train_speed.json")
     parser.add_argument(
@@ -112,15 +103,15 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     result = json.loads(out.read_text()) if out.exists() else {"rows": []}
     for recipe in args.recipes:
-        row = run_recipe(recipe, args.data, Path(args.runs_dir), extra)
-        print(table([row]).splitlines()[-1], flush=True)
-        # Saved after every recipe: an interrupted sweep keeps what it measured.
-        rows = {r["recipe"]: r for r in result["rows"]} | {
-            recipe: row
-            | {"machine": describe(), "data": args.data, "date": time.strftime("%Y-%m-%d")}
-        }
-        result["rows"] = list(rows.values())
-        out.write_text(json.dumps(result, indent=2))
+        for seed in args.seeds:
+            row = run_recipe(recipe, args.data, Path(args.runs_dir), extra, seed)
+            row |= {"machine": describe(), "data": args.data, "date": time.strftime("%Y-%m-%d")}
+            print(table([row]).splitlines()[-1], flush=True)
+            # Saved after every run: an interrupted sweep keeps what it measured.
+            rows = {(r["recipe"], r.get("seed", 0)): r for r in result["rows"]}
+            rows[(recipe, seed)] = row
+            result["rows"] = list(rows.values())
+            out.write_text(json.dumps(result, indent=2))
     print()
     print(table(result["rows"]))
 

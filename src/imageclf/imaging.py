@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -47,6 +48,29 @@ def _describe_unsupported(head: bytes) -> str | None:
             return probe.format
     except Exception:
         return None
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _verify_png_checksums(data: bytes) -> None:
+    """Refuse a PNG whose chunk CRCs do not match: Pillow checks them only for the header
+    chunks, so a corrupted IDAT would otherwise decode into silently wrong pixels."""
+    if not data.startswith(PNG_SIGNATURE):
+        return
+    view = memoryview(data)
+    pos = len(PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length = int.from_bytes(view[pos : pos + 4], "big")
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            return  # truncated: the decoder reports that itself
+        if zlib.crc32(view[pos + 4 : end]) != int.from_bytes(view[end : end + 4], "big"):
+            kind = bytes(view[pos + 4 : pos + 8]).decode("latin-1")
+            raise InvalidImageError(f"not a valid image (PNG chunk {kind!r} fails its checksum)")
+        if view[pos + 4 : pos + 8] == b"IEND":
+            return
+        pos = end + 4
 
 
 def _check_geometry(size: tuple[int, int], max_pixels: int) -> None:
@@ -110,6 +134,7 @@ def open_image(
         data = source.read()
     if not data:
         raise InvalidImageError("the file is empty")
+    _verify_png_checksums(data)
 
     with warnings.catch_warnings():
         # Pillow only *warns* past MAX_IMAGE_PIXELS; a warning here is a refusal.
