@@ -4,23 +4,13 @@ import pytest
 
 from imageclf import Predictor
 from imageclf.data import TEST, load_dataset
+from imageclf.data.readers import CIFAR10_CLASSES
 
 
 def test_bundled_model_metadata():
     p = Predictor.load()
     meta = p.metadata
-    assert p.classes == [
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ]
+    assert p.classes == list(CIFAR10_CLASSES)
     assert meta["recipe"] == "fast" and meta["split"]["sizes"]["train"] == 50000
     assert {"test", "test_tta"} <= set(meta["metrics"])
 

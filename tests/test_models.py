@@ -4,7 +4,6 @@ import torch
 from imageclf.errors import UserInputError
 from imageclf.models import build, names
 
-
 PRODUCT_ARCHITECTURES = [n for n in names() if not n.startswith("test-")]  # tests register more
 
 

@@ -162,7 +162,8 @@ def _parse_set(values: tuple[str, ...]) -> dict:
     "--val-size",
     type=click.IntRange(min=0),
     default=None,
-    help="Official split: images held out of train for validation (default 5000).",
+    help="Official split: images held out of train for validation "
+    "(default 5000, or a tenth of train if smaller; 0 = train on all).",
 )
 @click.option("--device", default=None, help="auto, cpu or cuda.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None)

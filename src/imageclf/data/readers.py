@@ -24,6 +24,18 @@ from ..errors import DataError, ImageError
 from ..imaging import open_image, resize_for_model
 from .dataset import TEST, TRAIN, Dataset
 
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 PARTITIONS = {"train": TRAIN, "test": TEST}
 IMAGE_EXTENSIONS = frozenset(Image.registered_extensions())
@@ -69,18 +81,7 @@ def _load_cifar_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cifar_meta(data: bytes | None) -> list[str]:
-    default = [
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ]
+    default = list(CIFAR10_CLASSES)
     if data is None:
         return default
     try:
