@@ -40,25 +40,14 @@ def test_click_usage_errors_exit_2(capsys):
     assert code == 2 and "epochs" in err
 
 
+def _train(data, out, *extra: str) -> list[str]:
+    return ["train", "--recipe", "seed-a", "--data", str(data), "--out", str(out), *extra]
+
+
 def test_train_and_info(tmp_path, capsys):
     data = write_image_folder(tmp_path / "ds", per_class=10)
-    code, out, _ = run(
-        [
-            "-q",
-            "train",
-            "--recipe",
-            "seed-a",
-            "--data",
-            str(data),
-            "--epochs",
-            "1",
-            "--out",
-            str(tmp_path / "run"),
-            "--set",
-            "batch_size=8",
-        ],
-        capsys,
-    )
+    argv = ["-q", *_train(data, tmp_path / "run", "--epochs", "1", "--set", "batch_size=8")]
+    code, out, _ = run(argv, capsys)
     assert code == 0 and "test accuracy" in out
     code, out, _ = run(["info", str(tmp_path / "run" / "model.safetensors")], capsys)
     assert code == 0 and "seed-a" in out and "cat, dog, frog" in out
@@ -68,28 +57,12 @@ def test_train_and_info(tmp_path, capsys):
 
 def test_json_logs(tmp_path, capsys):
     data = write_image_folder(tmp_path / "ds", per_class=10)
-    code, out, _ = run(
-        [
-            "--log-format",
-            "json",
-            "train",
-            "--recipe",
-            "seed-a",
-            "--data",
-            str(data),
-            "--epochs",
-            "2",
-            "--out",
-            str(tmp_path / "run"),
-        ],
-        capsys,
-    )
+    argv = ["--log-format", "json", *_train(data, tmp_path / "run", "--epochs", "2")]
+    code, out, _ = run(argv, capsys)
     assert code == 0
     records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    assert [r["message"].split()[1] for r in records if r["message"].startswith("epoch")] == [
-        "1/2",
-        "2/2",
-    ]
+    epochs = [r["message"].split()[1] for r in records if r["message"].startswith("epoch")]
+    assert epochs == ["1/2", "2/2"]
 
 
 def test_data_info(tmp_path, capsys):
