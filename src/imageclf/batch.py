@@ -20,12 +20,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import ImageError, UserInputError
-from .imaging import open_image, resize_for_model
+from .imaging import IMAGE_EXTENSIONS, open_image, resize_for_model
 from .predict import Predictor
 
-# Inside folders only files with an image extension are tried (a README or .DS_Store
-# is not a failed image); a file named explicitly is always tried.
-IMAGE_EXTENSIONS = frozenset(Image.registered_extensions())
 BATCH_SIZE = 64
 EXPLAIN_SIZE = 256
 
@@ -46,6 +43,9 @@ class FileResult:
 
 def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[FileResult]]:
     """Expand folders (recursively, sorted, hidden files skipped) into image files.
+
+    Inside folders only files with an image extension are tried (a README or .DS_Store
+    is not a failed image); a file named explicitly is always tried.
 
     Returns the files and a failure entry for every input that does not exist.
     """

@@ -323,13 +323,9 @@ def resolve_split(
         "recorded), so which images the model saw in training is unknown; split names only "
         "partition this data"
     )
-    resolved = (
-        "official"
-        if name == "official" or (name == "auto" and dataset.has_test_partition)
-        else "70-15-15"
-    )
-    # Foreign data keeps its own train/test partitions whole: no validation hold-out.
-    split = make_split(dataset, resolved, 0, 0 if resolved == "official" else None)
+    # Foreign data keeps its own train/test partitions whole: no validation hold-out
+    # (val_size=0; 70-15-15 ignores it).
+    split = make_split(dataset, name, 0, val_size=0)
     return split, {**split.describe(), "origin": "requested"}, notes
 
 

@@ -18,6 +18,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
 
+# File extensions worth trying when walking folders (datasets, `imageclf predict`).
+IMAGE_EXTENSIONS = frozenset(Image.registered_extensions())
 # Formats the web app accepts; everything Pillow can read is allowed for local files.
 WEB_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 # Our own decompression-bomb limit, checked from the header before any pixel is decoded.

@@ -205,7 +205,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
     labels = torch.from_numpy(dataset.labels)
     train_idx = torch.from_numpy(split.train)
     x_train, y_train = images[train_idx], labels[train_idx]
-    mean, std = channel_stats(dataset.images[split.train])
+    mean, std = channel_stats(x_train.numpy())
     normalizer = Normalizer(mean, std)
     n_classes = len(dataset.classes)
 

@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import DataError, ImageError
-from ..imaging import open_image, resize_for_model
+from ..imaging import IMAGE_EXTENSIONS, open_image, resize_for_model
 from .dataset import TEST, TRAIN, Dataset
 
 CIFAR10_CLASSES = (
@@ -38,7 +38,6 @@ CIFAR10_CLASSES = (
 )
 CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 PARTITIONS = {"train": TRAIN, "test": TEST}
-IMAGE_EXTENSIONS = frozenset(Image.registered_extensions())
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 # Hidden files and OS litter that appear inside class folders and archives.
 _IGNORED_PARTS = ("__MACOSX",)
