@@ -1,15 +1,20 @@
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from conftest import write_image_folder
+from PIL import Image
 
 from imageclf import Predictor, recipes
+from imageclf.bundle import build_model, load_bundle
+from imageclf.data import load_dataset
 from imageclf.errors import UserInputError
 from imageclf.train import train
 
@@ -144,3 +149,76 @@ def test_resume_after_sigkill_matches_uninterrupted(synthetic, tmp_path):
 def test_resume_of_missing_run_is_clear(tmp_path):
     with pytest.raises(UserInputError, match="nothing to resume"):
         train(recipes.resolve("seed-a"), progress=False, resume=tmp_path)
+
+
+# ---------------------------------------------------------------- tricks that must take effect
+def _noise_folder(root, classes=3, per_class=20):
+    """Random pixels, arbitrary labels: nothing generalises, so val_loss stalls or rises."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / f"c{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def test_reduce_lr_on_plateau_follows_val_loss(tmp_path):
+    data = _noise_folder(tmp_path / "noise")
+    cfg = _cfg(data, tmp_path / "run", epochs=5, lr=0.003, schedule="plateau", plateau_patience=1)
+    cfg.early_stopping = None
+    result = train(cfg, progress=False)
+    # Keras' ReduceLROnPlateau, replayed from the recorded val_loss.
+    best, bad, factor, expected = math.inf, 0, 1.0, []
+    for record in result.history:
+        expected.append(cfg.lr * factor)
+        if record["val_loss"] < best:
+            best, bad = record["val_loss"], 0
+        else:
+            bad += 1
+            if bad % cfg.plateau_patience == 0:
+                factor = max(factor * cfg.plateau_factor, cfg.min_lr / cfg.lr)
+    assert [r["lr"] for r in result.history] == pytest.approx(expected, rel=1e-9)
+    assert expected[-1] < cfg.lr, "noise data should make val_loss stall at least once"
+    # The optimiser ran at that rate, not just the log: its state in the last checkpoint.
+    checkpoint = torch.load(result.run_dir / "last.pt", weights_only=True)
+    groups = checkpoint["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([expected[-1]] * len(groups), rel=1e-9)
+
+
+def test_lookahead_changes_training_and_ends_on_the_slow_weights(synthetic, tmp_path):
+    options = dict(epochs=2, restore_best=False, early_stopping=None)
+    plain = train(_cfg(synthetic, tmp_path / "plain", **options), progress=False)
+    slow = train(_cfg(synthetic, tmp_path / "slow", lookahead=True, **options), progress=False)
+    checkpoint = torch.load(slow.run_dir / "last.pt", weights_only=True)
+    unpulled = torch.load(plain.run_dir / "last.pt", weights_only=True)["model"]
+    # The periodic pulls toward the slow weights change the trajectory (same seed, same data)...
+    moved = max((checkpoint["model"][k] - v).abs().max().item() for k, v in unpulled.items())
+    assert moved > 1e-4
+    # ...and the bundle holds the slow weights, not the fast ones the last step left.
+    assert checkpoint["state"]["step"] % 5, "the last step must not be a sync step"
+    model = build_model(load_bundle(slow.bundle_path))
+    names = [name for name, _ in model.named_parameters()]
+    assert len(checkpoint["lookahead"]) == len(names)
+    for name, saved_slow in zip(names, checkpoint["lookahead"], strict=True):
+        assert torch.equal(model.state_dict()[name], saved_slow), name
+    assert any(
+        not torch.equal(checkpoint["model"][n], s)
+        for n, s in zip(names, checkpoint["lookahead"], strict=True)
+    )
+
+
+def test_label_smoothing_caps_confidence(synthetic, tmp_path):
+    """With smoothing e over K classes the best the model can do is predict 1 - e + e/K for
+    the true class, and the loss cannot fall below that target's entropy."""
+    eps, k = 0.3, 3
+    result = train(_cfg(synthetic, tmp_path / "ls", label_smoothing=eps), progress=False)
+    target = np.array([1 - eps + eps / k] + [eps / k] * (k - 1))
+    floor = float(-(target * np.log(target)).sum())
+    losses = [r["train_loss"] for r in result.history]
+    assert min(losses) >= floor - 1e-4 and losses[-1] < floor + 0.05  # trained, to the floor
+    images = load_dataset(synthetic, progress=False).images
+    confidence = Predictor.load(result.bundle_path).predict_proba(images).max(1)
+    assert abs(confidence.mean() - target[0]) < 0.05  # unsmoothed training gives ~1.0
+    assert confidence.max() < 0.95
