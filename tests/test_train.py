@@ -91,57 +91,66 @@ def test_bad_hyperparameters_are_user_errors():
         recipes.resolve("seed-a", epochs=0)
 
 
-def test_resume_after_sigkill_matches_uninterrupted(synthetic, tmp_path):
-    """Kill a real training process mid-run, resume it, and get the same history."""
-    args = [
-        "--data",
-        str(synthetic),
-        "--recipe",
-        "seed-d",
-        "--epochs",
-        "6",
-        "--batch-size",
-        "8",
-        "--seed",
-        "3",
-    ]
+def _train_cli(*argv: str, **kwargs):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    reference = tmp_path / "ref"
-    subprocess.run(
-        [sys.executable, "-m", "imageclf", "-q", "train", *args, "--out", str(reference)],
-        check=True,
-        env=env,
-        timeout=300,
-    )
-    run = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "imageclf", "-q", "train", *args, "--out", str(run)], env=env
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        last = run / "last.pt"
-        if last.is_file():
-            done = torch.load(last, weights_only=True)["state"]["epoch"]
-            if done >= 2:
+    command = [sys.executable, "-m", "imageclf", "-q", "train", *argv]
+    return subprocess.Popen(command, env=env, **kwargs)
+
+
+def _resume_args(data) -> list[str]:
+    return ["--data", str(data), "--recipe", "seed-d", "--epochs", "6", "--batch-size", "8",
+            "--seed", "3"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synthetic, tmp_path_factory):
+    reference = tmp_path_factory.mktemp("resume") / "reference"
+    assert _train_cli(*_resume_args(synthetic), "--out", str(reference)).wait(timeout=300) == 0
+    return reference
+
+
+def _default_sigint() -> None:
+    """A child started from a shell that ignores SIGINT (a background job) would inherit
+    that, and Python would then never raise KeyboardInterrupt: restore the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_resume_after_interruption_matches_uninterrupted(synthetic, uninterrupted, tmp_path, sig):
+    """Kill (or Ctrl-C) a real training process mid-run, resume it: the same history."""
+    run = tmp_path / "interrupted"
+    with open(tmp_path / "stderr.txt", "w+") as stderr:
+        proc = _train_cli(
+            *_resume_args(synthetic), "--out", str(run), stderr=stderr, preexec_fn=_default_sigint
+        )
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            last = run / "last.pt"
+            if last.is_file() and torch.load(last, weights_only=True)["state"]["epoch"] >= 2:
                 break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        code = proc.wait(timeout=60)
+        stderr.seek(0)
+        err = stderr.read()
     state = torch.load(run / "last.pt", weights_only=True)["state"]
-    assert 2 <= state["epoch"] < 6, "the process must be killed before it finished"
-    subprocess.run(
+    assert 2 <= state["epoch"] < 6, "the process must be stopped before it finished"
+    if sig == signal.SIGINT:  # Ctrl-C: a one-line message and the shell's 128 + SIGINT
+        assert code == 130 and err.strip() == "imageclf: interrupted", err
+    else:
+        assert code == -signal.SIGKILL
+    resumed = subprocess.run(
         [sys.executable, "-m", "imageclf", "-q", "train", "--resume", str(run)],
-        check=True,
-        env=env,
         timeout=300,
     )
-    ref_hist = json.loads((reference / "history.json").read_text())
+    assert resumed.returncode == 0
+    ref_hist = json.loads((uninterrupted / "history.json").read_text())
     got_hist = json.loads((run / "history.json").read_text())
     assert len(got_hist) == 6
     assert [[h[k] for k in COMPARED] for h in got_hist] == [
         [h[k] for k in COMPARED] for h in ref_hist
     ]
-    ref_metrics = json.loads((reference / "metrics.json").read_text())
+    ref_metrics = json.loads((uninterrupted / "metrics.json").read_text())
     got_metrics = json.loads((run / "metrics.json").read_text())
     assert got_metrics["test"] == ref_metrics["test"]
 
