@@ -9,8 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import write_image_folder
-from PIL import Image
+from conftest import write_image_folder, write_noise_folder
 
 from imageclf import Predictor, recipes
 from imageclf.bundle import build_model, load_bundle
@@ -161,20 +160,8 @@ def test_resume_of_missing_run_is_clear(tmp_path):
 
 
 # ---------------------------------------------------------------- tricks that must take effect
-def _noise_folder(root, classes=3, per_class=20):
-    """Random pixels, arbitrary labels: nothing generalises, so val_loss stalls or rises."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        folder = root / f"c{c}"
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
-
-
 def test_reduce_lr_on_plateau_follows_val_loss(tmp_path):
-    data = _noise_folder(tmp_path / "noise")
+    data = write_noise_folder(tmp_path / "noise")
     cfg = _cfg(data, tmp_path / "run", epochs=5, lr=0.003, schedule="plateau", plateau_patience=1)
     cfg.early_stopping = None
     result = train(cfg, progress=False)
