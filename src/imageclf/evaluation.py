@@ -22,13 +22,12 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
+from .bundle import BundleMetadata
 from .data import Dataset, Split, load_dataset, make_split
 from .data.splits import SPLITS
 from .errors import DataError, UserInputError
-from .inference import predict_logits
 from .predict import Predictor
 
 log = logging.getLogger("imageclf.evaluate")
@@ -216,8 +215,8 @@ def ensemble_log_probs(
     progress: bool = False,
     desc: str = "predicting",
 ) -> np.ndarray:
-    """(N, C) log-probabilities: each member through the one prediction path
-    (``predict_logits``), probabilities averaged over members."""
+    """(N, C) log-probabilities: each member through ``Predictor.log_probs``, the one
+    prediction path; probabilities averaged over members."""
     members = []
     total = len(images_u8) * len(predictors)
     with tqdm(
@@ -226,16 +225,8 @@ def ensemble_log_probs(
         for predictor in predictors:
             parts = []
             for start in range(0, len(images_u8), CHUNK):
-                chunk = torch.from_numpy(np.ascontiguousarray(images_u8[start : start + CHUNK]))
-                logits = predict_logits(
-                    predictor.model,
-                    chunk,
-                    predictor.normalizer,
-                    tta=tta,
-                    device=predictor.device,
-                    amp_dtype=predictor.amp_dtype,
-                )
-                parts.append(torch.log_softmax(logits.double(), dim=1).numpy())
+                chunk = images_u8[start : start + CHUNK]
+                parts.append(predictor.log_probs(chunk, tta=tta))
                 bar.update(len(chunk))
             members.append(
                 np.concatenate(parts) if parts else np.zeros((0, len(predictor.classes)))
@@ -244,21 +235,6 @@ def ensemble_log_probs(
     # log(mean_m p_m) computed stably: logsumexp over members minus log(M).
     top = stacked.max(0)
     return top + np.log(np.exp(stacked - top).mean(0))
-
-
-def ensemble_gradcam(
-    predictors: Sequence[Predictor], images_u8: np.ndarray, class_indices: np.ndarray
-) -> np.ndarray:
-    """Grad-CAM maps for the given classes, averaged over ensemble members."""
-    from .gradcam import gradcam_batch
-
-    maps = [
-        gradcam_batch(p.model, p.normalizer, images_u8, class_indices, device=p.device)[0]
-        for p in predictors
-    ]
-    mean = np.mean(maps, axis=0)
-    peak = mean.max(axis=(1, 2), keepdims=True)
-    return np.divide(mean, peak, out=np.zeros_like(mean), where=peak > 0)
 
 
 # ---------------------------------------------------------------- data and split
@@ -274,7 +250,10 @@ def _class_mapping(dataset: Dataset, classes: list[str]) -> np.ndarray:
 
 
 def resolve_split(
-    dataset: Dataset, metadata: dict, requested: str | None, bundle_path: Path | None = None
+    dataset: Dataset,
+    metadata: BundleMetadata,
+    requested: str | None,
+    bundle_path: Path | None = None,
 ) -> tuple[Split, dict, list[str]]:
     """The split to evaluate on, where it came from, and notes for the reader.
 
@@ -285,16 +264,14 @@ def resolve_split(
     if requested is not None and requested not in SPLITS:
         raise UserInputError(f"unknown split {requested!r}; choose {', '.join(SPLITS)}")
     notes: list[str] = []
-    recorded = metadata.get("split")
-    config = metadata.get("config") or {}
-    same_data = (
-        bool(recorded) and (metadata.get("data") or {}).get("fingerprint") == dataset.fingerprint
-    )
+    recorded = metadata.split
+    config = metadata.config
+    same_data = bool(recorded) and metadata.data_fingerprint == dataset.fingerprint
     if same_data and requested in (None, "auto", recorded["name"]):
         split = make_split(
             dataset,
             recorded["name"],
-            int(recorded["seed"]),
+            recorded["seed"],
             config.get("val_size"),
             config.get("subset"),
         )
@@ -316,7 +293,7 @@ def resolve_split(
             f"the model was trained with the {recorded['name']} split but --split {name} was "
             "asked for: val/test may include images the model was trained on"
         )
-        split = make_split(dataset, name, int(recorded["seed"]), config.get("val_size"))
+        split = make_split(dataset, name, recorded["seed"], config.get("val_size"))
         return split, {**split.describe(), "origin": "requested"}, notes
     notes.append(
         "this data does not match the training data recorded in the model (or none is "
@@ -334,7 +311,7 @@ def _split_from_run_folder(bundle_path: Path | None, recorded: dict) -> Split | 
         return None
     with np.load(bundle_path.parent / "split.npz") as saved:
         split = Split(
-            recorded["name"], int(recorded["seed"]), saved["train"], saved["val"], saved["test"]
+            recorded["name"], recorded["seed"], saved["train"], saved["val"], saved["test"]
         )
     return split if split.digest() == recorded.get("digest") else None
 
@@ -397,7 +374,7 @@ def evaluate(
     first = predictors[0]
     meta = first.metadata
     if data is None:
-        source = (meta.get("data") or {}).get("source")
+        source = meta.data_source
         if not source or not Path(source).exists():
             raise UserInputError("pass --data: the model does not name a dataset that exists here")
         data = source
@@ -461,7 +438,7 @@ def evaluate(
 
 
 def _ensemble_split_notes(predictors: Sequence[Predictor], meta: dict) -> list[str]:
-    digests = {(p.metadata.get("split") or {}).get("digest") for p in predictors}
+    digests = {(p.metadata.split or {}).get("digest") for p in predictors}
     if len(predictors) > 1 and len(digests) > 1:
         return [
             "the ensemble's models were trained on different splits; the first model's split "
@@ -541,9 +518,9 @@ def build_metrics(result: EvalResult, split_info: dict, data) -> dict:
             {
                 "path": path,
                 "name": p.name,
-                "architecture": p.metadata["architecture"],
-                "recipe": p.metadata.get("recipe"),
-                "split": p.metadata.get("split"),
+                "architecture": p.metadata.architecture,
+                "recipe": p.metadata.recipe,
+                "split": p.metadata.split,
             }
             for path, p in zip(result.model_paths, result.predictors, strict=True)
         ],
@@ -553,8 +530,7 @@ def build_metrics(result: EvalResult, split_info: dict, data) -> dict:
             "source": result.dataset.source,
             "fingerprint": result.dataset.fingerprint,
             "images": len(result.dataset),
-            "same_as_training": (meta.get("data") or {}).get("fingerprint")
-            == result.dataset.fingerprint,
+            "same_as_training": meta.data_fingerprint == result.dataset.fingerprint,
         },
         "split": split_info,
         "classes": classes,

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .evaluation import EvalResult, ensemble_gradcam, fmt, report_text, summary_table
+from .evaluation import EvalResult, fmt, report_text, summary_table
 from .fileio import write_text_atomic
+from .gradcam import ensemble_gradcam, overlay
 
 log = logging.getLogger("imageclf.report")
 
@@ -66,8 +67,6 @@ def _grid_figures(result: EvalResult, key: str, heading: str, gradcam: bool) -> 
     if gradcam:
         predicted = np.array([result.classes.index(e["predicted"]) for e in entries])
         try:
-            from .gradcam import overlay
-
             maps = ensemble_gradcam(result.predictors, images, predicted)
             overlays = [
                 np.asarray(overlay(img, heat, GRADCAM_CELL))
@@ -159,7 +158,7 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike, *, gradcam: boo
     )
     multiple = len(result.histories) > 1
     smoothing = {
-        path: float((p.metadata.get("config") or {}).get("label_smoothing") or 0.0)
+        path: float(p.metadata.config.get("label_smoothing") or 0.0)
         for path, p in zip(result.model_paths, result.predictors, strict=True)
     }
     for k, (path, history) in enumerate(result.histories.items(), start=1):
