@@ -4,7 +4,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_bundle, png_bytes
+from helpers import make_tiny_bundle, png_bytes
 from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 
@@ -182,13 +182,6 @@ def test_metadata_that_is_not_an_object(tmp_path):
     _write_raw(path, {"w": torch.zeros(2)}, "[1, 2, 3]")
     with pytest.raises(BundleError, match="metadata is not a JSON object"):
         load_bundle(path)
-
-
-@pytest.fixture()
-def keep_torch_threads():
-    threads = torch.get_num_threads()  # `serve` sets it to 1 in this process
-    yield
-    torch.set_num_threads(threads)
 
 
 def _cli(argv, capsys):

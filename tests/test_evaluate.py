@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import make_tiny_bundle, write_image_folder
+from helpers import make_tiny_bundle, write_image_folder
 
 from imageclf import Predictor, recipes
 from imageclf.cli import main

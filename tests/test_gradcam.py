@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_bundle
+from helpers import make_tiny_bundle
 from PIL import Image
 from torch import nn
 
