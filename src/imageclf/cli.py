@@ -14,7 +14,10 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .data.splits import SPLITS
+from .device import PRECISIONS
 from .errors import ImageclfError, UserInputError
+from .recipes import OPTIMIZERS, RECIPES, SCHEDULES
 
 log = logging.getLogger("imageclf")
 
@@ -129,14 +132,8 @@ def _parse_set(values: tuple[str, ...]) -> dict:
     return overrides
 
 
-def _recipe_help() -> str:
-    from .recipes import RECIPES
-
-    return f"One of: {', '.join(RECIPES)}."
-
-
 @cli.command()
-@click.option("--recipe", default="fast", show_default=True, help=_recipe_help())
+@click.option("--recipe", default="fast", show_default=True, help=f"One of: {', '.join(RECIPES)}.")
 @click.option(
     "--data",
     "data_path",
@@ -146,17 +143,22 @@ def _recipe_help() -> str:
 )
 @click.option(
     "--split",
-    type=click.Choice(["auto", "official", "70-15-15"]),
+    type=click.Choice(SPLITS),
     default=None,
     help="auto: official when the data has a test set, else 70-15-15.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Default: the recipe's ("
+    + ", ".join(f"{k} {r['epochs']}" for k, r in RECIPES.items())
+    + ").",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=None)
-@click.option(
-    "--schedule", type=click.Choice(["constant", "plateau", "warmup-linear"]), default=None
-)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None)
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=None)
 @click.option("--label-smoothing", type=click.FloatRange(0, 1), default=None)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=None)
 @click.option(
@@ -179,7 +181,7 @@ def _recipe_help() -> str:
     "(default 5000, or a tenth of train if smaller; 0 = train on all).",
 )
 @click.option("--device", default=None, help="auto, cpu or cuda.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--seed", type=int, default=None)
 @click.option(
@@ -299,7 +301,7 @@ def info(model: str | None, as_json: bool) -> None:
 )
 @click.option(
     "--split",
-    type=click.Choice(["auto", "official", "70-15-15"]),
+    type=click.Choice(SPLITS),
     default=None,
     help="Default: the split recorded in the model when --data is its training data "
     "(so val/test are truly held out), else auto.",
