@@ -6,7 +6,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import CLASSES, write_image_folder
+from helpers import CLASSES, write_image_folder
 from PIL import Image
 
 from imageclf import data as data_mod

@@ -7,13 +7,13 @@ import json
 
 import pytest
 import torch
-from conftest import write_image_folder
+from helpers import write_image_folder
 
 from imageclf import device as device_mod
 from imageclf import recipes
 from imageclf.device import cpu_has_fast_bf16, resolve_precision
 from imageclf.errors import UserInputError
-from imageclf.train import train
+from imageclf.training import train
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import write_noise_folder
+from helpers import write_noise_folder
 from safetensors.torch import load_file
 
 

@@ -13,7 +13,7 @@ import os
 import jsonschema_rs  # comes with schemathesis
 import pytest
 import schemathesis
-from conftest import make_tiny_bundle
+from helpers import make_tiny_bundle
 from hypothesis import HealthCheck, settings
 
 from imageclf.web import DEFAULTS, create_app
