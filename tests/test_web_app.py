@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from conftest import make_tiny_bundle, png_bytes
 from PIL import Image
 
 from imageclf.web import SECURITY_HEADERS, create_app
+from imageclf.web.extensions import get_service
 from imageclf.web.server import gunicorn_options, threads_per_worker
 
 CLASSES = [f"class{i}" for i in range(10)]
@@ -31,12 +31,6 @@ def app(bundle):
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-@pytest.fixture
-def no_gradcam(monkeypatch):
-    """Pretend imageclf.gradcam is not installed (None in sys.modules: ImportError)."""
-    monkeypatch.setitem(sys.modules, "imageclf.gradcam", None)
 
 
 def upload(data: bytes, name: str = "image.png", field: str = "file", **fields):
@@ -93,8 +87,11 @@ def test_result_page_shows_gradcam_overlay_when_available(client):
     assert overlay.size[0] >= 32
 
 
-def test_result_page_without_gradcam_still_works(client, no_gradcam):
-    response = client.post("/predict", data=upload(png_bytes()))
+def test_result_page_without_explanations_when_turned_off(bundle):
+    app = create_app(
+        bundle, TESTING=True, IMAGECLF_MODEL_LOADING="eager", IMAGECLF_EXPLAIN_PAGES=False
+    )
+    response = app.test_client().post("/predict", data=upload(png_bytes()))
     html = response.get_data(as_text=True)
     assert response.status_code == 200
     assert 'id="overlay"' not in html and 'id="label"' in html
@@ -186,7 +183,7 @@ def test_api_predict_one_file(client):
 
 
 def test_api_batch_is_one_forward_pass(client, app, monkeypatch):
-    predictor = app.extensions["imageclf"].predictor()
+    predictor = get_service(app).predictor()
     calls = []
     original = predictor.predict_proba
 
@@ -260,13 +257,6 @@ def test_api_explain_returns_png(client):
     explanation = response.get_json()["predictions"][0]["explanation"]
     image = Image.open(io.BytesIO(base64.b64decode(explanation)))
     assert image.format == "PNG"
-
-
-def test_api_explain_without_gradcam_is_null(client, no_gradcam):
-    response = client.post("/api/v1/predict", data=upload(png_bytes(), explain="true"))
-    assert response.status_code == 200
-    assert response.get_json()["predictions"][0]["explanation"] is None
-    assert client.get("/api/v1/model").get_json()["explain"] is False
 
 
 def test_api_bad_explain_is_400(client):

@@ -21,6 +21,7 @@ from PIL import Image
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from imageclf.web import create_app
+from imageclf.web.extensions import get_service
 from imageclf.web.uploads import DRAIN_LIMIT_BYTES, MAX_UPLOAD_BYTES
 
 ALLOWED = "PNG, JPEG, GIF, WEBP, BMP"
@@ -447,7 +448,7 @@ def test_27_healthz_always_readyz_after_load(tmp_path):
     assert predict.status_code == 503 and predict.is_json
     assert client.get("/").status_code == 200  # the page renders while loading
     assert "imageclf_model_ready" in client.get("/metrics").get_data(as_text=True)
-    app.extensions["imageclf"].load()
+    get_service(app).load()
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
 

@@ -21,6 +21,7 @@ from .errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatErro
 # File extensions worth trying when walking folders (datasets, `imageclf predict`).
 IMAGE_EXTENSIONS = frozenset(Image.registered_extensions())
 # Formats the web app accepts; everything Pillow can read is allowed for local files.
+# The upload page's accept list, names and client-side check all derive from this.
 WEB_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 # Our own decompression-bomb limit, checked from the header before any pixel is decoded.
 # 25 MP admits a 5000x5000 photo and refuses the 10000x10000 (100 MP) kind.
@@ -32,6 +33,18 @@ BACKGROUND = (255, 255, 255)
 
 # Pillow's default: a truncated file is an error, never a silently half-grey image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def format_extensions(fmt: str) -> list[str]:
+    """File extensions Pillow registers for ``fmt`` (``".jpg"``, ``".jpeg"``...)."""
+    return sorted(ext for ext, name in Image.registered_extensions().items() if name == fmt)
+
+
+def format_mime_type(fmt: str) -> str | None:
+    """The MIME type Pillow registers for ``fmt``, if any."""
+    Image.init()
+    return Image.MIME.get(fmt)
+
 
 ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image
 

@@ -16,6 +16,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from ..imaging import MAX_PIXELS
+from .extensions import get_metrics, init_extensions
 from .metrics import Metrics
 from .service import ModelService
 from .uploads import FORM_OVERHEAD_BYTES, MAX_FILES, MAX_UPLOAD_BYTES, InMemoryRequest
@@ -47,12 +48,12 @@ DEFAULTS: dict[str, Any] = {
     "IMAGECLF_MAX_FILES": MAX_FILES,
     "IMAGECLF_MAX_PIXELS": MAX_PIXELS,
     # eager: load in create_app; background: load in a thread (/readyz says when);
-    # manual: never (tests call ``app.extensions["imageclf"].load()``).
+    # manual: never (tests call ``get_service(app).load()``).
     "IMAGECLF_MODEL_LOADING": "background",
     # A prediction that arrives while the model loads waits this long before a 503.
     "IMAGECLF_MODEL_WAIT_S": 30.0,
     "IMAGECLF_TORCH_THREADS": None,
-    # Grad-CAM on the result page (when imageclf.gradcam is installed).
+    # Grad-CAM on the result page (costs a backward pass per upload).
     "IMAGECLF_EXPLAIN_PAGES": True,
 }
 
@@ -72,8 +73,7 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
         max_pixels=int(app.config["IMAGECLF_MAX_PIXELS"]),
         torch_threads=app.config["IMAGECLF_TORCH_THREADS"],
     )
-    app.extensions["imageclf"] = service
-    app.extensions["imageclf.metrics"] = Metrics()
+    init_extensions(app, service, Metrics())
 
     from . import api, errors, ops, pages
 
@@ -94,7 +94,7 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
 
 
 def _register_hooks(app: Flask) -> None:
-    metrics: Metrics = app.extensions["imageclf.metrics"]
+    metrics = get_metrics(app)
 
     @app.before_request
     def start_timer() -> None:

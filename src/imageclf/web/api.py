@@ -6,18 +6,14 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from .metrics import Metrics
+from .extensions import get_metrics, get_service
 from .openapi import build_spec
-from .service import ModelService, png_base64
+from .pictures import png_base64
 from .uploads import collect_uploads, form_value, parse_bool, parse_top_k
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 DEFAULT_TOP_K = 5
-
-
-def _service() -> ModelService:
-    return current_app.extensions["imageclf"]
 
 
 def _model_brief(info: dict) -> dict:
@@ -33,7 +29,7 @@ def _model_brief(info: dict) -> dict:
 def predict() -> Response:
     """Classify one image (``file``) or a batch (``files``) in one forward pass."""
     started = time.perf_counter()
-    service = _service()
+    service = get_service()
     predictor = service.predictor(float(current_app.config["IMAGECLF_MODEL_WAIT_S"]))
     top_k = parse_top_k(
         form_value(request, "top_k"), default=DEFAULT_TOP_K, maximum=len(predictor.classes)
@@ -45,8 +41,7 @@ def predict() -> Response:
         max_bytes=int(current_app.config["IMAGECLF_MAX_UPLOAD_BYTES"]),
     )
     results = service.classify(uploads, top_k=top_k, explain=explain)
-    metrics: Metrics = current_app.extensions["imageclf.metrics"]
-    metrics.count_predictions([r.top[0][0] for r in results])
+    get_metrics().count_predictions([r.top[0][0] for r in results])
 
     predictions = []
     for result in results:
@@ -55,8 +50,7 @@ def predict() -> Response:
             "top": [{"label": label, "probability": p} for label, p in result.top],
         }
         if explain:
-            # null when Grad-CAM is not installed: asked for, but not available here.
-            item["explanation"] = png_base64(result.explanation) if result.explanation else None
+            item["explanation"] = png_base64(result.explanation)
         predictions.append(item)
     return jsonify(
         {
@@ -70,12 +64,12 @@ def predict() -> Response:
 @bp.get("/model")
 def model() -> Response:
     """What the server runs: name, classes, input size and the bundle's metrics."""
-    return jsonify(_service().describe())
+    return jsonify(get_service().describe())
 
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
     """The OpenAPI 3 document for this server (limits and classes filled in)."""
-    service = _service()
+    service = get_service()
     classes = service.predictor().classes if service.ready else None
     return jsonify(build_spec(current_app.config, classes))

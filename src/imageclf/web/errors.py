@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 
 from ..errors import ImageclfError, ImageError
-from .metrics import Metrics
+from .extensions import get_metrics
 from .uploads import MB, drain_body
 
 log = logging.getLogger("imageclf.web")
@@ -57,7 +57,7 @@ def _too_large_message(exc: HTTPException) -> str:
 
 def register(app: Flask) -> None:
     """Install the handlers on ``app``."""
-    metrics: Metrics = app.extensions["imageclf.metrics"]
+    metrics = get_metrics(app)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge) -> Response:

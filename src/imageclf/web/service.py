@@ -7,15 +7,11 @@ the same ``Predictor`` the CLI and the reports use.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import importlib
-import io
 import logging
 import os
 import threading
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,29 +19,19 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ImageclfError
+from ..gradcam import explain as gradcam_explain
 from ..imaging import MAX_PIXELS, WEB_FORMATS, open_image
 from ..predict import Predictor
+from .pictures import DISPLAY_SIZE, original_size
+from .uploads import Upload
 
 log = logging.getLogger("imageclf.web")
-
-# Result pages show the upload at most this big (the data URL stays small); large JPEGs
-# decode at a reduced scale close to it, which is also plenty for a 32x32 model input.
-DISPLAY_SIZE = 384
-MAX_FILENAME_CHARS = 255
 
 
 class ModelNotReadyError(ImageclfError):
     """The model is still loading (or failed to load): try again shortly (HTTP 503)."""
 
     http_status = 503
-
-
-@dataclass
-class Upload:
-    """One uploaded file, held in memory."""
-
-    filename: str
-    data: bytes
 
 
 @dataclass
@@ -59,49 +45,6 @@ class Prediction:
     size: tuple[int, int] = (0, 0)  # the upload's own size, upright (decoding may draft)
     class_index: int = 0
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0))
-
-
-def clean_filename(name: str | None) -> str:
-    """A client's filename made safe to echo: no control characters, bounded length.
-
-    It is only ever shown (escaped by Jinja/JSON), never used as a path.
-    """
-    text = "".join(ch for ch in (name or "") if unicodedata.category(ch)[0] != "C")
-    if len(text) > MAX_FILENAME_CHARS:
-        text = text[: MAX_FILENAME_CHARS - 1] + "…"
-    return text
-
-
-def png_data_url(image: Image.Image) -> str:
-    """Re-encode a decoded picture as a PNG data URL: raw upload bytes are never echoed."""
-    return "data:image/png;base64," + png_base64(image)
-
-
-def png_base64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def original_size(data: bytes, decoded: Image.Image) -> tuple[int, int]:
-    """The upload's width x height as the user sees it: big JPEGs decode at a reduced
-    scale (draft), so read the header again (cheap) and apply the EXIF rotation."""
-    try:
-        with Image.open(io.BytesIO(data)) as header:
-            width, height = header.size
-            orientation = header.getexif().get(0x0112, 1)
-    except Exception:
-        return decoded.size
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
-
-def display_copy(image: Image.Image, size: int = DISPLAY_SIZE) -> Image.Image:
-    """A copy no larger than ``size`` on its longest side, for showing back to the user."""
-    if max(image.size) <= size:
-        return image
-    small = image.copy()
-    small.thumbnail((size, size), Image.Resampling.LANCZOS)
-    return small
 
 
 class ModelService:
@@ -197,12 +140,15 @@ class ModelService:
             "metrics": meta.get("metrics") or {},
             "test_accuracy": float(accuracy) if isinstance(accuracy, int | float) else None,
             "created": meta.get("created"),
-            "explain": explainer_available(),
+            "explain": True,  # Grad-CAM works for every model with a Conv2d
         }
 
     # ------------------------------------------------------------ predicting
     def decode(self, upload: Upload) -> Image.Image:
-        """Bytes -> upright RGB picture, or an ``ImageError`` carrying its HTTP status."""
+        """Bytes -> upright RGB picture, or an ``ImageError`` carrying its HTTP status.
+
+        Large JPEGs decode at a reduced scale close to ``DISPLAY_SIZE``: plenty for the
+        page and for a 32x32 model input."""
         return open_image(
             upload.data, formats=WEB_FORMATS, max_pixels=self.max_pixels, draft_size=DISPLAY_SIZE
         )
@@ -242,7 +188,11 @@ class ModelService:
                     size=original_size(upload.data, image),
                     class_index=best,
                     probabilities=row,
-                    explanation=explain_image(predictor, image, best) if explain else None,
+                    explanation=(
+                        gradcam_explain(predictor, image, class_index=best).overlay
+                        if explain
+                        else None
+                    ),
                 )
             )
         return results
@@ -256,44 +206,3 @@ def _limit_torch_threads(threads: int) -> None:
     # Only settable once, before any inter-op work; harmless to skip if too late.
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-
-
-# ---------------------------------------------------------------- Grad-CAM hook
-# TODO(gradcam): the explanation is optional. The web app uses
-# ``imageclf.gradcam.explain(predictor, pil_image, class_index=...)`` and shows its
-# ``.overlay`` (a PIL image). If that module or function is missing, or its contract
-# changes, pages and API simply go without an explanation (logged once); adapt this
-# one function to a new contract.
-_explainer_warning_logged = False
-
-
-def _explainer():
-    try:
-        module = importlib.import_module("imageclf.gradcam")
-    except ImportError:
-        return None
-    return getattr(module, "explain", None)
-
-
-def explainer_available() -> bool:
-    """Whether Grad-CAM overlays can be produced in this installation."""
-    return callable(_explainer())
-
-
-def explain_image(predictor: Predictor, image: Image.Image, class_index: int) -> Image.Image | None:
-    """Grad-CAM overlay for ``class_index``, or ``None`` when explanations are unavailable."""
-    global _explainer_warning_logged
-    explain = _explainer()
-    if not callable(explain):
-        return None
-    try:
-        result = explain(predictor, image, class_index=class_index)
-        overlay = getattr(result, "overlay", result)
-        if isinstance(overlay, Image.Image):
-            return overlay
-        raise TypeError(f"expected a PIL image or an object with .overlay, got {type(result)}")
-    except Exception:
-        if not _explainer_warning_logged:
-            log.exception("Grad-CAM failed; predictions are served without explanations")
-            _explainer_warning_logged = True
-        return None

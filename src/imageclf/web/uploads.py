@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import re
+import unicodedata
+from dataclasses import dataclass
 from typing import IO
 
 from flask import Request
@@ -11,13 +13,12 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.wsgi import LimitedStream
 
-from .service import Upload, clean_filename
-
 MB = 1024 * 1024
 # One image may be up to 5 MB; the whole body gets a little more for multipart framing.
 MAX_UPLOAD_BYTES = 5 * MB
 FORM_OVERHEAD_BYTES = 64 * 1024
 MAX_FILES = 64
+MAX_FILENAME_CHARS = 255
 # After a 413 the server reads (and drops) up to this much of the body before answering,
 # so the client reads our 413 instead of a connection reset; bigger bodies are cut off.
 DRAIN_LIMIT_BYTES = 16 * MB
@@ -26,6 +27,25 @@ DRAIN_LIMIT_BYTES = 16 * MB
 # checks that anything else ("05", " 3", "0" for false, "yes") is refused, not guessed.
 _INTEGER = re.compile(r"[1-9][0-9]{0,5}")
 _BOOLEAN = {"true": True, "false": False}
+
+
+@dataclass
+class Upload:
+    """One uploaded file, held in memory."""
+
+    filename: str
+    data: bytes
+
+
+def clean_filename(name: str | None) -> str:
+    """A client's filename made safe to echo: no control characters, bounded length.
+
+    It is only ever shown (escaped by Jinja/JSON), never used as a path.
+    """
+    text = "".join(ch for ch in (name or "") if unicodedata.category(ch)[0] != "C")
+    if len(text) > MAX_FILENAME_CHARS:
+        text = text[: MAX_FILENAME_CHARS - 1] + "…"
+    return text
 
 
 class InMemoryRequest(Request):
