@@ -20,6 +20,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import ImageError, UserInputError
+from .fileio import unreadable_reason
 from .imaging import IMAGE_EXTENSIONS, open_image, resize_for_model
 from .predict import Predictor
 
@@ -47,7 +48,8 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
     Inside folders only files with an image extension are tried (a README or .DS_Store
     is not a failed image); a file named explicitly is always tried.
 
-    Returns the files and a failure entry for every input that does not exist.
+    Returns the files and a failure entry for every input that is neither (missing, a
+    symlink loop, a FIFO...), saying which.
     """
     files: list[Path] = []
     missing: list[FileResult] = []
@@ -65,7 +67,7 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
         elif path.is_file():
             files.append(path)
         else:
-            missing.append(FileResult(str(path), error="no such file or folder"))
+            missing.append(FileResult(str(path), error=unreadable_reason(path)))
     return files, missing
 
 

@@ -15,8 +15,9 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from ..imaging import MAX_PIXELS
+from ..imaging import DECODE_SECONDS, MAX_PIXELS, MAX_REQUEST_PIXELS
 from .extensions import get_metrics, init_extensions
+from .memory import keep_large_blocks_on_mmap
 from .metrics import Metrics
 from .service import ModelService
 from .uploads import FORM_OVERHEAD_BYTES, MAX_FILES, MAX_UPLOAD_BYTES, InMemoryRequest
@@ -46,7 +47,10 @@ DEFAULTS: dict[str, Any] = {
     "JSON_SORT_KEYS": False,
     "IMAGECLF_MAX_UPLOAD_BYTES": MAX_UPLOAD_BYTES,
     "IMAGECLF_MAX_FILES": MAX_FILES,
-    "IMAGECLF_MAX_PIXELS": MAX_PIXELS,
+    "IMAGECLF_MAX_PIXELS": MAX_PIXELS,  # per image, from its header
+    # What one request may spend decoding, all its images together (413 beyond).
+    "IMAGECLF_MAX_REQUEST_PIXELS": MAX_REQUEST_PIXELS,
+    "IMAGECLF_DECODE_SECONDS": DECODE_SECONDS,
     # eager: load in create_app; background: load in a thread (/readyz says when);
     # manual: never (tests call ``get_service(app).load()``).
     "IMAGECLF_MODEL_LOADING": "background",
@@ -63,6 +67,7 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
 
     Keyword arguments override ``DEFAULTS`` and Flask's own settings.
     """
+    keep_large_blocks_on_mmap()  # so big uploads' memory is returned, not kept by malloc
     app = Flask(__name__)
     app.request_class = InMemoryRequest
     app.config.update(DEFAULTS)
@@ -71,6 +76,8 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
     service = ModelService(
         model_path,
         max_pixels=int(app.config["IMAGECLF_MAX_PIXELS"]),
+        max_request_pixels=int(app.config["IMAGECLF_MAX_REQUEST_PIXELS"]),
+        decode_seconds=float(app.config["IMAGECLF_DECODE_SECONDS"]),
         torch_threads=app.config["IMAGECLF_TORCH_THREADS"],
     )
     init_extensions(app, service, Metrics())

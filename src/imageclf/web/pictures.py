@@ -30,15 +30,3 @@ def png_base64(image: Image.Image) -> str:
 def png_data_url(image: Image.Image) -> str:
     """The picture as a ``data:`` URL for an ``<img>`` (allowed by the page's CSP)."""
     return "data:image/png;base64," + png_base64(image)
-
-
-def original_size(data: bytes, decoded: Image.Image) -> tuple[int, int]:
-    """The upload's width x height as the user sees it: big JPEGs decode at a reduced
-    scale (draft), so read the header again (cheap) and apply the EXIF rotation."""
-    try:
-        with Image.open(io.BytesIO(data)) as header:
-            width, height = header.size
-            orientation = header.getexif().get(0x0112, 1)
-    except Exception:
-        return decoded.size
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)

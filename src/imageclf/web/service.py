@@ -20,12 +20,24 @@ from PIL import Image
 
 from ..errors import ImageclfError
 from ..gradcam import explain as gradcam_explain
-from ..imaging import MAX_PIXELS, WEB_FORMATS, open_image
+from ..imaging import (
+    DECODE_SECONDS,
+    MAX_PIXELS,
+    MAX_REQUEST_PIXELS,
+    WEB_FORMATS,
+    DecodeBudget,
+    Decoded,
+    decode_image,
+)
 from ..predict import Predictor
-from .pictures import DISPLAY_SIZE, original_size
+from .memory import release_free_memory
+from .pictures import DISPLAY_SIZE
 from .uploads import Upload
 
 log = logging.getLogger("imageclf.web")
+
+# After a request that decoded this many pixels, hand the freed memory back at once.
+RELEASE_AFTER_PIXELS = 4_000_000
 
 
 class ModelNotReadyError(ImageclfError):
@@ -42,7 +54,7 @@ class Prediction:
     image: Image.Image
     top: list[tuple[str, float]]
     explanation: Image.Image | None = None
-    size: tuple[int, int] = (0, 0)  # the upload's own size, upright (decoding may draft)
+    size: tuple[int, int] = (0, 0)  # the upload's own size, upright (decoding may reduce)
     class_index: int = 0
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
@@ -58,10 +70,14 @@ class ModelService:
         model_path: str | os.PathLike | None,
         *,
         max_pixels: int = MAX_PIXELS,
+        max_request_pixels: int = MAX_REQUEST_PIXELS,
+        decode_seconds: float = DECODE_SECONDS,
         torch_threads: int | None = None,
     ) -> None:
         self.model_path = Path(model_path) if model_path else None
         self.max_pixels = max_pixels
+        self.max_request_pixels = max_request_pixels
+        self.decode_seconds = decode_seconds
         self.torch_threads = torch_threads
         self.error: str | None = None
         self._predictor: Predictor | None = None
@@ -144,14 +160,38 @@ class ModelService:
         }
 
     # ------------------------------------------------------------ predicting
-    def decode(self, upload: Upload) -> Image.Image:
-        """Bytes -> upright RGB picture, or an ``ImageError`` carrying its HTTP status.
+    def decode_all(self, uploads: list[Upload], working_size: int) -> list[Decoded]:
+        """Decode each upload once, under one budget for the whole request, or raise the
+        ``ImageError`` of the first that fails (named when the request holds several).
 
-        Large JPEGs decode at a reduced scale close to ``DISPLAY_SIZE``: plenty for the
-        page and for a 32x32 model input."""
-        return open_image(
-            upload.data, formats=WEB_FORMATS, max_pixels=self.max_pixels, draft_size=DISPLAY_SIZE
-        )
+        Each picture is shrunk to ``working_size`` as soon as it is decoded, so a batch
+        holds at most one full-resolution picture at any moment.
+        """
+        budget = DecodeBudget(max_pixels=self.max_request_pixels, seconds=self.decode_seconds)
+        decoded = []
+        failure: ImageclfError | None = None
+        for index, upload in enumerate(uploads):
+            try:
+                decoded.append(
+                    decode_image(
+                        upload.data,
+                        formats=WEB_FORMATS,
+                        max_pixels=self.max_pixels,
+                        reduce_to=working_size,
+                        budget=budget,
+                    )
+                )
+            except ImageclfError as exc:
+                label = f"file {index + 1} ({upload.filename or 'unnamed'}): "
+                # A new exception without the decoder's traceback, which would keep the
+                # full-size picture alive until the response is sent.
+                failure = type(exc)((label if len(uploads) > 1 else "") + str(exc))
+                break
+        if budget.used_pixels >= RELEASE_AFTER_PIXELS:
+            release_free_memory()
+        if failure is not None:
+            raise failure
+        return decoded
 
     def classify(
         self,
@@ -167,25 +207,20 @@ class ModelService:
         answer is all-or-nothing, so a client never mistakes a partial result.
         """
         predictor = self.predictor(wait_s)
-        images: list[Image.Image] = []
-        for index, upload in enumerate(uploads):
-            try:
-                images.append(self.decode(upload))
-            except ImageclfError as exc:
-                if len(uploads) > 1:
-                    label = f"file {index + 1} ({upload.filename or 'unnamed'})"
-                    raise type(exc)(f"{label}: {exc}") from None
-                raise
-        probs = predictor.predict_proba(predictor.preprocess(images))
+        # The page shows at most DISPLAY_SIZE; the model needs its input size.
+        decoded = self.decode_all(uploads, max(DISPLAY_SIZE, predictor.input_size))
+        # The decoded pictures are upright and carry no orientation: nothing rotates twice.
+        probs = predictor.predict_proba(predictor.preprocess([d.picture for d in decoded]))
         results = []
-        for upload, image, row in zip(uploads, images, probs, strict=True):
+        for upload, item, row in zip(uploads, decoded, probs, strict=True):
             best = int(np.argmax(row))
+            image = item.picture
             results.append(
                 Prediction(
                     filename=upload.filename,
                     image=image,
                     top=predictor.top(row, top_k),
-                    size=original_size(upload.data, image),
+                    size=item.size,
                     class_index=best,
                     probabilities=row,
                     explanation=(
