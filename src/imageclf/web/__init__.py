@@ -12,15 +12,24 @@ import logging
 import os
 import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask, Response, g, request
 
 from ..imaging import DECODE_SECONDS, MAX_PIXELS, MAX_REQUEST_PIXELS
+from .errors import request_id
 from .extensions import get_metrics, init_extensions
 from .memory import keep_large_blocks_on_mmap
 from .metrics import Metrics
 from .service import ModelService
-from .uploads import FORM_OVERHEAD_BYTES, MAX_FILES, MAX_UPLOAD_BYTES, InMemoryRequest
+from .uploads import (
+    BODY_TIMEOUT_S,
+    FORM_OVERHEAD_BYTES,
+    MAX_FILES,
+    MAX_UPLOAD_BYTES,
+    BodyDeadline,
+    InMemoryRequest,
+)
 
 log = logging.getLogger("imageclf.web")
 
@@ -57,6 +66,8 @@ DEFAULTS: dict[str, Any] = {
     # A prediction that arrives while the model loads waits this long before a 503.
     "IMAGECLF_MODEL_WAIT_S": 30.0,
     "IMAGECLF_TORCH_THREADS": None,
+    # A request's whole body must arrive within this many seconds (408 otherwise).
+    "IMAGECLF_BODY_TIMEOUT_S": BODY_TIMEOUT_S,
     # Grad-CAM on the result page (costs a backward pass per upload).
     "IMAGECLF_EXPLAIN_PAGES": True,
 }
@@ -81,6 +92,7 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
         torch_threads=app.config["IMAGECLF_TORCH_THREADS"],
     )
     init_extensions(app, service, Metrics())
+    app.wsgi_app = BodyDeadline(app.wsgi_app, float(app.config["IMAGECLF_BODY_TIMEOUT_S"]))
 
     from . import api, errors, ops, pages
 
@@ -106,6 +118,15 @@ def _register_hooks(app: Flask) -> None:
     @app.before_request
     def start_timer() -> None:
         g.started = time.perf_counter()
+        request_id()  # taken from X-Request-ID if the client (or a proxy) sent a sane one
+
+    @app.after_request
+    def identify(response: Response) -> Response:
+        response.headers["X-Request-ID"] = request_id()
+        location = response.headers.get("Location")
+        if location:
+            response.headers["Location"] = relative_location(location)
+        return response
 
     @app.after_request
     def finish(response: Response) -> Response:
@@ -118,6 +139,15 @@ def _register_hooks(app: Flask) -> None:
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         metrics.observe_request(endpoint, request.method, response.status_code, elapsed)
         return response
+
+
+def relative_location(location: str) -> str:
+    """A redirect target without scheme and host: Werkzeug builds routing redirects
+    (``/static//x`` -> ``/static/x``) from the client's Host header, which would let
+    anyone point our redirects at their own site."""
+    parts = urlsplit(location)
+    path = "/" + parts.path.lstrip("/")  # "//evil.example" must not become protocol-relative
+    return urlunsplit(("", "", path, parts.query, parts.fragment))
 
 
 __all__ = ["DEFAULTS", "create_app"]

@@ -35,10 +35,12 @@ def predict() -> Response:
         form_value(request, "top_k"), default=DEFAULT_TOP_K, maximum=len(predictor.classes)
     )
     explain = parse_bool(form_value(request, "explain"), "explain")
+    max_files = int(current_app.config["IMAGECLF_MAX_FILES"])
     uploads = collect_uploads(
         request,
-        {"file": 1, "files": int(current_app.config["IMAGECLF_MAX_FILES"])},
+        {"file": 1, "files": max_files},
         max_bytes=int(current_app.config["IMAGECLF_MAX_UPLOAD_BYTES"]),
+        max_files=max_files,
     )
     results = service.classify(uploads, top_k=top_k, explain=explain)
     get_metrics().count_predictions([r.top[0][0] for r in results])

@@ -32,11 +32,22 @@ def build_spec(config: Mapping[str, Any], classes: list[str] | None = None) -> d
     def error(description: str) -> dict:
         return {"description": description, **_ERROR_REF}
 
+    max_pixels = int(config["IMAGECLF_MAX_PIXELS"])
+    request_pixels = int(config["IMAGECLF_MAX_REQUEST_PIXELS"])
+    seconds = float(config["IMAGECLF_DECODE_SECONDS"])
     errors = {
-        "400": error("No file, an undecodable image, or a bad parameter."),
-        "413": error(f"Body over the limit ({max_mb} MB per request), or too many form parts."),
+        "400": error("No file, an undecodable image, too many files, or a bad parameter."),
+        "408": error("The request body took too long to arrive."),
+        "413": error(
+            f"Body over the limit ({max_mb} MB per request), too many form parts, or over "
+            f"the request's decode budget ({request_pixels:,} pixels in all images "
+            f"together, {seconds:g} s of decoding)."
+        ),
         "415": error(f"A real file in a format outside the allowlist ({formats})."),
-        "422": error("Image dimensions over the pixel or aspect-ratio limit."),
+        "422": error(
+            f"One image over a limit read from its header: {max_pixels:,} pixels, the "
+            "aspect ratio, or the JPEG scan count."
+        ),
         "503": error("The model is still loading."),
     }
     return {
@@ -46,7 +57,8 @@ def build_spec(config: Mapping[str, Any], classes: list[str] | None = None) -> d
             "version": __version__,
             "description": (
                 f"Classify images with a CNN. Accepted formats: {formats}; at most "
-                f"{max_mb} MB per request and {max_files} images per batch. Uploads are "
+                f"{max_mb} MB per request and {max_files} images per request (file and "
+                "files together). Uploads are "
                 "kept in memory only. A batch is all-or-nothing: the first bad image "
                 "fails the request, and the message names it."
             ),
@@ -171,7 +183,7 @@ def _schemas(max_files: int, top_k: dict) -> dict:
                 "explain": {
                     "type": "boolean",
                     "default": False,
-                    "description": "Add a Grad-CAM overlay (PNG, base64) when available.",
+                    "description": "Add a Grad-CAM overlay (PNG, base64) per image.",
                 },
             },
         },
@@ -203,8 +215,8 @@ def _schemas(max_files: int, top_k: dict) -> dict:
                                 "type": "string",
                                 "format": "byte",
                                 "nullable": True,
-                                "description": "Grad-CAM overlay PNG (base64); null if "
-                                "Grad-CAM is not available on this server.",
+                                "description": "Grad-CAM overlay PNG (base64), when "
+                                "explain was true.",
                             },
                         },
                     },
@@ -252,11 +264,16 @@ def _schemas(max_files: int, top_k: dict) -> dict:
             "properties": {
                 "error": {
                     "type": "object",
-                    "required": ["status", "title", "message"],
+                    "required": ["status", "title", "message", "request_id"],
                     "properties": {
                         "status": {"type": "integer"},
                         "title": {"type": "string"},
                         "message": {"type": "string"},
+                        "request_id": {
+                            "type": "string",
+                            "description": "Also in the X-Request-ID header and the "
+                            "server log: quote it when reporting a problem.",
+                        },
                     },
                 }
             },
