@@ -7,11 +7,13 @@ photo uploaded to the server is preprocessed exactly like the training images.
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import time
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -154,11 +156,12 @@ class DecodeBudget:
 
     max_pixels: int = MAX_REQUEST_PIXELS
     seconds: float = DECODE_SECONDS
+    clock: Callable[[], float] = time.monotonic
     used_pixels: int = 0
     deadline: float = field(default=0.0, repr=False)
 
     def __post_init__(self) -> None:
-        self.deadline = time.monotonic() + self.seconds
+        self.deadline = self.clock() + self.seconds
 
     def charge(self, pixels: int) -> None:
         self.used_pixels += pixels
@@ -169,7 +172,7 @@ class DecodeBudget:
             )
 
     def check_time(self) -> None:
-        if time.monotonic() > self.deadline:
+        if self.clock() > self.deadline:
             raise DecodeBudgetError(
                 f"decoding took longer than the {self.seconds:g} s a request may spend; "
                 "send fewer or simpler images per request"
@@ -341,7 +344,9 @@ def decode_image(
             if budget is not None:
                 budget.charge(width * height)
             if reduce_to and image.format in ("JPEG", "MPO"):
-                image.draft("RGB", (reduce_to, reduce_to))
+                # DCT scaling (1/2 .. 1/8) while the longest side stays >= reduce_to.
+                scale = reduce_to / max(width, height)
+                image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
             image.seek(0)  # animated GIF/WebP: frame 0 only, never iterate frames
             image.load()
             decoded_size = image.size

@@ -11,6 +11,7 @@ import re
 import uuid
 
 from flask import Flask, Response, g, jsonify, render_template, request
+from markupsafe import escape
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -45,19 +46,31 @@ def error_response(status: int, message: str, headers: dict | None = None) -> Re
     if wants_json():
         body = {"status": status, "title": title, "message": message, "request_id": request_id()}
         response = jsonify({"error": body})
-    elif request.endpoint == "pages.predict":
-        from .pages import render_index  # the upload form again, with the reason on top
-
-        response = Response(render_index(error=message, error_title=f"{status} {title}"))
     else:
-        html = render_template(
-            "error.html", status=status, title=title, message=message, request_id=request_id()
-        )
-        response = Response(html)
+        response = Response(_error_page(status, title, message))
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def _error_page(status: int, title: str, message: str) -> str:
+    """The page for an error; if the page itself cannot be rendered (the failure may lie in
+    what every page shows, like the model's name), a bare page that needs nothing."""
+    try:
+        if request.endpoint == "pages.predict":
+            from .pages import render_index  # the upload form again, with the reason on top
+
+            return render_index(error=message, error_title=f"{status} {title}")
+        return render_template(
+            "error.html", status=status, title=title, message=message, request_id=request_id()
+        )
+    except Exception:
+        log.exception("cannot render the error page (request %s)", request_id())
+        return (
+            f"<!doctype html><title>{status} {escape(title)}</title><h1>{status} "
+            f"{escape(title)}</h1><p>{escape(message)}</p><p>Reference: {request_id()}</p>"
+        )
 
 
 def _too_large_message(exc: HTTPException) -> str:
