@@ -89,7 +89,7 @@ def read_file_capped(path: str | os.PathLike, max_bytes: int) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise UserInputError(f"cannot read {path}: {_os_reason(exc)}") from None
-    with os.fdopen(fd, "rb", buffering=0) as handle:
+    try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise UserInputError(f"cannot read {path}: it is {_kind(info.st_mode)}")
@@ -98,10 +98,12 @@ def read_file_capped(path: str | os.PathLike, max_bytes: int) -> bytes:
                 f"{path} is {info.st_size / MB:,.0f} MB; files may be at most {max_bytes // MB} MB"
             )
         os.set_blocking(fd, True)
-        try:
+        with os.fdopen(fd, "rb", closefd=False) as handle:  # buffered: reads until n or EOF
             data = handle.read(max_bytes + 1)
-        except OSError as exc:
-            raise UserInputError(f"cannot read {path}: {_os_reason(exc)}") from None
+    except OSError as exc:
+        raise UserInputError(f"cannot read {path}: {_os_reason(exc)}") from None
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
         raise UserInputError(f"{path} is larger than {max_bytes // MB} MB")
     return data
