@@ -7,6 +7,7 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import make_tiny_bundle, png_bytes
 from PIL import Image
@@ -58,12 +59,27 @@ def test_index_page_shows_form_formats_limit_and_examples(client):
 
 
 def test_pages_have_no_inline_script_or_style(client):
-    """The CSP forbids inline code: every script and style must come from /static."""
-    html = client.get("/").get_data(as_text=True)
-    assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", html) == []
-    assert "<style" not in html and " style=" not in html and "onclick" not in html
-    for path in re.findall(r'(?:src|href)="(/static/[^"]+)"', html):
-        assert client.get(path).status_code == 200, path
+    """The CSP forbids inline code: every script and style must come from /static, on
+    every kind of page (form, result, form with an error, error page)."""
+    pages = {
+        "index": client.get("/"),
+        "result": client.post("/predict", data=upload(png_bytes())),
+        "form with error": client.post("/predict", data=upload(b"junk")),
+        "error page": client.get("/nope"),
+    }
+    assert [r.status_code for r in pages.values()] == [200, 200, 400, 404]
+    for name, response in pages.items():
+        html = response.get_data(as_text=True)
+        scripts = re.findall(r"<script\b[^>]*>", html)
+        assert scripts, name  # the page does load its script...
+        assert all(re.search(r'\bsrc="/static/', tag) for tag in scripts), (name, scripts)
+        assert re.search(r'<link[^>]+rel="stylesheet"[^>]+href="/static/', html), name
+        assert "<style" not in html and " style=" not in html, name
+        assert not re.search(r"\son[a-z]+=", html), name  # no inline event handlers
+        assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', html)
+        assert len(assets) >= 2, name
+        for path in assets:
+            assert client.get(path).status_code == 200, (name, path)
 
 
 def test_result_page_has_image_label_confidence_bars_model_and_link(client):
@@ -80,11 +96,39 @@ def test_result_page_has_image_label_confidence_bars_model_and_link(client):
     assert shown.format == "PNG" and shown.size == (32, 32)
 
 
-def test_result_page_shows_gradcam_overlay_when_available(client):
-    pytest.importorskip("imageclf.gradcam")
-    html = client.post("/predict", data=upload(png_bytes())).get_data(as_text=True)
-    overlay = decode_data_url(html, "overlay")
-    assert overlay.size[0] >= 32
+def _striped(size=(32, 32), seed=0) -> bytes:
+    """A picture with structure (Grad-CAM of a flat colour is flat too)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 60, (size[1], size[0], 3), dtype=np.uint8)
+    pixels[:, size[0] // 2 :, 0] = 250
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _expected_overlay(app, data: bytes, class_index: int) -> np.ndarray:
+    from imageclf.gradcam import explain
+    from imageclf.imaging import open_image
+
+    predictor = get_service(app).predictor()
+    return np.asarray(explain(predictor, open_image(data), class_index=class_index).overlay)
+
+
+def test_result_page_shows_gradcam_overlay_of_the_top_class(client, app):
+    """The overlay is Grad-CAM of this picture for the class the page names: exactly what
+    ``gradcam.explain`` gives, drawn at the picture's shape, not some other image."""
+    data = _striped()
+    html = client.post("/predict", data=upload(data)).get_data(as_text=True)
+    label = re.search(r'id="label">([^<]+)<', html).group(1)
+    overlay = np.asarray(decode_data_url(html, "overlay").convert("RGB"))
+    expected = _expected_overlay(app, data, CLASSES.index(label))
+    assert overlay.shape == expected.shape == (256, 256, 3)
+    assert np.array_equal(overlay, expected)
+    shown = np.asarray(decode_data_url(html, "uploaded").convert("RGB"))
+    assert not np.array_equal(overlay[::8, ::8], shown)  # a colour map on top, not the upload
+    wide = _striped((64, 32), seed=1)  # a 2:1 picture gets a 2:1 overlay
+    html = client.post("/predict", data=upload(wide)).get_data(as_text=True)
+    assert decode_data_url(html, "overlay").size == (256, 128)
 
 
 def test_result_page_without_explanations_when_turned_off(bundle):
@@ -251,12 +295,21 @@ def test_api_top_k_from_query_string(client):
     assert len(response.get_json()["predictions"][0]["top"]) == 2
 
 
-def test_api_explain_returns_png(client):
-    pytest.importorskip("imageclf.gradcam")
-    response = client.post("/api/v1/predict", data=upload(png_bytes(), explain="true"))
-    explanation = response.get_json()["predictions"][0]["explanation"]
-    image = Image.open(io.BytesIO(base64.b64decode(explanation)))
-    assert image.format == "PNG"
+def test_api_explain_returns_each_images_own_gradcam(client, app):
+    """Each explanation is that image's Grad-CAM for its top class, in upload order."""
+    images = [_striped(seed=0), _striped(seed=5), png_bytes((10, 200, 30))]
+    data = {"files": [(io.BytesIO(b), f"{i}.png") for i, b in enumerate(images)]}
+    response = client.post("/api/v1/predict", data={**data, "explain": "true"})
+    predictions = response.get_json()["predictions"]
+    assert len(predictions) == 3
+    overlays = []
+    for image, prediction in zip(images, predictions, strict=True):
+        picture = Image.open(io.BytesIO(base64.b64decode(prediction["explanation"])))
+        assert picture.format == "PNG"
+        top = CLASSES.index(prediction["top"][0]["label"])
+        overlays.append(np.asarray(picture.convert("RGB")))
+        assert np.array_equal(overlays[-1], _expected_overlay(app, image, top))
+    assert not np.array_equal(overlays[0], overlays[2])
 
 
 def test_api_bad_explain_is_400(client):
