@@ -12,9 +12,15 @@ import pytest
 from conftest import make_tiny_bundle, png_bytes
 from PIL import Image
 
+from imageclf.errors import UserInputError
 from imageclf.web import SECURITY_HEADERS, create_app
 from imageclf.web.extensions import get_service
-from imageclf.web.server import gunicorn_options, threads_per_worker
+from imageclf.web.server import (
+    HEADER_TIMEOUT_S,
+    gunicorn_options,
+    limits_from_env,
+    threads_per_worker,
+)
 
 CLASSES = [f"class{i}" for i in range(10)]
 
@@ -408,6 +414,18 @@ def test_gunicorn_options():
     assert options["workers"] == 3 and options["max_requests"] > 0
     assert options["max_requests_jitter"] > 0 and options["timeout"] > 0
     assert gunicorn_options("::1", 80, 1)["bind"] == "[::1]:80"
+    # slow clients cost a greenlet, not a worker; heads have a deadline; no shared socket
+    assert options["worker_class"] == "imageclf.web.worker.DeadlineGeventWorker"
+    assert options["keepalive"] == HEADER_TIMEOUT_S and options["worker_connections"] > 0
+    assert options["control_socket_disable"] is True
+
+
+def test_serve_limits_from_the_environment():
+    env = {"IMAGECLF_DECODE_SECONDS": "2.5", "IMAGECLF_MAX_FILES": "8", "HOME": "/x"}
+    assert limits_from_env(env) == {"IMAGECLF_DECODE_SECONDS": 2.5, "IMAGECLF_MAX_FILES": 8}
+    for bad in ("soon", "0", "-3"):
+        with pytest.raises(UserInputError, match="IMAGECLF_DECODE_SECONDS"):
+            limits_from_env({"IMAGECLF_DECODE_SECONDS": bad})
 
 
 @pytest.fixture
