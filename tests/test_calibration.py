@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from conftest import write_image_folder
 
+from imageclf import Predictor, recipes
 from imageclf.calibration import calibrate, choose_threshold, ece, fit_temperature, nll
+from imageclf.compute import training_flops_per_image
+from imageclf.models import build
+from imageclf.training import train
 
 
 def _synthetic(n: int = 4000, classes: int = 10, true_t: float = 2.5, seed: int = 0):
@@ -60,3 +67,24 @@ def test_threshold_flags_errors_more_than_correct_answers():
     threshold, errors, right = choose_threshold(confidence, correct)
     assert 0.5 <= threshold <= 0.6
     assert errors == 1.0 and right == 0.0
+
+
+def test_training_records_compute_and_calibration(tmp_path):
+    """A run fits its temperature on validation, stores it in the bundle, and reports
+    test ECE before/after plus its compute (FLOPs, rate, share of the GEMM peak)."""
+    data = write_image_folder(tmp_path / "ds", per_class=40)
+    result = train(
+        recipes.resolve("seed-a", data=str(data), out=str(tmp_path / "run"), epochs=2, seed=0),
+        progress=False,
+    )
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    compute = metrics["compute"]
+    assert compute["flops_per_image"] == training_flops_per_image(build("seed-a", 3, 32), 32)
+    meta = Predictor.load(result.bundle_path).metadata
+    assert compute["images_seen"] == 2 * meta["split"]["sizes"]["train"]
+    assert compute["training_flops"] == compute["flops_per_image"] * compute["images_seen"]
+    assert compute["peak_fraction"] > 0 and compute["gemm_peak_flops_per_s"] > 0
+    cal = metrics["calibration"]
+    assert cal["temperature"] > 0 and cal["val_images"] > 0
+    assert set(cal["test"]) == {"images", "ece_before", "ece_after", "nll_before", "nll_after"}
+    assert meta["calibration"]["temperature"] == cal["temperature"]

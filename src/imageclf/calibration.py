@@ -10,6 +10,7 @@ validation data, after calibration, so it means what it says on new pictures.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> float:
     correct = probs.argmax(1) == labels
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         mask = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
         if mask.any():
             total += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
@@ -96,19 +97,32 @@ def calibrate(logits: torch.Tensor, labels: torch.Tensor) -> Calibration:
     """Fit the temperature, then pick the notice threshold on the calibrated confidences."""
     logits, labels = logits.detach().float(), labels.long()
     temperature = fit_temperature(logits, labels)
-    y = labels.numpy()
-    before = F.softmax(logits, -1).numpy()
+    effect = calibration_effect(logits, labels, temperature)
     after = F.softmax(logits / temperature, -1).numpy()
-    correct = after.argmax(1) == y
+    correct = after.argmax(1) == labels.numpy()
     threshold, err, ok = choose_threshold(after.max(1), correct)
     return Calibration(
         temperature=temperature,
         threshold=threshold,
-        val_images=len(y),
-        ece_before=ece(before, y),
-        ece_after=ece(after, y),
-        nll_before=nll(logits, labels),
-        nll_after=nll(logits, labels, temperature),
+        val_images=len(labels),
+        ece_before=effect["ece_before"],
+        ece_after=effect["ece_after"],
+        nll_before=effect["nll_before"],
+        nll_after=effect["nll_after"],
         errors_flagged=err,
         correct_flagged=ok,
     )
+
+
+def calibration_effect(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> dict:
+    """ECE and NLL on held-out data before and after dividing the logits by ``temperature``."""
+    logits, y = logits.detach().float(), labels.long()
+    before = F.softmax(logits, -1).numpy()
+    after = F.softmax(logits / temperature, -1).numpy()
+    return {
+        "images": len(y),
+        "ece_before": round(ece(before, y.numpy()), 6),
+        "ece_after": round(ece(after, y.numpy()), 6),
+        "nll_before": round(nll(logits, y), 6),
+        "nll_after": round(nll(logits, y, temperature), 6),
+    }

@@ -9,6 +9,7 @@ peak it reached. The peak comes from a short GEMM probe in the precision used.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass
 
@@ -37,6 +38,7 @@ def training_flops_per_image(model: nn.Module, input_size: int, batch: int = 2) 
     return int(counter.get_total_flops() // batch)
 
 
+@functools.lru_cache(maxsize=8)  # once per process and precision: runs in one process share it
 def gemm_peak_flops(
     dtype: torch.dtype | None = None, seconds: float = PROBE_SECONDS, size: int = PROBE_SIZE
 ) -> float:
@@ -66,7 +68,7 @@ class ComputeReport:
     flops_per_image: int
     images_seen: int
     training_flops: float
-    train_seconds: float
+    loop_seconds: float  # inside training epochs only (no data loading, no final scoring)
     achieved_flops_per_s: float
     gemm_peak_flops_per_s: float
     precision: str
@@ -92,13 +94,13 @@ class ComputeReport:
 def compute_report(
     flops_per_image: int,
     images_seen: int,
-    train_seconds: float,
+    loop_seconds: float,
     dtype: torch.dtype | None,
     device: torch.device,
 ) -> ComputeReport:
     """Combine a run's counts with a GEMM probe (on CUDA the probe is skipped: peak unknown)."""
     training_flops = float(flops_per_image) * images_seen
-    achieved = training_flops / max(train_seconds, 1e-9)
+    achieved = training_flops / max(loop_seconds, 1e-9)
     if device.type == "cpu":
         peak = gemm_peak_flops(dtype)
         capability = torch.backends.cpu.get_cpu_capability()
@@ -109,7 +111,7 @@ def compute_report(
         flops_per_image=int(flops_per_image),
         images_seen=int(images_seen),
         training_flops=training_flops,
-        train_seconds=float(train_seconds),
+        loop_seconds=float(loop_seconds),
         achieved_flops_per_s=achieved,
         gemm_peak_flops_per_s=peak,
         precision=precision,
