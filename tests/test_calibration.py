@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_image_folder
+from helpers import write_image_folder
 
+import imageclf
 from imageclf import Predictor, recipes
 from imageclf.calibration import calibrate, choose_threshold, ece, fit_temperature, nll
 from imageclf.compute import training_flops_per_image
@@ -72,9 +74,11 @@ def test_threshold_flags_errors_more_than_correct_answers():
 def test_training_records_compute_and_calibration(tmp_path):
     """A run fits its temperature on validation, stores it in the bundle, and reports
     test ECE before/after plus its compute (FLOPs, rate, share of the GEMM peak)."""
-    data = write_image_folder(tmp_path / "ds", per_class=40)
+    data = write_image_folder(tmp_path / "ds", per_class=80)
     result = train(
-        recipes.resolve("seed-a", data=str(data), out=str(tmp_path / "run"), epochs=2, seed=0),
+        recipes.resolve(
+            "seed-a", data=str(data), out=str(tmp_path / "run"), epochs=2, seed=0, val_size=60
+        ),
         progress=False,
     )
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
@@ -88,3 +92,17 @@ def test_training_records_compute_and_calibration(tmp_path):
     assert cal["temperature"] > 0 and cal["val_images"] > 0
     assert set(cal["test"]) == {"images", "ece_before", "ece_after", "nll_before", "nll_after"}
     assert meta["calibration"]["temperature"] == cal["temperature"]
+
+    # The prediction path divides by the temperature: probabilities are softmax(z / T).
+    predictor = Predictor.load(result.bundle_path)
+    batch = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    raw = predictor.model(predictor._normalizer(torch.from_numpy(batch), predictor.device)).detach()
+    expected = F.softmax(raw / cal["temperature"], -1).numpy()
+    assert np.allclose(predictor.predict_proba(batch), expected, atol=1e-5)
+    # evaluate reports ECE and NLL before and after, on the test split.
+    evaluated = imageclf.evaluate([result.bundle_path], data, splits=["test"], progress=False)
+    block = evaluated.metrics["calibration"]
+    assert block["temperature"] == cal["temperature"]
+    assert block["before"]["ece"] == pytest.approx(cal["test"]["ece_before"], abs=1e-3)
+    assert block["ece"] == pytest.approx(cal["test"]["ece_after"], abs=1e-3)
+    assert block["nll"] == pytest.approx(cal["test"]["nll_after"], abs=1e-3)

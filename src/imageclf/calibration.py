@@ -10,7 +10,6 @@ validation data, after calibration, so it means what it says on new pictures.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -19,22 +18,40 @@ import torch
 import torch.nn.functional as F
 
 ECE_BINS = 15
+# Fewer validation images than this make the fitted temperature noise, not calibration.
+MIN_IMAGES = 50
 # The notice should catch most mistakes while bothering few right answers: the
 # threshold maximises (errors flagged) - (correct flagged) x this weight.
 CORRECT_FLAG_COST = 2.0
 
 
-def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> float:
-    """Expected calibration error of the top-1 confidence over ``n_bins`` equal-width bins."""
-    conf = probs.max(1)
-    correct = probs.argmax(1) == labels
+def reliability_bins(
+    confidences: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS
+) -> tuple[float, list[dict]]:
+    """Expected calibration error and its bins (equal-width in confidence).
+
+    ECE = sum over bins of (images in bin / N) * |accuracy - mean confidence|.
+    """
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    total = 0.0
-    for lo, hi in itertools.pairwise(edges):
-        mask = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
-        if mask.any():
-            total += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
-    return float(total)
+    which = np.clip(np.digitize(confidences, edges[1:-1], right=True), 0, n_bins - 1)
+    bins, total = [], 0.0
+    for b in range(n_bins):
+        members = which == b
+        count = int(members.sum())
+        acc = float(correct[members].mean()) if count else None
+        conf = float(confidences[members].mean()) if count else None
+        if count:
+            total += count / len(confidences) * abs(acc - conf)
+        bins.append(
+            {"lower": edges[b], "upper": edges[b + 1], "count": count, "accuracy": acc,
+             "confidence": conf}
+        )  # fmt: skip
+    return total, bins
+
+
+def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Expected calibration error of the top-1 confidence of (N, C) probabilities."""
+    return reliability_bins(probs.max(1), probs.argmax(1) == labels, n_bins)[0]
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:

@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .bundle import save_bundle
-from .calibration import calibrate, calibration_effect
+from .calibration import MIN_IMAGES, calibrate, calibration_effect
 from .compute import compute_report, training_flops_per_image
 from .data import Dataset, Split, load_dataset, make_split
 from .data.augment import augment_batch
@@ -395,10 +395,14 @@ def _compute(cfg: TrainConfig, parts: Parts, data: TrainData, rt: Runtime, state
 def _calibrate(cfg: TrainConfig, parts: Parts, data: TrainData, rt: Runtime) -> dict | None:
     """Temperature and unsure threshold fitted on validation (never test), with test ECE beside.
 
-    Without validation images there is nothing honest to fit on: confidences stay raw.
+    Without enough validation images there is nothing honest to fit on: confidences stay raw.
     """
-    if len(data.x_val) == 0:
-        log.warning("no validation images: confidences are not calibrated (temperature 1)")
+    if len(data.x_val) < MIN_IMAGES:
+        log.warning(
+            "%d validation images (fewer than %d): confidences are not calibrated",
+            len(data.x_val),
+            MIN_IMAGES,
+        )
         return None
 
     def logits(x: torch.Tensor) -> torch.Tensor:
