@@ -53,7 +53,11 @@ CASES = {
 def main(bundle: str, names: list[str]) -> None:
     from imageclf.web import create_app
 
-    app = create_app(bundle, TESTING=True, IMAGECLF_MODEL_LOADING="eager")
+    # Memory is measured here, not time: a busy machine must not turn a slow decode into
+    # a budget refusal (the time budget has its own test, on a counted clock).
+    app = create_app(
+        bundle, TESTING=True, IMAGECLF_MODEL_LOADING="eager", IMAGECLF_DECODE_SECONDS=120
+    )
     client = app.test_client()
     warm = encode(Image.new("RGB", (64, 64), "red"))
     for _ in range(3):  # first-request costs (lazy imports, allocator pools) out of the way

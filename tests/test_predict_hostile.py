@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import png_bytes
+from helpers import png_bytes
 
 from imageclf.cli import main
 from imageclf.errors import UserInputError

@@ -28,7 +28,6 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-from conftest import make_tiny_bundle, png_bytes
 from crafted import (
     animated_webp,
     bilevel_png,
@@ -40,6 +39,7 @@ from crafted import (
     rle4_bmp,
     xmp_packet,
 )
+from helpers import make_tiny_bundle, png_bytes
 from PIL import Image
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 

@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import make_tiny_bundle, png_bytes
 from crafted import animated_webp, bilevel_png, encode, noise, progressive_jpeg, rle4_bmp
+from helpers import make_tiny_bundle, png_bytes
 
 from imageclf.web.server import HEADER_TIMEOUT_S, TIMEOUT_S
 

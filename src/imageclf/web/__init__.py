@@ -70,6 +70,8 @@ DEFAULTS: dict[str, Any] = {
     "IMAGECLF_BODY_TIMEOUT_S": BODY_TIMEOUT_S,
     # Grad-CAM on the result page (costs a backward pass per upload).
     "IMAGECLF_EXPLAIN_PAGES": True,
+    # explain=true in the API: at most this many images per request (400 beyond).
+    "IMAGECLF_MAX_EXPLAIN_FILES": 16,
 }
 
 

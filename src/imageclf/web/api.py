@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import BadRequest
 
 from .extensions import get_metrics, get_service
 from .openapi import build_spec
@@ -42,6 +43,13 @@ def predict() -> Response:
         max_bytes=int(current_app.config["IMAGECLF_MAX_UPLOAD_BYTES"]),
         max_files=max_files,
     )
+    max_explained = int(current_app.config["IMAGECLF_MAX_EXPLAIN_FILES"])
+    if explain and len(uploads) > max_explained:
+        # Grad-CAM costs a backward pass and a drawing per image: bound it like decoding.
+        raise BadRequest(
+            f"explain=true works for at most {max_explained} images per request; "
+            f"this one has {len(uploads)}"
+        )
     results = service.classify(uploads, top_k=top_k, explain=explain)
     get_metrics().count_predictions([r.top[0][0] for r in results])
 

@@ -33,6 +33,7 @@ def build_spec(config: Mapping[str, Any], classes: list[str] | None = None) -> d
         return {"description": description, **_ERROR_REF}
 
     max_pixels = int(config["IMAGECLF_MAX_PIXELS"])
+    max_explained = int(config["IMAGECLF_MAX_EXPLAIN_FILES"])
     request_pixels = int(config["IMAGECLF_MAX_REQUEST_PIXELS"])
     seconds = float(config["IMAGECLF_DECODE_SECONDS"])
     errors = {
@@ -152,7 +153,7 @@ def build_spec(config: Mapping[str, Any], classes: list[str] | None = None) -> d
             },
         },
         "components": {
-            "schemas": _schemas(max_files, top_k),
+            "schemas": _schemas(max_files, top_k, max_explained),
             "responses": {
                 "Error": {
                     "description": "An error, explained.",
@@ -163,12 +164,17 @@ def build_spec(config: Mapping[str, Any], classes: list[str] | None = None) -> d
     }
 
 
-def _schemas(max_files: int, top_k: dict) -> dict:
+def _schemas(max_files: int, top_k: dict, max_explained: int) -> dict:
     probability = {"type": "number", "minimum": 0, "maximum": 1}
     return {
         "PredictRequest": {
             "type": "object",
-            "description": "Send one image in file, several in files, or both.",
+            "description": (
+                f"Send one image in file, several in files, or both: at most {max_files} "
+                "images in all."
+            ),
+            # "file plus files together" cannot be said in OpenAPI 3.0 (no if/then):
+            # the description states it and the API answers 400 beyond it.
             "anyOf": [{"required": ["file"]}, {"required": ["files"]}],
             "properties": {
                 "file": {"type": "string", "format": "binary", "description": "One image."},
@@ -183,7 +189,8 @@ def _schemas(max_files: int, top_k: dict) -> dict:
                 "explain": {
                     "type": "boolean",
                     "default": False,
-                    "description": "Add a Grad-CAM overlay (PNG, base64) per image.",
+                    "description": "Add a Grad-CAM overlay (PNG, base64) per image; "
+                    f"for at most {max_explained} images per request.",
                 },
             },
         },
