@@ -85,6 +85,8 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
     app.request_class = InMemoryRequest
     app.config.update(DEFAULTS)
     app.config.update(config)
+    if "MAX_FORM_PARTS" not in config:  # follows the file limit: files, fields and slack
+        app.config["MAX_FORM_PARTS"] = int(app.config["IMAGECLF_MAX_FILES"]) + 16
 
     service = ModelService(
         model_path,
