@@ -14,6 +14,7 @@ import contextlib
 import functools
 import io
 import json
+import logging
 import os
 import re
 import struct
@@ -830,7 +831,18 @@ def test_413_page_cleans_the_filename(client):
         assert "evilevil" in text and text.count("evil") < 100  # echoed, cleaned, bounded
 
 
-def test_errors_carry_the_request_id_that_the_log_has(app, caplog, monkeypatch):
+class _Records(logging.Handler):
+    """Log records of one logger, whatever the CLI did to propagation before."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_errors_carry_the_request_id_that_the_log_has(app, monkeypatch):
     client = app.test_client()
     response = post(client, b"junk", "x.png")
     request_id = response.headers["X-Request-ID"]
@@ -846,19 +858,21 @@ def test_errors_carry_the_request_id_that_the_log_has(app, caplog, monkeypatch):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(get_service(app), "describe", bug)
-    with caplog.at_level("ERROR", logger="imageclf.web"):
+    logger, seen = logging.getLogger("imageclf.web"), _Records()
+    logger.addHandler(seen)
+    try:
         failed = client.get("/")  # the page's footer describes the model: a 500 now
+    finally:
+        logger.removeHandler(seen)
     assert failed.status_code == 500
     request_id = failed.headers["X-Request-ID"]
-    (record,) = [r for r in caplog.records if "unhandled error" in r.getMessage()]
+    (record,) = [r for r in seen.records if "unhandled error" in r.getMessage()]
     assert request_id in record.getMessage() and record.exc_info[0] is RuntimeError
     assert request_id in failed.get_data(as_text=True)  # the page quotes it too
 
 
 def test_serve_log_lines_keep_the_traceback(capsys):
     """``imageclf serve`` logs through the CLI's handler: a 500 must arrive with its stack."""
-    import logging
-
     from imageclf.cli import _configure_logging
 
     for log_format in ("text", "json"):
