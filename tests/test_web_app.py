@@ -27,7 +27,12 @@ CLASSES = [f"class{i}" for i in range(10)]
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    return make_tiny_bundle(tmp_path_factory.mktemp("web-app") / "tiny.safetensors")
+    # Calibrated with threshold 0: a random model is never "unsure", so pages show the
+    # confident layout; the unsure notice has its own tests below.
+    return make_tiny_bundle(
+        tmp_path_factory.mktemp("web-app") / "tiny.safetensors",
+        calibration={"temperature": 1.0, "threshold": 0.0},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +105,49 @@ def test_result_page_has_image_label_confidence_bars_model_and_link(client):
     assert 'href="/"' in html and "Classify another" in html
     shown = decode_data_url(html, "uploaded")
     assert shown.format == "PNG" and shown.size == (32, 32)
+    assert 'id="unsure"' not in html
+
+
+def _bundle_app(tmp_path, **calibration):
+    path = make_tiny_bundle(tmp_path / "m.safetensors", calibration=calibration or None)
+    return create_app(path, TESTING=True, IMAGECLF_MODEL_LOADING="eager")
+
+
+@pytest.mark.parametrize(
+    ("calibration", "unsure"),
+    [({"temperature": 1.0, "threshold": 1.0}, True), ({}, True), ({"threshold": 0.0}, False)],
+)
+def test_unsure_answers_say_so_on_the_page_and_in_the_api(tmp_path, calibration, unsure):
+    """Under the bundle's threshold (or 50% when it has none: a random 10-class model
+    is far below) the page leads with "not sure" instead of a confident label, and the
+    API says unsure; above it, neither does."""
+    client = _bundle_app(tmp_path, **calibration).test_client()
+    html = client.post("/predict", data=upload(_striped())).get_data(as_text=True)
+    assert ('id="unsure"' in html) is unsure
+    assert ("The model is not sure" in html) is unsure
+    assert ("The model says" in html) is not unsure
+    label = re.search(r'id="label">([^<]+)<', html).group(1)
+    assert label in CLASSES  # the best guess is still named
+    body = client.post("/api/v1/predict", data=upload(_striped())).get_json()
+    assert body["predictions"][0]["unsure"] is unsure
+    assert body["model"]["calibrated"] is ("threshold" in calibration)
+    model = client.get("/api/v1/model").get_json()
+    assert model["unsure_below"] == calibration.get("threshold", 0.5)
+
+
+def test_result_page_shows_the_picture_at_the_model_input_size(client):
+    """The page shows what the model saw: the upload squashed to its 32x32 input."""
+    html = client.post("/predict", data=upload(_striped((96, 48)))).get_data(as_text=True)
+    view = decode_data_url(html, "model-view")
+    assert view.size == (32, 32)
+    assert "What the model sees: 32×32 pixels" in html
+    expected = np.asarray(
+        Image.open(io.BytesIO(_striped((96, 48))))
+        .convert("RGB")
+        .resize((32, 32), Image.Resampling.BICUBIC)
+    )
+    # The model's own resize (antialiased); a different picture would differ by far more.
+    assert np.abs(np.asarray(view.convert("RGB")).astype(int) - expected).mean() < 12
 
 
 def _striped(size=(32, 32), seed=0) -> bytes:
@@ -120,16 +168,15 @@ def assert_same_picture(shown: np.ndarray, expected: np.ndarray) -> None:
 
 
 def _expected_overlay(app, data: bytes, class_index: int) -> np.ndarray:
-    from imageclf.gradcam import explain
     from imageclf.imaging import open_image
 
     predictor = get_service(app).predictor()
-    return np.asarray(explain(predictor, open_image(data), class_index=class_index).overlay)
+    return np.asarray(predictor.explain(open_image(data), class_index=class_index).overlay)
 
 
 def test_result_page_shows_gradcam_overlay_of_the_top_class(client, app):
     """The overlay is Grad-CAM of this picture for the class the page names: exactly what
-    ``gradcam.explain`` gives, drawn at the picture's shape, not some other image."""
+    ``Predictor.explain`` gives, drawn at the picture's shape, not some other image."""
     data = _striped()
     html = client.post("/predict", data=upload(data)).get_data(as_text=True)
     label = re.search(r'id="label">([^<]+)<', html).group(1)

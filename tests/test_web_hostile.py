@@ -757,8 +757,6 @@ UPRIGHT_STRIPE[:, :6] = 255  # a bright band on the left, upright
 def test_orientation_is_applied_once_on_every_path(client, app, orientation_xml, mode):
     """The picture is turned once, on decoding, and carries no orientation afterwards:
     the model, the page and Grad-CAM all see what the user sees."""
-    from imageclf.gradcam import explain
-
     upright = Image.fromarray(UPRIGHT_STRIPE).convert(mode)
     stored = upright.transpose(Image.Transpose.ROTATE_90)  # orientation 6 turns it back
     sideways = png_with_xmp(stored, xmp_packet(orientation_xml))
@@ -774,8 +772,8 @@ def test_orientation_is_applied_once_on_every_path(client, app, orientation_xml,
     predictor = get_service(app).predictor()
     ours = get_service(app).decode_all([upload_of(sideways)], 384)[0].picture
     assert np.array_equal(
-        np.asarray(explain(predictor, ours).overlay),
-        np.asarray(explain(predictor, imaging.open_image(straight)).overlay),
+        np.asarray(predictor.explain(ours).overlay),
+        np.asarray(predictor.explain(imaging.open_image(straight)).overlay),
     )
     # The CLI's path too: bytes straight into Predictor.
     assert np.allclose(

@@ -23,6 +23,8 @@ def _model_brief(info: dict) -> dict:
         "architecture": info["architecture"],
         "input_size": info["input_size"],
         "test_accuracy": info["test_accuracy"],
+        "calibrated": info["calibrated"],
+        "unsure_below": info["unsure_below"],
     }
 
 
@@ -58,6 +60,9 @@ def predict() -> Response:
         item: dict = {
             "filename": result.filename,
             "top": [{"label": label, "probability": p} for label, p in result.top],
+            # The top answer's confidence is under the model's validated threshold:
+            # probably none of its classes, or a picture it finds hard.
+            "unsure": result.unsure,
         }
         if explain:
             item["explanation"] = png_base64(result.explanation)

@@ -203,9 +203,15 @@ def _schemas(max_files: int, top_k: dict, max_explained: int) -> dict:
                     "type": "array",
                     "items": {
                         "type": "object",
-                        "required": ["filename", "top"],
+                        "required": ["filename", "top", "unsure"],
                         "properties": {
                             "filename": {"type": "string", "maxLength": 255},
+                            "unsure": {
+                                "type": "boolean",
+                                "description": "The top probability is under the model's "
+                                "unsure_below threshold (chosen on validation data): the "
+                                "picture is probably none of the classes, or hard for it.",
+                            },
                             "top": {
                                 "type": "array",
                                 "minItems": 1,
@@ -239,6 +245,14 @@ def _schemas(max_files: int, top_k: dict, max_explained: int) -> dict:
                 "architecture": {"type": "string", "nullable": True},
                 "input_size": {"type": "integer"},
                 "test_accuracy": {**probability, "nullable": True},
+                "calibrated": {
+                    "type": "boolean",
+                    "description": "Confidences were temperature-scaled on validation data.",
+                },
+                "unsure_below": {
+                    **probability,
+                    "description": "Top probabilities under this are reported as unsure.",
+                },
             },
         },
         "ModelInfo": {
@@ -254,6 +268,18 @@ def _schemas(max_files: int, top_k: dict, max_explained: int) -> dict:
                 "test_accuracy": {**probability, "nullable": True},
                 "created": {"type": "string", "nullable": True},
                 "explain": {"type": "boolean", "description": "Grad-CAM available."},
+                "temperature": {
+                    "type": "number",
+                    "description": "Logits are divided by this before the softmax.",
+                },
+                "calibrated": {
+                    "type": "boolean",
+                    "description": "Confidences were temperature-scaled on validation data.",
+                },
+                "unsure_below": {
+                    **probability,
+                    "description": "Top probabilities under this are reported as unsure.",
+                },
             },
         },
         "Status": {

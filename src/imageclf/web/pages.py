@@ -114,6 +114,8 @@ def predict() -> str:
         label=label,
         confidence=confidence,
         top=result.top,
+        unsure=result.unsure,
+        model_view_url=png_data_url(Image.fromarray(result.model_view)),
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..calibration import UNCALIBRATED_UNSURE_BELOW
 from ..errors import ImageclfError
 from ..gradcam import overlay
 from ..imaging import (
@@ -57,6 +58,16 @@ class Prediction:
     size: tuple[int, int] = (0, 0)  # the upload's own size, upright (decoding may reduce)
     class_index: int = 0
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    unsure: bool = False  # top-1 under the bundle's validated threshold: say so, plainly
+    model_view: np.ndarray | None = None  # (S, S, 3) uint8: the picture as the model saw it
+
+
+def unsure_threshold(predictor: Predictor) -> float:
+    """The confidence under which a prediction says it is unsure: the bundle's own,
+    chosen on validation after calibration (see ``calibration.py``), or a plain 50%
+    for bundles trained before calibration existed."""
+    threshold = predictor.metadata.unsure_below
+    return UNCALIBRATED_UNSURE_BELOW if threshold is None else threshold
 
 
 class ModelService:
@@ -157,6 +168,9 @@ class ModelService:
             "test_accuracy": float(accuracy) if isinstance(accuracy, int | float) else None,
             "created": meta.get("created"),
             "explain": True,  # Grad-CAM works for every model with a Conv2d
+            "calibrated": p.metadata.unsure_below is not None,
+            "temperature": p.temperature,
+            "unsure_below": unsure_threshold(p),
         }
 
     # ------------------------------------------------------------ predicting
@@ -213,6 +227,7 @@ class ModelService:
         batch = np.stack([predictor.prepare(d.picture) for d in decoded])
         probs = predictor.predict_proba(batch)
         best = probs.argmax(axis=1)
+        unsure = probs.max(axis=1) < unsure_threshold(predictor)
         overlays: list[Image.Image | None] = [None] * len(decoded)
         if explain:  # one Grad-CAM pass for the whole batch, drawn on each picture
             heatmaps = predictor.gradcam(batch, best).heatmaps
@@ -226,9 +241,11 @@ class ModelService:
                 class_index=int(index),
                 probabilities=row,
                 explanation=drawn,
+                unsure=bool(doubt),
+                model_view=view,
             )
-            for upload, item, row, index, drawn in zip(
-                uploads, decoded, probs, best, overlays, strict=True
+            for upload, item, row, index, drawn, doubt, view in zip(
+                uploads, decoded, probs, best, overlays, unsure, batch, strict=True
             )
         ]
 
