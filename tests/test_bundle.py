@@ -36,6 +36,7 @@ def test_round_trip_keeps_weights_and_metadata(tmp_path):
         assert torch.equal(bundle.state_dict[key], tensor), key
         assert bundle.state_dict[key].dtype == tensor.dtype
     assert {k: bundle.metadata[k] for k in metadata} == metadata
+    assert bundle.metadata.classes == ["a", "b", "c"]
     assert bundle.metadata["versions"]["torch"] == torch.__version__
     # The rebuilt model computes what the saved one did (BatchNorm buffers included).
     x = torch.randn(2, 3, 32, 32)
