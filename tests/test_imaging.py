@@ -110,9 +110,6 @@ def test_32_bit_and_float_grey():
     # Values that already fit 0..255 (in I or F) are taken as they are, rounded.
     small = np.array([[0, 1, 100.4, 100.6, 255]], np.float32)
     assert np.asarray(open_image(_grey("F", small)))[0, :, 0].tolist() == [0, 1, 100, 101, 255]
-    # Floats in 0..1 (outside the 8-bit case only by being fractional) scale by the max 1.
-    unit = np.array([[0.0, 0.5, 1.0, 0.25]], np.float32)
-    assert np.asarray(open_image(_grey("F", unit)))[0, :, 0].tolist() == [0, 1, 1, 0]
     negative = np.array([[-10, 0, 100, 200]], np.float32)  # not 8-bit: scaled by the max
     assert np.asarray(open_image(_grey("F", negative)))[0, :, 0].tolist() == [0, 0, 128, 255]
 
