@@ -235,6 +235,11 @@ def _schemas(max_files: int, top_k: dict) -> dict:
                 "test_accuracy": {**probability, "nullable": True},
                 "created": {"type": "string", "nullable": True},
                 "explain": {"type": "boolean", "description": "Grad-CAM available."},
+                "backend": {
+                    "type": "string",
+                    "enum": ["pytorch", "onnxruntime"],
+                    "description": "What runs the model (Grad-CAM needs pytorch).",
+                },
             },
         },
         "Status": {

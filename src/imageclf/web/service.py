@@ -197,7 +197,9 @@ class ModelService:
             "metrics": meta.get("metrics") or {},
             "test_accuracy": float(accuracy) if isinstance(accuracy, int | float) else None,
             "created": meta.get("created"),
-            "explain": explainer_available(),
+            # Grad-CAM needs the torch model: an ONNX export serves without it.
+            "explain": explainer_available() and p.explainable,
+            "backend": "pytorch" if p.explainable else "onnxruntime",
         }
 
     # ------------------------------------------------------------ predicting
@@ -242,7 +244,11 @@ class ModelService:
                     size=original_size(upload.data, image),
                     class_index=best,
                     probabilities=row,
-                    explanation=explain_image(predictor, image, best) if explain else None,
+                    explanation=(
+                        explain_image(predictor, image, best)
+                        if explain and predictor.explainable
+                        else None
+                    ),
                 )
             )
         return results
