@@ -180,7 +180,7 @@ def test_export_without_the_extra_is_one_line_naming_it(tmp_path, capsys, monkey
     monkeypatch.setitem(sys.modules, module, None)  # import now raises ImportError
     with pytest.raises(UserInputError, match=r"imageclf\[onnx\]"):
         require_onnx_extra()
-    code, out, err = run(["export", str(tmp_path / "x.safetensors")], capsys)
+    code, _, err = run(["export", str(tmp_path / "x.safetensors")], capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1
     assert module in lines[0] and "imageclf[onnx]" in lines[0]
