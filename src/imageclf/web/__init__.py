@@ -67,13 +67,15 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
     app.config.update(DEFAULTS)
     app.config.update(config)
 
+    metrics = Metrics()
     service = ModelService(
         model_path,
         max_pixels=int(app.config["IMAGECLF_MAX_PIXELS"]),
         torch_threads=app.config["IMAGECLF_TORCH_THREADS"],
+        on_loaded=lambda p: metrics.model_loaded(p.name, _backend(p), p.classes),
     )
     app.extensions["imageclf"] = service
-    app.extensions["imageclf.metrics"] = Metrics()
+    app.extensions["imageclf.metrics"] = metrics
 
     from . import api, errors, ops, pages
 
@@ -93,6 +95,10 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
     return app
 
 
+def _backend(predictor) -> str:
+    return "pytorch" if predictor.explainable else "onnxruntime"
+
+
 def _register_hooks(app: Flask) -> None:
     metrics: Metrics = app.extensions["imageclf.metrics"]
 
@@ -107,9 +113,9 @@ def _register_hooks(app: Flask) -> None:
         if request.endpoint != "static":
             # Results hold the user's picture: never let a shared cache keep them.
             response.headers.setdefault("Cache-Control", "no-store")
-        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        rule = request.url_rule.rule if request.url_rule else None  # a template, not the path
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        metrics.observe_request(endpoint, request.method, response.status_code, elapsed)
+        metrics.observe_request(rule, request.method, response.status_code, elapsed)
         return response
 
 

@@ -30,13 +30,7 @@ def readyz() -> tuple[Response, int]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Prometheus text format."""
-    service: ModelService = current_app.extensions["imageclf"]
+    """Prometheus text format: every worker's numbers, whichever worker answers."""
     registry: Metrics = current_app.extensions["imageclf.metrics"]
-    predictor = service.predictor() if service.ready else None
-    text = registry.render(
-        ready=service.ready,
-        model=predictor.name if predictor else None,
-        classes=predictor.classes if predictor else None,
-    )
-    return Response(text, mimetype="text/plain; version=0.0.4; charset=utf-8")
+    body, content_type = registry.render()
+    return Response(body, content_type=content_type)

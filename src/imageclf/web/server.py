@@ -90,12 +90,16 @@ def serve(
 
     from gunicorn.app.base import BaseApplication
 
+    from .metrics import gunicorn_hooks, start_multiprocess_dir
+
     workers = workers or cpu_count()
     threads = threads_per_worker(workers)
+    # Before any worker forks: /metrics then sums every worker's counters.
+    metrics_hooks = gunicorn_hooks(start_multiprocess_dir())
 
     class Server(BaseApplication):
         def load_config(self) -> None:
-            for key, value in gunicorn_options(host, port, workers).items():
+            for key, value in {**gunicorn_options(host, port, workers), **metrics_hooks}.items():
                 self.cfg.set(key, value)
 
         def load(self):

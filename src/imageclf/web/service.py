@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,8 +117,10 @@ class ModelService:
         *,
         max_pixels: int = MAX_PIXELS,
         torch_threads: int | None = None,
+        on_loaded: Callable[[Predictor], None] | None = None,
     ) -> None:
         self.model_path = Path(model_path) if model_path else None
+        self.on_loaded = on_loaded  # e.g. the metrics' model-ready gauge
         self.max_pixels = max_pixels
         self.torch_threads = torch_threads
         self.error: str | None = None
@@ -145,6 +148,8 @@ class ModelService:
                     self.error = str(exc)
                     raise
                 self.error = None
+                if self.on_loaded:
+                    self.on_loaded(self._predictor)
                 self._loaded.set()
                 log.info(
                     "model %s loaded in %.2fs", self._predictor.name, time.perf_counter() - started
