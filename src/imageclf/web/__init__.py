@@ -34,7 +34,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
+    # The upload page may use the webcam (our own origin only); nothing else.
+    "Permissions-Policy": "camera=(self), microphone=(), geolocation=(), interest-cohort=()",
 }
 
 DEFAULTS: dict[str, Any] = {
