@@ -1,0 +1,140 @@
+"""PyTorch vs onnxruntime on the same model: single-image latency and batch throughput.
+
+    python benchmarks/onnx_speed.py [--model PATH] [--data ../shared/data/cifar10-jpeg.tar.gz]
+
+Exports the model (default: the bundled one) with ``imageclf export`` into a temporary
+folder, then times both backends through the same ``Predictor`` API with 1 thread
+(one server worker's share) and with every core: ``predict_proba`` on one
+preprocessed image (the forward pass and softmax), on batches of 500, and
+``predict`` on JPEG bytes (decode + resize + forward + top-5, as a request does).
+Needs the onnx extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _machine import describe, loadavg  # noqa: E402
+
+EXAMPLE = HERE.parent / "src" / "imageclf" / "web" / "static" / "examples" / "cat.jpg"
+
+
+def sample_images(data: str | None, n: int, size: int) -> np.ndarray:
+    if data:
+        from imageclf.data import TEST, load_dataset
+
+        ds = load_dataset(data, progress=False)
+        return ds.images[ds.partition == TEST][:n]
+    from imageclf.export import verification_images
+
+    return verification_images(size, n)
+
+
+def latencies_ms(fn, calls: int) -> list[float]:
+    for _ in range(50):
+        fn()
+    out = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def measure(predictor, images: np.ndarray, jpeg: bytes, calls: int, batch: int) -> dict:
+    one = images[:1]
+    single = latencies_ms(lambda: predictor.predict_proba(one), calls)
+    request = latencies_ms(lambda: predictor.predict(jpeg, top_k=5), calls)
+    predictor.predict_proba(images[:batch])  # warm-up
+    started = time.perf_counter()
+    for start in range(0, len(images), batch):
+        predictor.predict_proba(images[start : start + batch])
+    seconds = time.perf_counter() - started
+    p50, p99 = np.percentile(single, [50, 99])
+    r50, r99 = np.percentile(request, [50, 99])
+    return {
+        "single_p50_ms": round(float(p50), 3),
+        "single_p99_ms": round(float(p99), 3),
+        "jpeg_request_p50_ms": round(float(r50), 3),
+        "jpeg_request_p99_ms": round(float(r99), 3),
+        "batch_images_per_s": round(len(images) / seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="bundle (default: the bundled model)")
+    parser.add_argument("--data", default=None, help="take real test images from this dataset")
+    parser.add_argument("--images", type=int, default=5000, help="for batch throughput")
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--calls", type=int, default=1000, help="single-image calls")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "onnx_speed.json")
+    args = parser.parse_args()
+
+    import torch
+
+    from imageclf.export import export_onnx
+    from imageclf.predict import Predictor, default_model_path
+
+    cores = torch.get_num_threads()
+    model = Path(args.model) if args.model else default_model_path()
+    jpeg = EXAMPLE.read_bytes()
+    rows = []
+    load_before = loadavg()
+    with tempfile.TemporaryDirectory() as scratch:
+        exported = export_onnx(model, Path(scratch) / "model.onnx")
+        print(
+            f"exported: top-1 agrees on {exported.top1_agree}/{exported.images}, "
+            f"max probability difference {exported.max_prob_diff:.2e}",
+            flush=True,
+        )
+        for threads in sorted({1, cores}):
+            torch.set_num_threads(threads)
+            for backend, path in (("pytorch", model), ("onnxruntime", exported.path)):
+                predictor = Predictor.load(path)  # onnxruntime takes torch's thread count
+                images = sample_images(args.data, args.images, predictor.input_size)
+                result = measure(predictor, images, jpeg, args.calls, args.batch)
+                rows.append({"backend": backend, "threads": threads, **result})
+                print(rows[-1], flush=True)
+    report = {
+        "benchmark": "onnx_speed",
+        "command": " ".join(["python", "benchmarks/onnx_speed.py", *sys.argv[1:]]),
+        "machine": describe(),
+        "loadavg_1min_before": load_before,
+        "loadavg_1min_after": loadavg(),
+        "model": str(model),
+        "data": args.data or "synthetic (imageclf.export.verification_images)",
+        "parity": {
+            "images": exported.images,
+            "top1_agree": exported.top1_agree,
+            "max_prob_diff": exported.max_prob_diff,
+        },
+        "results": rows,
+    }
+    print(
+        f"\n{'backend':<12} {'threads':>7} {'1-img p50':>10} {'1-img p99':>10} "
+        f"{'jpeg p50':>9} {'jpeg p99':>9} {'batch img/s':>12}"
+    )
+    for r in rows:
+        print(
+            f"{r['backend']:<12} {r['threads']:>7} {r['single_p50_ms']:>10} "
+            f"{r['single_p99_ms']:>10} {r['jpeg_request_p50_ms']:>9} "
+            f"{r['jpeg_request_p99_ms']:>9} {r['batch_images_per_s']:>12}"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
