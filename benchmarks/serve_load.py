@@ -417,6 +417,9 @@ def main(argv: list[str] | None = None) -> None:
             for keepalive in (False, True):  # warm-up, not reported
                 run_level(port, 4, 100, raw_request(body, ctype, keepalive), keepalive)
             print("server ...", flush=True)
+            # The floor: a request that does nothing (GET /healthz) through the same server.
+            health = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+            floor = run_level(port, 1, args.requests, health.encode(), False)
             results = [
                 run_level(port, c, args.requests, raw_request(body, ctype, keepalive), keepalive)
                 for keepalive in (False, True)
@@ -472,6 +475,7 @@ def main(argv: list[str] | None = None) -> None:
         "predictor_alone": alone,
         "predictor_parallel": together,
         "stage_budget_us": budget,
+        "healthz_c1": floor,
         "results": results,
         "goals": goals,
         "soak": soaked,
@@ -484,6 +488,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\nper-stage budget (median us, in-process, 1 thread):")
     for name, value in budget.items():
         print(f"  {name:<26}{value:>10}")
+    print(f"  {'GET /healthz on the server, c1 p50':<26} {floor['p50_ms'] * 1000:>9.0f}")
     header = (
         f"\n{'conn':>10} {'conc':>5} {'requests':>9} {'errors':>7} {'req/s':>8} "
         f"{'p50 ms':>8} {'p99 ms':>8}"
