@@ -24,6 +24,7 @@ from imageclf.export import (
     verification_images,
 )
 from imageclf.inference import predict_logits
+from imageclf.models.registry import names
 from imageclf.predict import Predictor
 
 onnx = pytest.importorskip("onnx", reason="needs the onnx extra: pip install 'imageclf[onnx]'")
@@ -263,3 +264,11 @@ def test_bundled_model_exports_and_agrees(tmp_path, capsys):
     assert diff <= 1e-4
     props = _props(tmp_path / "default.onnx")
     assert json.loads(props["imageclf"]) == Predictor.load().metadata
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture", names())
+def test_every_architecture_exports_and_agrees(tmp_path, architecture):
+    bundle = make_tiny_bundle(tmp_path / "m.safetensors", architecture=architecture)
+    result = export_onnx(bundle, tmp_path / "m.onnx")
+    assert result.top1_agree == result.images == 1000 and result.max_prob_diff <= 1e-4
