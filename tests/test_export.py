@@ -15,6 +15,7 @@ import torch
 from conftest import make_tiny_bundle, png_bytes
 
 from imageclf.cli import main
+from imageclf.data.loader import Normalizer
 from imageclf.errors import BundleError, UserInputError
 from imageclf.export import (
     ExportError,
@@ -133,7 +134,9 @@ def test_temperature_is_carried_and_applied(tmp_path):
     predictor = Predictor.load(result.path)
     images = verification_images(32, 5)
     reference = Predictor.load(hot)
-    logits = predict_logits(reference.model, torch.from_numpy(images), reference.normalizer)
+    norm = loaded.metadata["normalization"]
+    normalizer = Normalizer(norm["mean"], norm["std"])
+    logits = predict_logits(reference.model, torch.from_numpy(images), normalizer)
     expected = torch.softmax(logits / 2.5, dim=1).numpy()
     np.testing.assert_allclose(predictor.predict_proba(images), expected, atol=1e-5)
 

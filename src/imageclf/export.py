@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data.loader import Normalizer
 from .errors import ImageclfError, UserInputError
 from .inference import predict_logits
 from .onnx_backend import (
@@ -72,14 +73,20 @@ def require_onnx_extra() -> None:
         )
 
 
+def _normalizer(metadata) -> Normalizer:
+    norm = metadata["normalization"]
+    return Normalizer(norm["mean"], norm["std"])
+
+
 class _PixelsToLogits(nn.Module):
     """uint8 NHWC pixels -> logits: the model with the bundle's normalisation in front."""
 
     def __init__(self, predictor: Predictor) -> None:
         super().__init__()
         self.model = predictor.model
-        self.register_buffer("scale", predictor.normalizer.scale.clone())
-        self.register_buffer("shift", predictor.normalizer.shift.clone())
+        normalizer = _normalizer(predictor.metadata)
+        self.register_buffer("scale", normalizer.scale.clone())
+        self.register_buffer("shift", normalizer.shift.clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float() * self.scale - self.shift
@@ -178,8 +185,9 @@ def verify(reference: Predictor, exported: OnnxPredictor, images: np.ndarray) ->
     and the exported graph, both from raw logits (a temperature scales both alike)."""
     if not len(images):
         return 0, 0.0
+    normalizer = _normalizer(reference.metadata)
     expected = softmax(
-        predict_logits(reference.model, torch.from_numpy(images), reference.normalizer).numpy()
+        predict_logits(reference.model, torch.from_numpy(images), normalizer).numpy()
     )
     got = softmax(exported.logits(images))
     agree = int((expected.argmax(1) == got.argmax(1)).sum())
