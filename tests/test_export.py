@@ -275,3 +275,26 @@ def test_every_architecture_exports_and_agrees(tmp_path, architecture):
     bundle = make_tiny_bundle(tmp_path / "m.safetensors", architecture=architecture)
     result = export_onnx(bundle, tmp_path / "m.onnx")
     assert result.top1_agree == result.images == 1000 and result.max_prob_diff <= 1e-4
+
+
+def test_imageclf_serve_runs_an_onnx_file(exported, tmp_path):
+    """``imageclf serve --model model.onnx``: gunicorn, two workers, onnxruntime in each."""
+    from realserver import serving
+
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + png_bytes() + b"\r\n--b--\r\n"
+    )
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    expected = Predictor.load(exported[0]).predict(png_bytes(), 5)[0]
+    with serving(exported[1].path, tmp_path, workers=2) as server:
+        for _ in range(4):
+            status, _, data = server.request("POST", "/api/v1/predict", body, headers)
+            assert status == 200, data
+            top = json.loads(data)["predictions"][0]["top"]
+            assert [t["label"] for t in top] == [label for label, _ in expected]
+        status, _, data = server.request("GET", "/api/v1/model")
+        assert json.loads(data)["backend"] == "onnxruntime"
+        status, _, html = server.request("POST", "/predict", body, headers)
+        assert status == 200 and b"unavailable for ONNX models" in html
+    assert "Traceback" not in server.text()
