@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_bundle, png_bytes
+from helpers import make_tiny_bundle, png_bytes
 
 from imageclf.cli import main
 from imageclf.data.loader import Normalizer

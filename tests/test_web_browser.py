@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import make_tiny_bundle
+from helpers import make_tiny_bundle
 from PIL import Image, ImageDraw
 
 from imageclf.web import create_app

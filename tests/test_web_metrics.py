@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import make_tiny_bundle, png_bytes
+from helpers import make_tiny_bundle, png_bytes
 from realserver import serving
 
 from imageclf.web import create_app

@@ -7,7 +7,7 @@ pixels. The bundle's metadata travels in the file's metadata props (``imageclf``
 the same JSON a bundle holds), so the file alone is enough to serve.
 
 Decoding and resizing stay the ``Predictor``'s own (one preprocessing path for both
-backends); only the forward pass and the softmax differ. Grad-CAM needs gradients,
+backends); only the forward pass differs. Grad-CAM needs gradients,
 which onnxruntime does not give: ``explainable`` is False here.
 """
 
@@ -18,8 +18,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .bundle import REQUIRED_KEYS, Bundle
+from .bundle import Bundle, BundleMetadata
 from .errors import BundleError, UserInputError
 from .predict import Predictor
 
@@ -29,6 +30,9 @@ FORMAT_KEY = "format"
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 ONNX_EXTRA = "pip install 'imageclf[onnx]'"
+EXPLAIN_UNAVAILABLE = (
+    "Grad-CAM needs the PyTorch model's gradients: use the .safetensors bundle, not the ONNX export"
+)
 # TTA views on uint8 pixels: the same weights and shifts as inference._views (mirror and
 # 1-pixel diagonal shifts); reflect-padding commutes with the per-channel normalisation.
 TTA_WEIGHTS = (0.25, 0.25, 0.125, 0.125, 0.125, 0.125)
@@ -46,7 +50,7 @@ def import_onnxruntime():
     return onnxruntime
 
 
-def read_onnx_metadata(session) -> dict:
+def read_onnx_metadata(session) -> BundleMetadata:
     """The bundle metadata stored in an exported file, checked like a bundle's."""
     props = session.get_modelmeta().custom_metadata_map
     if props.get(FORMAT_KEY) != ONNX_FORMAT or METADATA_KEY not in props:
@@ -54,14 +58,12 @@ def read_onnx_metadata(session) -> dict:
             "the ONNX file was not written by 'imageclf export' (no imageclf metadata)"
         )
     try:
-        metadata = json.loads(props[METADATA_KEY])
+        metadata = BundleMetadata.check(json.loads(props[METADATA_KEY]))
     except json.JSONDecodeError:
         raise BundleError("the ONNX file has unreadable imageclf metadata") from None
-    if not isinstance(metadata, dict):
-        raise BundleError("the ONNX file has unreadable imageclf metadata")
-    missing = [key for key in REQUIRED_KEYS if key not in metadata]
-    if missing:
-        raise BundleError(f"the ONNX file's metadata lacks {', '.join(missing)}")
+    except ValueError as exc:
+        raise BundleError(f"the ONNX file has bad metadata: {exc}") from None
+    temperature_of(metadata)
     return metadata
 
 
@@ -119,18 +121,10 @@ class OnnxPredictor(Predictor):
         except Exception as exc:  # onnxruntime raises its own types for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BundleError(f"{path} is not a readable ONNX model ({first})") from None
-        metadata = read_onnx_metadata(self.session)
-        self.bundle = Bundle(state_dict={}, metadata=metadata)
-        self.metadata = metadata
-        self.device = "cpu"
-        self.amp_dtype = None
-        self.model = None
-        self.normalizer = None
-        try:
-            self.input_size = int(metadata["input_size"])
-        except (TypeError, ValueError):
-            raise BundleError("the ONNX file's input_size is not a number") from None
-        self.temperature = temperature_of(metadata)
+        self.bundle = Bundle(state_dict={}, metadata=read_onnx_metadata(self.session))
+        self.device = torch.device("cpu")
+        self.model = None  # no torch model: Grad-CAM is not available
+        self.temperature = temperature_of(self.metadata)
         self._check_signature(path)
 
     def _check_signature(self, path: Path) -> None:
@@ -159,20 +153,20 @@ class OnnxPredictor(Predictor):
             raise UserInputError("an ONNX model path is required")
         if precision not in ("fp32", "auto"):
             raise UserInputError("ONNX models run in fp32; use --precision fp32")
-        import torch
-
         # One thread knob for both backends: the server sets torch's per worker.
         return cls(path, device=device, threads=torch.get_num_threads())
 
     def logits(self, batch_u8: np.ndarray) -> np.ndarray:
-        """Raw logits (N, classes) for preprocessed uint8 NHWC images."""
+        """The graph's raw logits (N, classes) for prepared uint8 NHWC images."""
         batch = np.ascontiguousarray(batch_u8, dtype=np.uint8)
         if len(batch) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
 
-    def predict_proba(self, batch_u8: np.ndarray, *, tta: bool = False) -> np.ndarray:
-        """Probabilities (N, classes), as ``Predictor.predict_proba`` gives them."""
+    def _logits(self, batch_u8: np.ndarray, tta: bool) -> torch.Tensor:
+        """What ``predict_proba`` and ``log_probs`` turn into probabilities, as the torch
+        path computes it (TTA: weighted log-probabilities of the views), over the
+        temperature."""
         if tta:
             scores = sum(
                 weight * log_softmax(self.logits(view))
@@ -180,4 +174,10 @@ class OnnxPredictor(Predictor):
             )
         else:
             scores = self.logits(batch_u8)
-        return softmax(np.asarray(scores, np.float32) / self.temperature).astype(np.float32)
+        return torch.from_numpy(np.asarray(scores, np.float32) / np.float32(self.temperature))
+
+    def gradcam(self, *args, **kwargs):
+        raise UserInputError(EXPLAIN_UNAVAILABLE)
+
+    def explain(self, *args, **kwargs):
+        raise UserInputError(EXPLAIN_UNAVAILABLE)
