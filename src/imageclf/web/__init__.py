@@ -100,6 +100,16 @@ def _backend(predictor) -> str:
     return "pytorch" if predictor.explainable else "onnxruntime"
 
 
+_STATIC_HEADERS = tuple(SECURITY_HEADERS.items())
+_PAGE_HEADERS = (*_STATIC_HEADERS, ("Cache-Control", "no-store"))
+
+
+def _add_missing(headers, defaults: tuple[tuple[str, str], ...]) -> None:
+    """``setdefault`` for several headers in one pass (it rescans the list per call)."""
+    present = {key.lower() for key, _ in headers}
+    headers.extend([(k, v) for k, v in defaults if k.lower() not in present])
+
+
 def _register_hooks(app: Flask) -> None:
     metrics: Metrics = app.extensions["imageclf.metrics"]
 
@@ -109,11 +119,9 @@ def _register_hooks(app: Flask) -> None:
 
     @app.after_request
     def finish(response: Response) -> Response:
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if request.endpoint != "static":
-            # Results hold the user's picture: never let a shared cache keep them.
-            response.headers.setdefault("Cache-Control", "no-store")
+        # Results hold the user's picture: never let a shared cache keep them.
+        defaults = _PAGE_HEADERS if request.endpoint != "static" else _STATIC_HEADERS
+        _add_missing(response.headers, defaults)
         rule = request.url_rule.rule if request.url_rule else None  # a template, not the path
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         metrics.observe_request(rule, request.method, response.status_code, elapsed)
