@@ -74,6 +74,7 @@ def gradcam_batch(
     *,
     layer: str | None = None,
     device: torch.device | str = "cpu",
+    temperature: float = 1.0,
 ) -> GradCAM:
     """Grad-CAM for a batch of uint8 NHWC images (``Predictor.gradcam`` calls this).
 
@@ -115,7 +116,7 @@ def gradcam_batch(
                 raise UserInputError(
                     f"layer {name!r} does not produce a spatial (N, C, H, W) feature map"
                 )
-            probs = torch.softmax(logits.detach(), dim=1)
+            probs = torch.softmax(logits.detach() / temperature, dim=1)
             if class_indices is None:
                 targets = probs.argmax(1)
             else:

@@ -106,8 +106,14 @@ class Predictor:
         return np.stack([self.prepare(_decode(item)) for item in _as_list(images)])
 
     # ------------------------------------------------------------ probabilities out
+    @property
+    def temperature(self) -> float:
+        """Fitted on validation at the end of training; every output below is divided by it."""
+        return self.metadata.temperature
+
     def _logits(self, batch_u8: np.ndarray, tta: bool) -> torch.Tensor:
-        return predict_logits(
+        """Calibrated logits (``logits / temperature``): the one place confidences are made."""
+        logits = predict_logits(
             self.model,
             torch.from_numpy(np.ascontiguousarray(batch_u8)),
             self._normalizer,
@@ -115,6 +121,7 @@ class Predictor:
             device=self.device,
             amp_dtype=self._amp_dtype,
         )
+        return logits / self.temperature
 
     def log_probs(self, batch_u8: np.ndarray, *, tta: bool = False) -> np.ndarray:
         """Natural-log probabilities (N, classes), float64, for prepared uint8 images.
@@ -146,7 +153,13 @@ class Predictor:
         """Grad-CAM of prepared uint8 images; ``class_indices=None`` explains each
         image's predicted class; ``layer`` names a module (default: the last Conv2d)."""
         return gradcam_batch(
-            self.model, self._normalizer, batch_u8, class_indices, layer=layer, device=self.device
+            self.model,
+            self._normalizer,
+            batch_u8,
+            class_indices,
+            layer=layer,
+            device=self.device,
+            temperature=self.temperature,
         )
 
     def explain(
