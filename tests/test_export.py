@@ -122,23 +122,32 @@ def test_onnx_tta_matches_torch_tta(exported):
 
 
 def test_temperature_is_carried_and_applied(tmp_path):
+    """A calibrated bundle's temperature goes into the file and divides the logits on
+    onnxruntime exactly as on torch (with and without TTA)."""
     bundle = make_tiny_bundle(tmp_path / "t.safetensors")
     from imageclf.bundle import load_bundle, save_bundle
 
     loaded = load_bundle(bundle)
     hot = save_bundle(
-        tmp_path / "hot.safetensors", loaded.state_dict, {**loaded.metadata, "temperature": 2.5}
+        tmp_path / "hot.safetensors",
+        loaded.state_dict,
+        {**loaded.metadata, "calibration": {"temperature": 2.5}},
     )
     result = export_onnx(hot, tmp_path / "hot.onnx")
     assert float(_props(result.path)["temperature"]) == 2.5
-    predictor = Predictor.load(result.path)
+    assert json.loads(_props(result.path)["imageclf"])["calibration"] == {"temperature": 2.5}
+    predictor, reference = Predictor.load(result.path), Predictor.load(hot)
+    assert predictor.temperature == reference.temperature == 2.5
     images = verification_images(32, 5)
-    reference = Predictor.load(hot)
     norm = loaded.metadata["normalization"]
     normalizer = Normalizer(norm["mean"], norm["std"])
     logits = predict_logits(reference.model, torch.from_numpy(images), normalizer)
     expected = torch.softmax(logits / 2.5, dim=1).numpy()
     np.testing.assert_allclose(predictor.predict_proba(images), expected, atol=1e-5)
+    for tta in (False, True):
+        np.testing.assert_allclose(
+            predictor.log_probs(images, tta=tta), reference.log_probs(images, tta=tta), atol=1e-5
+        )
 
 
 def test_a_wrong_export_is_refused_and_leaves_no_file(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .bundle import BundleMetadata
 from .data.loader import Normalizer
 from .errors import ImageclfError, UserInputError
 from .inference import predict_logits
@@ -35,7 +36,6 @@ from .onnx_backend import (
     MissingExtraError,
     OnnxPredictor,
     softmax,
-    temperature_of,
 )
 from .predict import Predictor
 
@@ -121,7 +121,7 @@ def _quiet():
     return stack
 
 
-def onnx_metadata(metadata: dict) -> dict[str, str]:
+def onnx_metadata(metadata: BundleMetadata) -> dict[str, str]:
     """Metadata props: the bundle's own JSON plus a few keys readable without parsing it."""
     props = {
         FORMAT_KEY: ONNX_FORMAT,
@@ -131,7 +131,7 @@ def onnx_metadata(metadata: dict) -> dict[str, str]:
         "input": f"{INPUT_NAME}: uint8 RGB, N x H x W x 3, resized to the input size",
         "output": f"{OUTPUT_NAME}: float32 N x classes; softmax(logits / temperature)",
         "normalization": json.dumps(metadata["normalization"]),
-        "temperature": repr(temperature_of(metadata)),
+        "temperature": repr(metadata.temperature),
     }
     for key in ("name", "architecture", "recipe"):
         if key in metadata:

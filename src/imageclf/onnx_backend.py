@@ -63,16 +63,7 @@ def read_onnx_metadata(session) -> BundleMetadata:
         raise BundleError("the ONNX file has unreadable imageclf metadata") from None
     except ValueError as exc:
         raise BundleError(f"the ONNX file has bad metadata: {exc}") from None
-    temperature_of(metadata)
     return metadata
-
-
-def temperature_of(metadata: dict) -> float:
-    """The calibration temperature (logits are divided by it before the softmax)."""
-    value = metadata.get("temperature", 1.0)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise BundleError(f"the model's temperature must be a positive number, not {value!r}")
-    return float(value)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -124,7 +115,6 @@ class OnnxPredictor(Predictor):
         self.bundle = Bundle(state_dict={}, metadata=read_onnx_metadata(self.session))
         self.device = torch.device("cpu")
         self.model = None  # no torch model: Grad-CAM is not available
-        self.temperature = temperature_of(self.metadata)
         self._check_signature(path)
 
     def _check_signature(self, path: Path) -> None:
@@ -164,9 +154,8 @@ class OnnxPredictor(Predictor):
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
 
     def _logits(self, batch_u8: np.ndarray, tta: bool) -> torch.Tensor:
-        """What ``predict_proba`` and ``log_probs`` turn into probabilities, as the torch
-        path computes it (TTA: weighted log-probabilities of the views), over the
-        temperature."""
+        """Calibrated logits, as the torch path makes them: the graph's logits (with TTA,
+        the views' weighted log-probabilities) divided by the bundle's temperature."""
         if tta:
             scores = sum(
                 weight * log_softmax(self.logits(view))
