@@ -4,7 +4,8 @@ One run measures, with the same model and the same picture:
 
 1. the in-process rate: ``Predictor.predict(jpeg_bytes)`` (decode, resize, forward,
    top-5) in one plain process alone (p50/p99), then in as many processes as the
-   server has workers, one thread each, all at once (their summed rate);
+   server has workers, one thread each, all at once (their summed rate); before and
+   after the server runs, averaged, since other work may change the load meanwhile;
 2. the per-stage latency budget of one API request, in-process: read body, parse
    multipart, decode, resize, forward, encode JSON, and the whole Flask app;
 3. the real server (gunicorn on 127.0.0.1) at each concurrency level, with clients
@@ -114,6 +115,15 @@ def _predictor_worker(model: str, image: bytes, n: int, barrier, out) -> None:
         predictor.predict(image, top_k=5)
         latencies.append(time.perf_counter() - t)
     out.put((time.perf_counter() - started, latencies))
+
+
+def mean_of(first: dict, second: dict) -> dict:
+    """Two baseline measurements averaged (rates and latencies)."""
+    out = dict(first)
+    for key in ("rate_per_s", "p50_ms", "p99_ms"):
+        out[key] = round((first[key] + second[key]) / 2, 3)
+    out["calls"] = first["calls"] + second["calls"]
+    return out
 
 
 def predictor_rate(model: str, image: bytes, processes: int, n: int) -> dict:
@@ -401,8 +411,10 @@ def main(argv: list[str] | None = None) -> None:
         load_before = loadavg()
 
         print("in-process Predictor.predict ...", flush=True)
-        alone = predictor_rate(str(model), image, 1, args.baseline_calls)
-        together = predictor_rate(str(model), image, workers, args.baseline_calls)
+        before = (
+            predictor_rate(str(model), image, 1, args.baseline_calls),
+            predictor_rate(str(model), image, workers, args.baseline_calls),
+        )
         print("per-stage budget ...", flush=True)
         budget = stage_budget(str(model), body, ctype, args.stage_repeats)
 
@@ -437,6 +449,14 @@ def main(argv: list[str] | None = None) -> None:
             except subprocess.TimeoutExpired:
                 process.kill()
         booted = log.read_text().count("Booting worker")
+        # Again after the server: on a shared machine the load may have changed meanwhile,
+        # so the goals compare the server with the mean of before and after.
+        print("in-process Predictor.predict again ...", flush=True)
+        after = (
+            predictor_rate(str(model), image, 1, args.baseline_calls),
+            predictor_rate(str(model), image, workers, args.baseline_calls),
+        )
+    alone, together = (mean_of(b, a) for b, a in zip(before, after, strict=True))
 
     def find(concurrency: int, connection: str) -> dict | None:
         return next(
@@ -474,6 +494,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "predictor_alone": alone,
         "predictor_parallel": together,
+        "predictor_before_after": {"before": before, "after": after},
         "stage_budget_us": budget,
         "healthz_c1": floor,
         "results": results,
@@ -481,10 +502,12 @@ def main(argv: list[str] | None = None) -> None:
         "soak": soaked,
     }
 
-    print(
-        f"\nPredictor.predict in-process: 1 process p50 {alone['p50_ms']} ms, "
-        f"p99 {alone['p99_ms']} ms; {workers} processes together {together['rate_per_s']}/s"
-    )
+    for label, (one, many) in (("before", before), ("after", after)):
+        print(
+            f"\nPredictor.predict in-process ({label} the server): 1 process p50 "
+            f"{one['p50_ms']} ms, p99 {one['p99_ms']} ms; {workers} processes together "
+            f"{many['rate_per_s']}/s"
+        )
     print("\nper-stage budget (median us, in-process, 1 thread):")
     for name, value in budget.items():
         print(f"  {name:<26}{value:>10}")
