@@ -109,18 +109,18 @@ def _predictor_worker(model: str, image: bytes, n: int, barrier, out) -> None:
         predictor.predict(image, top_k=5)
     barrier.wait()
     latencies = []
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for _ in range(n):
         t = time.perf_counter()
         predictor.predict(image, top_k=5)
         latencies.append(time.perf_counter() - t)
-    out.put((time.perf_counter() - started, latencies))
+    out.put((time.perf_counter() - started, latencies, time.process_time() - cpu))
 
 
 def mean_of(first: dict, second: dict) -> dict:
     """Two baseline measurements averaged (rates and latencies)."""
     out = dict(first)
-    for key in ("rate_per_s", "p50_ms", "p99_ms"):
+    for key in ("rate_per_s", "p50_ms", "p99_ms", "cpu_ms_per_call"):
         out[key] = round((first[key] + second[key]) / 2, 3)
     out["calls"] = first["calls"] + second["calls"]
     return out
@@ -139,12 +139,14 @@ def predictor_rate(model: str, image: bytes, processes: int, n: int) -> dict:
     results = [out.get() for _ in workers]
     for worker in workers:
         worker.join()
-    latencies = [s * 1000 for _, lat in results for s in lat]
-    wall = max(seconds for seconds, _ in results)
+    latencies = [s * 1000 for _, lat, _ in results for s in lat]
+    wall = max(seconds for seconds, _, _ in results)
     return {
         "processes": processes,
         "calls": processes * n,
         "rate_per_s": round(processes * n / wall, 1),
+        # CPU time per call: what a call costs, whatever else shares the machine.
+        "cpu_ms_per_call": round(sum(cpu for _, _, cpu in results) * 1000 / (processes * n), 3),
         "p50_ms": round(percentile(latencies, 50), 3),
         "p99_ms": round(percentile(latencies, 99), 3),
     }
@@ -271,8 +273,38 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def run_level(port: int, concurrency: int, requests: int, payload: bytes, keepalive: bool) -> dict:
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_s(master: int) -> float:
+    """CPU seconds of the server so far: the master, its live workers, and the workers it
+    has already reaped (recycled ones), from /proc."""
+
+    def fields(pid: int) -> list[str]:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        return text[text.rindex(")") + 2 :].split()
+
+    own = fields(master)  # utime, stime, cutime, cstime are fields 14-17 (index 11-14 here)
+    total = sum(int(v) for v in own[11:15])
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    for pid in children:
+        try:
+            total += sum(int(v) for v in fields(int(pid))[11:13])
+        except OSError:
+            continue  # exited meanwhile: counted in the master's cutime once reaped
+    return total / CLOCK_TICKS
+
+
+def run_level(
+    port: int,
+    concurrency: int,
+    requests: int,
+    payload: bytes,
+    keepalive: bool,
+    master: int | None = None,
+) -> dict:
     tickets = itertools.count()
+    cpu_before = server_cpu_s(master) if master else None
 
     def client_loop(_) -> list[tuple[float, int | str]]:
         client, out = Client(port, payload, keepalive), []
@@ -287,7 +319,9 @@ def run_level(port: int, concurrency: int, requests: int, payload: bytes, keepal
     wall = time.perf_counter() - started
     latencies = [seconds * 1000 for seconds, _ in results]
     errors = sum(1 for _, status in results if status != 200)
+    cpu = (server_cpu_s(master) - cpu_before) if master else None
     return {
+        "server_cpu_ms_per_request": round(cpu * 1000 / requests, 3) if master else None,
         "concurrency": concurrency,
         "connection": "keep-alive" if keepalive else "new",
         "requests": requests,
@@ -332,7 +366,7 @@ def soak(port: int, master: int, requests: int, payload: bytes, keepalive: bool)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        result = run_level(port, 8, requests, payload, keepalive)
+        result = run_level(port, 8, requests, payload, keepalive, master)
     finally:
         done.set()
         sampler.join()
@@ -431,9 +465,16 @@ def main(argv: list[str] | None = None) -> None:
             print("server ...", flush=True)
             # The floor: a request that does nothing (GET /healthz) through the same server.
             health = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
-            floor = run_level(port, 1, args.requests, health.encode(), False)
+            floor = run_level(port, 1, args.requests, health.encode(), False, process.pid)
             results = [
-                run_level(port, c, args.requests, raw_request(body, ctype, keepalive), keepalive)
+                run_level(
+                    port,
+                    c,
+                    args.requests,
+                    raw_request(body, ctype, keepalive),
+                    keepalive,
+                    process.pid,
+                )
                 for keepalive in (False, True)
                 for c in levels
             ]
@@ -478,6 +519,13 @@ def main(argv: list[str] | None = None) -> None:
             "c1_p50_minus_predictor_p50_ms": (
                 round(c1["p50_ms"] - alone["p50_ms"], 2) if c1 else None
             ),
+            # Load-independent: what a request costs the server's workers in CPU against
+            # one in-process call; the rate the server could reach on otherwise idle cores.
+            "c8_cpu_cost_ratio": (
+                round(together["cpu_ms_per_call"] / c8["server_cpu_ms_per_request"], 3)
+                if c8
+                else None
+            ),
         }
     report = {
         "benchmark": "serve_load",
@@ -505,8 +553,8 @@ def main(argv: list[str] | None = None) -> None:
     for label, (one, many) in (("before", before), ("after", after)):
         print(
             f"\nPredictor.predict in-process ({label} the server): 1 process p50 "
-            f"{one['p50_ms']} ms, p99 {one['p99_ms']} ms; {workers} processes together "
-            f"{many['rate_per_s']}/s"
+            f"{one['p50_ms']} ms, p99 {one['p99_ms']} ms, {one['cpu_ms_per_call']} CPU ms/call; "
+            f"{workers} processes together {many['rate_per_s']}/s"
         )
     print("\nper-stage budget (median us, in-process, 1 thread):")
     for name, value in budget.items():
@@ -514,19 +562,22 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  {'GET /healthz on the server, c1 p50':<26} {floor['p50_ms'] * 1000:>9.0f}")
     header = (
         f"\n{'conn':>10} {'conc':>5} {'requests':>9} {'errors':>7} {'req/s':>8} "
-        f"{'p50 ms':>8} {'p99 ms':>8}"
+        f"{'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10}"
     )
     print(header)
     for r in results:
         print(
             f"{r['connection']:>10} {r['concurrency']:>5} {r['requests']:>9} {r['errors']:>7} "
-            f"{r['throughput_rps']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8}"
+            f"{r['throughput_rps']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8} "
+            f"{r['server_cpu_ms_per_request']:>10}"
         )
     for connection, goal in goals.items():
         print(
             f"goals ({connection} connections): c8 throughput = "
             f"{goal['c8_throughput_vs_inprocess']} x in-process rate (goal >= 0.6); "
-            f"c1 p50 - Predictor p50 = {goal['c1_p50_minus_predictor_p50_ms']} ms (goal <= 1)"
+            f"c1 p50 - Predictor p50 = {goal['c1_p50_minus_predictor_p50_ms']} ms (goal <= 1); "
+            f"CPU per call in-process / per request in the server at c8 = "
+            f"{goal['c8_cpu_cost_ratio']}"
         )
     if soaked:
         print(
