@@ -207,14 +207,6 @@ class Bundle:
     state_dict: dict[str, torch.Tensor]
     metadata: BundleMetadata
 
-    @property
-    def classes(self) -> list[str]:
-        return self.metadata.classes
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
 
 def versions() -> dict[str, str]:
     import numpy
