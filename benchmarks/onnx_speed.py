@@ -137,7 +137,7 @@ def main() -> None:
         "machine": describe(),
         "loadavg_1min_before": load_before,
         "loadavg_1min_after": loadavg(),
-        "model": str(model),
+        "model": args.model or "bundled (src/imageclf/weights/default.safetensors)",
         "data": args.data or "synthetic (imageclf.export.verification_images)",
         "parity": {
             "images": exported.images,

@@ -533,7 +533,9 @@ def main(argv: list[str] | None = None) -> None:
         "machine": describe(),
         "loadavg_1min_before": load_before,
         "loadavg_1min_after": loadavg(),
-        "model": "tiny-seed-a (random weights)" if args.model == "tiny" else str(model),
+        "model": {"tiny": "tiny-seed-a (random weights)", None: "bundled (default.safetensors)"}.get(
+            args.model, str(model)
+        ),
         "image": f"{args.image.name} ({len(image)} bytes)",
         "server": {
             "workers": workers,
