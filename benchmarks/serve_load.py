@@ -47,6 +47,7 @@ from _machine import describe, loadavg  # noqa: E402
 
 EXAMPLE = HERE.parent / "src" / "imageclf" / "web" / "static" / "examples" / "cat.jpg"
 HOST = "127.0.0.1"
+MODEL_NAMES = {"tiny": "tiny-seed-a (random weights)", None: "bundled (default.safetensors)"}
 STAGES = ("read body", "parse multipart", "decode", "resize", "forward", "encode JSON")
 
 
@@ -533,9 +534,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": describe(),
         "loadavg_1min_before": load_before,
         "loadavg_1min_after": loadavg(),
-        "model": {"tiny": "tiny-seed-a (random weights)", None: "bundled (default.safetensors)"}.get(
-            args.model, str(model)
-        ),
+        "model": MODEL_NAMES.get(args.model, str(model)),
         "image": f"{args.image.name} ({len(image)} bytes)",
         "server": {
             "workers": workers,
