@@ -157,13 +157,16 @@ def predictor_rate(model: str, image: bytes, processes: int, n: int) -> dict:
 def stage_budget(model: str, body: bytes, ctype: str, repeats: int) -> dict:
     """Median microseconds per stage of one API request, run in this process with the
     app's own functions (1 torch thread, like a server worker)."""
+    import numpy as np
     from flask import jsonify, request
 
     from imageclf.web import create_app
+    from imageclf.web.extensions import get_service
+    from imageclf.web.pictures import DISPLAY_SIZE
     from imageclf.web.uploads import collect_uploads
 
     app = create_app(model, IMAGECLF_MODEL_LOADING="eager", IMAGECLF_TORCH_THREADS=1)
-    service = app.extensions["imageclf"]
+    service = get_service(app)
     predictor = service.predictor()
     times: dict[str, list[float]] = {name: [] for name in (*STAGES, "whole app (test client)")}
     client = app.test_client()
@@ -176,9 +179,9 @@ def stage_budget(model: str, body: bytes, ctype: str, repeats: int) -> dict:
             t1 = time.perf_counter()
             uploads = collect_uploads(request, {"file": 1})
             t2 = time.perf_counter()
-            image = service.decode(uploads[0])
+            decoded = service.decode_all(uploads, max(DISPLAY_SIZE, predictor.input_size))
             t3 = time.perf_counter()
-            batch = predictor.preprocess([image])
+            batch = np.stack([predictor.prepare(d.picture) for d in decoded])
             t4 = time.perf_counter()
             probs = predictor.predict_proba(batch)
             t5 = time.perf_counter()

@@ -14,6 +14,7 @@ from helpers import make_tiny_bundle, png_bytes
 from realserver import serving
 
 from imageclf.web import create_app
+from imageclf.web.extensions import get_service
 from imageclf.web.metrics import method_label, route_label, status_label
 
 SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)")
@@ -99,7 +100,7 @@ def test_model_ready_is_0_until_the_model_loads(tmp_path):
     )
     client = app.test_client()
     assert total(client.get("/metrics").get_data(as_text=True), "imageclf_model_ready") == 0
-    app.extensions["imageclf"].load()
+    get_service(app).load()
     assert total(client.get("/metrics").get_data(as_text=True), "imageclf_model_ready") == 1
 
 

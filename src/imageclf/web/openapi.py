@@ -229,7 +229,7 @@ def _schemas(max_files: int, top_k: dict, max_explained: int) -> dict:
                                 "format": "byte",
                                 "nullable": True,
                                 "description": "Grad-CAM overlay PNG (base64), when "
-                                "explain was true.",
+                                "explain was true; null for an ONNX model (no gradients).",
                             },
                         },
                     },
