@@ -111,7 +111,11 @@ def choose(page, data: bytes, name: str = "scene.png", mime: str = "image/png") 
 def expect_result(page) -> None:
     page.wait_for_selector("#label")
     assert re.fullmatch(r"class\d", page.text_content("#label").strip())
-    assert re.fullmatch(r"\d+\.\d% confidence", page.inner_text("#confidence"))
+    confidence = page.inner_text("#confidence")
+    if page.locator("#unsure").count():  # the random tiny model is rarely sure of anything
+        assert re.search(r"at only \d+\.\d%: below the \d+%", confidence), confidence
+    else:
+        assert re.fullmatch(r"\d+\.\d% confidence", confidence), confidence
     assert page.locator("#top li").count() == 5
     assert page.locator("#uploaded").evaluate("img => img.naturalWidth") > 0
     try:
