@@ -457,6 +457,9 @@ def test_gunicorn_options():
     assert options["worker_class"] == "imageclf.web.worker.DeadlineGeventWorker"
     assert options["keepalive"] == HEADER_TIMEOUT_S and options["worker_connections"] > 0
     assert options["control_socket_disable"] is True
+    # access lines only when asked for (serve --access-log)
+    assert options["accesslog"] is None
+    assert gunicorn_options("127.0.0.1", 80, 1, access_log=True)["accesslog"] == "-"
 
 
 def test_serve_limits_from_the_environment():
