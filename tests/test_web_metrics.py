@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import random
 import re
 import string
@@ -145,12 +146,25 @@ def test_label_mapping_is_a_fixed_set():
 
 
 # ---------------------------------------------------------------- two real workers
+def _healthz_counts_per_worker(folder) -> dict[str, float]:
+    """Each worker's own /healthz count, read from its file in the multiprocess folder."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    counts: dict[str, float] = {}
+    for path in folder.glob("counter_*.db"):
+        pid = path.stem.rsplit("_", 1)[1]
+        for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+            _, sample, labels, _ = json.loads(key)
+            if sample == "imageclf_http_requests_total" and labels["route"] == "/healthz":
+                counts[pid] = counts.get(pid, 0) + value
+    return counts
+
+
 def test_two_workers_one_scrape_reads_every_request(tmp_path):
     """N requests spread over 2 gunicorn workers; one scrape (answered by either) reads N."""
     bundle = make_tiny_bundle(tmp_path / "tiny.safetensors")
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    n_health, n_predict = 120, 24
     body, ctype = _multipart(png_bytes())
     with serving(bundle, tmp_path, workers=2, env={"TMPDIR": str(scratch)}) as server:
         (folder,) = scratch.glob("imageclf-metrics-*")  # a fresh folder for this start
@@ -161,13 +175,20 @@ def test_two_workers_one_scrape_reads_every_request(tmp_path):
         def predict(_):
             return server.request("POST", "/api/v1/predict", body, {"Content-Type": ctype})[0]
 
+        n_health, n_predict, statuses = 0, 24, []
         with ThreadPoolExecutor(8) as pool:
-            statuses = list(pool.map(health, range(n_health)))
+            # Until both workers have answered some (the kernel picks who accepts).
+            while n_health < 1500:
+                statuses += list(pool.map(health, range(60)))
+                n_health += 60
+                per_worker = _healthz_counts_per_worker(folder)
+                if len(per_worker) == 2 and min(per_worker.values()) > 0:
+                    break
             statuses += list(pool.map(predict, range(n_predict)))
         assert statuses == [200] * (n_health + n_predict)
-        # Both workers counted some of them (one file of counters per worker process).
-        writers = {p.stem.rsplit("_", 1)[1] for p in folder.glob("counter_*.db")}
-        assert len(writers) == 2, writers
+        per_worker = _healthz_counts_per_worker(folder)
+        assert len(per_worker) == 2 and min(per_worker.values()) > 0, per_worker
+        assert sum(per_worker.values()) == n_health  # so neither worker alone holds N
 
         for _ in range(4):  # whichever worker answers, the totals are the same
             text = server.request("GET", "/metrics")[2].decode()
