@@ -413,7 +413,7 @@ def predict_cmd(
     "--out",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Output file (default: the model's path with .onnx).",
+    help="Output file (default: MODEL with .onnx, or ./default.onnx for the bundled model).",
 )
 @click.option(
     "--opset", type=click.IntRange(min=1), default=18, show_default=True, help="ONNX opset."
