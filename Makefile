@@ -3,6 +3,8 @@
 #   make test    install, then lint and run every test
 PYTHON ?= python3
 VENV ?= .venv
+# Extras installed with the package; .ci/run passes every extra pyproject.toml declares.
+EXTRAS ?= dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -13,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: a looser spec pulls the multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,onnx]'
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 install: $(STAMP)

@@ -1,6 +1,9 @@
 """Shared fixtures: an isolated cache, the shared archive, a tiny model bundle.
 
-Plain helper functions live in helpers.py (``from helpers import ...``).
+Plain helper functions live in helpers.py (``from helpers import ...``). Two hooks:
+tests that use the shared archive carry the ``shared_data`` marker (``-m "not
+shared_data"`` leaves them out), and under ``CI=true`` a skipped test is a failure,
+so a missing extra, browser or dataset can never make CI quietly test less.
 """
 
 from __future__ import annotations
@@ -10,6 +13,41 @@ from pathlib import Path
 
 import pytest
 from helpers import SHARED_ARCHIVE, make_tiny_bundle
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _skip_reason(longrepr) -> str:
+    # A skip's longrepr is (path, line, "Skipped: reason").
+    return str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
+
+
+def _skip_is_failure_in_ci(report):
+    if _in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"CI=true runs every test, but this one skipped: {_skip_reason(report.longrepr)}"
+        )
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    return _skip_is_failure_in_ci((yield))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """A module-level ``importorskip`` skips a whole file at collection time."""
+    return _skip_is_failure_in_ci((yield))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "shared_archive" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.shared_data)
 
 
 @pytest.fixture(autouse=True)

@@ -64,3 +64,16 @@ def write_image_folder(root: Path, classes=CLASSES, per_class=6, partitioned=Tru
                 pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{i:04d}.png")
     return root
+
+
+def write_noise_folder(root: Path, classes: int = 3, per_class: int = 20) -> Path:
+    """Class folders of random pixels with arbitrary labels: nothing generalises, so
+    losses stay high and any difference in the updates shows in the weights."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / f"c{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    return root

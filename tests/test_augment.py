@@ -1,3 +1,5 @@
+import math
+
 import torch
 
 from imageclf.data.augment import (
@@ -55,11 +57,53 @@ def test_cutout_zeroes_a_square_inside_the_image():
     assert torch.equal((y == 0).any(1), (y == 0).all(1))  # all channels together
 
 
+def _ramps(n: int, size: int) -> torch.Tensor:
+    """Channel 0 = x, channel 1 = y, each pixel's centre in affine_grid's [-1, 1] units, so
+    bilinear sampling returns the sampled point's own coordinates wherever it lands inside."""
+    centres = (2 * torch.arange(size, dtype=torch.float64) + 1) / size - 1
+    x = centres.expand(size, size)
+    ramps = torch.stack([x, x.T, torch.zeros_like(x)])
+    return ramps.expand(n, 3, size, size).float().contiguous(memory_format=torch.channels_last)
+
+
+def _fit_plane(image: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Least-squares (a, b, c) with image ~ a*x + b*y + c over the given pixels."""
+    design = torch.stack([coords[0], coords[1], torch.ones_like(coords[0])], 1).double()
+    return torch.linalg.lstsq(design, image.double()[:, None]).solution[:, 0]
+
+
 def test_affine_identity_and_shape():
     x = _batch()
     gen = torch.Generator().manual_seed(0)
     torch.testing.assert_close(affine(x, 0.0, 0.0, gen), x, atol=1e-5, rtol=1e-5)
     assert affine(x, 15, 0.1, gen).shape == x.shape
+
+
+def test_affine_is_a_rotation_and_shift_within_the_ranges():
+    """Sampling the coordinate ramps returns the source point of every output pixel, so
+    the output is the affine map itself: read back each image's angle and shift."""
+    n, size, degrees, shift = 64, 33, 15.0, 0.1
+    x = _ramps(n, size)
+    y = affine(x, degrees, shift, torch.Generator().manual_seed(0)).double()
+    ramps = _ramps(1, size)[0].double()
+    # Central pixels: their source points stay inside the image (no border clamping).
+    inner = slice(size // 4, size - size // 4)
+    coords = ramps[:2, inner, inner].reshape(2, -1)
+    found = []  # per image: angle (degrees), horizontal and vertical shift (image sides)
+    for i in range(n):
+        a, b, c = _fit_plane(y[i, 0, inner, inner].reshape(-1), coords)  # cos, -sin, tx
+        d, e, f = _fit_plane(y[i, 1, inner, inner].reshape(-1), coords)  # sin, cos, ty
+        # A rotation: no scale, no shear, and both channels agree on the angle.
+        torch.testing.assert_close(torch.stack([e, d]), torch.stack([a, -b]), atol=1e-4, rtol=0)
+        assert abs(a * a + d * d - 1) < 1e-4
+        # Grid units span 2 per side: a shift of `shift` sides is 2 * shift units.
+        found.append([math.degrees(math.atan2(d, a)), c / 2, f / 2])
+    found = torch.tensor(found).T
+    assert (found[1] - found[2]).abs().max() > shift / 2  # the two shifts are drawn apart
+    for values, limit in zip(found, [degrees, shift, shift], strict=True):
+        assert values.abs().max() <= limit * 1.001
+        # The random draws span the range both ways (not stuck at zero or at one value).
+        assert values.max() > limit / 2 and values.min() < -limit / 2
 
 
 def test_augment_batch_replays_with_same_generator():
@@ -69,4 +113,9 @@ def test_augment_batch_replays_with_same_generator():
     a = augment_batch(x, idx, 0, cfg, torch.Generator().manual_seed(5))
     b = augment_batch(x, idx, 0, cfg, torch.Generator().manual_seed(5))
     torch.testing.assert_close(a, b)
+    # Replaying means something only if the batch was changed, and by the generator.
+    changed = (a - x).flatten(1).abs().amax(1) > 0.1
+    assert changed.all(), f"{int((~changed).sum())} of 32 images left as they were"
+    other = augment_batch(x, idx, 0, cfg, torch.Generator().manual_seed(6))
+    assert (other - a).abs().amax() > 0.1
     assert torch.equal(augment_batch(x, idx, 0, AugmentConfig(), torch.Generator()), x)

@@ -1,6 +1,6 @@
 import hashlib
 import socket
-import time
+import urllib.request
 
 import pytest
 
@@ -28,12 +28,20 @@ def test_md5_mismatch_leaves_nothing(tmp_path):
     assert list(dest.parent.iterdir()) == []
 
 
-def test_offline_fails_fast_with_hint(tmp_path):
+def test_offline_fails_fast_with_hint(tmp_path, monkeypatch):
+    """Fast by construction, not by a clock: one attempt, with a connect timeout."""
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    start = time.monotonic()
+    attempts = []
+    real_urlopen = urllib.request.urlopen
+
+    def spy(url, *args, **kwargs):
+        attempts.append(kwargs.get("timeout"))
+        return real_urlopen(url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", spy)
     with pytest.raises(DataError, match="--data"):
         download(tmp_path / "x.tar.gz", url=f"http://127.0.0.1:{port}/x.tar.gz", progress=False)
-    assert time.monotonic() - start < 15
+    assert len(attempts) == 1 and attempts[0] is not None and 0 < attempts[0] <= 30
     assert not (tmp_path / "x.tar.gz").exists()

@@ -19,7 +19,7 @@ from imageclf.errors import UserInputError
 from imageclf.evaluation import ensemble_log_probs, evaluate, load_predictors, parse_splits
 from imageclf.interpretation import Interpretation
 from imageclf.metrics import fmt, report_rows
-from imageclf.report import summary_table, write_report
+from imageclf.report import write_report
 from imageclf.training import train
 
 # ---------------------------------------------------------------- hand-computed metrics
@@ -234,33 +234,33 @@ def test_numbers_agree_between_json_csv_html_and_console(report, capsys):
     assert page.count("<img") == page.count('src="data:image/png;base64,') >= 6
 
 
-def test_console_summary_matches_json(report, trained, capsys):
-    data, run = trained
-    out = report[0].parent / "again"
-    code, printed, _ = _run(
-        [
-            "-q",
-            "evaluate",
-            str(run.bundle_path),
-            "--data",
-            str(data),
-            "--splits",
-            "test",
-            "--no-tta",
-            "--no-gradcam",
-            "--out",
-            str(out),
-        ],
-        capsys,
-    )
-    assert code == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert [(r["split"], r["tta"]) for r in metrics["summary"]] == [("test", False)]
-    assert summary_table(metrics) in printed
-    first = json.loads((report[0] / "metrics.json").read_text())
-    test_row = next(r for r in first["summary"] if r == metrics["summary"][0])
-    assert test_row == metrics["summary"][0]  # same numbers, computed again
-    assert not (out / "samples_gradcam.png").exists()
+KEYS = ("accuracy", "loss", "ece")
+
+
+def test_console_summary_matches_json(tmp_path, tiny_bundle, capsys):
+    """A random-weight model, so accuracy, loss and ECE differ and a swapped column shows."""
+    data = write_image_folder(tmp_path / "ds", classes=["class0", "class1", "class2"])
+    narrow = ["--splits", "test", "--no-tta", "--no-gradcam"]
+    runs = {}
+    for name, options in (("all", []), ("test", narrow)):
+        out = tmp_path / name
+        argv = ["-q", "evaluate", str(tiny_bundle), "--data", str(data), *options]
+        code, printed, _ = _run([*argv, "--out", str(out)], capsys)
+        assert code == 0
+        runs[name] = (printed, json.loads((out / "metrics.json").read_text())["summary"])
+    for printed, summary in runs.values():
+        # Each console line, read back as text: split, TTA, images, accuracy, loss, ECE.
+        table = [ln.split() for ln in printed.splitlines()]
+        for row in summary:
+            tta = "yes" if row["tta"] else "no"
+            expected = [row["split"], tta, str(row["images"])] + [fmt(row[k]) for k in KEYS]
+            assert table.count(expected) == 1, expected
+            assert len({row[k] for k in KEYS}) == 3  # distinct, or the check above is blind
+    # Asking for the test split alone computes the same row again.
+    everything = {(r["split"], r["tta"]): r for r in runs["all"][1]}
+    assert {("train", True), ("test", True)} < set(everything)
+    assert runs["test"][1] == [everything[("test", False)]]
+    assert not (tmp_path / "test" / "samples_gradcam.png").exists()
 
 
 def test_other_data_with_a_subset_of_classes(tmp_path, tiny_bundle):

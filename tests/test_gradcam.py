@@ -90,6 +90,8 @@ def test_explain_works_for_every_architecture(tmp_path, architecture):
     picture = Image.fromarray(
         np.random.default_rng(0).integers(0, 255, (90, 60, 3), dtype=np.uint8)
     )
+    weights = {k: v.clone() for k, v in predictor.model.state_dict().items()}
+    trainable = [p.requires_grad for p in predictor.model.parameters()]
     with torch.inference_mode():  # callers may be inside inference mode; Grad-CAM must not care
         explanation = predictor.explain(picture)
     assert explanation.overlay.size == (256, 256) and explanation.overlay.mode == "RGB"
@@ -99,8 +101,16 @@ def test_explain_works_for_every_architecture(tmp_path, architecture):
     probs = predictor.predict_proba(predictor.preprocess(picture))[0]
     assert explanation.class_index == int(np.argmax(probs))
     assert explanation.probability == pytest.approx(float(probs.max()), abs=1e-5)
-    assert isinstance(predictor.model.state_dict(), dict)  # the model is left usable
-    assert not any(p.grad is not None for p in predictor.model.parameters())
+    # The model is left as it was: same weights and flags, in eval mode, no hooks, no grads.
+    model = predictor.model
+    after = model.state_dict()
+    assert after.keys() == weights.keys()
+    assert all(torch.equal(after[k], v) for k, v in weights.items())
+    assert [p.requires_grad for p in model.parameters()] == trainable
+    assert not any(m.training for m in model.modules())
+    assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
+    assert not any(p.grad is not None for p in model.parameters())
+    np.testing.assert_array_equal(predictor.predict_proba(predictor.preprocess(picture))[0], probs)
 
 
 def test_class_and_layer_overrides(tiny_bundle):

@@ -38,12 +38,17 @@ def test_whitening_decorrelates_patches():
     model = build("fast")
     base = torch.randn(64, 3, 16, 16)
     images = base + 0.8 * base.roll(1, dims=1)  # correlated channels
+    patches = images.unfold(2, 2, 1).unfold(3, 2, 1).transpose(1, 3).reshape(-1, 12)
+    correlation = torch.corrcoef(patches.T)
+    assert (correlation - torch.eye(12)).abs().max() > 0.4  # there is something to undo
     model.init_whitening(images)
     with torch.no_grad():
         out = model.whiten(images) - model.whiten.bias[None, :, None, None]
-    half = out[:, : out.shape[1] // 2].transpose(0, 1).reshape(out.shape[1] // 2, -1)
-    cov = torch.cov(half)
-    torch.testing.assert_close(cov.diagonal(), torch.ones(len(cov)), atol=0.15, rtol=0.15)
+    half = out.shape[1] // 2
+    torch.testing.assert_close(out[:, half:], -out[:, :half])  # the +/- pairs
+    cov = torch.cov(out[:, :half].transpose(0, 1).reshape(half, -1))
+    # Whitened: unit variance AND no correlation left between any two outputs.
+    torch.testing.assert_close(cov, torch.eye(half), atol=0.01, rtol=0)
 
 
 def test_training_hooks_are_declared_once():

@@ -1,17 +1,21 @@
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
-from helpers import write_image_folder
+from helpers import write_image_folder, write_noise_folder
 
 import imageclf
 from imageclf import Predictor, recipes
+from imageclf.bundle import build_model, load_bundle
+from imageclf.data import load_dataset
 from imageclf.errors import UserInputError
 from imageclf.runs import RunState
 from imageclf.training import after_epoch, resume, train
@@ -146,57 +150,67 @@ def test_after_epoch_plateau_needs_the_plateau_schedule():
     assert state.lr_factor == 1.0 and not state.stopped_early and state.bad_epochs == 3
 
 
-def test_resume_after_sigkill_matches_uninterrupted(synthetic, tmp_path):
-    """Kill a real training process mid-run, resume it, and get the same history."""
-    args = [
-        "--data",
-        str(synthetic),
-        "--recipe",
-        "seed-d",
-        "--epochs",
-        "6",
-        "--batch-size",
-        "8",
-        "--seed",
-        "3",
-    ]
+def _train_cli(*argv: str, **kwargs):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    reference = tmp_path / "ref"
-    subprocess.run(
-        [sys.executable, "-m", "imageclf", "-q", "train", *args, "--out", str(reference)],
-        check=True,
-        env=env,
-        timeout=300,
-    )
-    run = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "imageclf", "-q", "train", *args, "--out", str(run)], env=env
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        last = run / "last.pt"
-        if last.is_file():
-            done = torch.load(last, weights_only=True)["state"]["epoch"]
-            if done >= 2:
+    command = [sys.executable, "-m", "imageclf", "-q", "train", *argv]
+    return subprocess.Popen(command, env=env, **kwargs)
+
+
+def _resume_args(data) -> list[str]:
+    return ["--data", str(data), "--recipe", "seed-d", "--epochs", "6", "--batch-size", "8",
+            "--seed", "3"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synthetic, tmp_path_factory):
+    reference = tmp_path_factory.mktemp("resume") / "reference"
+    assert _train_cli(*_resume_args(synthetic), "--out", str(reference)).wait(timeout=300) == 0
+    return reference
+
+
+def _default_sigint() -> None:
+    """A child started from a shell that ignores SIGINT (a background job) would inherit
+    that, and Python would then never raise KeyboardInterrupt: restore the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.timeout(900)  # three training subprocesses, each bounded by its own timeout
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_resume_after_interruption_matches_uninterrupted(synthetic, uninterrupted, tmp_path, sig):
+    """Kill (or Ctrl-C) a real training process mid-run, resume it: the same history."""
+    run = tmp_path / "interrupted"
+    with open(tmp_path / "stderr.txt", "w+") as stderr:
+        proc = _train_cli(
+            *_resume_args(synthetic), "--out", str(run), stderr=stderr, preexec_fn=_default_sigint
+        )
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            last = run / "last.pt"
+            if last.is_file() and torch.load(last, weights_only=True)["state"]["epoch"] >= 2:
                 break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        code = proc.wait(timeout=60)
+        stderr.seek(0)
+        err = stderr.read()
     state = torch.load(run / "last.pt", weights_only=True)["state"]
-    assert 2 <= state["epoch"] < 6, "the process must be killed before it finished"
-    subprocess.run(
+    assert 2 <= state["epoch"] < 6, "the process must be stopped before it finished"
+    if sig == signal.SIGINT:  # Ctrl-C: a one-line message and the shell's 128 + SIGINT
+        assert code == 130 and err.strip() == "imageclf: interrupted", err
+    else:
+        assert code == -signal.SIGKILL
+    resumed = subprocess.run(
         [sys.executable, "-m", "imageclf", "-q", "train", "--resume", str(run)],
-        check=True,
-        env=env,
         timeout=300,
     )
-    ref_hist = json.loads((reference / "history.json").read_text())
+    assert resumed.returncode == 0
+    ref_hist = json.loads((uninterrupted / "history.json").read_text())
     got_hist = json.loads((run / "history.json").read_text())
     assert len(got_hist) == 6
     assert [[h[k] for k in COMPARED] for h in got_hist] == [
         [h[k] for k in COMPARED] for h in ref_hist
     ]
-    ref_metrics = json.loads((reference / "metrics.json").read_text())
+    ref_metrics = json.loads((uninterrupted / "metrics.json").read_text())
     got_metrics = json.loads((run / "metrics.json").read_text())
     assert got_metrics["test"] == ref_metrics["test"]
 
@@ -204,3 +218,64 @@ def test_resume_after_sigkill_matches_uninterrupted(synthetic, tmp_path):
 def test_resume_of_missing_run_is_clear(tmp_path):
     with pytest.raises(UserInputError, match="nothing to resume"):
         resume(tmp_path, progress=False)
+
+
+# ---------------------------------------------------------------- tricks that must take effect
+def test_reduce_lr_on_plateau_follows_val_loss(tmp_path):
+    data = write_noise_folder(tmp_path / "noise")
+    cfg = _cfg(data, tmp_path / "run", epochs=5, lr=0.003, schedule="plateau", plateau_patience=1)
+    cfg.early_stopping = None
+    result = train(cfg, progress=False)
+    # Keras' ReduceLROnPlateau, replayed from the recorded val_loss.
+    best, bad, factor, expected = math.inf, 0, 1.0, []
+    for record in result.history:
+        expected.append(cfg.lr * factor)
+        if record["val_loss"] < best:
+            best, bad = record["val_loss"], 0
+        else:
+            bad += 1
+            if bad % cfg.plateau_patience == 0:
+                factor = max(factor * cfg.plateau_factor, cfg.min_lr / cfg.lr)
+    assert [r["lr"] for r in result.history] == pytest.approx(expected, rel=1e-9)
+    assert expected[-1] < cfg.lr, "noise data should make val_loss stall at least once"
+    # The optimiser ran at that rate, not just the log: its state in the last checkpoint.
+    checkpoint = torch.load(result.run_dir / "last.pt", weights_only=True)
+    groups = checkpoint["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([expected[-1]] * len(groups), rel=1e-9)
+
+
+def test_lookahead_changes_training_and_ends_on_the_slow_weights(synthetic, tmp_path):
+    options = dict(epochs=2, restore_best=False, early_stopping=None)
+    plain = train(_cfg(synthetic, tmp_path / "plain", **options), progress=False)
+    slow = train(_cfg(synthetic, tmp_path / "slow", lookahead=True, **options), progress=False)
+    checkpoint = torch.load(slow.run_dir / "last.pt", weights_only=True)
+    unpulled = torch.load(plain.run_dir / "last.pt", weights_only=True)["model"]
+    # The periodic pulls toward the slow weights change the trajectory (same seed, same data)...
+    moved = max((checkpoint["model"][k] - v).abs().max().item() for k, v in unpulled.items())
+    assert moved > 1e-4
+    # ...and the bundle holds the slow weights, not the fast ones the last step left.
+    assert checkpoint["state"]["step"] % 5, "the last step must not be a sync step"
+    model = build_model(load_bundle(slow.bundle_path))
+    names = [name for name, _ in model.named_parameters()]
+    assert len(checkpoint["lookahead"]) == len(names)
+    for name, saved_slow in zip(names, checkpoint["lookahead"], strict=True):
+        assert torch.equal(model.state_dict()[name], saved_slow), name
+    assert any(
+        not torch.equal(checkpoint["model"][n], s)
+        for n, s in zip(names, checkpoint["lookahead"], strict=True)
+    )
+
+
+def test_label_smoothing_caps_confidence(synthetic, tmp_path):
+    """With smoothing e over K classes the best the model can do is predict 1 - e + e/K for
+    the true class, and the loss cannot fall below that target's entropy."""
+    eps, k = 0.3, 3
+    result = train(_cfg(synthetic, tmp_path / "ls", label_smoothing=eps), progress=False)
+    target = np.array([1 - eps + eps / k] + [eps / k] * (k - 1))
+    floor = float(-(target * np.log(target)).sum())
+    losses = [r["train_loss"] for r in result.history]
+    assert min(losses) >= floor - 1e-4 and losses[-1] < floor + 0.05  # trained, to the floor
+    images = load_dataset(synthetic, progress=False).images
+    confidence = Predictor.load(result.bundle_path).predict_proba(images).max(1)
+    assert abs(confidence.mean() - target[0]) < 0.05  # unsmoothed training gives ~1.0
+    assert confidence.max() < 0.95

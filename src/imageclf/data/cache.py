@@ -56,8 +56,9 @@ def load_cached(cache_dir: Path, key: str, source: str) -> Dataset | None:
                 source=source,
                 fingerprint=key,
             )
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return None  # a damaged cache entry is simply rebuilt
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
+        # A damaged entry (an empty file raises EOFError) is simply rebuilt.
+        return None
 
 
 def store(cache_dir: Path, dataset: Dataset) -> None:
