@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,10 @@ log = logging.getLogger("imageclf.train")
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 LOOKAHEAD_EVERY = 5  # steps between lookahead syncs
+
+
+class TrainingDiverged(UserInputError):
+    """The loss became NaN/inf: bad settings, not a bug (a tuner prunes such trials)."""
 
 
 # ---------------------------------------------------------------- distributed context
@@ -171,8 +176,20 @@ def _plot_curves(run_dir: Path, history: list[dict], cfg: TrainConfig) -> None:
 
 
 # ---------------------------------------------------------------- the loop
-def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike | None = None):
-    """Train per ``cfg`` and write the run folder; returns a ``TrainResult``."""
+def train(
+    cfg: TrainConfig,
+    *,
+    progress: bool = True,
+    resume: str | os.PathLike | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
+    evaluate_test: bool = True,
+):
+    """Train per ``cfg`` and write the run folder; returns a ``TrainResult``.
+
+    ``on_epoch_end(record)`` runs on rank 0 after each epoch's checkpoint (the tuner
+    reports validation accuracy through it; an exception it raises stops the run).
+    ``evaluate_test=False`` leaves the test split untouched (tuning must not see it).
+    """
     started = time.perf_counter()
     run_dir = Path(resume or cfg.out or default_run_dir(cfg.recipe))
     checkpoint = None
@@ -349,7 +366,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
             dist.all_reduce(totals)
             loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
         if not math.isfinite(loss_sum.item()):
-            raise UserInputError(
+            raise TrainingDiverged(
                 f"training diverged in epoch {epoch + 1} (loss is not finite); try a lower --lr"
             )
 
@@ -419,6 +436,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
                 record["seconds"],
                 "  (early stop)" if state["stopped_early"] else "",
             )
+            if on_epoch_end is not None:
+                on_epoch_end(record)
         ctx.barrier()
 
     # ---- finish: restore best, evaluate once on test, write the bundle
@@ -436,7 +455,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
             metrics["val"] = evaluate(x_val, y_val)
             if cfg.tta:  # tuning decisions read val (with TTA); test is only reported
                 metrics["val_tta"] = evaluate(x_val, y_val, tta=True)
-        if len(x_test):
+        if len(x_test) and evaluate_test:
             metrics["test"] = evaluate(x_test, y_test)
             if cfg.tta:
                 metrics["test_tta"] = evaluate(x_test, y_test, tta=True)
