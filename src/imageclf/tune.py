@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,7 +93,8 @@ def _trial_row(trial, best_value: float | None) -> dict:
 def trial_rows(study) -> list[dict]:
     rows, best = [], None
     for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if trial.value is not None and (best is None or trial.value > best):
+        complete = trial.state.name == "COMPLETE"  # a pruned trial's value is its last epoch's
+        if complete and (best is None or trial.value > best):
             best = trial.value
         rows.append(_trial_row(trial, best))
     return rows
@@ -187,7 +189,8 @@ def _write_plots(optuna, study, rows: list[dict], run_dir: Path) -> list[Path]:
     complete = [r for r in rows if r["state"] == "complete"]
     if len(complete) >= 2:
         try:
-            importances = optuna.importance.get_param_importances(study)
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+            importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
         except (ValueError, RuntimeError) as exc:
             log.info("no importance plot: %s", exc)
         else:
@@ -215,6 +218,7 @@ def _quiet(*names: str) -> Iterator[None]:
 
 def _base_recipe(recipe: str) -> tuple[str, dict | None]:
     """The built-in recipe under ``recipe`` and the space a recipe file declares, if any."""
+    recipes.recipe_values(recipe)  # an unknown name or a bad file fails here, clearly
     if recipe in recipes.RECIPES:
         return recipe, None
     doc = recipes.read_recipe_file(recipe)
@@ -255,7 +259,7 @@ def _settings(resume, **given) -> tuple[Path, dict]:
     settings["trials"] = settings["trials"] or 20
     for key in ("recipe", "data"):  # so --resume works from any directory
         value = settings[key]
-        if value is not None and (key == "data" or value not in recipes.RECIPES):
+        if value is not None and (key == "data" or Path(value).is_file()):
             settings[key] = str(Path(value).resolve())
     space = settings["space"]
     if isinstance(space, str | os.PathLike):
@@ -265,6 +269,30 @@ def _settings(resume, **given) -> tuple[Path, dict]:
     if settings["study"] is None:
         settings["study"] = f"tune-{Path(settings['recipe']).stem}"
     return run_dir, settings
+
+
+def _open_study(optuna, storage: str, name: str, pruner):
+    """Create or join the study; retries the race of two workers creating one new database."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(6):
+        try:
+            return optuna.create_study(
+                storage=storage,
+                study_name=name,
+                direction="maximize",
+                pruner=pruner,
+                load_if_exists=True,
+            )
+        except SQLAlchemyError as exc:  # e.g. "table alembic_version already exists"
+            error = exc
+            time.sleep(0.5 * (attempt + 1))
+        except (ValueError, ImportError) as exc:  # a malformed URL, a missing driver
+            error = exc
+            break
+    shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", storage)  # never print a password
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise UserInputError(f"cannot open the study storage {shown}: {detail}")
 
 
 def _check_same_study(study, record: dict) -> None:
@@ -355,15 +383,8 @@ def tune(
     data_record = {"source": dataset.source, "fingerprint": dataset.fingerprint}
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / SETTINGS_FILE, json.dumps(settings, indent=2))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study_ = optuna.create_study(
-        storage=settings["storage"],
-        study_name=settings["study"],
-        direction="maximize",
-        pruner=pruner_,
-        load_if_exists=True,
-    )
+    study_ = _open_study(optuna, settings["storage"], settings["study"], pruner_)
     _check_same_study(
         study_,
         {
@@ -375,6 +396,7 @@ def tune(
             "split": split_.describe(),
         },
     )
+    write_text_atomic(run_dir / SETTINGS_FILE, json.dumps(settings, indent=2))
     existing = len(study_.get_trials(deepcopy=False))
     # Seeded per start, so a resumed or second worker does not redraw the same settings.
     study_.sampler = optuna.samplers.TPESampler(
@@ -433,7 +455,7 @@ def tune(
 
 
 def _has_complete(study) -> bool:
-    return any(t.value is not None for t in study.get_trials(deepcopy=False))
+    return any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
 
 
 def _run_trial(optuna, trial, cfg: TrainConfig, progress: bool) -> float:

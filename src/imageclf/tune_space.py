@@ -45,13 +45,15 @@ PARAMS: dict[str, Param] = {
     "momentum": Param(float, lambda v: 0 <= v < 1, "in [0, 1)", "config"),
     "epochs": Param(int, lambda v: v >= 1, ">= 1", "config"),
     "batch_size": Param(int, lambda v: v >= 1, ">= 1", "config"),
-    "widths": Param(list, lambda v: len(v) > 0 and all(w >= 1 for w in v), "[ints >= 1]", "arch"),
+    "widths": Param(
+        list, lambda v: len(v) > 0 and all(w >= 1 for w in v), "a list of ints >= 1", "arch"
+    ),
     # augmentation strength, per kind of augmentation
     "translate": Param(int, lambda v: 0 <= v <= 16, "0..16 pixels", "augment"),
     "cutout": Param(int, lambda v: 0 <= v <= 32, "0..32 pixels", "augment"),
     "rotate": Param(float, lambda v: 0 <= v <= 180, "0..180 degrees", "augment"),
     "shift": Param(float, lambda v: 0 <= v < 1, "in [0, 1)", "augment"),
-    "flip": Param(str, lambda v: v in FLIP_MODES, " | ".join(FLIP_MODES), "augment"),
+    "flip": Param(str, lambda v: v in FLIP_MODES, "one of " + ", ".join(FLIP_MODES), "augment"),
 }
 SPEC_KEYS = {"low", "high", "log", "step", "choices"}
 
@@ -181,7 +183,7 @@ def _check_value(name: str, value: Any, problems: list[str], what: str) -> bool:
         problems.append(f"{name}: {what} {shown} has the wrong type (expected {expected})")
         return False
     if not param.ok(value):
-        problems.append(f"{name}: {what} {json.dumps(value)} is outside {param.domain}")
+        problems.append(f"{name}: {what} {json.dumps(value)} must be {param.domain}")
         return False
     return True
 
