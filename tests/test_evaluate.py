@@ -15,7 +15,7 @@ from conftest import make_tiny_bundle, write_image_folder
 from imageclf import Predictor, recipes
 from imageclf.cli import main
 from imageclf.errors import UserInputError
-from imageclf.evaluate import (
+from imageclf.evaluation import (
     Interpretation,
     ensemble_log_probs,
     evaluate,
@@ -26,7 +26,7 @@ from imageclf.evaluate import (
     summary_table,
 )
 from imageclf.report import write_report
-from imageclf.train import train
+from imageclf.training import train
 
 # ---------------------------------------------------------------- hand-computed metrics
 PROBS = [

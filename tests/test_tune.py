@@ -22,7 +22,7 @@ from imageclf.errors import UserInputError
 
 optuna = pytest.importorskip("optuna")
 
-from imageclf.tune import tune  # noqa: E402 (needs the optuna skip above to be meaningful)
+from imageclf.tuning import tune  # noqa: E402 (needs the optuna skip above to be meaningful)
 
 # Small and fast: batch 16 on 108 training images is 7 steps per epoch.
 SPACE = {
@@ -116,7 +116,7 @@ def test_study_prunes_resumes_and_writes_a_recipe(data, space_file, tmp_path, ca
 
 
 def test_interrupted_trial_runs_again_on_resume(data, tmp_path, monkeypatch):
-    train_module = importlib.import_module("imageclf.train")
+    train_module = importlib.import_module("imageclf.training")
     real_train, calls = train_module.train, []
 
     def train_then_ctrl_c(*args, **kwargs):
@@ -191,7 +191,7 @@ def _fake_study(values: list[float]):
 
 
 def test_plots_history_and_importances(tmp_path):
-    from imageclf.tune import _write_plots, trial_rows
+    from imageclf.tuning import _write_plots, trial_rows
 
     study = _fake_study([0.5, 0.6, 0.55, 0.7, 0.65])
     rows = trial_rows(study)

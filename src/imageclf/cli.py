@@ -110,6 +110,9 @@ def data_info(ctx: click.Context, path: str | None) -> None:
 
 # ---------------------------------------------------------------- train
 def _parse_set(values: tuple[str, ...]) -> dict:
+    """``KEY=VALUE`` pairs; VALUE is JSON when it parses, else a string."""
+    from .recipes import check_keys, field_names
+
     overrides = {}
     for item in values:
         key, sep, raw = item.partition("=")
@@ -119,16 +122,21 @@ def _parse_set(values: tuple[str, ...]) -> dict:
             overrides[key.replace("-", "_")] = json.loads(raw)
         except json.JSONDecodeError:
             overrides[key.replace("-", "_")] = raw
+    try:
+        check_keys(overrides, field_names())
+    except UserInputError as exc:
+        raise UserInputError(f"bad --set: {exc}") from None
     return overrides
 
 
+def _recipe_help() -> str:
+    from .recipes import RECIPES
+
+    return f"One of: {', '.join(RECIPES)}; or a recipe .json file (imageclf tune writes one)."
+
+
 @cli.command()
-@click.option(
-    "--recipe",
-    default="fast",
-    show_default=True,
-    help="fast, best, seed-a, seed-b, seed-d, or a recipe .json file (imageclf tune writes one).",
-)
+@click.option("--recipe", default="fast", show_default=True, help=_recipe_help())
 @click.option(
     "--data",
     "data_path",
@@ -182,9 +190,10 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 )
 @click.option(
     "--resume",
+    "resume_dir",
     type=click.Path(exists=True, file_okay=False),
     default=None,
-    help="Continue the interrupted run in this folder.",
+    help="Continue the interrupted run in this folder (with its own settings).",
 )
 @click.option(
     "--set",
@@ -194,31 +203,18 @@ def _parse_set(values: tuple[str, ...]) -> dict:
     help="Override any recipe field, e.g. --set arch_kwargs='{\"widths\":[64,128,256]}'.",
 )
 @click.pass_context
-def train(ctx: click.Context, recipe: str, data_path, resume, sets, early_stopping, **options):
+def train(ctx: click.Context, recipe: str, data_path, resume_dir, sets, early_stopping, **options):
     """Train a model and write a run folder with checkpoints and a model bundle."""
-    from . import recipes
-    from .train import train as run_training
+    from . import recipes, training
 
     progress = ctx.obj["progress"]
-    if resume:
-        cfg = None
+    if resume_dir:
+        result = training.resume(resume_dir, progress=progress)
     else:
         overrides = {**options, "data": data_path, **_parse_set(sets)}
         if early_stopping is not None:
             overrides["early_stopping"] = early_stopping or None
-        if "augment" in overrides and isinstance(overrides["augment"], dict):
-            from .data.augment import AugmentConfig
-
-            overrides["augment"] = AugmentConfig(**overrides["augment"])
-        try:
-            cfg = recipes.resolve(recipe, **overrides)
-        except TypeError as exc:
-            raise UserInputError(f"bad --set: {exc}") from None
-    if cfg is None:
-        from .recipes import TrainConfig
-
-        cfg = TrainConfig()  # replaced by the checkpoint's own config
-    result = run_training(cfg, progress=progress, resume=resume)
+        result = training.train(recipes.resolve(recipe, **overrides), progress=progress)
     if result is None:
         return  # a non-zero DDP rank: rank 0 reports
     m = result.metrics
@@ -235,7 +231,7 @@ def train(ctx: click.Context, recipe: str, data_path, resume, sets, early_stoppi
 
 # ---------------------------------------------------------------- tune
 @cli.command()
-@click.option("--recipe", default="fast", show_default=True, help="Built-in recipe or .json file.")
+@click.option("--recipe", default="fast", show_default=True, help=_recipe_help())
 @click.option("--data", "data_path", default=None, help="Dataset, as for train.")
 @click.option("--split", type=click.Choice(["auto", "official", "70-15-15"]), default=None)
 @click.option("--subset", type=click.IntRange(min=1), default=None, help="As for train.")
@@ -292,7 +288,7 @@ def train(ctx: click.Context, recipe: str, data_path, resume, sets, early_stoppi
 def tune(ctx: click.Context, data_path, resume, **options):
     """Search hyperparameters on the validation set (needs imageclf[tune]); writes
     best.json, a recipe for `imageclf train --recipe`."""
-    from .tune import tune as run_tune
+    from .tuning import tune as run_tune
 
     if resume:
         fixed = {"data": data_path, **options}
@@ -425,7 +421,7 @@ def info(model: str | None, as_json: bool) -> None:
 def evaluate_cmd(ctx: click.Context, models, data_path, split, splits, tta, gradcam, device, out):
     """Evaluate a model, or an ensemble of several (probabilities averaged): metrics,
     plots, Grad-CAM and one self-contained report.html."""
-    from .evaluate import default_out_dir, evaluate, parse_splits
+    from .evaluation import default_out_dir, evaluate, parse_splits
     from .report import console_report, write_report
 
     result = evaluate(

@@ -10,13 +10,32 @@ file (``imageclf tune`` writes the best one it found): a built-in base plus chan
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data.augment import AugmentConfig
+from .data.augment import FLIP_MODES, AugmentConfig
+from .data.splits import SPLITS
+from .device import PRECISIONS, check_device_name
 from .errors import UserInputError
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "plateau", "warmup-linear")
+LOSS_REDUCTIONS = ("mean", "sum")
+# Field annotation -> the Python types a value may have (bool is not an int here), and
+# how an error message names them.
+_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "str": ((str,), "a string"),
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "dict": ((dict,), "a JSON object"),
+    "int | None": ((int, type(None)), "an integer or null"),
+    "str | None": ((str, type(None)), "a string or null"),
+    "AugmentConfig": ((AugmentConfig,), "augmentation settings"),
+}
 
 
 @dataclass
@@ -60,15 +79,56 @@ class TrainConfig:
     eval_batch_size: int = 500
     out: str | None = None
 
+    def __post_init__(self) -> None:
+        """Checked when built, so a typo fails before any data loads."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            allowed, kind = _TYPES[str(f.type)]
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                raise UserInputError(f"{f.name} must be {kind}, got {value!r}")
+        _choose("optimizer", self.optimizer, OPTIMIZERS)
+        _choose("schedule", self.schedule, SCHEDULES)
+        _choose("loss_reduction", self.loss_reduction, LOSS_REDUCTIONS)
+        _choose("split", self.split, SPLITS)
+        _choose("precision", self.precision, PRECISIONS)
+        _choose("augment.flip", self.augment.flip, FLIP_MODES)
+        check_device_name(self.device)
+        if self.epochs < 1:
+            raise UserInputError("--epochs must be at least 1")
+        if self.batch_size < 1:
+            raise UserInputError("--batch-size must be at least 1")
+        if self.lr <= 0:
+            raise UserInputError("--lr must be positive")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
+        """From ``to_dict()`` output (a checkpoint); keys of older versions are ignored."""
         data = dict(data)
         data["augment"] = AugmentConfig(**data.get("augment", {}))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _choose(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserInputError(f"unknown {name} {value!r}; choose {', '.join(choices)}")
+
+
+def check_keys(keys, known, what: str = "setting") -> None:
+    """Unknown keys are an error that names the nearest valid one."""
+    for key in keys:
+        if key not in known:
+            prefixes = sorted((k for k in known if key.startswith(k) or k.startswith(key)), key=len)
+            close = difflib.get_close_matches(key, known, n=1) or prefixes[-1:]
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
+            raise UserInputError(f"unknown {what} {key!r}{hint}")
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
 _SEED_COMMON = dict(optimizer="adam", lr=1e-3, batch_size=64, early_stopping=5, restore_best=True)
@@ -142,10 +202,15 @@ def read_recipe_file(path: str | os.PathLike) -> dict:
     if doc.get("base") not in RECIPES:
         raise UserInputError(f"{path}: base must be one of {', '.join(RECIPES)}")
     config = doc.get("config", {})
-    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"recipe"}
-    unknown = sorted(set(config) - known) if isinstance(config, dict) else ["(not an object)"]
-    if unknown:
-        raise UserInputError(f"{path}: unknown config field(s): {', '.join(unknown)}")
+    if not isinstance(config, dict):
+        raise UserInputError(f"{path}: config must be a JSON object")
+    try:
+        check_keys(config, [f for f in field_names() if f != "recipe"])
+        check_keys(
+            config.get("augment", {}), list(AugmentConfig.__dataclass_fields__), "augment setting"
+        )
+    except UserInputError as exc:
+        raise UserInputError(f"{path}: {exc}") from None
     return {**doc, "name": str(doc.get("name") or path.stem), "config": config}
 
 
@@ -166,10 +231,7 @@ def recipe_values(recipe: str) -> dict:
         doc = read_recipe_file(recipe)
         values = {"recipe": doc["name"], **RECIPES[doc["base"]], **doc["config"]}
         if isinstance(values["augment"], dict):
-            try:
-                values["augment"] = AugmentConfig(**values["augment"])
-            except TypeError as exc:
-                raise UserInputError(f"{recipe}: bad augment: {exc}") from None
+            values["augment"] = AugmentConfig(**values["augment"])
         return values
     raise UserInputError(
         f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)} or a recipe .json file"
@@ -177,17 +239,18 @@ def recipe_values(recipe: str) -> dict:
 
 
 def resolve(recipe: str = "fast", **overrides) -> TrainConfig:
-    """The recipe's config with ``overrides`` (None values mean 'keep the recipe's')."""
+    """The recipe's config with ``overrides`` (None values mean 'keep the recipe's').
+
+    ``recipe`` is a built-in name or a recipe file; ``augment`` may be an
+    ``AugmentConfig`` or a dict of its fields.
+    """
     values = recipe_values(recipe)
+    check_keys(overrides, field_names())
     aug = overrides.pop("augment", None)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if isinstance(aug, dict):
+        check_keys(aug, list(AugmentConfig.__dataclass_fields__), "augment setting")
+        aug = AugmentConfig(**aug)
     if aug is not None:
         values["augment"] = aug
-    config = TrainConfig(**values)
-    if config.epochs < 1:
-        raise UserInputError("--epochs must be at least 1")
-    if config.batch_size < 1:
-        raise UserInputError("--batch-size must be at least 1")
-    if config.lr <= 0:
-        raise UserInputError("--lr must be positive")
-    return config
+    return TrainConfig(**values)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .evaluate import EvalResult, ensemble_gradcam, fmt, report_text, summary_table
+from .evaluation import EvalResult, ensemble_gradcam, fmt, report_text, summary_table
 from .fileio import write_text_atomic
 
 log = logging.getLogger("imageclf.report")

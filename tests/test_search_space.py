@@ -11,7 +11,7 @@ from conftest import write_image_folder
 from imageclf import recipes
 from imageclf.cli import main
 from imageclf.errors import UserInputError
-from imageclf.tune_space import SPACES, validate
+from imageclf.search_space import SPACES, validate
 
 
 def run(argv, capsys):
@@ -134,7 +134,7 @@ def test_recipe_file_round_trip_and_train(tmp_path, capsys):
         ('{"format": "imageclf-recipe/1", "base": "fast", "config": {"speed": 3}}', "speed"),
         (
             '{"format": "imageclf-recipe/1", "base": "fast", "config": {"augment": {"x": 1}}}',
-            "bad augment",
+            "unknown augment setting 'x'",
         ),
     ],
 )

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import recipes, tune_space
+from . import recipes, search_space
 from .errors import UserInputError
 from .fileio import write_text_atomic
 from .recipes import TrainConfig
@@ -263,7 +263,7 @@ def _settings(resume, **given) -> tuple[Path, dict]:
             settings[key] = str(Path(value).resolve())
     space = settings["space"]
     if isinstance(space, str | os.PathLike):
-        settings["space"] = tune_space.read_space_file(space)
+        settings["space"] = search_space.read_space_file(space)
     if settings["storage"] is None:
         settings["storage"] = f"sqlite:///{(run_dir / 'study.db').resolve()}"
     if settings["study"] is None:
@@ -366,9 +366,9 @@ def tune(
         device=settings["device"], threads=settings["threads"], epochs=settings["epochs"],
     )  # fmt: skip
     epochs_cap = cfg.epochs
-    declared = settings["space"] or recipe_space or tune_space.SPACES[base]
+    declared = settings["space"] or recipe_space or search_space.SPACES[base]
     source = "--space" if settings["space"] else "the recipe's space"
-    space_ = tune_space.validate(declared, cfg, epochs_cap, source)
+    space_ = search_space.validate(declared, cfg, epochs_cap, source)
     if not space_.searched:
         raise UserInputError(f"bad search space in {source}: every value is fixed")
     pruner_ = _make_pruner(optuna, settings["pruner"], settings["trials"])
@@ -460,7 +460,7 @@ def _has_complete(study) -> bool:
 
 def _run_trial(optuna, trial, cfg: TrainConfig, progress: bool) -> float:
     """One training run that reports val accuracy per epoch and stops when pruned."""
-    from .train import TrainingDiverged, train
+    from .training import TrainingDiverged, train
 
     bar = tqdm(
         total=cfg.epochs,
