@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from conftest import write_image_folder
+from helpers import write_image_folder
 
 from imageclf.cli import main
 

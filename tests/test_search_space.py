@@ -6,7 +6,7 @@ import json
 import sys
 
 import pytest
-from conftest import write_image_folder
+from helpers import write_image_folder
 
 from imageclf import recipes
 from imageclf.cli import main

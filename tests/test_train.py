@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from conftest import write_image_folder
+from helpers import write_image_folder
 
 import imageclf
 from imageclf import Predictor, recipes

@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_image_folder
+from helpers import write_image_folder
 
 from imageclf.cli import main
 from imageclf.errors import UserInputError
 
 optuna = pytest.importorskip("optuna")
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")  # trials run with --threads 1
 
 from imageclf.tuning import tune  # noqa: E402 (needs the optuna skip above to be meaningful)
 

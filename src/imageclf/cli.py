@@ -14,7 +14,10 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .data.splits import SPLITS
+from .device import PRECISIONS
 from .errors import ImageclfError, UserInputError
+from .recipes import OPTIMIZERS, RECIPES, SCHEDULES
 
 log = logging.getLogger("imageclf")
 
@@ -129,14 +132,11 @@ def _parse_set(values: tuple[str, ...]) -> dict:
     return overrides
 
 
-def _recipe_help() -> str:
-    from .recipes import RECIPES
-
-    return f"One of: {', '.join(RECIPES)}; or a recipe .json file (imageclf tune writes one)."
+RECIPE_HELP = f"One of: {', '.join(RECIPES)}; or a recipe .json file (imageclf tune writes one)."
 
 
 @cli.command()
-@click.option("--recipe", default="fast", show_default=True, help=_recipe_help())
+@click.option("--recipe", default="fast", show_default=True, help=RECIPE_HELP)
 @click.option(
     "--data",
     "data_path",
@@ -146,17 +146,22 @@ def _recipe_help() -> str:
 )
 @click.option(
     "--split",
-    type=click.Choice(["auto", "official", "70-15-15"]),
+    type=click.Choice(SPLITS),
     default=None,
     help="auto: official when the data has a test set, else 70-15-15.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Default: the recipe's ("
+    + ", ".join(f"{k} {r['epochs']}" for k, r in RECIPES.items())
+    + ").",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=None)
-@click.option(
-    "--schedule", type=click.Choice(["constant", "plateau", "warmup-linear"]), default=None
-)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None)
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=None)
 @click.option("--label-smoothing", type=click.FloatRange(0, 1), default=None)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=None)
 @click.option(
@@ -179,7 +184,7 @@ def _recipe_help() -> str:
     "(default 5000, or a tenth of train if smaller; 0 = train on all).",
 )
 @click.option("--device", default=None, help="auto, cpu or cuda.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--seed", type=int, default=None)
 @click.option(
@@ -231,9 +236,9 @@ def train(ctx: click.Context, recipe: str, data_path, resume_dir, sets, early_st
 
 # ---------------------------------------------------------------- tune
 @cli.command()
-@click.option("--recipe", default="fast", show_default=True, help=_recipe_help())
+@click.option("--recipe", default="fast", show_default=True, help=RECIPE_HELP)
 @click.option("--data", "data_path", default=None, help="Dataset, as for train.")
-@click.option("--split", type=click.Choice(["auto", "official", "70-15-15"]), default=None)
+@click.option("--split", type=click.Choice(SPLITS), default=None)
 @click.option("--subset", type=click.IntRange(min=1), default=None, help="As for train.")
 @click.option("--val-size", type=click.IntRange(min=1), default=None, help="As for train.")
 @click.option(
@@ -315,16 +320,19 @@ def tune(ctx: click.Context, data_path, resume, **options):
 
 
 # ---------------------------------------------------------------- info
+def _num(value, digits: int = 4) -> str:
+    """Floats as people read them (``0.00146``, not ``0.0014648437500000002``)."""
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
 def _format_metrics(metrics: dict) -> list[str]:
     lines = []
     for key, value in metrics.items():
         if isinstance(value, dict):
-            inner = ", ".join(
-                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items()
-            )
+            inner = ", ".join(f"{k} {_num(v)}" for k, v in value.items())
             lines.append(f"  {key:<14}{inner}")
         else:
-            lines.append(f"  {key:<14}{value}")
+            lines.append(f"  {key:<14}{_num(value)}")
     return lines
 
 
@@ -343,35 +351,30 @@ def info(model: str | None, as_json: bool) -> None:
         click.echo(json.dumps(meta, indent=2))
         return
     params = sum(t.numel() for k, t in bundle.state_dict.items() if "running" not in k)
+    mean, std = (", ".join(f"{v:.3g}" for v in values) for values in (meta.mean, meta.std))
     lines = [
         f"model        {path} ({path.stat().st_size / 1e6:.1f} MB, {params:,} numbers)",
-        f"name         {bundle.name}",
-        f"architecture {meta['architecture']} {json.dumps(meta['arch_kwargs'])}",
-        f"input        {meta['input_size']}x{meta['input_size']} RGB, "
-        f"mean {meta['normalization']['mean']}, std {meta['normalization']['std']}",
-        f"classes      {len(meta['classes'])}: {', '.join(meta['classes'])}",
+        f"name         {meta.name}",
+        f"architecture {meta.architecture} {json.dumps(meta.arch_kwargs)}",
+        f"input        {meta.input_size}x{meta.input_size} RGB, mean [{mean}], std [{std}]",
+        f"classes      {len(meta.classes)}: {', '.join(meta.classes)}",
     ]
-    if "data" in meta:
+    if meta.data_source or meta.data_fingerprint:
+        lines.append(f"data         {meta.data_source} (fingerprint {meta.data_fingerprint})")
+    if meta.split:
+        s = meta.split
+        lines.append(f"split        {s['name']} seed {s['seed']} {s.get('sizes')}")
+    if meta.recipe:
+        cfg = meta.config
         lines.append(
-            f"data         {meta['data'].get('source')} "
-            f"(fingerprint {meta['data'].get('fingerprint')})"
+            f"recipe       {meta.recipe}: {cfg.get('epochs')} epochs, batch "
+            f"{cfg.get('batch_size')}, {cfg.get('optimizer')} lr {_num(cfg.get('lr'), 3)}"
         )
-    if "split" in meta:
-        s = meta["split"]
-        lines.append(f"split        {s['name']} seed {s['seed']} {s['sizes']}")
-    if "recipe" in meta:
-        cfg = meta.get("config", {})
-        lines.append(
-            f"recipe       {meta['recipe']}: {cfg.get('epochs')} epochs, batch "
-            f"{cfg.get('batch_size')}, {cfg.get('optimizer')} lr {cfg.get('lr')}"
-        )
-    if "metrics" in meta:
+    if meta.metrics:
         lines.append("metrics")
-        lines += _format_metrics(meta["metrics"])
-    lines.append(f"created      {meta.get('created')}")
-    lines.append(
-        "versions     " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
-    )
+        lines += _format_metrics(meta.metrics)
+    lines.append(f"created      {meta.created}")
+    lines.append("versions     " + ", ".join(f"{k} {v}" for k, v in meta.versions.items()))
     click.echo("\n".join(lines))
 
 
@@ -386,7 +389,7 @@ def info(model: str | None, as_json: bool) -> None:
 )
 @click.option(
     "--split",
-    type=click.Choice(["auto", "official", "70-15-15"]),
+    type=click.Choice(SPLITS),
     default=None,
     help="Default: the split recorded in the model when --data is its training data "
     "(so val/test are truly held out), else auto.",
@@ -459,8 +462,7 @@ def predict_cmd(
 ):
     """Classify image files and folders (recursively). MODEL (a .safetensors file) is
     optional; without it the bundled model is used. Exit code 2 if any file failed."""
-    from .batch import format_results, predict_files
-    from .predict import Predictor
+    from .predict import Predictor, format_results, predict_files
 
     model = inputs[0] if inputs[0].lower().endswith(".safetensors") else None
     paths = inputs[1:] if model else inputs

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .bundle import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 from .data.augment import FLIP_MODES, AugmentConfig
 from .data.splits import SPLITS
 from .device import PRECISIONS, check_device_name
@@ -99,6 +100,10 @@ class TrainConfig:
             raise UserInputError("--batch-size must be at least 1")
         if self.lr <= 0:
             raise UserInputError("--lr must be positive")
+        if not MIN_INPUT_SIZE <= self.image_size <= MAX_INPUT_SIZE:  # what a bundle may hold
+            raise UserInputError(
+                f"image_size must be from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} pixels"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
