@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import write_image_folder
@@ -160,3 +162,12 @@ def test_tune_without_optuna_names_the_extra(tmp_path, capsys, monkeypatch):
         err.strip() == "imageclf: error: imageclf tune needs Optuna: pip install 'imageclf[tune]'"
     )
     assert not out.exists()
+
+
+def test_the_readme_space_example_is_valid():
+    """The JSON space in README's tuning section is what a user copies: it must work."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Tuning hyperparameters", 1)[1]
+    example = re.search(r"```json\n(.*?)```", section, re.S).group(1)
+    space = validate(json.loads(example), recipes.resolve("fast"), 9)
+    assert {"lr", "epochs", "widths"} <= set(space.searched)
