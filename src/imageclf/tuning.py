@@ -301,8 +301,14 @@ def _check_same_study(study, record: dict) -> None:
     if existing is None:
         study.set_user_attr("imageclf", record)
         return
-    for key in ("space", "data", "split", "base", "epochs_cap"):
-        if existing.get(key) != record.get(key):
+
+    def same(key: str, value) -> bool:
+        if key == "data":  # the same images may live at another path on another machine
+            return (value or {}).get("fingerprint") == record["data"]["fingerprint"]
+        return value == record.get(key)
+
+    for key in ("base", "config", "space", "epochs_cap", "data", "split"):
+        if not same(key, existing.get(key)):
             raise UserInputError(
                 f"study {study.study_name!r} was created with a different {key} "
                 f"({json.dumps(existing.get(key))[:120]}); use another --study name"
