@@ -48,7 +48,10 @@ def test_walkthrough_runs_top_to_bottom(shared_archive, tmp_path, monkeypatch):
     monkeypatch.setenv("IMAGECLF_NOTEBOOK_EPOCHS", "2")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        nb,
+        timeout=1800,  # per cell: training takes minutes on a quiet 2-core machine, more if busy
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
     )
     client.execute()  # a cell that raises fails the test with its traceback
 

@@ -389,7 +389,8 @@ def tune(
     data_record = {"source": dataset.source, "fingerprint": dataset.fingerprint}
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: a Ctrl-C would otherwise print a failed-trial traceback before our one line.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study_ = _open_study(optuna, settings["storage"], settings["study"], pruner_)
     _check_same_study(
         study_,
