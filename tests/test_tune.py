@@ -245,3 +245,14 @@ def test_existing_study_folder_needs_resume(data, tmp_path):
     (tmp_path / "run" / "tune.json").write_text("{}")
     with pytest.raises(UserInputError, match="--resume"):
         tune("fast", data=data, out=tmp_path / "run", progress=False)
+
+
+def test_pruner_choices():
+    from imageclf.tuning import _make_pruner
+
+    assert isinstance(_make_pruner(optuna, "median", 12), optuna.pruners.MedianPruner)
+    halving = _make_pruner(optuna, "halving", 12)
+    assert isinstance(halving, optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(_make_pruner(optuna, "none", 12), optuna.pruners.NopPruner)
+    with pytest.raises(UserInputError, match="unknown pruner 'sometimes'"):
+        _make_pruner(optuna, "sometimes", 12)
