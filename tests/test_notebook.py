@@ -53,7 +53,10 @@ def test_walkthrough_runs_top_to_bottom(shared_archive, tmp_path, monkeypatch):
         kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}},
     )
-    client.execute()  # a cell that raises fails the test with its traceback
+    try:
+        client.execute()  # a cell that raises fails the test with its traceback
+    finally:
+        nbformat.write(nb, tmp_path / "executed.ipynb")  # what it showed, for a look afterwards
 
     def outputs(kind: str) -> list:
         return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if kind in o]
