@@ -186,6 +186,7 @@ def _fake_study(values: list[float]):
         distributions=dists,
         state=optuna.trial.TrialState.PRUNED,
         intermediate_values={1: 0.2, 2: 0.25},
+        user_attrs={"epochs_run": 2},
     )
     study.add_trial(pruned)
     return study
@@ -245,6 +246,17 @@ def test_existing_study_folder_needs_resume(data, tmp_path):
     (tmp_path / "run" / "tune.json").write_text("{}")
     with pytest.raises(UserInputError, match="--resume"):
         tune("fast", data=data, out=tmp_path / "run", progress=False)
+
+
+def test_trials_report_at_their_schedule_position():
+    from imageclf.tuning import schedule_step
+
+    # Epoch 2 of 4 is as far through its (stretched) schedule as epoch 4 of 8.
+    assert schedule_step(2, 4, 8) == schedule_step(4, 8, 8) == 4
+    assert schedule_step(3, 3, 8) == schedule_step(8, 8, 8) == 8  # last epochs line up
+    for epochs in range(1, 9):  # every epoch of a trial reports at its own step
+        steps = [schedule_step(e, epochs, 8) for e in range(1, epochs + 1)]
+        assert len(set(steps)) == epochs and max(steps) == 8
 
 
 def test_pruner_choices():

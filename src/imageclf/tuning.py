@@ -83,7 +83,7 @@ def _trial_row(trial, best_value: float | None) -> dict:
         "state": state,
         "val_acc": trial.value,
         "best": best_value,
-        "epochs_run": max(steps) if steps else None,
+        "epochs_run": trial.user_attrs.get("epochs_run"),
         "last": steps[max(steps)] if steps else None,  # val_acc at the last epoch reported
         "seconds": round(seconds, 1) if seconds is not None else None,
         "params": dict(trial.params),
@@ -225,11 +225,23 @@ def _base_recipe(recipe: str) -> tuple[str, dict | None]:
     return doc["base"], doc.get("space")
 
 
-def _make_pruner(optuna, name: str, trials: int):
+def schedule_step(epoch: int, epochs: int, epochs_cap: int) -> int:
+    """Where a trial reports: its position in its own schedule, on a 1..epochs_cap scale.
+
+    Learning-rate schedules stretch with the epoch count (fast's warmup-linear decays
+    to zero at the last epoch), so epoch 2 of a 4-epoch trial is as far along as epoch
+    4 of an 8-epoch one: pruning compares trials at equal schedule positions, never a
+    long trial's early epochs with a short trial's annealed ones.
+    """
+    return round(epoch * epochs_cap / epochs)
+
+
+def _make_pruner(optuna, name: str, trials: int, epochs_cap: int = 8):
     if name == "median":
-        # Compare from epoch 2 on (epoch 1 is noisy) once a few trials have finished.
+        # Compare from a quarter of the schedule on (the first epochs are noisy), once a
+        # few trials have finished.
         return optuna.pruners.MedianPruner(
-            n_startup_trials=max(2, min(5, trials // 4)), n_warmup_steps=2
+            n_startup_trials=max(2, min(5, trials // 4)), n_warmup_steps=max(2, epochs_cap // 4)
         )
     if name == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=2, reduction_factor=3)
@@ -377,7 +389,7 @@ def tune(
     space_ = search_space.validate(declared, cfg, epochs_cap, source)
     if not space_.searched:
         raise UserInputError(f"bad search space in {source}: every value is fixed")
-    pruner_ = _make_pruner(optuna, settings["pruner"], settings["trials"])
+    pruner_ = _make_pruner(optuna, settings["pruner"], settings["trials"], epochs_cap)
 
     # Load the data once up front: a bad path or split fails before any trial.
     from .data import load_dataset, make_split
@@ -429,7 +441,7 @@ def tune(
         # TTA only changes the reported metric, not the model: trials skip its cost.
         trial_cfg = dataclasses.replace(trial_cfg, tta=False)
         trial_cfg.out = str(run_dir / "trials" / f"{trial.number:04d}")
-        return _run_trial(optuna, trial, trial_cfg, progress)
+        return _run_trial(optuna, trial, trial_cfg, epochs_cap, progress)
 
     def show_row(study, trial) -> None:
         best = study.best_value if _has_complete(study) else None
@@ -465,7 +477,7 @@ def _has_complete(study) -> bool:
     return any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
 
 
-def _run_trial(optuna, trial, cfg: TrainConfig, progress: bool) -> float:
+def _run_trial(optuna, trial, cfg: TrainConfig, epochs_cap: int, progress: bool) -> float:
     """One training run that reports val accuracy per epoch and stops when pruned."""
     from .training import TrainingDiverged, train
 
@@ -481,7 +493,8 @@ def _run_trial(optuna, trial, cfg: TrainConfig, progress: bool) -> float:
     def report(record: dict) -> None:
         bar.update(1)
         bar.set_postfix(val_acc=f"{record['val_acc']:.4f}")
-        trial.report(record["val_acc"], record["epoch"])
+        trial.report(record["val_acc"], schedule_step(record["epoch"], cfg.epochs, epochs_cap))
+        trial.set_user_attr("epochs_run", record["epoch"])
         if trial.should_prune():
             raise optuna.TrialPruned(f"epoch {record['epoch']}: val_acc {record['val_acc']:.4f}")
 
