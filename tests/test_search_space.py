@@ -99,6 +99,19 @@ def test_epochs_are_capped_and_params_land_in_the_config():
     assert cfg.augment.translate == 2 and cfg.arch_kwargs["widths"] == [32, 64, 128]  # untouched
 
 
+def test_current_values_are_the_baseline_inside_the_space():
+    cfg = recipes.resolve("fast", epochs=8)
+    space = validate(SPACES["fast"], cfg, cfg.epochs)
+    baseline = space.current(cfg)
+    assert baseline == {
+        "lr": cfg.lr, "weight_decay": cfg.weight_decay, "label_smoothing": 0.2, "epochs": 8,
+        "batch_size": 256, "widths": "32-64-128", "translate": 2,
+    }  # fmt: skip
+    assert space.apply(cfg, baseline) == cfg  # running it reproduces the recipe exactly
+    narrow = validate({"lr": {"low": 0.1, "high": 0.2}, "translate": {"low": 0, "high": 3}}, cfg, 8)
+    assert narrow.current(cfg) == {"translate": 2}  # the recipe's lr lies outside: sampled
+
+
 # ---------------------------------------------------------------- recipe files
 def test_recipe_file_round_trip_and_train(tmp_path, capsys):
     path = recipes.write_recipe_file(

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import write_image_folder
 
+import imageclf
 from imageclf.cli import main
 from imageclf.errors import UserInputError
 
@@ -33,6 +34,7 @@ SPACE = {
     "translate": 0,
 }
 GOOD, ALSO_GOOD, HOPELESS, DIVERGES = 3e-3, 5e-3, 1e-7, 1e4
+RECIPES_FAST_LR = imageclf.RECIPES["fast"]["lr"]
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +137,9 @@ def test_interrupted_trial_runs_again_on_resume(data, tmp_path, monkeypatch):
     assert states == ["complete", "fail", "complete"]
     assert result.trials[2]["params"] == result.trials[1]["params"]  # the same settings again
     assert result.best_recipe is not None and len(calls) == 3
+    # A fresh study first measures the recipe's own settings (fast's lr is inside SPACE).
+    assert result.trials[0]["baseline"] and result.trials[0]["params"] == {"lr": RECIPES_FAST_LR}
+    assert result.baseline_value == result.trials[0]["val_acc"]
 
 
 def test_two_processes_share_one_sqlite_study(data, space_file, tmp_path):

@@ -309,9 +309,11 @@ def tune(ctx: click.Context, data_path, resume, **options):
     counts = ", ".join(
         f"{sum(t['state'] == s for t in result.trials)} {s}" for s in ("complete", "pruned")
     )
+    baseline = result.baseline_value
     click.echo(
         f"done in {result.seconds:.0f}s ({counts}): best trial {result.best_trial}, "
         f"val accuracy {result.best_value:.4f}"
+        + (f" (the recipe's own settings: {baseline:.4f})" if baseline is not None else "")
     )
     click.echo(f"best recipe: {result.best_recipe}")
     click.echo(f"plots: {', '.join(str(p) for p in result.plots)}")

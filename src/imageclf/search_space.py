@@ -140,6 +140,26 @@ class Space:
                 params[d.name] = trial.suggest_categorical(d.name, list(d.choices))
         return params
 
+    def current(self, cfg: TrainConfig) -> dict:
+        """``cfg``'s own values of the searched parameters that lie inside the space:
+        queued as the first trial, so a study always measures the recipe it starts from."""
+        values = {}
+        for d in self.dims:
+            if d.kind == "fixed":
+                continue
+            target = PARAMS[d.name].target
+            if d.name == "widths":
+                widths = cfg.arch_kwargs.get("widths")
+                value = _widths_key(widths) if widths else None
+            elif target == "augment":
+                value = getattr(cfg.augment, d.name)
+            else:
+                value = getattr(cfg, d.name)
+            inside = value in d.choices if d.kind == "categorical" else d.low <= value <= d.high
+            if value is not None and inside:
+                values[d.name] = value
+        return values
+
     def apply(self, cfg: TrainConfig, params: dict) -> TrainConfig:
         """``cfg`` with the fixed values and the drawn ``params`` in place."""
         values = {d.name: d.value for d in self.dims if d.kind == "fixed"} | params

@@ -62,6 +62,7 @@ class TuneResult:
     best_value: float | None
     best_params: dict
     best_recipe: Path | None
+    baseline_value: float | None  # val accuracy of the recipe's own settings, if measured
     trials: list[dict]
     plots: list[Path]
     seconds: float
@@ -80,6 +81,7 @@ def _trial_row(trial, best_value: float | None) -> dict:
     seconds = trial.duration.total_seconds() if trial.duration else None
     return {
         "trial": trial.number,
+        "baseline": bool(trial.user_attrs.get("baseline")),  # the recipe's own settings
         "state": state,
         "val_acc": trial.value,
         "best": best_value,
@@ -130,9 +132,10 @@ def table_row(row: dict, names: list[str]) -> str:
 def _write_trials_csv(path: Path, rows: list[dict], names: list[str]) -> None:
     text = io.StringIO()
     writer = csv.writer(text)
-    writer.writerow(["trial", "state", "val_acc", "epochs_run", "seconds", *names])
+    writer.writerow(["trial", "baseline", "state", "val_acc", "epochs_run", "seconds", *names])
     for r in rows:
-        values = [r["trial"], r["state"], r["val_acc"], r["epochs_run"], r["seconds"]]
+        values = [r["trial"], r["baseline"], r["state"], r["val_acc"], r["epochs_run"]]
+        values.append(r["seconds"])
         writer.writerow(values + [r["params"].get(n) for n in names])
     write_text_atomic(path, text.getvalue())
 
@@ -307,12 +310,13 @@ def _open_study(optuna, storage: str, name: str, pruner):
     raise UserInputError(f"cannot open the study storage {shown}: {detail}")
 
 
-def _check_same_study(study, record: dict) -> None:
-    """Workers sharing a study must search the same space on the same data."""
+def _check_same_study(study, record: dict) -> bool:
+    """Workers sharing a study must search the same space on the same data; True when
+    this worker created the study's record (it is the first)."""
     existing = study.user_attrs.get("imageclf")
     if existing is None:
         study.set_user_attr("imageclf", record)
-        return
+        return True
 
     def same(key: str, value) -> bool:
         if key == "data":  # the same images may live at another path on another machine
@@ -325,6 +329,7 @@ def _check_same_study(study, record: dict) -> None:
                 f"study {study.study_name!r} was created with a different {key} "
                 f"({json.dumps(existing.get(key))[:120]}); use another --study name"
             )
+    return False
 
 
 def _requeue_interrupted(optuna, study) -> None:
@@ -404,7 +409,7 @@ def tune(
     # ERROR: a Ctrl-C would otherwise print a failed-trial traceback before our one line.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study_ = _open_study(optuna, settings["storage"], settings["study"], pruner_)
-    _check_same_study(
+    first = _check_same_study(
         study_,
         {
             "base": base,
@@ -416,6 +421,11 @@ def tune(
         },
     )
     write_text_atomic(run_dir / SETTINGS_FILE, json.dumps(settings, indent=2))
+    if first and not study_.get_trials(deepcopy=False):
+        baseline = space_.current(cfg)
+        if baseline:
+            study_.enqueue_trial(baseline, user_attrs={"baseline": True})
+            log.info("the first trial runs the recipe's own settings (the baseline)")
     existing = len(study_.get_trials(deepcopy=False))
     # Seeded per start, so a resumed or second worker does not redraw the same settings.
     study_.sampler = optuna.samplers.TPESampler(
@@ -547,7 +557,10 @@ def _finish(optuna, study, space_, cfg, base, run_dir, names, started, settings)
     else:
         log.warning("no trial completed yet, so there is no best recipe to write")
     seconds = round(time.perf_counter() - started, 1)
+    baseline = next(
+        (r["val_acc"] for r in rows if r["baseline"] and r["state"] == "complete"), None
+    )
     return TuneResult(
-        run_dir, study.study_name, best_trial, best_value, best_params, best_recipe, rows,
-        plots, seconds,
+        run_dir, study.study_name, best_trial, best_value, best_params, best_recipe, baseline,
+        rows, plots, seconds,
     )  # fmt: skip
