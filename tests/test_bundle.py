@@ -17,7 +17,7 @@ from imageclf.errors import BundleError
 def test_round_trip_keeps_weights_and_metadata(tmp_path):
     path = make_tiny_bundle(tmp_path / "m.safetensors", "seed-b", classes=["a", "b", "c"])
     bundle = load_bundle(path)
-    assert bundle.classes == ["a", "b", "c"]
+    assert bundle.metadata.classes == ["a", "b", "c"]
     assert bundle.metadata["versions"]["torch"] == torch.__version__
     model = build_model(bundle)
     x = torch.randn(2, 3, 32, 32)

@@ -105,6 +105,18 @@ class BundleMetadata(dict):
         return float(value) if _is_number(value) else None
 
     @property
+    def temperature(self) -> float:
+        """Logits are divided by this before the softmax (1.0: the bundle is not calibrated)."""
+        return float((self.get("calibration") or {}).get("temperature", 1.0))
+
+    @property
+    def unsure_below(self) -> float | None:
+        """Calibrated top-1 confidence under which a prediction should say it is unsure;
+        chosen on validation data (``calibration.threshold``), None when not calibrated."""
+        value = (self.get("calibration") or {}).get("threshold")
+        return float(value) if _is_number(value) else None
+
+    @property
     def created(self) -> str | None:
         return self.get("created")
 
@@ -154,6 +166,13 @@ class BundleMetadata(dict):
         for key in ("source", "fingerprint"):
             value = (raw.get("data") or {}).get(key)
             _expect(value is None or isinstance(value, str), f"data.{key} must be a string")
+        calibration = raw.get("calibration")
+        if calibration is not None:
+            _expect(isinstance(calibration, dict), "calibration must be an object")
+            t = calibration.get("temperature", 1.0)
+            _expect(_is_number(t) and 0.01 <= t <= 100, "calibration.temperature must be 0.01-100")
+            th = calibration.get("threshold")
+            _expect(th is None or (_is_number(th) and 0 <= th <= 1), "calibration.threshold: 0-1")
         split = raw.get("split")
         if split is not None:
             _expect(
@@ -187,14 +206,6 @@ def _text(value: Any, what: str, limit: int = MAX_TEXT) -> None:
 class Bundle:
     state_dict: dict[str, torch.Tensor]
     metadata: BundleMetadata
-
-    @property
-    def classes(self) -> list[str]:
-        return self.metadata.classes
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
 
 
 def versions() -> dict[str, str]:

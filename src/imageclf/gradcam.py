@@ -74,6 +74,7 @@ def gradcam_batch(
     *,
     layer: str | None = None,
     device: torch.device | str = "cpu",
+    temperature: float = 1.0,
 ) -> GradCAM:
     """Grad-CAM for a batch of uint8 NHWC images (``Predictor.gradcam`` calls this).
 
@@ -115,7 +116,7 @@ def gradcam_batch(
                 raise UserInputError(
                     f"layer {name!r} does not produce a spatial (N, C, H, W) feature map"
                 )
-            probs = torch.softmax(logits.detach(), dim=1)
+            probs = torch.softmax(logits.detach() / temperature, dim=1)
             if class_indices is None:
                 targets = probs.argmax(1)
             else:
@@ -177,9 +178,3 @@ def ensemble_gradcam(predictors, images_u8: np.ndarray, class_indices: np.ndarra
     mean = np.mean(maps, axis=0)
     peak = mean.max(axis=(1, 2), keepdims=True)
     return np.divide(mean, peak, out=np.zeros_like(mean), where=peak > 0)
-
-
-def explain(predictor, image, class_index: int | None = None, **options) -> Explanation:
-    """``predictor.explain(image, class_index)``, under the name the web app's optional
-    Grad-CAM hook looks up (``web/service.py``); new code calls the method."""
-    return predictor.explain(image, class_index, **options)

@@ -10,7 +10,9 @@ from functools import cached_property
 
 import numpy as np
 
-CALIBRATION_BINS = 15
+from .calibration import ECE_BINS, reliability_bins
+
+CALIBRATION_BINS = ECE_BINS
 TOP_LOSSES = 20
 MOST_CONFUSED = 10
 
@@ -121,27 +123,13 @@ class Interpretation:
         return candidates[order[:k]]
 
     def calibration(self, n_bins: int = CALIBRATION_BINS) -> tuple[float, list[dict]]:
-        """Expected calibration error and its bins (equal-width in confidence).
+        """Expected calibration error and its reliability bins (``calibration.py``)."""
+        return reliability_bins(self.confidences, self.correct, n_bins)
 
-        ECE = sum over bins of (images in bin / N) * |accuracy - mean confidence|.
-        """
-        edges = np.linspace(0.0, 1.0, n_bins + 1)
-        which = np.clip(np.digitize(self.confidences, edges[1:-1], right=True), 0, n_bins - 1)
-        bins, ece = [], 0.0
-        for b in range(n_bins):
-            members = which == b
-            count = int(members.sum())
-            acc = float(self.correct[members].mean()) if count else None
-            conf = float(self.confidences[members].mean()) if count else None
-            if count:
-                ece += count / len(self) * abs(acc - conf)
-            bins.append(
-                {
-                    "lower": edges[b],
-                    "upper": edges[b + 1],
-                    "count": count,
-                    "accuracy": acc,
-                    "confidence": conf,
-                }
-            )
-        return ece, bins
+    def uncalibrated(self, temperature: float) -> Interpretation:
+        """The same predictions before temperature scaling: ``log_softmax(T * log p)``
+        recovers the raw logits' log-probabilities exactly (the softmax ignores shifts)."""
+        scaled = self.log_probs * temperature
+        top = scaled.max(1, keepdims=True)
+        raw = scaled - (top + np.log(np.exp(scaled - top).sum(1, keepdims=True)))
+        return Interpretation(self.split, self.tta, raw, self.targets, self.classes, self.indices)

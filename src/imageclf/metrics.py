@@ -97,14 +97,22 @@ def build_metrics(
         "classes": detail.classes,
         "notes": list(notes),
         "summary": summary_rows(interpretations),
-        **detail_metrics(detail),
+        **detail_metrics(detail, _temperature(predictors)),
     }
 
 
-def detail_metrics(detail: Interpretation) -> dict:
-    """The per-class views of one split: report, confusion, calibration, image lists."""
+def _temperature(predictors: Sequence[Predictor]) -> float | None:
+    """The single model's temperature (an ensemble averages differently scaled members,
+    so its uncalibrated predictions cannot be recovered from the average: None)."""
+    return predictors[0].temperature if len(predictors) == 1 else None
+
+
+def detail_metrics(detail: Interpretation, temperature: float | None = 1.0) -> dict:
+    """The per-class views of one split: report, confusion, calibration, image lists.
+
+    With a fitted temperature the calibration block also says what the model's raw
+    confidences were (``before``): ECE and NLL before and after scaling."""
     classes = detail.classes
-    ece, bins = detail.calibration()
     matrix = detail.confusion_matrix()
     normalized = detail.confusion_matrix(normalize=True)
     row_totals = matrix.sum(1)
@@ -147,23 +155,34 @@ def detail_metrics(detail: Interpretation) -> dict:
             "row_normalized": [[rnd(v) for v in row] for row in normalized],
         },
         "most_confused": confused,
-        "calibration": {
-            "split": detail.split,
+        "calibration": calibration_metrics(detail, temperature),
+        "top_losses": [image_entry(int(p)) for p in detail.top_losses()],
+        "samples": [image_entry(int(p)) for p in sample_positions(detail)],
+    }
+
+
+def calibration_metrics(detail: Interpretation, temperature: float | None) -> dict:
+    def block(interp: Interpretation) -> dict:
+        ece, bins = interp.calibration()
+        return {
             "ece": rnd(ece),
+            "nll": rnd(interp.mean_loss),
             "bins": [
                 {
                     "lower": rnd(b["lower"]),
                     "upper": rnd(b["upper"]),
                     "count": b["count"],
-                    "accuracy": rnd_or_none(b["accuracy"]),
-                    "confidence": rnd_or_none(b["confidence"]),
+                    "accuracy": None if b["accuracy"] is None else rnd(b["accuracy"]),
+                    "confidence": None if b["confidence"] is None else rnd(b["confidence"]),
                 }
                 for b in bins
             ],
-        },
-        "top_losses": [image_entry(int(p)) for p in detail.top_losses()],
-        "samples": [image_entry(int(p)) for p in sample_positions(detail)],
-    }
+        }
+
+    result = {"split": detail.split, "temperature": temperature, **block(detail)}
+    if temperature is not None and temperature != 1.0:
+        result["before"] = block(detail.uncalibrated(temperature))
+    return result
 
 
 def sample_positions(interp: Interpretation, k: int = SAMPLE_GRID, seed: int = 0) -> np.ndarray:

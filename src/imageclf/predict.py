@@ -25,6 +25,7 @@ from .bundle import Bundle, BundleMetadata, build_model, load_bundle
 from .data.loader import Normalizer
 from .device import resolve_device, resolve_precision
 from .errors import BundleError, ImageError, UserInputError
+from .fileio import unreadable_reason
 from .gradcam import DEFAULT_SIZE, Explanation, GradCAM, gradcam_batch, overlay
 from .imaging import IMAGE_EXTENSIONS, ImageSource, open_image, resize_for_model
 from .inference import predict_logits
@@ -93,8 +94,14 @@ class Predictor:
         return np.stack([self.prepare(_decode(item)) for item in _as_list(images)])
 
     # ------------------------------------------------------------ probabilities out
+    @property
+    def temperature(self) -> float:
+        """Fitted on validation at the end of training; every output below is divided by it."""
+        return self.metadata.temperature
+
     def _logits(self, batch_u8: np.ndarray, tta: bool) -> torch.Tensor:
-        return predict_logits(
+        """Calibrated logits (``logits / temperature``): the one place confidences are made."""
+        logits = predict_logits(
             self.model,
             torch.from_numpy(np.ascontiguousarray(batch_u8)),
             self._normalizer,
@@ -102,6 +109,7 @@ class Predictor:
             device=self.device,
             amp_dtype=self._amp_dtype,
         )
+        return logits / self.temperature
 
     def log_probs(self, batch_u8: np.ndarray, *, tta: bool = False) -> np.ndarray:
         """Natural-log probabilities (N, classes), float64, for prepared uint8 images.
@@ -133,7 +141,13 @@ class Predictor:
         """Grad-CAM of prepared uint8 images; ``class_indices=None`` explains each
         image's predicted class; ``layer`` names a module (default: the last Conv2d)."""
         return gradcam_batch(
-            self.model, self._normalizer, batch_u8, class_indices, layer=layer, device=self.device
+            self.model,
+            self._normalizer,
+            batch_u8,
+            class_indices,
+            layer=layer,
+            device=self.device,
+            temperature=self.temperature,
         )
 
     def explain(
@@ -199,7 +213,8 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
     Inside folders only files with an image extension are tried (a README or .DS_Store
     is not a failed image); a file named explicitly is always tried.
 
-    Returns the files and a failure entry for every input that does not exist.
+    Returns the files and a failure entry for every input that is neither (missing, a
+    symlink loop, a FIFO...), saying which.
     """
     files: list[Path] = []
     missing: list[FileResult] = []
@@ -217,7 +232,7 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
         elif path.is_file():
             files.append(path)
         else:
-            missing.append(FileResult(str(path), error="no such file or folder"))
+            missing.append(FileResult(str(path), error=unreadable_reason(path)))
     return files, missing
 
 

@@ -97,7 +97,13 @@ def console_report(result: EvalResult, report: Report) -> str:
         lines += [
             f"  {r['true']} -> {r['predicted']}: {r['count']}" for r in m["most_confused"][:5]
         ]
-    lines += ["", f"ECE ({m['detail_split']}): {fmt(m['calibration']['ece'])}"]
+    cal = m["calibration"]
+    lines += ["", f"ECE ({m['detail_split']}): {fmt(cal['ece'])}, NLL {fmt(cal['nll'])}"]
+    if cal.get("before"):
+        lines[-1] += (
+            f" (temperature {fmt(cal['temperature'])}; before scaling: "
+            f"ECE {fmt(cal['before']['ece'])}, NLL {fmt(cal['before']['nll'])})"
+        )
     lines += [f"note: {n}" for n in report.notes]
     lines += ["", f"report: {report.html}"]
     return "\n".join(lines)
@@ -200,6 +206,7 @@ def _figures(result: EvalResult, gradcam: bool, notes: list[str]) -> dict:
         "reliability": plots.reliability_diagram(
             m["calibration"]["bins"], m["calibration"]["ece"],
             title=f"Reliability diagram ({detail} split)",
+            before=m["calibration"].get("before"),
         ),
     }  # fmt: skip
     figures |= _grid_figures(result, "samples", f"Random {detail} images", gradcam, notes)

@@ -46,6 +46,7 @@ class RunState:
     best_epoch: int = 0
     bad_epochs: int = 0  # epochs since val_loss last improved
     stopped_early: bool = False
+    train_seconds: float = 0.0  # time inside training epochs only: the compute rate's divisor
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

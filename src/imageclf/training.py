@@ -28,6 +28,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .bundle import save_bundle
+from .calibration import MIN_IMAGES, calibrate, calibration_effect
+from .compute import compute_report, training_flops_per_image
 from .data import Dataset, Split, load_dataset, make_split
 from .data.augment import augment_batch
 from .data.loader import Normalizer, batch_indices, channel_stats
@@ -119,11 +121,16 @@ def _run(
     while state.epoch < cfg.epochs and not state.stopped_early:
         epoch_start = time.perf_counter()
         loss, acc, steps = train_one_epoch(cfg, parts, data, rt, state, total_steps, show)
+        train_seconds = state.train_seconds + time.perf_counter() - epoch_start
         val = parts.evaluate(cfg, data.x_val, data.y_val, rt) if len(data.x_val) else None
         lr = cfg.lr * schedule_multiplier(cfg, steps - 1, total_steps) * state.lr_factor
         record = _history_record(state.epoch + 1, loss, acc, val, lr, epoch_start)
         state = dataclasses.replace(
-            state, epoch=state.epoch + 1, step=steps, history=[*state.history, record]
+            state,
+            epoch=state.epoch + 1,
+            step=steps,
+            history=[*state.history, record],
+            train_seconds=train_seconds,
         )
         state, improved = after_epoch(state, val["loss"] if val else math.nan, cfg)
         if improved:
@@ -384,15 +391,57 @@ def _finish(cfg, run_dir, parts: Parts, data: TrainData, rt: Runtime, state, bes
                     metrics[f"{name}_tta"] = parts.evaluate(cfg, x, y, rt, tta=True)
         metrics["epochs_run"] = state.epoch
         metrics["best_epoch"] = state.best_epoch or state.epoch
+        compute = _compute(cfg, parts, data, rt, state)
+        metrics["compute"] = compute.to_dict()
+        calibration = _calibrate(cfg, parts, data, rt)
+        if calibration is not None:
+            metrics["calibration"] = calibration
         bundle_path = run_dir / "model.safetensors"
-        save_bundle(bundle_path, parts.model.state_dict(), _bundle_metadata(cfg, data, metrics))
+        meta = _bundle_metadata(cfg, data, metrics)
+        if calibration is not None:
+            meta["calibration"] = calibration
+        save_bundle(bundle_path, parts.model.state_dict(), meta)
         seconds = time.perf_counter() - started
         metrics["wall_seconds"] = round(seconds, 2)
         write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
         plot_curves(run_dir, state.history, cfg)
+        log.info("%s", compute.summary())
         result = Run(run_dir, bundle_path, state.history, metrics, seconds)
     rt.dist.barrier()
     return result
+
+
+def _compute(cfg: TrainConfig, parts: Parts, data: TrainData, rt: Runtime, state: RunState):
+    """FLOPs spent (machine-independent) and the share of this machine's GEMM peak reached."""
+    flops = training_flops_per_image(parts.model, cfg.image_size)
+    images_seen = state.epoch * len(data.x_train)
+    return compute_report(flops, images_seen, state.train_seconds, rt.amp_dtype, rt.device)
+
+
+def _calibrate(cfg: TrainConfig, parts: Parts, data: TrainData, rt: Runtime) -> dict | None:
+    """Temperature and unsure threshold fitted on validation (never test), with test ECE beside.
+
+    Without enough validation images there is nothing honest to fit on: confidences stay raw.
+    """
+    if len(data.x_val) < MIN_IMAGES:
+        log.warning(
+            "%d validation images (fewer than %d): confidences are not calibrated",
+            len(data.x_val),
+            MIN_IMAGES,
+        )
+        return None
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return predict_logits(
+            parts.model, x, parts.normalizer, batch_size=cfg.eval_batch_size,
+            device=rt.device, amp_dtype=rt.amp_dtype,
+        )  # fmt: skip
+
+    fitted = calibrate(logits(data.x_val), data.y_val).to_dict()
+    x_test, y_test = data.test_set()
+    if len(x_test):
+        fitted["test"] = calibration_effect(logits(x_test), y_test, fitted["temperature"])
+    return fitted
 
 
 def _bundle_metadata(cfg: TrainConfig, data: TrainData, metrics: dict) -> dict:
