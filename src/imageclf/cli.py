@@ -321,9 +321,12 @@ def tune(ctx: click.Context, data_path, resume, **options):
         f"val accuracy {result.best_value:.4f}"
         + (f" (the recipe's own settings: {baseline:.4f})" if baseline is not None else "")
     )
+    if any(t["baseline"] and t["trial"] == result.best_trial for t in result.trials):
+        click.echo("no trial beat the recipe's own settings: best.json holds them")
     click.echo(f"best recipe: {result.best_recipe}")
     click.echo(f"plots: {', '.join(str(p) for p in result.plots)}")
-    data_hint = f" --data {data_path}" if data_path else ""
+    data = data_path or json.loads((result.run_dir / "tune.json").read_text()).get("data")
+    data_hint = f" --data {data}" if data else ""
     click.echo(f"train it: imageclf train --recipe {result.best_recipe}{data_hint}")
 
 

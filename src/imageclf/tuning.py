@@ -158,6 +158,17 @@ def _plot_history(rows: list[dict], path: Path) -> Path:
             color="grey",
             label="pruned (last epoch reported)",
         )
+    base = [r for r in done if r["baseline"]]
+    if base:
+        ax.scatter(
+            [r["trial"] for r in base],
+            [r["val_acc"] for r in base],
+            marker="*",
+            s=180,
+            color="#2ca02c",
+            label="the recipe's own settings",
+            zorder=4,
+        )
     best = [(r["trial"], r["best"]) for r in rows if r["best"] is not None]
     if best:
         ax.step(*zip(*best, strict=True), where="post", color="#ff7f0e", label="best so far")
@@ -168,7 +179,7 @@ def _plot_history(rows: list[dict], path: Path) -> Path:
     ax.set_ylabel("validation accuracy")
     ax.set_title("Optimisation history")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     return save(fig, path)
 
 
