@@ -3,14 +3,18 @@
 ``seed-*`` reproduce the seed systems' Keras training (Adam with Keras' epsilon,
 batch 64, EarlyStopping on val_loss with restore-best, ReduceLROnPlateau and
 augmentation where the seed used them). ``fast`` is our few-epoch recipe.
-Every field can be overridden from the command line.
+Every field can be overridden from the command line. A recipe can also be a JSON
+file (``imageclf tune`` writes the best one it found): a built-in base plus changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .bundle import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 from .data.augment import FLIP_MODES, AugmentConfig
@@ -187,15 +191,66 @@ RECIPES["best"] = {
 }
 
 
+RECIPE_FILE_FORMAT = "imageclf-recipe/1"
+
+
+def read_recipe_file(path: str | os.PathLike) -> dict:
+    """``{"format", "name", "base": a built-in recipe, "config": changed fields, ...}``;
+    other keys (``space``, ``tuned``) are for ``imageclf tune`` and for people."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserInputError(f"cannot read recipe file {path}: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != RECIPE_FILE_FORMAT:
+        raise UserInputError(f'{path} is not a recipe file (no "format": {RECIPE_FILE_FORMAT!r})')
+    if doc.get("base") not in RECIPES:
+        raise UserInputError(f"{path}: base must be one of {', '.join(RECIPES)}")
+    config = doc.get("config", {})
+    if not isinstance(config, dict):
+        raise UserInputError(f"{path}: config must be a JSON object")
+    try:
+        check_keys(config, [f for f in field_names() if f != "recipe"])
+        check_keys(
+            config.get("augment", {}), list(AugmentConfig.__dataclass_fields__), "augment setting"
+        )
+    except UserInputError as exc:
+        raise UserInputError(f"{path}: {exc}") from None
+    return {**doc, "name": str(doc.get("name") or path.stem), "config": config}
+
+
+def write_recipe_file(path: str | os.PathLike, name: str, base: str, config: dict, **extra) -> Path:
+    """The inverse of ``read_recipe_file``; ``extra`` keys are stored alongside."""
+    from .fileio import write_text_atomic
+
+    doc = {"format": RECIPE_FILE_FORMAT, "name": name, "base": base, "config": config, **extra}
+    write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
+    return Path(path)
+
+
+def recipe_values(recipe: str) -> dict:
+    """A built-in recipe's fields, or a recipe file's base with its changes applied."""
+    if recipe in RECIPES:
+        return {"recipe": recipe, **RECIPES[recipe]}
+    if recipe.endswith(".json") or Path(recipe).is_file():
+        doc = read_recipe_file(recipe)
+        values = {"recipe": doc["name"], **RECIPES[doc["base"]], **doc["config"]}
+        if isinstance(values["augment"], dict):
+            values["augment"] = AugmentConfig(**values["augment"])
+        return values
+    raise UserInputError(
+        f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)} or a recipe .json file"
+    )
+
+
 def resolve(recipe: str = "fast", **overrides) -> TrainConfig:
     """The recipe's config with ``overrides`` (None values mean 'keep the recipe's').
 
-    ``augment`` may be an ``AugmentConfig`` or a dict of its fields.
+    ``recipe`` is a built-in name or a recipe file; ``augment`` may be an
+    ``AugmentConfig`` or a dict of its fields.
     """
-    if recipe not in RECIPES:
-        raise UserInputError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    values = recipe_values(recipe)
     check_keys(overrides, field_names())
-    values = {"recipe": recipe, **RECIPES[recipe]}
     aug = overrides.pop("augment", None)
     values.update({k: v for k, v in overrides.items() if v is not None})
     if isinstance(aug, dict):

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,21 +54,36 @@ from .runs import (
 )
 
 log = logging.getLogger("imageclf.train")
+EpochHook = Callable[[dict], None]
+
+
+class TrainingDiverged(UserInputError):
+    """The loss became NaN/inf: bad settings, not a bug (the tuner prunes such trials)."""
 
 
 # ---------------------------------------------------------------- public entry points
-def train(config: TrainConfig | None = None, *, progress: bool = True, **overrides) -> Run | None:
+def train(
+    config: TrainConfig | None = None,
+    *,
+    progress: bool = True,
+    on_epoch_end: EpochHook | None = None,
+    evaluate_test: bool = True,
+    **overrides,
+) -> Run | None:
     """Train and write a run folder; returns the ``Run`` (``None`` on DDP ranks but 0).
 
     Pass a ``TrainConfig``, or keyword overrides of a recipe:
     ``train(recipe="fast", data="images/", epochs=3)``.
+    ``on_epoch_end(record)`` runs on rank 0 after each epoch's checkpoint with that
+    epoch's history record (the tuner reports val_acc through it; an exception it
+    raises stops the run). ``evaluate_test=False`` never touches the test split.
     """
     if config is None:
         config = resolve(overrides.pop("recipe", "fast"), **overrides)
     elif overrides:
         raise TypeError("pass a TrainConfig or keyword overrides of a recipe, not both")
     run_dir = Path(config.out or default_run_dir(config.recipe))
-    return _run(config, run_dir, None, progress)
+    return _run(config, run_dir, None, progress, on_epoch_end, evaluate_test)
 
 
 def resume(run_dir: str | os.PathLike, *, progress: bool = True) -> Run | None:
@@ -79,7 +95,14 @@ def resume(run_dir: str | os.PathLike, *, progress: bool = True) -> Run | None:
 
 
 # ---------------------------------------------------------------- the driver
-def _run(cfg: TrainConfig, run_dir: Path, checkpoint: Checkpoint | None, progress: bool):
+def _run(
+    cfg: TrainConfig,
+    run_dir: Path,
+    checkpoint: Checkpoint | None,
+    progress: bool,
+    on_epoch_end: EpochHook | None = None,
+    evaluate_test: bool = True,
+):
     started = time.perf_counter()
     rt = setup_runtime(cfg.device, cfg.precision, cfg.threads)
     show = progress and rt.dist.is_main
@@ -115,9 +138,11 @@ def _run(cfg: TrainConfig, run_dir: Path, checkpoint: Checkpoint | None, progres
         if rt.dist.is_main:
             _checkpoint(run_dir, cfg, parts, state, best if improved else None)
             _log_epoch(cfg, record, state)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
         rt.dist.barrier()
 
-    return _finish(cfg, run_dir, parts, data, rt, state, best, started)
+    return _finish(cfg, run_dir, parts, data, rt, state, best, started, evaluate_test)
 
 
 # ---------------------------------------------------------------- data and model
@@ -281,7 +306,7 @@ def train_one_epoch(
     )
     total_seen = int(total_seen)
     if not math.isfinite(total_loss):
-        raise UserInputError(
+        raise TrainingDiverged(
             f"training diverged in epoch {epoch + 1} (loss is not finite); try a lower --lr"
         )
     return total_loss / max(total_seen, 1), total_correct / max(total_seen, 1), step
@@ -347,7 +372,8 @@ def _log_epoch(cfg: TrainConfig, record: dict, state: RunState) -> None:
 
 
 # ---------------------------------------------------------------- finish
-def _finish(cfg, run_dir, parts: Parts, data: TrainData, rt: Runtime, state, best, started):
+def _finish(cfg, run_dir, parts: Parts, data: TrainData, rt: Runtime, state, best, started,
+            evaluate_test: bool = True):  # fmt: skip
     """Restore the best weights, score val/test once, write the bundle and metrics."""
     if parts.lookahead is not None:
         parts.lookahead.sync(1.0)  # end on the slow weights
@@ -357,7 +383,7 @@ def _finish(cfg, run_dir, parts: Parts, data: TrainData, rt: Runtime, state, bes
     result = None
     if rt.dist.is_main:
         metrics: dict = {"train_seconds": round(train_seconds, 2)}
-        x_test, y_test = data.test_set()
+        x_test, y_test = data.test_set() if evaluate_test else (data.x_val[:0], data.y_val[:0])
         for name, x, y in (("val", data.x_val, data.y_val), ("test", x_test, y_test)):
             if len(x):
                 metrics[name] = parts.evaluate(cfg, x, y, rt)
