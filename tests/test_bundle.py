@@ -4,18 +4,20 @@ import struct
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_bundle, png_bytes
+from helpers import make_tiny_bundle, png_bytes
+from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 
 from imageclf import Predictor
-from imageclf.bundle import build_model, load_bundle
+from imageclf.bundle import FORMAT, _digest, build_model, load_bundle, save_bundle
+from imageclf.cli import main
 from imageclf.errors import BundleError
 
 
 def test_round_trip_keeps_weights_and_metadata(tmp_path):
     path = make_tiny_bundle(tmp_path / "m.safetensors", "seed-b", classes=["a", "b", "c"])
     bundle = load_bundle(path)
-    assert bundle.classes == ["a", "b", "c"]
+    assert bundle.metadata.classes == ["a", "b", "c"]
     assert bundle.metadata["versions"]["torch"] == torch.__version__
     model = build_model(bundle)
     x = torch.randn(2, 3, 32, 32)
@@ -91,3 +93,159 @@ def test_predictor_api(tiny_bundle, tmp_path):
 
 def test_metadata_is_json(tiny_bundle):
     json.dumps(load_bundle(tiny_bundle).metadata)
+
+
+# ---------------------------------------------------------------- hostile metadata
+# A valid digest proves only that nobody edited the file after it was written: these
+# bundles are written with a correct digest around metadata a hostile writer chose.
+DELETE = object()
+
+
+def _write_raw(path, tensors: dict, metadata_json: str) -> None:
+    header = {"imageclf": metadata_json, "digest": _digest(metadata_json, tensors)}
+    path.write_bytes(st_save(tensors, metadata={**header, "format": FORMAT}))
+
+
+def _hostile_bundle(path, key: str, value, architecture: str = "seed-a"):
+    make_tiny_bundle(path, architecture)
+    bundle = load_bundle(path)
+    meta = json.loads(json.dumps(bundle.metadata))
+    *parents, leaf = key.split(".")
+    target = meta
+    for part in parents:
+        target = target[part]
+    if value is DELETE:
+        del target[leaf]
+    else:
+        target[leaf] = value
+    _write_raw(path, bundle.state_dict, json.dumps(meta, sort_keys=True))
+    return path
+
+
+HOSTILE = [
+    # (field, value, architecture, what the one-line error says)
+    ("input_size", 0, "seed-a", "input_size must be an integer from 8 to 512, got 0"),
+    ("input_size", "32", "seed-a", 'input_size must be an integer from 8 to 512, got "32"'),
+    ("input_size", 32.0, "seed-a", "input_size must be an integer"),
+    ("input_size", True, "seed-a", "input_size must be an integer"),
+    ("input_size", -32, "seed-a", "input_size must be an integer"),
+    ("input_size", 10**9, "fast", "input_size must be an integer"),
+    ("input_size", None, "seed-a", "input_size must be an integer"),
+    ("input_size", 8, "seed-a", "architecture seed-a cannot be built"),  # too small for it
+    ("input_size", 64, "seed-a", "weights do not match architecture seed-a"),
+    ("normalization", DELETE, "seed-a", "lacks metadata: normalization"),
+    ("normalization.std", DELETE, "seed-a", "normalization.std must be 3 numbers"),
+    ("normalization.mean", DELETE, "seed-a", "normalization.mean must be 3 numbers"),
+    ("normalization.std", [0, 0, 0], "seed-a", "normalization.std must be 3 numbers"),
+    ("normalization.std", [0.2, 0.2], "seed-a", "normalization.std must be 3 numbers"),
+    ("normalization.mean", ["a", "b", "c"], "seed-a", "normalization.mean must be 3 numbers"),
+    ("normalization", [0.5, 0.25], "seed-a", "normalization must be a JSON object"),
+    ("classes", [], "seed-a", "classes must be a list of 2 to"),
+    ("classes", "cat,dog", "seed-a", "classes must be a list of 2 to"),
+    ("classes", [1, 2, 3], "seed-a", "every class name must be printable text"),
+    ("classes", ["cat"] * 10, "seed-a", "class names must be unique"),
+    ("classes", ["a\x1b[2Jb", *"cdefghijk"], "seed-a", "every class name must be printable"),
+    ("classes", ["a", "b", "c"], "seed-a", "weights do not match architecture seed-a"),
+    # 360 GB of weights if it were allocated: compared on the meta device, it never is.
+    ("arch_kwargs", {"widths": [10**5] * 3}, "fast", "weights do not match architecture fast"),
+    ("arch_kwargs", {"widths": [10**15] * 3}, "fast", "architecture fast cannot be built"),
+    ("arch_kwargs", {"widths": [-4, 8, 8]}, "fast", "architecture fast cannot be built"),
+    ("arch_kwargs", {"widths": "abc"}, "fast", "architecture fast cannot be built"),
+    ("arch_kwargs", {"nonsense": 1}, "seed-a", "architecture seed-a cannot be built"),
+    ("arch_kwargs", [64, 128], "fast", "arch_kwargs must be a JSON object"),
+    ("architecture", 123, "seed-a", "architecture must be printable text"),
+    ("architecture", "", "seed-a", "architecture must be printable text"),
+    ("architecture", "x" * 5000, "seed-a", "architecture must be printable text"),
+    ("architecture", DELETE, "seed-a", "lacks metadata: architecture"),
+    ("name", {"a": 1}, "seed-a", "name must be printable text"),
+    ("split", "official", "seed-a", "split must be an object"),
+    ("split", {"name": "official", "seed": "0"}, "seed-a", "split must be an object"),
+    ("data", "cifar", "seed-a", "data must be an object"),
+    ("data", {"source": ["x"]}, "seed-a", "data.source must be a string"),
+    ("metrics", [0.9], "seed-a", "metrics must be an object"),
+    ("config", "fast", "seed-a", "config must be an object"),
+    ("versions", "1.0", "seed-a", "versions must be an object"),
+]
+
+
+@pytest.mark.parametrize("key,value,architecture,needle", HOSTILE)
+def test_hostile_metadata_is_one_bundle_error(tmp_path, key, value, architecture, needle):
+    path = _hostile_bundle(tmp_path / "m.safetensors", key, value, architecture)
+    with pytest.raises(BundleError) as caught:
+        load_bundle(path)
+    message = str(caught.value)
+    assert needle in message and str(path) in message and "\n" not in message
+
+
+def test_metadata_that_is_not_an_object(tmp_path):
+    path = tmp_path / "m.safetensors"
+    _write_raw(path, {"w": torch.zeros(2)}, "[1, 2, 3]")
+    with pytest.raises(BundleError, match="metadata is not a JSON object"):
+        load_bundle(path)
+
+
+def _cli(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["-q", *argv])
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+# A sample of HOSTILE (each field kind once) through every command that opens a bundle.
+CLI_CASES = [HOSTILE[i] for i in (0, 1, 5, 9, 10, 16, 22, 25, 33, 35)]
+
+
+@pytest.mark.parametrize("key,value,architecture,needle", CLI_CASES)
+def test_info_predict_and_serve_refuse_hostile_bundles(
+    tmp_path, capsys, keep_torch_threads, key, value, architecture, needle
+):
+    path = _hostile_bundle(tmp_path / "m.safetensors", key, value, architecture)
+    image = tmp_path / "x.png"
+    image.write_bytes(png_bytes())
+    for argv in (
+        ["info", str(path)],
+        ["info", "--json", str(path)],
+        ["predict", str(path), str(image)],
+        ["serve", "--model", str(path), "--port", "0"],  # refuses before any worker starts
+    ):
+        code, out, err = _cli(argv, capsys)
+        assert code == 2, argv
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, argv
+        assert out == "", argv
+
+
+def test_unknown_architecture_loads_for_info_but_not_for_predicting(tmp_path, capsys):
+    """A bundle of an architecture this installation lacks (an optional extra) can still
+    be inspected; predicting with it is one clear line."""
+    path = _hostile_bundle(tmp_path / "m.safetensors", "architecture", "resnet9000")
+    code, out, _ = _cli(["info", str(path)], capsys)
+    assert code == 0 and "resnet9000" in out
+    code, _, err = _cli(["predict", str(path), str(tmp_path)], capsys)
+    assert code == 2 and "unknown architecture 'resnet9000'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_typed_accessors(tiny_bundle):
+    meta = load_bundle(tiny_bundle).metadata
+    assert meta.input_size == 32 and meta.architecture == "seed-a"
+    assert meta.mean == [0.5, 0.5, 0.5] and meta.std == [0.25, 0.25, 0.25]
+    assert meta.test_accuracy == 0.1 and meta.name == "tiny-seed-a"
+    # Optional sections read as empty, never as KeyError or None-chains.
+    assert meta.config == {} and meta.split is None and meta.data_source is None
+    assert meta.recipe is None and meta.data_fingerprint is None
+
+
+def test_save_refuses_metadata_it_could_not_load(tmp_path):
+    with pytest.raises(ValueError, match="input_size"):
+        save_bundle(
+            tmp_path / "m.safetensors",
+            {"w": torch.zeros(1)},
+            {
+                "architecture": "seed-a",
+                "arch_kwargs": {},
+                "classes": ["a", "b"],
+                "input_size": 0,
+                "normalization": {"mean": [0, 0, 0], "std": [1, 1, 1]},
+            },
+        )

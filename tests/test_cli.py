@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from conftest import write_image_folder
+from helpers import write_image_folder
 
 from imageclf.cli import main
 
@@ -25,6 +25,10 @@ def test_version(capsys):
         (["train", "--recipe", "nope"], "unknown recipe"),
         (["train", "--set", "nonsense"], "KEY=VALUE"),
         (["train", "--set", "not_a_field=3"], "bad --set"),
+        (["train", "--set", "lr_rate=3"], "did you mean 'lr'"),
+        # Checked when the config is built: before the (missing) data is looked for.
+        (["train", "--data", "/no/such", "--set", "optimizer=adamax"], "unknown optimizer"),
+        (["train", "--data", "/no/such", "--set", "loss_reduction=summ"], "loss_reduction"),
         (["info", "/no/such/model.safetensors"], "not found"),
     ],
 )

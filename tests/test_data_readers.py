@@ -5,7 +5,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import CLASSES, write_image_folder
+from helpers import CLASSES, write_image_folder
 from PIL import Image
 
 from imageclf.data import TEST, TRAIN, VAL, load_dataset, make_split

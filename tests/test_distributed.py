@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import write_image_folder
+from helpers import write_image_folder
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ full report whose numbers must agree between console, JSON, CSV and HTML."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -10,23 +11,16 @@ import re
 
 import numpy as np
 import pytest
-from conftest import make_tiny_bundle, write_image_folder
+from helpers import make_tiny_bundle, write_image_folder
 
 from imageclf import Predictor, recipes
 from imageclf.cli import main
 from imageclf.errors import UserInputError
-from imageclf.evaluate import (
-    Interpretation,
-    ensemble_log_probs,
-    evaluate,
-    fmt,
-    load_predictors,
-    parse_splits,
-    report_rows,
-    summary_table,
-)
-from imageclf.report import write_report
-from imageclf.train import train
+from imageclf.evaluation import ensemble_log_probs, evaluate, load_predictors, parse_splits
+from imageclf.interpretation import Interpretation
+from imageclf.metrics import fmt, report_rows
+from imageclf.report import summary_table, write_report
+from imageclf.training import train
 
 # ---------------------------------------------------------------- hand-computed metrics
 PROBS = [
@@ -278,7 +272,7 @@ def test_other_data_with_a_subset_of_classes(tmp_path, tiny_bundle):
     assert set(result.detail.targets.tolist()) == {0, 3}
     assert math.isfinite(result.metrics["summary"][0]["loss"])
     # A random-weight model makes mistakes: the top-loss views exist and are all wrong.
-    page = write_report(result, tmp_path / "out")
+    page = write_report(result, tmp_path / "out").html
     assert result.metrics["top_losses"] and not any(
         e["correct"] for e in result.metrics["top_losses"]
     )
@@ -291,3 +285,24 @@ def test_data_with_unknown_classes_is_refused(tmp_path, tiny_bundle, capsys):
     data = write_image_folder(tmp_path / "ds", per_class=2)  # cat/dog/frog
     code, _, err = _run(["-q", "evaluate", str(tiny_bundle), "--data", str(data)], capsys)
     assert code == 2 and "classes the model does not know: cat, dog, frog" in err
+
+
+def test_report_escapes_names_and_leaves_the_result_alone(tmp_path):
+    """The page comes from a template: names from data and bundles are escaped, and
+    writing the report neither edits the evaluation nor lists files it did not write."""
+    classes = ["a<img src=x onerror=alert(1)>", "b&c"]  # folder names: no slash
+    bundle = make_tiny_bundle(tmp_path / "m.safetensors", classes=classes)
+    data = write_image_folder(tmp_path / "ds", classes=classes, per_class=2)
+    result = evaluate([bundle], data, splits=["test"], tta=False, progress=False)
+    before = (copy.deepcopy(result.metrics), list(result.notes))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "stale.csv").write_text("from an earlier run")
+    report = write_report(result, tmp_path / "out", gradcam=False)
+    assert (result.metrics, result.notes) == before
+    page = report.html.read_text()
+    assert "<img src=x" not in page and "a&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "b&amp;c" in page
+    assert "stale.csv" not in report.files
+    assert all((tmp_path / "out" / name).is_file() for name in report.files)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["files"] == report.files and metrics["notes"] == report.notes

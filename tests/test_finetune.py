@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_bundle, png_bytes, write_image_folder
+from helpers import make_tiny_bundle, png_bytes, write_image_folder
 from PIL import Image
 
 from imageclf import Predictor, recipes
@@ -22,7 +22,7 @@ from imageclf.cli import main
 from imageclf.errors import UserInputError
 from imageclf.fileio import RunLock
 from imageclf.finetune import class_weights, describe_counts
-from imageclf.train import train
+from imageclf.training import train
 
 
 def _require_extra() -> None:
@@ -214,8 +214,8 @@ def test_run_folder_lock(tmp_path, capsys, folder):
     try:
         with pytest.raises(UserInputError, match=rf"in use: imageclf pid {os.getpid()}"):
             RunLock(tmp_path / "run")
-        (tmp_path / "run" / "last.pt").write_bytes(b"")
-        code, _, err = run_cli(["train", "--resume", str(tmp_path / "run")], capsys)
+        argv = ["train", "--data", str(folder), "--out", str(tmp_path / "run"), "--epochs", "1"]
+        code, _, err = run_cli(argv, capsys)
         assert code == 2 and "is in use" in err and len(err.strip().splitlines()) == 1
     finally:
         lock.release()

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_bundle
+from helpers import make_tiny_bundle
 from PIL import Image
 from torch import nn
 
 from imageclf import Predictor
 from imageclf.bundle import save_bundle
 from imageclf.errors import UserInputError
-from imageclf.gradcam import explain, gradcam_batch
 from imageclf.models import register
 
 
@@ -66,7 +65,7 @@ def _image_with_square(row: int, col: int, side: int = 6) -> np.ndarray:
 
 @pytest.mark.parametrize("row,col", [(2, 3), (20, 22), (4, 24), (24, 5), (13, 13)])
 def test_heatmap_peak_follows_the_planted_object(spot_predictor, row, col):
-    explanation = explain(spot_predictor, _image_with_square(row, col))
+    explanation = spot_predictor.explain(_image_with_square(row, col))
     assert explanation.label == "spot"
     assert explanation.layer == "smooth"  # the last Conv2d, found automatically
     peak_r, peak_c = np.unravel_index(np.argmax(explanation.heatmap), explanation.heatmap.shape)
@@ -80,7 +79,7 @@ def test_heatmap_peak_follows_the_planted_object(spot_predictor, row, col):
 
 
 def test_class_without_evidence_gives_an_empty_map(spot_predictor):
-    explanation = explain(spot_predictor, _image_with_square(10, 10), class_index=0)
+    explanation = spot_predictor.explain(_image_with_square(10, 10), class_index=0)
     assert explanation.class_index == 0 and explanation.label == "dark"
     assert np.all(explanation.heatmap == 0)
 
@@ -92,7 +91,7 @@ def test_explain_works_for_every_architecture(tmp_path, architecture):
         np.random.default_rng(0).integers(0, 255, (90, 60, 3), dtype=np.uint8)
     )
     with torch.inference_mode():  # callers may be inside inference mode; Grad-CAM must not care
-        explanation = explain(predictor, picture)
+        explanation = predictor.explain(picture)
     assert explanation.overlay.size == (256, 256) and explanation.overlay.mode == "RGB"
     assert explanation.heatmap.shape == (32, 32)
     assert explanation.heatmap.min() >= 0.0 and explanation.heatmap.max() <= 1.0
@@ -107,25 +106,23 @@ def test_explain_works_for_every_architecture(tmp_path, architecture):
 def test_class_and_layer_overrides(tiny_bundle):
     predictor = Predictor.load(tiny_bundle)
     image = np.full((32, 32, 3), 120, np.uint8)
-    explanation = explain(predictor, image, class_index=7, layer="features.0", size=64)
+    explanation = predictor.explain(image, class_index=7, layer="features.0", size=64)
     assert (explanation.class_index, explanation.layer) == (7, "features.0")
     assert explanation.overlay.size == (64, 64)
     with pytest.raises(UserInputError, match=r"no layer named .nope.*features\.0"):
-        explain(predictor, image, layer="nope")
+        predictor.explain(image, layer="nope")
     with pytest.raises(UserInputError, match="out of range"):
-        explain(predictor, image, class_index=10)
+        predictor.explain(image, class_index=10)
     with pytest.raises(UserInputError, match="spatial"):
-        explain(predictor, image, layer="classifier.0")
+        predictor.explain(image, layer="classifier.0")
 
 
 def test_batch_equals_one_at_a_time(tiny_bundle):
     predictor = Predictor.load(tiny_bundle)
     images = np.random.default_rng(1).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
-    maps, probs, targets, _ = gradcam_batch(predictor.model, predictor.normalizer, images)
+    cam = predictor.gradcam(images)
     for k in range(4):
-        single, _, target, _ = gradcam_batch(
-            predictor.model, predictor.normalizer, images[k : k + 1]
-        )
-        assert target[0] == targets[k]
-        np.testing.assert_allclose(single[0], maps[k], atol=1e-5)
-    np.testing.assert_allclose(probs, predictor.predict_proba(images), atol=1e-5)
+        single = predictor.gradcam(images[k : k + 1])
+        assert single.class_indices[0] == cam.class_indices[k]
+        np.testing.assert_allclose(single.heatmaps[0], cam.heatmaps[k], atol=1e-5)
+    np.testing.assert_allclose(cam.probabilities, predictor.predict_proba(images), atol=1e-5)

@@ -6,7 +6,7 @@ import tarfile
 import pytest
 
 from imageclf import Predictor, recipes
-from imageclf.train import train
+from imageclf.training import train
 
 
 @pytest.mark.slow

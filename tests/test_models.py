@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from imageclf.errors import UserInputError
-from imageclf.models import build, names
+from imageclf.models import TrainingHooks, build, names, training_hooks
 
 PRODUCT_ARCHITECTURES = [n for n in names() if not n.startswith("test-")]  # tests register more
 
@@ -12,8 +12,7 @@ PRODUCT_ARCHITECTURES = [n for n in names() if not n.startswith("test-")]  # tes
 def test_every_architecture_any_class_count(name, classes, size):
     model = build(name, num_classes=classes, input_size=size).to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, size, size).contiguous(memory_format=torch.channels_last)
-    if hasattr(model, "init_whitening"):
-        model.init_whitening(torch.randn(16, 3, size, size))
+    training_hooks(model).init_whitening(torch.randn(16, 3, size, size))
     out = model(x)
     assert out.shape == (2, classes) and torch.isfinite(out).all()
     out.sum().backward()
@@ -45,6 +44,20 @@ def test_whitening_decorrelates_patches():
     half = out[:, : out.shape[1] // 2].transpose(0, 1).reshape(out.shape[1] // 2, -1)
     cov = torch.cov(half)
     torch.testing.assert_close(cov.diagonal(), torch.ones(len(cov)), atol=0.15, rtol=0.15)
+
+
+def test_training_hooks_are_declared_once():
+    """The loop asks every model the same three questions; defaults answer 'nothing'."""
+    fast, seed_d = build("fast"), build("seed-d")
+    assert isinstance(fast, TrainingHooks) and training_hooks(fast) is fast
+    assert training_hooks(fast).whitening_bias() is fast.whiten.bias
+    assert training_hooks(fast).l2_penalty() is None
+    assert training_hooks(seed_d).whitening_bias() is None
+    assert training_hooks(seed_d).l2_penalty() is not None
+    plain = torch.nn.Linear(3, 2)  # any module without hooks gets the no-op defaults
+    hooks = training_hooks(plain)
+    assert hooks is not plain and hooks.whitening_bias() is None and hooks.l2_penalty() is None
+    hooks.init_whitening(torch.randn(2, 3, 4, 4))
 
 
 def test_unknown_architecture():

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_tiny_bundle, write_image_folder
+from helpers import make_tiny_bundle, write_image_folder
 from PIL import Image
 
 from imageclf import Predictor

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -7,11 +8,13 @@ import time
 
 import pytest
 import torch
-from conftest import write_image_folder
+from helpers import write_image_folder
 
+import imageclf
 from imageclf import Predictor, recipes
 from imageclf.errors import UserInputError
-from imageclf.train import train
+from imageclf.runs import RunState
+from imageclf.training import after_epoch, resume, train
 
 COMPARED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
 
@@ -57,7 +60,11 @@ def test_run_folder_contents_and_bundle(synthetic, tmp_path):
 
 def test_same_seed_same_history(synthetic, tmp_path):
     a = train(_cfg(synthetic, tmp_path / "a", epochs=2), progress=False).history
-    b = train(_cfg(synthetic, tmp_path / "b", epochs=2), progress=False).history
+    # The keyword form of the public API resolves the same config.
+    b = imageclf.train(
+        recipe="seed-a", data=str(synthetic), out=str(tmp_path / "b"), epochs=2, batch_size=16,
+        seed=0, progress=False,
+    ).history  # fmt: skip
     assert [[h[k] for k in COMPARED] for h in a] == [[h[k] for k in COMPARED] for h in b]
 
 
@@ -84,6 +91,59 @@ def test_bad_hyperparameters_are_user_errors():
         recipes.resolve("seed-z")
     with pytest.raises(UserInputError, match="epochs"):
         recipes.resolve("seed-a", epochs=0)
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        ({"optimizer": "adamax"}, "unknown optimizer 'adamax'; choose adam, adamw, sgd"),
+        ({"loss_reduction": "summ"}, "unknown loss_reduction 'summ'; choose mean, sum"),
+        ({"schedule": "cosine"}, "unknown schedule 'cosine'"),
+        ({"split": "80-20"}, "unknown split '80-20'"),
+        ({"precision": "fp8"}, "unknown precision 'fp8'"),
+        ({"device": "gpu"}, "unknown device 'gpu'"),
+        ({"augment": {"flip": "sideways"}}, "unknown augment.flip 'sideways'"),
+        ({"augment": {"fllip": "random"}}, "unknown augment setting 'fllip'; did you mean 'flip'"),
+        ({"epochs": "3"}, "epochs must be an integer"),
+        ({"restore_best": 1}, "restore_best must be true or false"),
+        ({"lr_rate": 0.1}, "unknown setting 'lr_rate'; did you mean 'lr'"),
+        ({"batchsize": 8}, "unknown setting 'batchsize'; did you mean 'batch_size'"),
+    ],
+)
+def test_config_is_checked_when_built(overrides, needle):
+    with pytest.raises(UserInputError, match=needle):
+        recipes.resolve("seed-a", **overrides)
+
+
+def _state(**kw) -> RunState:
+    return RunState(**{"epoch": 1, **kw})
+
+
+def test_after_epoch_is_keras_plateau_and_early_stopping():
+    cfg = recipes.resolve(
+        "seed-d", plateau_patience=2, plateau_factor=0.5, early_stopping=3, lr=1e-3, min_lr=3e-4
+    )
+    state, improved = after_epoch(_state(), 1.0, cfg)
+    assert improved and (state.best_val_loss, state.best_epoch, state.bad_epochs) == (1.0, 1, 0)
+    losses = [1.1, 1.0, 0.9999999999999, 1.2]  # the third is within 1e-12: not an improvement
+    for epoch, loss in enumerate(losses, start=2):
+        state, improved = after_epoch(dataclasses.replace(state, epoch=epoch), loss, cfg)
+        assert not improved
+    # Every 2nd bad epoch halves the rate, floored at min_lr / lr; the 3rd bad epoch stops.
+    assert state.bad_epochs == 4 and state.lr_factor == pytest.approx(0.3)
+    assert state.stopped_early and state.best_epoch == 1
+    back, improved = after_epoch(dataclasses.replace(state, epoch=6), 0.5, cfg)
+    assert improved and back.bad_epochs == 0 and back.lr_factor == state.lr_factor
+    # No validation images: nothing changes.
+    assert after_epoch(state, float("nan"), cfg) == (state, False)
+
+
+def test_after_epoch_plateau_needs_the_plateau_schedule():
+    cfg = recipes.resolve("seed-a", early_stopping=None)
+    state, _ = after_epoch(_state(), 1.0, cfg)
+    for loss in (2.0, 3.0, 4.0):
+        state, _ = after_epoch(state, loss, cfg)
+    assert state.lr_factor == 1.0 and not state.stopped_early and state.bad_epochs == 3
 
 
 def test_resume_after_sigkill_matches_uninterrupted(synthetic, tmp_path):
@@ -143,4 +203,4 @@ def test_resume_after_sigkill_matches_uninterrupted(synthetic, tmp_path):
 
 def test_resume_of_missing_run_is_clear(tmp_path):
     with pytest.raises(UserInputError, match="nothing to resume"):
-        train(recipes.resolve("seed-a"), progress=False, resume=tmp_path)
+        resume(tmp_path, progress=False)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_tiny_bundle, png_bytes
+from helpers import make_tiny_bundle, png_bytes
 from PIL import Image
 
 from imageclf.web import SECURITY_HEADERS, create_app

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_tiny_bundle
+from helpers import make_tiny_bundle
 from PIL import Image, ImageDraw
 
 from imageclf.web import create_app

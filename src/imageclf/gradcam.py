@@ -6,9 +6,10 @@ keep the positive part. The last ``Conv2d`` the forward pass runs is used by
 default (the most semantic map that still has a spatial layout); any module
 with a 4-D output can be named instead.
 
-The web app calls ``explain(predictor, pil_image)`` and shows ``.overlay``;
-the reports and ``imageclf predict --explain`` use ``gradcam_batch`` +
-``overlay`` on whole batches.
+Callers go through ``Predictor``: ``predictor.explain(picture)`` (one picture,
+an ``Explanation`` with its overlay: the web app) and ``predictor.gradcam(batch)``
+(a ``GradCAM`` for a uint8 batch: ``imageclf predict --explain``, the reports,
+``ensemble_gradcam``). This module holds the algorithm and the drawing.
 """
 
 from __future__ import annotations
@@ -25,13 +26,22 @@ from torch import nn
 
 from .data.loader import Normalizer
 from .errors import UserInputError
-from .imaging import ImageSource, open_image, resize_for_model
 
 DEFAULT_SIZE = 256
 # The overlay blends the picture with a colour map; warm = evidence for the class.
 # The colour's opacity grows with the heat, so cold regions keep the picture visible.
 COLORMAP = "jet"
 ALPHA = (0.15, 0.6)  # opacity of the colour map at heat 0 and at heat 1
+
+
+@dataclass
+class GradCAM:
+    """Grad-CAM of a batch: one heatmap per image for the class it explains."""
+
+    heatmaps: np.ndarray  # (N, H, W) in [0, 1] at the input resolution
+    probabilities: np.ndarray  # (N, C): the model's softmax on the same forward pass
+    class_indices: np.ndarray  # (N,): the class each heatmap explains
+    layer: str  # the feature map's module name
 
 
 @dataclass
@@ -64,14 +74,13 @@ def gradcam_batch(
     *,
     layer: str | None = None,
     device: torch.device | str = "cpu",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """Grad-CAM for a batch of uint8 NHWC images.
+    temperature: float = 1.0,
+) -> GradCAM:
+    """Grad-CAM for a batch of uint8 NHWC images (``Predictor.gradcam`` calls this).
 
-    Returns (heatmaps (N, H, W) in [0, 1] at input resolution, probabilities (N, C),
-    explained class indices (N,), layer name). ``class_indices=None`` explains each
-    image's predicted class. One forward and one backward serve the whole batch:
-    in eval mode the samples do not interact, so the gradient of the summed scores
-    is each image's own gradient.
+    ``class_indices=None`` explains each image's predicted class. One forward and one
+    backward serve the whole batch: in eval mode the samples do not interact, so the
+    gradient of the summed scores is each image's own gradient.
     """
     if layer is not None:
         watched = {layer: _check_layer(model, layer)}
@@ -107,7 +116,7 @@ def gradcam_batch(
                 raise UserInputError(
                     f"layer {name!r} does not produce a spatial (N, C, H, W) feature map"
                 )
-            probs = torch.softmax(logits.detach(), dim=1)
+            probs = torch.softmax(logits.detach() / temperature, dim=1)
             if class_indices is None:
                 targets = probs.argmax(1)
             else:
@@ -134,7 +143,7 @@ def gradcam_batch(
     finally:
         for handle in handles:
             handle.remove()
-    return cam.cpu().numpy(), probs.cpu().numpy(), targets.cpu().numpy(), name
+    return GradCAM(cam.cpu().numpy(), probs.cpu().numpy(), targets.cpu().numpy(), name)
 
 
 def overlay(
@@ -163,38 +172,15 @@ def overlay(
     return Image.fromarray(np.clip(blended * 255.0 + 0.5, 0, 255).astype(np.uint8))
 
 
-def explain(
-    predictor,
-    image: ImageSource | np.ndarray,
-    class_index: int | None = None,
-    layer: str | None = None,
-    size: int = DEFAULT_SIZE,
-) -> Explanation:
-    """Grad-CAM for one image (any source ``Predictor`` accepts, or a uint8 HxWx3 array).
+def ensemble_gradcam(predictors, images_u8: np.ndarray, class_indices: np.ndarray) -> np.ndarray:
+    """Grad-CAM maps for the given classes, averaged over ensemble members (``Predictor``s)."""
+    maps = [p.gradcam(images_u8, class_indices).heatmaps for p in predictors]
+    mean = np.mean(maps, axis=0)
+    peak = mean.max(axis=(1, 2), keepdims=True)
+    return np.divide(mean, peak, out=np.zeros_like(mean), where=peak > 0)
 
-    ``class_index=None`` explains the predicted class. The overlay is drawn on the
-    original picture (squashed to a square, as the model sees it), not on the tiny
-    model input, so it stays sharp.
-    """
-    if isinstance(image, np.ndarray):
-        picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).convert("RGB")
-    else:
-        picture = open_image(image)
-    batch = resize_for_model(picture, predictor.input_size)[None]
-    heatmaps, probs, targets, name = gradcam_batch(
-        predictor.model,
-        predictor.normalizer,
-        batch,
-        None if class_index is None else [class_index],
-        layer=layer,
-        device=predictor.device,
-    )
-    index = int(targets[0])
-    return Explanation(
-        heatmap=heatmaps[0],
-        overlay=overlay(picture, heatmaps[0], size),
-        class_index=index,
-        label=predictor.classes[index],
-        probability=float(probs[0, index]),
-        layer=name,
-    )
+
+def explain(predictor, image, class_index: int | None = None, **options) -> Explanation:
+    """``predictor.explain(image, class_index)``, under the name the web app's optional
+    Grad-CAM hook looks up (``web/service.py``); new code calls the method."""
+    return predictor.explain(image, class_index, **options)

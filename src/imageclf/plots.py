@@ -171,9 +171,12 @@ def image_grid(
 
 
 # ---------------------------------------------------------------- calibration
-def reliability_diagram(bins: Sequence[dict], ece: float, title: str) -> Figure:
+def reliability_diagram(
+    bins: Sequence[dict], ece: float, title: str, before: dict | None = None
+) -> Figure:
     """Accuracy vs confidence per bin (the gap to the diagonal is miscalibration),
-    with how many images fall in each bin underneath."""
+    with how many images fall in each bin underneath. ``before`` (``ece`` and ``bins``
+    of the raw, uncalibrated confidences) is drawn beside it as hollow markers."""
     lower = np.array([b["lower"] for b in bins])
     upper = np.array([b["upper"] for b in bins])
     counts = np.array([b["count"] for b in bins])
@@ -213,10 +216,25 @@ def reliability_diagram(bins: Sequence[dict], ece: float, title: str) -> Figure:
         label="mean confidence",
         zorder=4,
     )
+    heading = f"{title}\nECE = {ece:.4f}"
+    if before is not None:
+        raw = [b for b in before["bins"] if b["accuracy"] is not None]
+        top.plot(
+            [b["confidence"] for b in raw],
+            [b["accuracy"] for b in raw],
+            "s--",
+            color="#e6550d",
+            markerfacecolor="none",
+            markersize=6,
+            linewidth=1,
+            label="before temperature scaling (accuracy vs confidence)",
+            zorder=4,
+        )
+        heading = f"{title}\nECE = {ece:.4f} calibrated, {before['ece']:.4f} before"
     top.set_ylim(0, 1)
     top.set_xlim(0, 1)
     top.set_ylabel("accuracy in bin")
-    top.set_title(f"{title}\nECE = {ece:.4f}")
+    top.set_title(heading)
     top.legend(loc="upper left", fontsize=9)
     top.grid(True, alpha=0.3)
     bottom.bar(centers, counts, width=width * 0.95, color="0.55")

@@ -9,11 +9,32 @@ Every field can be overridden from the command line.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 
-from .data.augment import AugmentConfig
+from .bundle import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+from .data.augment import FLIP_MODES, AugmentConfig
+from .data.splits import SPLITS
+from .device import PRECISIONS, check_device_name
 from .errors import UserInputError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "plateau", "warmup-linear")
+LOSS_REDUCTIONS = ("mean", "sum")
+# Field annotation -> the Python types a value may have (bool is not an int here), and
+# how an error message names them.
+_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "str": ((str,), "a string"),
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "dict": ((dict,), "a JSON object"),
+    "int | None": ((int, type(None)), "an integer or null"),
+    "str | None": ((str, type(None)), "a string or null"),
+    "AugmentConfig": ((AugmentConfig,), "augmentation settings"),
+    "list[str]": ((list,), "a list of names"),
+}
 
 
 @dataclass
@@ -65,15 +86,64 @@ class TrainConfig:
     eval_batch_size: int = 500
     out: str | None = None
 
+    def __post_init__(self) -> None:
+        """Checked when built, so a typo fails before any data loads."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            allowed, kind = _TYPES[str(f.type)]
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                raise UserInputError(f"{f.name} must be {kind}, got {value!r}")
+        _choose("optimizer", self.optimizer, OPTIMIZERS)
+        _choose("schedule", self.schedule, SCHEDULES)
+        _choose("loss_reduction", self.loss_reduction, LOSS_REDUCTIONS)
+        _choose("split", self.split, SPLITS)
+        _choose("precision", self.precision, PRECISIONS)
+        _choose("augment.flip", self.augment.flip, FLIP_MODES)
+        check_device_name(self.device)
+        if self.class_weights is not None:
+            _choose("class_weights", self.class_weights, ("auto",))
+        if self.freeze_backbone and not (self.pretrained or self.init):
+            raise UserInputError("--freeze-backbone needs --pretrained NAME or --init MODEL")
+        if self.epochs < 1:
+            raise UserInputError("--epochs must be at least 1")
+        if self.batch_size < 1:
+            raise UserInputError("--batch-size must be at least 1")
+        if self.lr <= 0:
+            raise UserInputError("--lr must be positive")
+        if not MIN_INPUT_SIZE <= self.image_size <= MAX_INPUT_SIZE:  # what a bundle may hold
+            raise UserInputError(
+                f"image_size must be from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} pixels"
+            )
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
+        """From ``to_dict()`` output (a checkpoint); keys of older versions are ignored."""
         data = dict(data)
         data["augment"] = AugmentConfig(**data.get("augment", {}))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _choose(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserInputError(f"unknown {name} {value!r}; choose {', '.join(choices)}")
+
+
+def check_keys(keys, known, what: str = "setting") -> None:
+    """Unknown keys are an error that names the nearest valid one."""
+    for key in keys:
+        if key not in known:
+            prefixes = sorted((k for k in known if key.startswith(k) or k.startswith(key)), key=len)
+            close = difflib.get_close_matches(key, known, n=1) or prefixes[-1:]
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
+            raise UserInputError(f"unknown {what} {key!r}{hint}")
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
 _SEED_COMMON = dict(optimizer="adam", lr=1e-3, batch_size=64, early_stopping=5, restore_best=True)
@@ -157,33 +227,28 @@ RECIPES["best"] = {
 
 
 def resolve(recipe: str = "fast", **overrides) -> TrainConfig:
-    """The recipe's config with ``overrides`` (None values mean 'keep the recipe's')."""
+    """The recipe's config with ``overrides`` (None values mean 'keep the recipe's').
+
+    ``augment`` may be an ``AugmentConfig`` or a dict of its fields.
+    """
     if recipe not in RECIPES:
         raise UserInputError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    check_keys(overrides, field_names())
     values = {"recipe": recipe, **RECIPES[recipe]}
     aug = overrides.pop("augment", None)
     chosen = {k: v for k, v in overrides.items() if v is not None}
     values.update(chosen)
+    if isinstance(aug, dict):
+        check_keys(aug, list(AugmentConfig.__dataclass_fields__), "augment setting")
+        aug = AugmentConfig(**aug)
     if aug is not None:
-        values["augment"] = aug
-        chosen["augment"] = aug
+        values["augment"] = chosen["augment"] = aug
     if chosen.get("init"):
         if chosen.get("pretrained"):
             raise UserInputError("choose one of --pretrained and --init, not both")
         values["pretrained"] = None  # a bundle is the starting point, not the recipe's
     values["user_set"] = sorted(set(chosen) - {"data", "out"})
-    config = TrainConfig(**values)
-    if config.freeze_backbone and not (config.pretrained or config.init):
-        raise UserInputError("--freeze-backbone needs --pretrained NAME or --init MODEL")
-    if config.image_size < 8:
-        raise UserInputError("--image-size must be at least 8")
-    if config.epochs < 1:
-        raise UserInputError("--epochs must be at least 1")
-    if config.batch_size < 1:
-        raise UserInputError("--batch-size must be at least 1")
-    if config.lr <= 0:
-        raise UserInputError("--lr must be positive")
-    return config
+    return TrainConfig(**values)
 
 
 # ---------------------------------------------------------------- small data

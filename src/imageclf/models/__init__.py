@@ -1,6 +1,7 @@
 """Model architectures by name: the seed CNNs, the fast net and EfficientNet-Lite0."""
 
 from . import efficientnet, fast, seeds  # noqa: F401  (registers the architectures)
+from .protocol import TrainingHooks, training_hooks
 from .registry import build, names, register
 
-__all__ = ["build", "names", "register"]
+__all__ = ["TrainingHooks", "build", "names", "register", "training_hooks"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .protocol import TrainingHooks
 from .registry import register
 
 
@@ -48,7 +49,7 @@ class ConvGroup(nn.Module):
         return self.act(self.norm2(self.conv2(x)))
 
 
-class FastNet(nn.Module):
+class FastNet(nn.Module, TrainingHooks):
     def __init__(
         self,
         num_classes: int = 10,
@@ -84,6 +85,10 @@ class FastNet(nn.Module):
         filters = (eigenvectors.T / torch.sqrt(eigenvalues[:, None] + eps)).float()
         filters = filters.reshape(-1, 3, k, k)  # patches were flattened as (C, kh, kw)
         self.whiten.weight.copy_(torch.cat([filters, -filters]))
+
+    def whitening_bias(self) -> nn.Parameter:
+        """Trained for the first few epochs only, then frozen with the whitening weights."""
+        return self.whiten.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.whiten(x))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .protocol import TrainingHooks
 from .registry import register
 
 
@@ -26,7 +27,7 @@ def _flat_features(features: nn.Module, input_size: int) -> int:
         return features(torch.zeros(1, 3, input_size, input_size)).numel()
 
 
-class KerasStyleCNN(nn.Module):
+class KerasStyleCNN(nn.Module, TrainingHooks):
     """features -> flatten -> classifier; ``l2_modules`` name the layers with a Keras
     ``kernel_regularizer=l2(...)``, whose penalty the training loop adds to the loss."""
 

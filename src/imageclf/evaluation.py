@@ -1,0 +1,315 @@
+"""Honest evaluation of a model (or an ensemble) on its held-out images.
+
+Like fastai's ``interpret.py``: predictions are computed once per split (and per
+TTA setting) into an ``Interpretation``; every number, table and plot is derived
+from that one object. The split a model was trained with is recorded in its
+bundle, so evaluating on the same data reproduces it and val/test are the images
+the model truly never saw.
+
+The numbers are assembled (rounded once) in ``metrics.py`` and written by
+``report.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .bundle import BundleMetadata
+from .data import Dataset, Split, load_dataset, make_split
+from .data.splits import SPLITS
+from .errors import DataError, UserInputError
+from .interpretation import Interpretation
+from .metrics import build_metrics
+from .predict import Predictor
+
+log = logging.getLogger("imageclf.evaluate")
+
+SPLIT_NAMES = ("train", "val", "test")
+CHUNK = 2000  # images per forward call: a progress-bar step, small enough to stay responsive
+
+
+# ---------------------------------------------------------------- models
+def load_predictors(
+    paths: Sequence[str | os.PathLike] | None, device: str = "cpu"
+) -> list[Predictor]:
+    """One predictor per path (none: the bundled model); an ensemble must agree on classes."""
+    paths = list(paths or [None])
+    predictors = [Predictor.load(p, device=device) for p in paths]
+    first = predictors[0]
+    for path, other in zip(paths[1:], predictors[1:], strict=True):
+        if other.classes != first.classes:
+            raise UserInputError(
+                "ensemble members must have the same classes in the same order: "
+                f"{paths[0]} has [{', '.join(first.classes)}] but {path} has "
+                f"[{', '.join(other.classes)}]"
+            )
+        if other.input_size != first.input_size:
+            raise UserInputError(
+                f"ensemble members must share an input size: {paths[0]} takes "
+                f"{first.input_size}px images, {path} takes {other.input_size}px"
+            )
+    return predictors
+
+
+def ensemble_log_probs(
+    predictors: Sequence[Predictor],
+    images_u8: np.ndarray,
+    *,
+    tta: bool = False,
+    progress: bool = False,
+    desc: str = "predicting",
+) -> np.ndarray:
+    """(N, C) log-probabilities: each member through ``Predictor.log_probs``, the one
+    prediction path; probabilities averaged over members."""
+    members = []
+    total = len(images_u8) * len(predictors)
+    with tqdm(
+        total=total, desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True
+    ) as bar:
+        for predictor in predictors:
+            parts = []
+            for start in range(0, len(images_u8), CHUNK):
+                chunk = images_u8[start : start + CHUNK]
+                parts.append(predictor.log_probs(chunk, tta=tta))
+                bar.update(len(chunk))
+            members.append(
+                np.concatenate(parts) if parts else np.zeros((0, len(predictor.classes)))
+            )
+    stacked = np.stack(members)
+    # log(mean_m p_m) computed stably: logsumexp over members minus log(M).
+    top = stacked.max(0)
+    return top + np.log(np.exp(stacked - top).mean(0))
+
+
+# ---------------------------------------------------------------- data and split
+def _class_mapping(dataset: Dataset, classes: list[str]) -> np.ndarray:
+    """Dataset label -> model class index; the data may hold a subset of the classes."""
+    unknown = [c for c in dataset.classes if c not in classes]
+    if unknown:
+        raise DataError(
+            f"the data has classes the model does not know: {', '.join(unknown)} "
+            f"(the model's classes: {', '.join(classes)})"
+        )
+    return np.array([classes.index(c) for c in dataset.classes], dtype=np.int64)
+
+
+def resolve_split(
+    dataset: Dataset,
+    metadata: BundleMetadata,
+    requested: str | None,
+    bundle_path: Path | None = None,
+) -> tuple[Split, dict, list[str]]:
+    """The split to evaluate on, where it came from, and notes for the reader.
+
+    Same data as in training (matching fingerprint): the recorded split (name,
+    seed, val_size, subset), so val/test are truly held out. Other data: the
+    requested split of that data (its own train/test partitions for ``official``).
+    """
+    if requested is not None and requested not in SPLITS:
+        raise UserInputError(f"unknown split {requested!r}; choose {', '.join(SPLITS)}")
+    notes: list[str] = []
+    recorded = metadata.split
+    config = metadata.config
+    same_data = bool(recorded) and metadata.data_fingerprint == dataset.fingerprint
+    if same_data and requested in (None, "auto", recorded["name"]):
+        split = make_split(
+            dataset,
+            recorded["name"],
+            recorded["seed"],
+            config.get("val_size"),
+            config.get("subset"),
+        )
+        origin = "recorded in the model bundle"
+        if recorded.get("digest") and split.digest() != recorded["digest"]:
+            saved = _split_from_run_folder(bundle_path, recorded)
+            if saved is not None:
+                split, origin = saved, "the run folder's split.npz"
+            else:
+                notes.append(
+                    "the training split could not be reproduced exactly (digest differs); "
+                    "val/test may include images the model was trained on"
+                )
+        return split, {**split.describe(), "origin": origin}, notes
+
+    name = requested or "auto"
+    if same_data:
+        notes.append(
+            f"the model was trained with the {recorded['name']} split but --split {name} was "
+            "asked for: val/test may include images the model was trained on"
+        )
+        split = make_split(dataset, name, recorded["seed"], config.get("val_size"))
+        return split, {**split.describe(), "origin": "requested"}, notes
+    notes.append(
+        "this data does not match the training data recorded in the model (or none is "
+        "recorded), so which images the model saw in training is unknown; split names only "
+        "partition this data"
+    )
+    # Foreign data keeps its own train/test partitions whole: no validation hold-out
+    # (val_size=0; 70-15-15 ignores it).
+    split = make_split(dataset, name, 0, val_size=0)
+    return split, {**split.describe(), "origin": "requested"}, notes
+
+
+def _split_from_run_folder(bundle_path: Path | None, recorded: dict) -> Split | None:
+    if bundle_path is None or not (bundle_path.parent / "split.npz").is_file():
+        return None
+    with np.load(bundle_path.parent / "split.npz") as saved:
+        split = Split(
+            recorded["name"], recorded["seed"], saved["train"], saved["val"], saved["test"]
+        )
+    return split if split.digest() == recorded.get("digest") else None
+
+
+def parse_splits(text: str | Sequence[str] | None) -> list[str] | None:
+    """``"test,val"`` -> ["val", "test"] (always in train/val/test order)."""
+    if text is None:
+        return None
+    items = text.split(",") if isinstance(text, str) else list(text)
+    chosen = {item.strip() for item in items if item.strip()}
+    unknown = chosen - set(SPLIT_NAMES)
+    if unknown or not chosen:
+        raise UserInputError(
+            f"--splits takes a comma-separated list of {', '.join(SPLIT_NAMES)}; got {text!r}"
+        )
+    return [s for s in SPLIT_NAMES if s in chosen]
+
+
+# ---------------------------------------------------------------- the evaluation
+@dataclass
+class EvalResult:
+    """Everything an evaluation found: the interpretations and the rounded metrics."""
+
+    predictors: list[Predictor]
+    model_paths: list[str]
+    dataset: Dataset
+    split: Split
+    interpretations: dict[tuple[str, bool], Interpretation]
+    detail: Interpretation  # the split the per-class views describe (test, else val, else train)
+    metrics: dict
+    notes: list[str]
+    histories: dict[str, list[dict]]  # model path -> its run's per-epoch history
+    seconds: float
+
+    @property
+    def classes(self) -> list[str]:
+        return self.predictors[0].classes
+
+
+def evaluate(
+    models: Sequence[str | os.PathLike] | None = None,
+    data: str | os.PathLike | None = None,
+    *,
+    split: str | None = None,
+    splits: Sequence[str] | None = None,
+    tta: bool = True,
+    device: str = "cpu",
+    progress: bool = True,
+) -> EvalResult:
+    """Predict once per split (and with TTA), then derive every metric from those predictions.
+
+    ``models``: one bundle path, several (an ensemble: probabilities averaged) or
+    None (the bundled default). ``data``: None uses the dataset recorded in the
+    first model when it is still on disk. ``splits``: which of train/val/test to
+    evaluate (default all that exist; the training split is the slow one).
+    """
+    started = time.perf_counter()
+    predictors = load_predictors(models, device=device)
+    paths = [str(p) for p in (models or [])] or ["(bundled default model)"]
+    first = predictors[0]
+    if data is None:
+        source = first.metadata.data_source
+        if not source or not Path(source).exists():
+            raise UserInputError("pass --data: the model does not name a dataset that exists here")
+        data = source
+    dataset = load_dataset(data, image_size=first.input_size, progress=progress)
+    bundle_path = Path(models[0]) if models else None
+    chosen, split_info, notes = resolve_split(dataset, first.metadata, split, bundle_path)
+    notes += _ensemble_split_notes(predictors)
+    interpretations = _predict_splits(
+        predictors, dataset, chosen, splits or list(SPLIT_NAMES), tta, progress, notes
+    )
+    detail_split = next(s for s in ("test", "val", "train") if (s, False) in interpretations)
+    detail = interpretations[(detail_split, False)]
+    histories = _read_histories(models or [], notes)
+    for note in notes:
+        log.warning("note: %s", note)
+    metrics = build_metrics(
+        predictors, paths, dataset, interpretations, detail, split_info, notes, data
+    )
+    return EvalResult(
+        predictors=predictors,
+        model_paths=paths,
+        dataset=dataset,
+        split=chosen,
+        interpretations=interpretations,
+        detail=detail,
+        metrics=metrics,
+        notes=notes,
+        histories=histories,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _predict_splits(predictors, dataset, split, wanted, tta, progress, notes):
+    """One ``Interpretation`` per (split, TTA) that has images; notes the skipped ones."""
+    classes = predictors[0].classes
+    targets_all = _class_mapping(dataset, classes)[dataset.labels]
+    available = {name: getattr(split, name) for name in SPLIT_NAMES}
+    evaluated = [name for name in wanted if len(available[name])]
+    skipped = [name for name in wanted if not len(available[name])]
+    if skipped:
+        notes.append(f"no images in split(s): {', '.join(skipped)} (not evaluated)")
+    if not evaluated:
+        raise UserInputError(f"none of the requested splits ({', '.join(wanted)}) has images")
+    interpretations: dict[tuple[str, bool], Interpretation] = {}
+    for name in evaluated:
+        idx = available[name]
+        for use_tta in (False, True) if tta else (False,):
+            log_probs = ensemble_log_probs(
+                predictors,
+                dataset.images[idx],
+                tta=use_tta,
+                progress=progress,
+                desc=f"{name}{' +TTA' if use_tta else ''}",
+            )
+            interpretations[(name, use_tta)] = Interpretation(
+                name, use_tta, log_probs, targets_all[idx], classes, idx
+            )
+    return interpretations
+
+
+def _read_histories(models: Sequence[str | os.PathLike], notes: list[str]) -> dict:
+    """Each model's run history (history.json beside it), for the training curves."""
+    histories = {}
+    for path in models:
+        history_file = Path(path).parent / "history.json"
+        if history_file.is_file():
+            try:
+                histories[str(path)] = json.loads(history_file.read_text())
+            except (OSError, json.JSONDecodeError):
+                notes.append(f"could not read {history_file}; no training curves for it")
+    return histories
+
+
+def _ensemble_split_notes(predictors: Sequence[Predictor]) -> list[str]:
+    digests = {(p.metadata.split or {}).get("digest") for p in predictors}
+    if len(predictors) > 1 and len(digests) > 1:
+        return [
+            "the ensemble's models were trained on different splits; the first model's split "
+            "is used, so val/test may include images another member was trained on"
+        ]
+    return []
+
+
+def default_out_dir(result: EvalResult) -> Path:
+    name = "ensemble" if len(result.predictors) > 1 else result.predictors[0].name
+    return Path("runs") / f"eval-{name}-{time.strftime('%Y%m%d-%H%M%S')}"

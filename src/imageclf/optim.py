@@ -1,0 +1,84 @@
+"""Optimiser, learning-rate schedule and lookahead: the numbers the training loop steps by.
+
+Each is a plain function of the config (and the step), so a schedule can be
+plotted or tested without training anything.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .recipes import TrainConfig
+
+LOOKAHEAD_EVERY = 5  # steps between lookahead syncs
+
+
+def _norm_biases(model: nn.Module) -> list[nn.Parameter]:
+    biases = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.bias is not None:
+            biases.append(module.bias)
+    return biases
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (the seeds' Keras set-up), AdamW, or nesterov SGD with per-group learning rates."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":  # decoupled weight decay (the fine-tuning recipe's choice)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Decay per step scales with the batch (a bigger batch means fewer steps per epoch).
+    decay = cfg.weight_decay * cfg.batch_size / 1024
+    bias_ids = {id(p) for p in _norm_biases(model)}
+    groups = []
+    for scale, members in (
+        (cfg.bias_lr_scale, [p for p in params if id(p) in bias_ids]),
+        (1.0, [p for p in params if id(p) not in bias_ids]),
+    ):
+        if members:
+            lr = cfg.lr * scale
+            # torch's SGD multiplies decay by lr; dividing here makes the decay lr-independent.
+            groups.append({"params": members, "lr": lr, "weight_decay": decay / lr, "base_lr": lr})
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+
+
+def schedule_multiplier(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """The schedule's factor on the base learning rate at ``step`` (0-based)."""
+    if cfg.schedule == "warmup-linear":
+        peak = max(1, int(cfg.warmup * total_steps))
+        if step < peak:
+            return 0.2 + 0.8 * step / peak
+        return max(0.0, (total_steps - step) / max(1, total_steps - peak))
+    return 1.0  # "constant", and "plateau" (whose factor lives in the run state)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: TrainConfig, multiplier: float):
+    for group in optimizer.param_groups:
+        group["lr"] = group.get("base_lr", cfg.lr) * multiplier
+
+
+class Lookahead:
+    """A slow copy of the weights that the fast ones are pulled toward every few steps;
+    the pull ramps up late in training so the final weights are a smoothed average
+    (airbench)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.slow = [p.detach().clone() for p in model.parameters()]
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        if step % LOOKAHEAD_EVERY == 0:
+            self.sync(0.95**LOOKAHEAD_EVERY * (step / total_steps) ** 3)
+
+    @torch.no_grad()
+    def sync(self, decay: float) -> None:
+        """decay 1.0 sets the model to the slow weights (the end of training)."""
+        for buf, p in zip(self.slow, self.model.parameters(), strict=True):
+            buf.lerp_(p.detach(), 1 - decay)
+            p.copy_(buf)
+
+    def load(self, saved: list[torch.Tensor]) -> None:
+        for buf, value in zip(self.slow, saved, strict=True):
+            buf.copy_(value)

@@ -1,0 +1,494 @@
+"""Training: a driver that reads top to bottom, calling one named step at a time.
+
+    runtime -> data -> model -> (resume) -> epochs: [one epoch -> validate ->
+    decide (plateau / early stop) -> checkpoint] -> finish (test, bundle)
+
+Every epoch draws its randomness from ``(seed, epoch)``, and a checkpoint is
+written atomically after each epoch, so ``resume(run_dir)`` after a crash or
+Ctrl-C replays the remaining epochs exactly as an uninterrupted run would.
+Under ``torchrun`` it trains data-parallel (DDP); only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import finetune
+from .bundle import save_bundle
+from .calibration import MIN_IMAGES, calibrate, calibration_effect
+from .compute import compute_report, training_flops_per_image
+from .data import Dataset, Split, load_dataset, make_split
+from .data.augment import augment_batch
+from .data.loader import Normalizer, batch_indices, channel_stats
+from .device import Runtime, autocast, setup_runtime
+from .errors import UserInputError
+from .fileio import RunLock, write_text_atomic
+from .inference import evaluate_logits, predict_logits
+from .models import TrainingHooks, build, training_hooks
+from .optim import Lookahead, make_optimizer, schedule_multiplier, set_learning_rate
+from .recipes import TrainConfig, adapt_to_data, resolve
+from .runs import (
+    Checkpoint,
+    Run,
+    RunState,
+    data_record,
+    default_run_dir,
+    load_best,
+    plot_curves,
+    save_torch,
+    write_history,
+    write_run_record,
+)
+
+log = logging.getLogger("imageclf.train")
+
+
+# ---------------------------------------------------------------- public entry points
+def train(config: TrainConfig | None = None, *, progress: bool = True, **overrides) -> Run | None:
+    """Train and write a run folder; returns the ``Run`` (``None`` on DDP ranks but 0).
+
+    Pass a ``TrainConfig``, or keyword overrides of a recipe:
+    ``train(recipe="fast", data="images/", epochs=3)``.
+    """
+    if config is None:
+        config = resolve(overrides.pop("recipe", "fast"), **overrides)
+    elif overrides:
+        raise TypeError("pass a TrainConfig or keyword overrides of a recipe, not both")
+    run_dir = Path(config.out or default_run_dir(config.recipe))
+    if finetune.is_transfer(config):
+        config = finetune.prepare_config(config)  # the architecture the weights belong to
+    return _run(config, run_dir, None, progress)
+
+
+def resume(run_dir: str | os.PathLike, *, progress: bool = True) -> Run | None:
+    """Continue an interrupted run from its ``last.pt``, with the config it was started with."""
+    checkpoint = Checkpoint.load(run_dir)
+    config = TrainConfig.from_dict(checkpoint.config)
+    config.out = str(run_dir)
+    return _run(config, Path(run_dir), checkpoint, progress)
+
+
+# ---------------------------------------------------------------- the driver
+def _run(cfg: TrainConfig, run_dir: Path, checkpoint: Checkpoint | None, progress: bool):
+    started = time.perf_counter()
+    rt = setup_runtime(cfg.device, cfg.precision, cfg.threads)
+    # One process per run folder: a second train or resume into it is refused clearly.
+    lock = RunLock(run_dir) if rt.dist.is_main else None
+    try:
+        return _drive(cfg, run_dir, checkpoint, progress, rt, started)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _drive(cfg, run_dir: Path, checkpoint: Checkpoint | None, progress: bool, rt, started):
+    show = progress and rt.dist.is_main
+    data = TrainData.load(cfg, show)
+    if checkpoint is None:
+        cfg, notes = adapt_to_data(cfg, len(data.x_train))
+        for note in notes:
+            log.info("small dataset: %s (set it explicitly to override)", note)
+    if show:
+        log.info("%s", finetune.describe_counts(data.dataset, data.split))
+    parts = Parts.build(cfg, data, rt)
+    state, best = RunState(), None
+    if checkpoint is not None:
+        state, best = parts.restore(checkpoint, run_dir)
+        if show:
+            log.info("resuming %s after epoch %d of %d", run_dir, state.epoch, cfg.epochs)
+    if rt.dist.is_main:
+        norm = {"mean": data.mean, "std": data.std}
+        write_run_record(run_dir, cfg, data.dataset, data.split, norm, rt)
+    total_steps = data.steps_per_epoch(cfg) * cfg.epochs
+    if finetune.is_transfer(cfg) and checkpoint is None:
+        state, best = _fit_head(cfg, parts, data, rt, state, run_dir, show)
+
+    # --freeze-backbone: the head fit above is the whole training.
+    while state.epoch < cfg.epochs and not state.stopped_early and not cfg.freeze_backbone:
+        epoch_start = time.perf_counter()
+        loss, acc, steps = train_one_epoch(cfg, parts, data, rt, state, total_steps, show)
+        train_seconds = state.train_seconds + time.perf_counter() - epoch_start
+        val = parts.evaluate(cfg, data.x_val, data.y_val, rt) if len(data.x_val) else None
+        lr = cfg.lr * schedule_multiplier(cfg, steps - 1, total_steps) * state.lr_factor
+        record = _history_record(state.epoch + 1, loss, acc, val, lr, epoch_start)
+        state = dataclasses.replace(
+            state,
+            epoch=state.epoch + 1,
+            step=steps,
+            history=[*state.history, record],
+            train_seconds=train_seconds,
+        )
+        state, improved = after_epoch(state, val["loss"] if val else math.nan, cfg)
+        if improved:
+            best = copy.deepcopy(parts.model.state_dict())
+        if rt.dist.is_main:
+            _checkpoint(run_dir, cfg, parts, state, best if improved else None)
+            _log_epoch(cfg, record, state)
+        rt.dist.barrier()
+
+    return _finish(cfg, run_dir, parts, data, rt, state, best, started)
+
+
+# ---------------------------------------------------------------- data and model
+@dataclass
+class TrainData:
+    """The dataset as uint8 tensors, sliced by the split, plus the normaliser fitted
+    on the training images."""
+
+    dataset: Dataset
+    split: Split
+    train_idx: torch.Tensor
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    mean: list[float]
+    std: list[float]
+
+    @classmethod
+    def load(cls, cfg: TrainConfig, progress: bool) -> TrainData:
+        dataset = load_dataset(cfg.data, image_size=cfg.image_size, progress=progress)
+        split = make_split(dataset, cfg.split, cfg.seed, cfg.val_size, cfg.subset)
+        images = torch.from_numpy(dataset.images)
+        labels = torch.from_numpy(dataset.labels)
+        train_idx = torch.from_numpy(split.train)
+        val_idx = torch.from_numpy(split.val)
+        x_train = images[train_idx]
+        mean, std = channel_stats(x_train.numpy())
+        return cls(
+            dataset, split, train_idx, x_train, labels[train_idx],
+            images[val_idx], labels[val_idx], mean, std,
+        )  # fmt: skip
+
+    @property
+    def normalizer(self) -> Normalizer:
+        return Normalizer(self.mean, self.std)
+
+    def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.from_numpy(self.split.test)
+        labels = torch.from_numpy(self.dataset.labels)
+        return torch.from_numpy(self.dataset.images)[idx], labels[idx]
+
+    def steps_per_epoch(self, cfg: TrainConfig) -> int:
+        return math.ceil(len(self.x_train) / cfg.batch_size)
+
+
+@dataclass
+class Parts:
+    """What the loop steps: the model (and its DDP wrapper), optimiser, grad scaler,
+    lookahead and the model's optional hooks."""
+
+    model: nn.Module
+    net: nn.Module  # the model, or its DDP wrapper: forward passes in training go here
+    hooks: TrainingHooks
+    normalizer: Normalizer
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    lookahead: Lookahead | None
+    loss_weight: torch.Tensor | None = None  # --class-weights auto
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, data: TrainData, rt: Runtime) -> Parts:
+        torch.manual_seed(cfg.seed)
+        classes = len(data.dataset.classes)
+        transfer = finetune.is_transfer(cfg)
+        if transfer:
+            # Learned weights come with the normalisation they were trained with.
+            model, norm = finetune.start_model(cfg, data.dataset.classes)
+            data.mean, data.std = norm["mean"], norm["std"]
+        else:
+            model = build(cfg.architecture, classes, cfg.image_size, **cfg.arch_kwargs)
+        normalizer = data.normalizer
+        hooks = training_hooks(model)
+        if not transfer:
+            # Whitening from the first 5,000 training images: a deterministic, cheap estimate.
+            hooks.init_whitening(normalizer(data.x_train[:5000]))
+        model = model.to(rt.device, memory_format=torch.channels_last)
+        optimizer = (finetune.make_optimizer if transfer else make_optimizer)(model, cfg)
+        weight = finetune.class_weights(data.y_train.numpy(), classes, cfg.class_weights)
+        lookahead = Lookahead(model) if cfg.lookahead else None
+        net: nn.Module = model
+        if rt.dist.world > 1:
+            ids = [rt.device.index] if rt.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        scaler = torch.amp.GradScaler("cuda", enabled=rt.amp_dtype == torch.float16)
+        if weight is not None:
+            weight = weight.to(rt.device)
+        return cls(model, net, hooks, normalizer, optimizer, scaler, lookahead, weight)
+
+    def restore(self, checkpoint: Checkpoint, run_dir: Path) -> tuple[RunState, dict | None]:
+        """Weights, optimiser and lookahead from ``last.pt``; the best weights from ``best.pt``."""
+        self.model.load_state_dict(checkpoint.model)
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        if self.lookahead is not None:
+            self.lookahead.load(checkpoint.lookahead)
+        return checkpoint.state, load_best(run_dir)
+
+    def evaluate(self, cfg, x: torch.Tensor, y: torch.Tensor, rt: Runtime, tta: bool = False):
+        """Loss and accuracy through the one prediction path (``predict_logits``)."""
+        logits = predict_logits(
+            self.model, x, self.normalizer, batch_size=cfg.eval_batch_size, tta=tta,
+            device=rt.device, amp_dtype=rt.amp_dtype,
+        )  # fmt: skip
+        return evaluate_logits(logits, y)
+
+
+# ---------------------------------------------------------------- one epoch
+def train_one_epoch(
+    cfg: TrainConfig,
+    parts: Parts,
+    data: TrainData,
+    rt: Runtime,
+    state: RunState,
+    total_steps: int,
+    show: bool,
+) -> tuple[float, float, int]:
+    """One pass over the training images; returns (mean loss, accuracy, steps taken so far)."""
+    epoch, step = state.epoch, state.step
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    torch.manual_seed(cfg.seed * 7_919 + epoch)  # dropout and other in-model randomness
+    bias = parts.hooks.whitening_bias()
+    if bias is not None:
+        bias.requires_grad_(epoch < cfg.whiten_bias_epochs)
+    parts.net.train()
+    world, rank = rt.dist.world, rt.dist.rank
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.int64)
+    seen = 0
+    steps = data.steps_per_epoch(cfg)
+    bar = tqdm(
+        total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not show,
+        unit="step", dynamic_ncols=True,
+    )  # fmt: skip
+    batches = batch_indices(len(data.x_train), cfg.batch_size, shuffle=True, gen=gen)
+    for step_in_epoch, idx in enumerate(batches):
+        idx = idx[rank::world]  # each process takes its share of the batch
+        x = parts.normalizer(data.x_train[idx], rt.device)
+        x = augment_batch(x, data.train_idx[idx], epoch, cfg.augment, gen, cfg.seed)
+        y = data.y_train[idx].to(rt.device)
+        set_learning_rate(
+            parts.optimizer, cfg, schedule_multiplier(cfg, step, total_steps) * state.lr_factor
+        )
+        with autocast(rt.device, rt.amp_dtype):
+            logits = parts.net(x)
+            loss_each = F.cross_entropy(
+                logits.float(), y, weight=parts.loss_weight,
+                label_smoothing=cfg.label_smoothing, reduction="none",
+            )  # fmt: skip
+            # "sum" makes the learning rate per example; DDP averages gradients over ranks.
+            loss = loss_each.sum() * world if cfg.loss_reduction == "sum" else loss_each.mean()
+            penalty = parts.hooks.l2_penalty()
+            if penalty is not None:
+                loss = loss + penalty
+        parts.optimizer.zero_grad(set_to_none=True)
+        parts.scaler.scale(loss).backward()
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
+        step += 1
+        if parts.lookahead is not None:
+            parts.lookahead.after_step(step, total_steps)
+        with torch.no_grad():
+            loss_sum += loss_each.detach().double().sum().cpu()
+            correct += (logits.argmax(1) == y).sum().cpu()
+        seen += len(idx)
+        if show and (step_in_epoch % 10 == 0 or step_in_epoch == steps - 1):
+            mean_loss, acc = loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+            bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{acc:.3f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    # Every process saw its share of each batch: report the whole epoch.
+    total_loss, total_correct, total_seen = rt.dist.sum(
+        [loss_sum.item(), correct.item(), float(seen)]
+    )
+    total_seen = int(total_seen)
+    if not math.isfinite(total_loss):
+        raise UserInputError(
+            f"training diverged in epoch {epoch + 1} (loss is not finite); try a lower --lr"
+        )
+    return total_loss / max(total_seen, 1), total_correct / max(total_seen, 1), step
+
+
+def _history_record(epoch: int, loss, acc, val: dict | None, lr: float, started: float) -> dict:
+    def rounded(value: float | None) -> float | None:
+        return round(value, 6) if value is not None and math.isfinite(value) else None
+
+    return {
+        "epoch": epoch,
+        "train_loss": round(loss, 6),
+        "train_acc": round(acc, 6),
+        "val_loss": rounded(val["loss"] if val else None),
+        "val_acc": rounded(val["accuracy"] if val else None),
+        "lr": lr,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+# ---------------------------------------------------------------- transfer: the head first
+def _fit_head(cfg, parts: Parts, data: TrainData, rt: Runtime, state: RunState, run_dir, show):
+    """fastai-style: the new head first, fitted on the frozen backbone's embeddings; it is
+    the best state so far, so fine-tuning must beat it on val loss to replace it."""
+    record = finetune.fit_head(
+        parts.model, parts.normalizer, data.x_train, data.y_train, data.x_val, data.y_val,
+        len(data.dataset.classes), cfg, weight=parts.loss_weight, device=rt.device,
+        amp_dtype=rt.amp_dtype, progress=show,
+    )  # fmt: skip
+    state = dataclasses.replace(state, history=[record])
+    best = None
+    if record["val_loss"] is not None:
+        state = dataclasses.replace(state, best_val_loss=record["val_loss"])
+        best = copy.deepcopy(parts.model.state_dict())
+    if rt.dist.is_main:
+        write_history(run_dir, state.history)
+    if show:
+        log.info(
+            "head fitted on frozen features: train acc %.4f  val acc %s  %.1fs",
+            record["train_acc"], record["val_acc"], record["seconds"],
+        )  # fmt: skip
+    return state, best
+
+
+# ---------------------------------------------------------------- after each epoch
+def after_epoch(state: RunState, val_loss: float, cfg: TrainConfig) -> tuple[RunState, bool]:
+    """Keras' ReduceLROnPlateau and EarlyStopping, both on val_loss: the next state, and
+    whether this epoch is the best so far. Pure: a test can call it on its own."""
+    if not math.isfinite(val_loss):  # no validation images: nothing to decide on
+        return state, False
+    if val_loss < state.best_val_loss - 1e-12:
+        improved = dataclasses.replace(
+            state, best_val_loss=val_loss, best_epoch=state.epoch, bad_epochs=0
+        )
+        return improved, True
+    bad = state.bad_epochs + 1
+    lr_factor = state.lr_factor
+    if cfg.schedule == "plateau" and bad % cfg.plateau_patience == 0:
+        lr_factor = max(lr_factor * cfg.plateau_factor, cfg.min_lr / cfg.lr)
+    stop = state.stopped_early or bool(cfg.early_stopping and bad >= cfg.early_stopping)
+    worse = dataclasses.replace(state, bad_epochs=bad, lr_factor=lr_factor, stopped_early=stop)
+    return worse, False
+
+
+def _checkpoint(run_dir: Path, cfg, parts: Parts, state: RunState, new_best: dict | None):
+    if new_best is not None:
+        save_torch(new_best, run_dir / "best.pt")
+    Checkpoint(
+        model=parts.model.state_dict(),
+        optimizer=parts.optimizer.state_dict(),
+        state=state,
+        lookahead=parts.lookahead.slow if parts.lookahead else [],
+        config=cfg.to_dict(),
+    ).save(run_dir / "last.pt")
+    write_history(run_dir, state.history)
+
+
+def _log_epoch(cfg: TrainConfig, record: dict, state: RunState) -> None:
+    val = ""
+    if record["val_loss"] is not None:
+        val = f"val_loss {record['val_loss']:.4f}  val_acc {record['val_acc']:.4f}  "
+    log.info(
+        "epoch %d/%d  loss %.4f  acc %.4f  %slr %.3g  %.1fs%s",
+        record["epoch"], cfg.epochs, record["train_loss"], record["train_acc"], val,
+        record["lr"], record["seconds"], "  (early stop)" if state.stopped_early else "",
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- finish
+def _finish(cfg, run_dir, parts: Parts, data: TrainData, rt: Runtime, state, best, started):
+    """Restore the best weights, score val/test once, write the bundle and metrics."""
+    if parts.lookahead is not None:
+        parts.lookahead.sync(1.0)  # end on the slow weights
+    if cfg.restore_best and best is not None:
+        parts.model.load_state_dict(best)
+    train_seconds = time.perf_counter() - started
+    result = None
+    if rt.dist.is_main:
+        metrics: dict = {"train_seconds": round(train_seconds, 2)}
+        x_test, y_test = data.test_set()
+        for name, x, y in (("val", data.x_val, data.y_val), ("test", x_test, y_test)):
+            if len(x):
+                metrics[name] = parts.evaluate(cfg, x, y, rt)
+                if cfg.tta:  # tuning decisions read val (with TTA); test is only reported
+                    metrics[f"{name}_tta"] = parts.evaluate(cfg, x, y, rt, tta=True)
+        metrics["epochs_run"] = state.epoch
+        metrics["best_epoch"] = state.best_epoch or state.epoch
+        compute = _compute(cfg, parts, data, rt, state)
+        metrics["compute"] = compute.to_dict()
+        calibration = _calibrate(cfg, parts, data, rt)
+        if calibration is not None:
+            metrics["calibration"] = calibration
+        bundle_path = run_dir / "model.safetensors"
+        meta = _bundle_metadata(cfg, data, metrics)
+        if calibration is not None:
+            meta["calibration"] = calibration
+        save_bundle(bundle_path, parts.model.state_dict(), meta)
+        seconds = time.perf_counter() - started
+        metrics["wall_seconds"] = round(seconds, 2)
+        write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        plot_curves(run_dir, state.history, cfg)
+        log.info("%s", compute.summary())
+        result = Run(run_dir, bundle_path, state.history, metrics, seconds)
+    rt.dist.barrier()
+    return result
+
+
+def _compute(cfg: TrainConfig, parts: Parts, data: TrainData, rt: Runtime, state: RunState):
+    """FLOPs spent (machine-independent) and the share of this machine's GEMM peak reached."""
+    flops = training_flops_per_image(parts.model, cfg.image_size)
+    images_seen = state.epoch * len(data.x_train)
+    return compute_report(flops, images_seen, state.train_seconds, rt.amp_dtype, rt.device)
+
+
+def _calibrate(cfg: TrainConfig, parts: Parts, data: TrainData, rt: Runtime) -> dict | None:
+    """Temperature and unsure threshold fitted on validation (never test), with test ECE beside.
+
+    Without enough validation images there is nothing honest to fit on: confidences stay raw.
+    """
+    if len(data.x_val) < MIN_IMAGES:
+        log.warning(
+            "%d validation images (fewer than %d): confidences are not calibrated",
+            len(data.x_val),
+            MIN_IMAGES,
+        )
+        return None
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return predict_logits(
+            parts.model, x, parts.normalizer, batch_size=cfg.eval_batch_size,
+            device=rt.device, amp_dtype=rt.amp_dtype,
+        )  # fmt: skip
+
+    fitted = calibrate(logits(data.x_val), data.y_val).to_dict()
+    x_test, y_test = data.test_set()
+    if len(x_test):
+        fitted["test"] = calibration_effect(logits(x_test), y_test, fitted["temperature"])
+    return fitted
+
+
+def _bundle_metadata(cfg: TrainConfig, data: TrainData, metrics: dict) -> dict:
+    return {
+        "name": f"{cfg.recipe}",
+        "architecture": cfg.architecture,
+        "arch_kwargs": cfg.arch_kwargs,
+        "classes": data.dataset.classes,
+        "input_size": cfg.image_size,
+        "normalization": {"mean": data.mean, "std": data.std},
+        "preprocessing": {"resize": "whole frame squashed to the input size"},
+        "start": finetune.origin(cfg, data.dataset.classes),
+        "recipe": cfg.recipe,
+        "config": cfg.to_dict(),
+        "data": data_record(data.dataset),
+        "split": data.split.describe(),
+        "metrics": metrics,
+    }

@@ -1,0 +1,62 @@
+"""Helpers the tests share: small images, a tiny model bundle, synthetic image folders.
+
+Import them (``from helpers import make_tiny_bundle``); fixtures live in conftest.py.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from imageclf.bundle import save_bundle
+from imageclf.models import build
+
+SHARED_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+CLASSES = ["cat", "dog", "frog"]
+
+
+def png_bytes(color=(200, 30, 30), size=(32, 32), mode="RGB", fmt="PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def make_tiny_bundle(path: Path, architecture: str = "seed-a", classes=None) -> Path:
+    """A random-weight but fully valid bundle: enough for API and web tests."""
+    classes = classes or [f"class{i}" for i in range(10)]
+    torch.manual_seed(0)
+    model = build(architecture, num_classes=len(classes), input_size=32)
+    save_bundle(
+        path,
+        model.state_dict(),
+        {
+            "name": f"tiny-{architecture}",
+            "architecture": architecture,
+            "arch_kwargs": {},
+            "classes": classes,
+            "input_size": 32,
+            "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+            "metrics": {"test": {"accuracy": 0.1, "loss": 2.3}},
+        },
+    )
+    return path
+
+
+def write_image_folder(root: Path, classes=CLASSES, per_class=6, partitioned=True, size=32):
+    """Class folders of solid-colour images with a little noise (learnable, deterministic)."""
+    rng = np.random.default_rng(0)
+    parts = {"train": per_class, "test": max(2, per_class // 2)} if partitioned else {"": per_class}
+    for part, count in parts.items():
+        for c, name in enumerate(classes):
+            folder = root / part / name if part else root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                base = np.zeros((size, size, 3), np.float64)
+                base[..., c % 3] = 200
+                pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    return root
