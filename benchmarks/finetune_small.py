@@ -46,22 +46,27 @@ MODES = {
 
 
 def build_folder(archive: Path, classes: list[str], n_train: int, n_val: int, root: Path):
-    """Seeded draw from the archive's train/ half into ROOT/{train,val}/<class>/."""
+    """Seeded draw from the archive's train/ half into ROOT/{train,val}/<class>/.
+
+    Two sequential passes (names, then bytes): random access into a .tar.gz would
+    decompress from the start for every member."""
     with tarfile.open(archive) as tar:
-        members = [m for m in tar.getmembers() if m.isfile() and "/train/" in f"/{m.name}"]
-        rng = np.random.default_rng(0)
-        for cls in classes:
-            pool = sorted(
-                (m for m in members if m.name.split("/")[-2] == cls), key=lambda m: m.name
-            )
-            if len(pool) < n_train + n_val:
-                raise SystemExit(f"class {cls!r}: only {len(pool)} images in {archive}")
-            picked = rng.choice(len(pool), n_train + n_val, replace=False)
-            for k, i in enumerate(picked):
-                split = "train" if k < n_train else "val"
-                dest = root / split / cls / Path(pool[i].name).name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(tar.extractfile(pool[i]).read())
+        names = [m.name for m in tar if m.isfile() and "/train/" in f"/{m.name}"]
+    rng = np.random.default_rng(0)
+    dest: dict[str, Path] = {}
+    for cls in classes:
+        pool = sorted(n for n in names if n.split("/")[-2] == cls)
+        if len(pool) < n_train + n_val:
+            raise SystemExit(f"class {cls!r}: only {len(pool)} images in {archive}")
+        picked = rng.choice(len(pool), n_train + n_val, replace=False)
+        for k, i in enumerate(picked):
+            split = "train" if k < n_train else "val"
+            dest[pool[i]] = root / split / cls / Path(pool[i]).name
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            if member.name in dest:
+                dest[member.name].parent.mkdir(parents=True, exist_ok=True)
+                dest[member.name].write_bytes(tar.extractfile(member).read())
 
 
 def run_mode(name: str, args: list[str], data: Path, work: Path, extra: list[str]) -> dict:

@@ -88,6 +88,9 @@ def test_finetuned_bundle_predicts_evaluates_and_serves(finetuned, folder, tmp_p
          "--out", str(tmp_path / "report")], capsys,
     )  # fmt: skip
     assert code == 0 and (tmp_path / "report" / "report.html").is_file()
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    files = [e["file"] for e in report["samples"] + report["top_losses"]]
+    assert files and all(f.startswith("val/") and f.endswith(".png") for f in files)
 
     from imageclf.web import create_app
 

@@ -15,12 +15,15 @@ from PIL import Image
 from imageclf.web import SECURITY_HEADERS, create_app
 from imageclf.web.server import gunicorn_options, threads_per_worker
 
-CLASSES = [f"class{i}" for i in range(10)]
+# CIFAR-10's names, so the shipped example pictures belong to the served model's classes.
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    return make_tiny_bundle(tmp_path_factory.mktemp("web-app") / "tiny.safetensors")
+    return make_tiny_bundle(
+        tmp_path_factory.mktemp("web-app") / "tiny.safetensors", classes=CLASSES
+    )
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +109,20 @@ def test_example_images_can_be_classified(client):
     response = client.post("/predict", data={"example": name})
     assert response.status_code == 200
     assert 'id="label"' in response.get_data(as_text=True)
+
+
+def test_examples_come_from_the_served_models_classes(tmp_path):
+    """A user's ants/bees model shows no CIFAR-10 airplane: no examples at all."""
+    bundle = make_tiny_bundle(tmp_path / "ants.safetensors", classes=["ants", "bees"])
+    app = create_app(bundle, TESTING=True, IMAGECLF_MODEL_LOADING="eager")
+    client = app.test_client()
+    html = client.get("/").get_data(as_text=True)
+    assert 'name="example"' not in html and "Or try an example" not in html
+    assert client.post("/predict", data={"example": "airplane"}).status_code == 400
+    partial = make_tiny_bundle(tmp_path / "p.safetensors", classes=["cat", "horse", "zebra"])
+    html = create_app(partial, TESTING=True, IMAGECLF_MODEL_LOADING="eager").test_client().get("/")
+    found = re.findall(r'name="example" value="([^"]+)"', html.get_data(as_text=True))
+    assert sorted(found) == ["cat", "horse"]
 
 
 def test_unknown_example_is_400_html(client):
@@ -343,7 +360,7 @@ def test_metrics_prometheus_text(bundle):
         'imageclf_http_request_duration_seconds_bucket{endpoint="/api/v1/predict",le="+Inf"} 2'
         in text
     )
-    predicted = re.findall(r'imageclf_predictions_total\{label="(class\d)"\} (\d+)', text)
+    predicted = re.findall(r'imageclf_predictions_total\{label="([a-z]+)"\} (\d+)', text)
     assert len(predicted) == 10 and sum(int(n) for _, n in predicted) == 1
     assert 'imageclf_images_rejected_total{status="400"} 1' in text
     assert 'imageclf_model_ready{model="tiny-seed-a"} 1' in text
