@@ -5,7 +5,9 @@
 
 Machines here have no internet, so the "user's folder" is built from the CIFAR-10 JPEG
 mirror: a seeded random draw of ``train-per-class`` + ``val-per-class`` images of each
-class from its training half, written as ``ROOT/train/<class>/*.jpg`` and
+class from its TEST half (which the bundled model, trained on all 50,000 training
+images, never saw: ``--init`` from it would otherwise be scored on its own training
+images), written as ``ROOT/train/<class>/*.jpg`` and
 ``ROOT/val/<class>/*.jpg``. These are 32x32 pictures that the reader upsamples to the
 training size, NOT real photos: blurrier than a user's photos, so a pretrained backbone
 has less to work with here than on a real folder.
@@ -46,12 +48,12 @@ MODES = {
 
 
 def build_folder(archive: Path, classes: list[str], n_train: int, n_val: int, root: Path):
-    """Seeded draw from the archive's train/ half into ROOT/{train,val}/<class>/.
+    """Seeded draw from the archive's test/ half into ROOT/{train,val}/<class>/.
 
     Two sequential passes (names, then bytes): random access into a .tar.gz would
     decompress from the start for every member."""
     with tarfile.open(archive) as tar:
-        names = [m.name for m in tar if m.isfile() and "/train/" in f"/{m.name}"]
+        names = [m.name for m in tar if m.isfile() and "/test/" in f"/{m.name}"]
     rng = np.random.default_rng(0)
     dest: dict[str, Path] = {}
     for cls in classes:
@@ -130,7 +132,7 @@ def main() -> None:
         result = {
             "machine": describe(),
             "data": {
-                "source": f"{args.archive.name} (CIFAR-10 JPEG q75 mirror), train half",
+                "source": f"{args.archive.name} (CIFAR-10 JPEG q75 mirror), test half",
                 "classes": classes,
                 "train_per_class": args.train_per_class,
                 "val_per_class": args.val_per_class,

@@ -101,14 +101,17 @@ def data_download(ctx: click.Context, directory: Path | None) -> None:
 @click.pass_context
 def data_info(ctx: click.Context, path: str | None) -> None:
     """Decode (or load from cache) a dataset and print its classes and sizes."""
-    from .data import TEST, TRAIN, load_dataset
+    from .data import TEST, TRAIN, VAL, load_dataset
 
     ds = load_dataset(path, progress=ctx.obj["progress"])
     click.echo(f"source: {ds.source}\nimages: {len(ds)} at {ds.image_size}x{ds.image_size}")
-    train, test = ds.counts(TRAIN), ds.counts(TEST)
-    click.echo(f"{'class':<16}{'train':>8}{'test':>8}")
+    parts = {"train": TRAIN, "val": VAL, "test": TEST}
+    counts = {k: ds.counts(v) for k, v in parts.items()}
+    if not ds.has_val_partition:
+        del counts["val"]  # a val/ folder is the exception; CIFAR has train and test
+    click.echo(f"{'class':<16}" + "".join(f"{k:>8}" for k in counts))
     for name in ds.classes:
-        click.echo(f"{name:<16}{train[name]:>8}{test[name]:>8}")
+        click.echo(f"{name:<16}" + "".join(f"{c[name]:>8}" for c in counts.values()))
 
 
 @data.command("inspect")
