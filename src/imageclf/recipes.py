@@ -216,6 +216,7 @@ RECIPES["finetune"] = dict(
     freeze_groups=2,
     early_stopping=None,
     restore_best=True,
+    eval_batch_size=100,  # 224 px activations of 500 images would take gigabytes
 )
 # best: the same recipe at airbench94's width and batch, longer, for more time or a GPU.
 RECIPES["best"] = {
