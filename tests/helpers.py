@@ -25,8 +25,11 @@ def png_bytes(color=(200, 30, 30), size=(32, 32), mode="RGB", fmt="PNG") -> byte
     return buffer.getvalue()
 
 
-def make_tiny_bundle(path: Path, architecture: str = "seed-a", classes=None) -> Path:
-    """A random-weight but fully valid bundle: enough for API and web tests."""
+def make_tiny_bundle(
+    path: Path, architecture: str = "seed-a", classes=None, calibration: dict | None = None
+) -> Path:
+    """A random-weight but fully valid bundle: enough for API and web tests.
+    ``calibration`` (temperature, threshold) makes it a calibrated bundle."""
     classes = classes or [f"class{i}" for i in range(10)]
     torch.manual_seed(0)
     model = build(architecture, num_classes=len(classes), input_size=32)
@@ -41,6 +44,7 @@ def make_tiny_bundle(path: Path, architecture: str = "seed-a", classes=None) -> 
             "input_size": 32,
             "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
             "metrics": {"test": {"accuracy": 0.1, "loss": 2.3}},
+            **({"calibration": calibration} if calibration else {}),
         },
     )
     return path

@@ -1,4 +1,5 @@
 import io
+import logging
 import pickle
 import tarfile
 import zipfile
@@ -137,7 +138,9 @@ def test_truncated_archive(tmp_path):
         load_dataset(cut, progress=False)
 
 
-def test_unreadable_and_non_image_files_are_skipped_and_named(tmp_path, caplog):
+def test_unreadable_and_non_image_files_are_skipped_and_named(tmp_path, caplog, monkeypatch):
+    # The CLI (run by other tests in this process) turns propagation off; caplog needs it.
+    monkeypatch.setattr(logging.getLogger("imageclf"), "propagate", True)
     root = write_image_folder(tmp_path / "ds", per_class=2)
     (root / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
     (root / "train" / "dog" / "empty.jpg").write_bytes(b"")

@@ -105,9 +105,7 @@ def test_finetuned_bundle_predicts_evaluates_and_serves(finetuned, folder, tmp_p
     assert prediction["top"][0]["label"] == "cat"
     overlay = Image.open(io.BytesIO(base64.b64decode(prediction["explanation"])))
     assert overlay.format == "PNG"
-    from imageclf.gradcam import explain
-
-    assert explain(predictor, picture).layer == "head.0"  # Grad-CAM on the last conv layer
+    assert predictor.explain(picture).layer == "head.0"  # Grad-CAM on the last conv layer
 
 
 def test_freeze_backbone_is_a_linear_probe(folder, tmp_path):

@@ -5,15 +5,22 @@ from __future__ import annotations
 import base64
 import io
 import re
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import make_tiny_bundle, png_bytes
 from PIL import Image
 
+from imageclf.errors import UserInputError
 from imageclf.web import SECURITY_HEADERS, create_app
-from imageclf.web.server import gunicorn_options, threads_per_worker
+from imageclf.web.extensions import get_service
+from imageclf.web.server import (
+    HEADER_TIMEOUT_S,
+    gunicorn_options,
+    limits_from_env,
+    threads_per_worker,
+)
 
 # CIFAR-10's names, so the shipped example pictures belong to the served model's classes.
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -21,8 +28,12 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
+    # Calibrated with threshold 0: a random model is never "unsure", so pages show the
+    # confident layout; the unsure notice has its own tests below.
     return make_tiny_bundle(
-        tmp_path_factory.mktemp("web-app") / "tiny.safetensors", classes=CLASSES
+        tmp_path_factory.mktemp("web-app") / "tiny.safetensors",
+        classes=CLASSES,
+        calibration={"temperature": 1.0, "threshold": 0.0},
     )
 
 
@@ -34,12 +45,6 @@ def app(bundle):
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-@pytest.fixture
-def no_gradcam(monkeypatch):
-    """Pretend imageclf.gradcam is not installed (None in sys.modules: ImportError)."""
-    monkeypatch.setitem(sys.modules, "imageclf.gradcam", None)
 
 
 def upload(data: bytes, name: str = "image.png", field: str = "file", **fields):
@@ -67,12 +72,27 @@ def test_index_page_shows_form_formats_limit_and_examples(client):
 
 
 def test_pages_have_no_inline_script_or_style(client):
-    """The CSP forbids inline code: every script and style must come from /static."""
-    html = client.get("/").get_data(as_text=True)
-    assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", html) == []
-    assert "<style" not in html and " style=" not in html and "onclick" not in html
-    for path in re.findall(r'(?:src|href)="(/static/[^"]+)"', html):
-        assert client.get(path).status_code == 200, path
+    """The CSP forbids inline code: every script and style must come from /static, on
+    every kind of page (form, result, form with an error, error page)."""
+    pages = {
+        "index": client.get("/"),
+        "result": client.post("/predict", data=upload(png_bytes())),
+        "form with error": client.post("/predict", data=upload(b"junk")),
+        "error page": client.get("/nope"),
+    }
+    assert [r.status_code for r in pages.values()] == [200, 200, 400, 404]
+    for name, response in pages.items():
+        html = response.get_data(as_text=True)
+        scripts = re.findall(r"<script\b[^>]*>", html)
+        assert scripts, name  # the page does load its script...
+        assert all(re.search(r'\bsrc="/static/', tag) for tag in scripts), (name, scripts)
+        assert re.search(r'<link[^>]+rel="stylesheet"[^>]+href="/static/', html), name
+        assert "<style" not in html and " style=" not in html, name
+        assert not re.search(r"\son[a-z]+=", html), name  # no inline event handlers
+        assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', html)
+        assert len(assets) >= 2, name
+        for path in assets:
+            assert client.get(path).status_code == 200, (name, path)
 
 
 def test_result_page_has_image_label_confidence_bars_model_and_link(client):
@@ -87,17 +107,99 @@ def test_result_page_has_image_label_confidence_bars_model_and_link(client):
     assert 'href="/"' in html and "Classify another" in html
     shown = decode_data_url(html, "uploaded")
     assert shown.format == "PNG" and shown.size == (32, 32)
+    assert 'id="unsure"' not in html
 
 
-def test_result_page_shows_gradcam_overlay_when_available(client):
-    pytest.importorskip("imageclf.gradcam")
-    html = client.post("/predict", data=upload(png_bytes())).get_data(as_text=True)
-    overlay = decode_data_url(html, "overlay")
-    assert overlay.size[0] >= 32
+def _bundle_app(tmp_path, **calibration):
+    path = make_tiny_bundle(
+        tmp_path / "m.safetensors", classes=CLASSES, calibration=calibration or None
+    )
+    return create_app(path, TESTING=True, IMAGECLF_MODEL_LOADING="eager")
 
 
-def test_result_page_without_gradcam_still_works(client, no_gradcam):
-    response = client.post("/predict", data=upload(png_bytes()))
+@pytest.mark.parametrize(
+    ("calibration", "unsure"),
+    [({"temperature": 1.0, "threshold": 1.0}, True), ({}, True), ({"threshold": 0.0}, False)],
+)
+def test_unsure_answers_say_so_on_the_page_and_in_the_api(tmp_path, calibration, unsure):
+    """Under the bundle's threshold (or 50% when it has none: a random 10-class model
+    is far below) the page leads with "not sure" instead of a confident label, and the
+    API says unsure; above it, neither does."""
+    client = _bundle_app(tmp_path, **calibration).test_client()
+    html = client.post("/predict", data=upload(_striped())).get_data(as_text=True)
+    assert ('id="unsure"' in html) is unsure
+    assert ("The model is not sure" in html) is unsure
+    assert ("The model says" in html) is not unsure
+    label = re.search(r'id="label">([^<]+)<', html).group(1)
+    assert label in CLASSES  # the best guess is still named
+    body = client.post("/api/v1/predict", data=upload(_striped())).get_json()
+    assert body["predictions"][0]["unsure"] is unsure
+    assert body["model"]["calibrated"] is ("threshold" in calibration)
+    model = client.get("/api/v1/model").get_json()
+    assert model["unsure_below"] == calibration.get("threshold", 0.5)
+
+
+def test_result_page_shows_the_picture_at_the_model_input_size(client):
+    """The page shows what the model saw: the upload squashed to its 32x32 input."""
+    html = client.post("/predict", data=upload(_striped((96, 48)))).get_data(as_text=True)
+    view = decode_data_url(html, "model-view")
+    assert view.size == (32, 32)
+    assert "What the model sees: 32×32 pixels" in html
+    expected = np.asarray(
+        Image.open(io.BytesIO(_striped((96, 48))))
+        .convert("RGB")
+        .resize((32, 32), Image.Resampling.BICUBIC)
+    )
+    # The model's own resize (antialiased); a different picture would differ by far more.
+    assert np.abs(np.asarray(view.convert("RGB")).astype(int) - expected).mean() < 12
+
+
+def _striped(size=(32, 32), seed=0) -> bytes:
+    """A picture with structure (Grad-CAM of a flat colour is flat too)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 60, (size[1], size[0], 3), dtype=np.uint8)
+    pixels[:, size[0] // 2 :, 0] = 250
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def assert_same_picture(shown: np.ndarray, expected: np.ndarray) -> None:
+    """Equal up to rounding: the app computes Grad-CAM for the batch in one pass, which
+    may differ from a one-image pass in the last float bit (and so by 1 in a pixel)."""
+    difference = np.abs(shown.astype(int) - expected.astype(int))
+    assert difference.max() <= 1 and difference.mean() < 0.01
+
+
+def _expected_overlay(app, data: bytes, class_index: int) -> np.ndarray:
+    from imageclf.imaging import open_image
+
+    predictor = get_service(app).predictor()
+    return np.asarray(predictor.explain(open_image(data), class_index=class_index).overlay)
+
+
+def test_result_page_shows_gradcam_overlay_of_the_top_class(client, app):
+    """The overlay is Grad-CAM of this picture for the class the page names: exactly what
+    ``Predictor.explain`` gives, drawn at the picture's shape, not some other image."""
+    data = _striped()
+    html = client.post("/predict", data=upload(data)).get_data(as_text=True)
+    label = re.search(r'id="label">([^<]+)<', html).group(1)
+    overlay = np.asarray(decode_data_url(html, "overlay").convert("RGB"))
+    expected = _expected_overlay(app, data, CLASSES.index(label))
+    assert overlay.shape == expected.shape == (256, 256, 3)
+    assert_same_picture(overlay, expected)
+    shown = np.asarray(decode_data_url(html, "uploaded").convert("RGB"))
+    assert not np.array_equal(overlay[::8, ::8], shown)  # a colour map on top, not the upload
+    wide = _striped((64, 32), seed=1)  # a 2:1 picture gets a 2:1 overlay
+    html = client.post("/predict", data=upload(wide)).get_data(as_text=True)
+    assert decode_data_url(html, "overlay").size == (256, 128)
+
+
+def test_result_page_without_explanations_when_turned_off(bundle):
+    app = create_app(
+        bundle, TESTING=True, IMAGECLF_MODEL_LOADING="eager", IMAGECLF_EXPLAIN_PAGES=False
+    )
+    response = app.test_client().post("/predict", data=upload(png_bytes()))
     html = response.get_data(as_text=True)
     assert response.status_code == 200
     assert 'id="overlay"' not in html and 'id="label"' in html
@@ -203,7 +305,7 @@ def test_api_predict_one_file(client):
 
 
 def test_api_batch_is_one_forward_pass(client, app, monkeypatch):
-    predictor = app.extensions["imageclf"].predictor()
+    predictor = get_service(app).predictor()
     calls = []
     original = predictor.predict_proba
 
@@ -271,19 +373,32 @@ def test_api_top_k_from_query_string(client):
     assert len(response.get_json()["predictions"][0]["top"]) == 2
 
 
-def test_api_explain_returns_png(client):
-    pytest.importorskip("imageclf.gradcam")
-    response = client.post("/api/v1/predict", data=upload(png_bytes(), explain="true"))
-    explanation = response.get_json()["predictions"][0]["explanation"]
-    image = Image.open(io.BytesIO(base64.b64decode(explanation)))
-    assert image.format == "PNG"
+def test_api_explain_returns_each_images_own_gradcam(client, app):
+    """Each explanation is that image's Grad-CAM for its top class, in upload order."""
+    images = [_striped(seed=0), _striped(seed=5), png_bytes((10, 200, 30))]
+    data = {"files": [(io.BytesIO(b), f"{i}.png") for i, b in enumerate(images)]}
+    response = client.post("/api/v1/predict", data={**data, "explain": "true"})
+    predictions = response.get_json()["predictions"]
+    assert len(predictions) == 3
+    overlays = []
+    for image, prediction in zip(images, predictions, strict=True):
+        picture = Image.open(io.BytesIO(base64.b64decode(prediction["explanation"])))
+        assert picture.format == "PNG"
+        top = CLASSES.index(prediction["top"][0]["label"])
+        overlays.append(np.asarray(picture.convert("RGB")))
+        assert_same_picture(overlays[-1], _expected_overlay(app, image, top))
+    assert not np.array_equal(overlays[0], overlays[2])
 
 
-def test_api_explain_without_gradcam_is_null(client, no_gradcam):
-    response = client.post("/api/v1/predict", data=upload(png_bytes(), explain="true"))
-    assert response.status_code == 200
-    assert response.get_json()["predictions"][0]["explanation"] is None
-    assert client.get("/api/v1/model").get_json()["explain"] is False
+def test_api_explain_is_bounded_per_request(client, app):
+    """Grad-CAM costs a backward pass and a drawing per image: 16 at most per request."""
+    limit = app.config["IMAGECLF_MAX_EXPLAIN_FILES"]
+    files = [(io.BytesIO(png_bytes()), f"{i}.png") for i in range(limit + 1)]
+    response = client.post("/api/v1/predict", data={"files": files, "explain": "true"})
+    assert response.status_code == 400
+    assert f"at most {limit} images" in response.get_json()["error"]["message"]
+    files = [(io.BytesIO(png_bytes()), f"{i}.png") for i in range(limit + 1)]
+    assert client.post("/api/v1/predict", data={"files": files}).status_code == 200
 
 
 def test_api_bad_explain_is_400(client):
@@ -382,6 +497,18 @@ def test_gunicorn_options():
     assert options["workers"] == 3 and options["max_requests"] > 0
     assert options["max_requests_jitter"] > 0 and options["timeout"] > 0
     assert gunicorn_options("::1", 80, 1)["bind"] == "[::1]:80"
+    # slow clients cost a greenlet, not a worker; heads have a deadline; no shared socket
+    assert options["worker_class"] == "imageclf.web.worker.DeadlineGeventWorker"
+    assert options["keepalive"] == HEADER_TIMEOUT_S and options["worker_connections"] > 0
+    assert options["control_socket_disable"] is True
+
+
+def test_serve_limits_from_the_environment():
+    env = {"IMAGECLF_DECODE_SECONDS": "2.5", "IMAGECLF_MAX_FILES": "8", "HOME": "/x"}
+    assert limits_from_env(env) == {"IMAGECLF_DECODE_SECONDS": 2.5, "IMAGECLF_MAX_FILES": 8}
+    for bad in ("soon", "0", "-3"):
+        with pytest.raises(UserInputError, match="IMAGECLF_DECODE_SECONDS"):
+            limits_from_env({"IMAGECLF_DECODE_SECONDS": bad})
 
 
 @pytest.fixture

@@ -75,7 +75,10 @@ def _judged_image_content(response) -> bool:
     if response.status_code != 400:
         return False
     message = response.json()["error"]["message"]
-    return any(text in message for text in ("not a valid image", "the file is empty"))
+    # "file plus files together" is stated in the description; OpenAPI 3.0 cannot
+    # express a limit across two fields (test_web_hostile pins it).
+    refusals = ("not a valid image", "the file is empty", "together")
+    return any(text in message for text in refusals)
 
 
 @schema.parametrize()

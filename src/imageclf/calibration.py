@@ -20,6 +20,8 @@ import torch.nn.functional as F
 ECE_BINS = 15
 # Fewer validation images than this make the fitted temperature noise, not calibration.
 MIN_IMAGES = 50
+# Bundles without a fitted threshold (trained before calibration existed) use this.
+UNCALIBRATED_UNSURE_BELOW = 0.5
 # The notice should catch most mistakes while bothering few right answers: the
 # threshold maximises (errors flagged) - (correct flagged) x this weight.
 CORRECT_FLAG_COST = 2.0

@@ -23,6 +23,9 @@ log = logging.getLogger("imageclf")
 
 
 # ---------------------------------------------------------------- logging
+_FORMATTER = logging.Formatter()
+
+
 class _TqdmHandler(logging.Handler):
     """Log lines that do not tear through progress bars."""
 
@@ -33,17 +36,20 @@ class _TqdmHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm.auto import tqdm
 
+        # A logged exception keeps its traceback: without it a server's 500 is undebuggable.
+        trace = _FORMATTER.formatException(record.exc_info) if record.exc_info else None
         if self.json_lines:
-            text = json.dumps(
-                {
-                    "time": round(record.created, 3),
-                    "level": record.levelname.lower(),
-                    "logger": record.name,
-                    "message": record.getMessage(),
-                }
-            )
+            entry = {
+                "time": round(record.created, 3),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+            if trace:
+                entry["traceback"] = trace
+            text = json.dumps(entry)
         else:
-            text = record.getMessage()
+            text = record.getMessage() + (f"\n{trace}" if trace else "")
         tqdm.write(text, file=sys.stdout)
 
 

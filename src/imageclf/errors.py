@@ -49,3 +49,10 @@ class ImageTooLargeError(ImageError):
     """Dimensions beyond our pixel or aspect-ratio policy (decompression bombs)."""
 
     http_status = 422
+
+
+class DecodeBudgetError(ImageError):
+    """A request would spend more than its budget decoding (pixels in total or seconds):
+    the request as a whole is too large, like an over-long body (HTTP 413)."""
+
+    http_status = 413

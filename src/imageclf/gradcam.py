@@ -178,9 +178,3 @@ def ensemble_gradcam(predictors, images_u8: np.ndarray, class_indices: np.ndarra
     mean = np.mean(maps, axis=0)
     peak = mean.max(axis=(1, 2), keepdims=True)
     return np.divide(mean, peak, out=np.zeros_like(mean), where=peak > 0)
-
-
-def explain(predictor, image, class_index: int | None = None, **options) -> Explanation:
-    """``predictor.explain(image, class_index)``, under the name the web app's optional
-    Grad-CAM hook looks up (``web/service.py``); new code calls the method."""
-    return predictor.explain(image, class_index, **options)

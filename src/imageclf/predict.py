@@ -25,6 +25,7 @@ from .bundle import Bundle, BundleMetadata, build_model, load_bundle
 from .data.loader import Normalizer
 from .device import resolve_device, resolve_precision
 from .errors import BundleError, ImageError, UserInputError
+from .fileio import unreadable_reason
 from .gradcam import DEFAULT_SIZE, Explanation, GradCAM, gradcam_batch, overlay
 from .imaging import IMAGE_EXTENSIONS, ImageSource, open_image, resize_for_model
 from .inference import predict_logits
@@ -216,7 +217,8 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
     Inside folders only files with an image extension are tried (a README or .DS_Store
     is not a failed image); a file named explicitly is always tried.
 
-    Returns the files and a failure entry for every input that does not exist.
+    Returns the files and a failure entry for every input that is neither (missing, a
+    symlink loop, a FIFO...), saying which.
     """
     files: list[Path] = []
     missing: list[FileResult] = []
@@ -234,7 +236,7 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
         elif path.is_file():
             files.append(path)
         else:
-            missing.append(FileResult(str(path), error="no such file or folder"))
+            missing.append(FileResult(str(path), error=unreadable_reason(path)))
     return files, missing
 
 

@@ -12,13 +12,24 @@ import logging
 import os
 import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask, Response, g, request
 
-from ..imaging import MAX_PIXELS
+from ..imaging import DECODE_SECONDS, MAX_PIXELS, MAX_REQUEST_PIXELS
+from .errors import request_id
+from .extensions import get_metrics, init_extensions
+from .memory import keep_large_blocks_on_mmap
 from .metrics import Metrics
 from .service import ModelService
-from .uploads import FORM_OVERHEAD_BYTES, MAX_FILES, MAX_UPLOAD_BYTES, InMemoryRequest
+from .uploads import (
+    BODY_TIMEOUT_S,
+    FORM_OVERHEAD_BYTES,
+    MAX_FILES,
+    MAX_UPLOAD_BYTES,
+    BodyDeadline,
+    InMemoryRequest,
+)
 
 log = logging.getLogger("imageclf.web")
 
@@ -45,15 +56,22 @@ DEFAULTS: dict[str, Any] = {
     "JSON_SORT_KEYS": False,
     "IMAGECLF_MAX_UPLOAD_BYTES": MAX_UPLOAD_BYTES,
     "IMAGECLF_MAX_FILES": MAX_FILES,
-    "IMAGECLF_MAX_PIXELS": MAX_PIXELS,
+    "IMAGECLF_MAX_PIXELS": MAX_PIXELS,  # per image, from its header
+    # What one request may spend decoding, all its images together (413 beyond).
+    "IMAGECLF_MAX_REQUEST_PIXELS": MAX_REQUEST_PIXELS,
+    "IMAGECLF_DECODE_SECONDS": DECODE_SECONDS,
     # eager: load in create_app; background: load in a thread (/readyz says when);
-    # manual: never (tests call ``app.extensions["imageclf"].load()``).
+    # manual: never (tests call ``get_service(app).load()``).
     "IMAGECLF_MODEL_LOADING": "background",
     # A prediction that arrives while the model loads waits this long before a 503.
     "IMAGECLF_MODEL_WAIT_S": 30.0,
     "IMAGECLF_TORCH_THREADS": None,
-    # Grad-CAM on the result page (when imageclf.gradcam is installed).
+    # A request's whole body must arrive within this many seconds (408 otherwise).
+    "IMAGECLF_BODY_TIMEOUT_S": BODY_TIMEOUT_S,
+    # Grad-CAM on the result page (costs a backward pass per upload).
     "IMAGECLF_EXPLAIN_PAGES": True,
+    # explain=true in the API: at most this many images per request (400 beyond).
+    "IMAGECLF_MAX_EXPLAIN_FILES": 16,
 }
 
 
@@ -62,18 +80,23 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
 
     Keyword arguments override ``DEFAULTS`` and Flask's own settings.
     """
+    keep_large_blocks_on_mmap()  # so big uploads' memory is returned, not kept by malloc
     app = Flask(__name__)
     app.request_class = InMemoryRequest
     app.config.update(DEFAULTS)
     app.config.update(config)
+    if "MAX_FORM_PARTS" not in config:  # follows the file limit: files, fields and slack
+        app.config["MAX_FORM_PARTS"] = int(app.config["IMAGECLF_MAX_FILES"]) + 16
 
     service = ModelService(
         model_path,
         max_pixels=int(app.config["IMAGECLF_MAX_PIXELS"]),
+        max_request_pixels=int(app.config["IMAGECLF_MAX_REQUEST_PIXELS"]),
+        decode_seconds=float(app.config["IMAGECLF_DECODE_SECONDS"]),
         torch_threads=app.config["IMAGECLF_TORCH_THREADS"],
     )
-    app.extensions["imageclf"] = service
-    app.extensions["imageclf.metrics"] = Metrics()
+    init_extensions(app, service, Metrics())
+    app.wsgi_app = BodyDeadline(app.wsgi_app, float(app.config["IMAGECLF_BODY_TIMEOUT_S"]))
 
     from . import api, errors, ops, pages
 
@@ -94,11 +117,20 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
 
 
 def _register_hooks(app: Flask) -> None:
-    metrics: Metrics = app.extensions["imageclf.metrics"]
+    metrics = get_metrics(app)
 
     @app.before_request
     def start_timer() -> None:
         g.started = time.perf_counter()
+        request_id()  # taken from X-Request-ID if the client (or a proxy) sent a sane one
+
+    @app.after_request
+    def identify(response: Response) -> Response:
+        response.headers["X-Request-ID"] = request_id()
+        location = response.headers.get("Location")
+        if location:
+            response.headers["Location"] = relative_location(location)
+        return response
 
     @app.after_request
     def finish(response: Response) -> Response:
@@ -111,6 +143,15 @@ def _register_hooks(app: Flask) -> None:
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         metrics.observe_request(endpoint, request.method, response.status_code, elapsed)
         return response
+
+
+def relative_location(location: str) -> str:
+    """A redirect target without scheme and host: Werkzeug builds routing redirects
+    (``/static//x`` -> ``/static/x``) from the client's Host header, which would let
+    anyone point our redirects at their own site."""
+    parts = urlsplit(location)
+    path = "/" + parts.path.lstrip("/")  # "//evil.example" must not become protocol-relative
+    return urlunsplit(("", "", path, parts.query, parts.fragment))
 
 
 __all__ = ["DEFAULTS", "create_app"]

@@ -5,19 +5,16 @@ from __future__ import annotations
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import BadRequest
 
-from .metrics import Metrics
+from .extensions import get_metrics, get_service
 from .openapi import build_spec
-from .service import ModelService, png_base64
+from .pictures import png_base64
 from .uploads import collect_uploads, form_value, parse_bool, parse_top_k
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 DEFAULT_TOP_K = 5
-
-
-def _service() -> ModelService:
-    return current_app.extensions["imageclf"]
 
 
 def _model_brief(info: dict) -> dict:
@@ -26,6 +23,8 @@ def _model_brief(info: dict) -> dict:
         "architecture": info["architecture"],
         "input_size": info["input_size"],
         "test_accuracy": info["test_accuracy"],
+        "calibrated": info["calibrated"],
+        "unsure_below": info["unsure_below"],
     }
 
 
@@ -33,30 +32,40 @@ def _model_brief(info: dict) -> dict:
 def predict() -> Response:
     """Classify one image (``file``) or a batch (``files``) in one forward pass."""
     started = time.perf_counter()
-    service = _service()
+    service = get_service()
     predictor = service.predictor(float(current_app.config["IMAGECLF_MODEL_WAIT_S"]))
     top_k = parse_top_k(
         form_value(request, "top_k"), default=DEFAULT_TOP_K, maximum=len(predictor.classes)
     )
     explain = parse_bool(form_value(request, "explain"), "explain")
+    max_files = int(current_app.config["IMAGECLF_MAX_FILES"])
     uploads = collect_uploads(
         request,
-        {"file": 1, "files": int(current_app.config["IMAGECLF_MAX_FILES"])},
+        {"file": 1, "files": max_files},
         max_bytes=int(current_app.config["IMAGECLF_MAX_UPLOAD_BYTES"]),
+        max_files=max_files,
     )
+    max_explained = int(current_app.config["IMAGECLF_MAX_EXPLAIN_FILES"])
+    if explain and len(uploads) > max_explained:
+        # Grad-CAM costs a backward pass and a drawing per image: bound it like decoding.
+        raise BadRequest(
+            f"explain=true works for at most {max_explained} images per request; "
+            f"this one has {len(uploads)}"
+        )
     results = service.classify(uploads, top_k=top_k, explain=explain)
-    metrics: Metrics = current_app.extensions["imageclf.metrics"]
-    metrics.count_predictions([r.top[0][0] for r in results])
+    get_metrics().count_predictions([r.top[0][0] for r in results])
 
     predictions = []
     for result in results:
         item: dict = {
             "filename": result.filename,
             "top": [{"label": label, "probability": p} for label, p in result.top],
+            # The top answer's confidence is under the model's validated threshold:
+            # probably none of its classes, or a picture it finds hard.
+            "unsure": result.unsure,
         }
         if explain:
-            # null when Grad-CAM is not installed: asked for, but not available here.
-            item["explanation"] = png_base64(result.explanation) if result.explanation else None
+            item["explanation"] = png_base64(result.explanation)
         predictions.append(item)
     return jsonify(
         {
@@ -70,12 +79,12 @@ def predict() -> Response:
 @bp.get("/model")
 def model() -> Response:
     """What the server runs: name, classes, input size and the bundle's metrics."""
-    return jsonify(_service().describe())
+    return jsonify(get_service().describe())
 
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
     """The OpenAPI 3 document for this server (limits and classes filled in)."""
-    service = _service()
+    service = get_service()
     classes = service.predictor().classes if service.ready else None
     return jsonify(build_spec(current_app.config, classes))

@@ -32,11 +32,23 @@ def build_spec(config: Mapping[str, Any], classes: list[str] | None = None) -> d
     def error(description: str) -> dict:
         return {"description": description, **_ERROR_REF}
 
+    max_pixels = int(config["IMAGECLF_MAX_PIXELS"])
+    max_explained = int(config["IMAGECLF_MAX_EXPLAIN_FILES"])
+    request_pixels = int(config["IMAGECLF_MAX_REQUEST_PIXELS"])
+    seconds = float(config["IMAGECLF_DECODE_SECONDS"])
     errors = {
-        "400": error("No file, an undecodable image, or a bad parameter."),
-        "413": error(f"Body over the limit ({max_mb} MB per request), or too many form parts."),
+        "400": error("No file, an undecodable image, too many files, or a bad parameter."),
+        "408": error("The request body took too long to arrive."),
+        "413": error(
+            f"Body over the limit ({max_mb} MB per request), too many form parts, or over "
+            f"the request's decode budget ({request_pixels:,} pixels in all images "
+            f"together, {seconds:g} s of decoding)."
+        ),
         "415": error(f"A real file in a format outside the allowlist ({formats})."),
-        "422": error("Image dimensions over the pixel or aspect-ratio limit."),
+        "422": error(
+            f"One image over a limit read from its header: {max_pixels:,} pixels, the "
+            "aspect ratio, or the JPEG scan count."
+        ),
         "503": error("The model is still loading."),
     }
     return {
@@ -46,7 +58,8 @@ def build_spec(config: Mapping[str, Any], classes: list[str] | None = None) -> d
             "version": __version__,
             "description": (
                 f"Classify images with a CNN. Accepted formats: {formats}; at most "
-                f"{max_mb} MB per request and {max_files} images per batch. Uploads are "
+                f"{max_mb} MB per request and {max_files} images per request (file and "
+                "files together). Uploads are "
                 "kept in memory only. A batch is all-or-nothing: the first bad image "
                 "fails the request, and the message names it."
             ),
@@ -140,7 +153,7 @@ def build_spec(config: Mapping[str, Any], classes: list[str] | None = None) -> d
             },
         },
         "components": {
-            "schemas": _schemas(max_files, top_k),
+            "schemas": _schemas(max_files, top_k, max_explained),
             "responses": {
                 "Error": {
                     "description": "An error, explained.",
@@ -151,12 +164,17 @@ def build_spec(config: Mapping[str, Any], classes: list[str] | None = None) -> d
     }
 
 
-def _schemas(max_files: int, top_k: dict) -> dict:
+def _schemas(max_files: int, top_k: dict, max_explained: int) -> dict:
     probability = {"type": "number", "minimum": 0, "maximum": 1}
     return {
         "PredictRequest": {
             "type": "object",
-            "description": "Send one image in file, several in files, or both.",
+            "description": (
+                f"Send one image in file, several in files, or both: at most {max_files} "
+                "images in all."
+            ),
+            # "file plus files together" cannot be said in OpenAPI 3.0 (no if/then):
+            # the description states it and the API answers 400 beyond it.
             "anyOf": [{"required": ["file"]}, {"required": ["files"]}],
             "properties": {
                 "file": {"type": "string", "format": "binary", "description": "One image."},
@@ -171,7 +189,8 @@ def _schemas(max_files: int, top_k: dict) -> dict:
                 "explain": {
                     "type": "boolean",
                     "default": False,
-                    "description": "Add a Grad-CAM overlay (PNG, base64) when available.",
+                    "description": "Add a Grad-CAM overlay (PNG, base64) per image; "
+                    f"for at most {max_explained} images per request.",
                 },
             },
         },
@@ -184,9 +203,15 @@ def _schemas(max_files: int, top_k: dict) -> dict:
                     "type": "array",
                     "items": {
                         "type": "object",
-                        "required": ["filename", "top"],
+                        "required": ["filename", "top", "unsure"],
                         "properties": {
                             "filename": {"type": "string", "maxLength": 255},
+                            "unsure": {
+                                "type": "boolean",
+                                "description": "The top probability is under the model's "
+                                "unsure_below threshold (chosen on validation data): the "
+                                "picture is probably none of the classes, or hard for it.",
+                            },
                             "top": {
                                 "type": "array",
                                 "minItems": 1,
@@ -203,8 +228,8 @@ def _schemas(max_files: int, top_k: dict) -> dict:
                                 "type": "string",
                                 "format": "byte",
                                 "nullable": True,
-                                "description": "Grad-CAM overlay PNG (base64); null if "
-                                "Grad-CAM is not available on this server.",
+                                "description": "Grad-CAM overlay PNG (base64), when "
+                                "explain was true.",
                             },
                         },
                     },
@@ -220,6 +245,14 @@ def _schemas(max_files: int, top_k: dict) -> dict:
                 "architecture": {"type": "string", "nullable": True},
                 "input_size": {"type": "integer"},
                 "test_accuracy": {**probability, "nullable": True},
+                "calibrated": {
+                    "type": "boolean",
+                    "description": "Confidences were temperature-scaled on validation data.",
+                },
+                "unsure_below": {
+                    **probability,
+                    "description": "Top probabilities under this are reported as unsure.",
+                },
             },
         },
         "ModelInfo": {
@@ -235,6 +268,18 @@ def _schemas(max_files: int, top_k: dict) -> dict:
                 "test_accuracy": {**probability, "nullable": True},
                 "created": {"type": "string", "nullable": True},
                 "explain": {"type": "boolean", "description": "Grad-CAM available."},
+                "temperature": {
+                    "type": "number",
+                    "description": "Logits are divided by this before the softmax.",
+                },
+                "calibrated": {
+                    "type": "boolean",
+                    "description": "Confidences were temperature-scaled on validation data.",
+                },
+                "unsure_below": {
+                    **probability,
+                    "description": "Top probabilities under this are reported as unsure.",
+                },
             },
         },
         "Status": {
@@ -252,11 +297,16 @@ def _schemas(max_files: int, top_k: dict) -> dict:
             "properties": {
                 "error": {
                     "type": "object",
-                    "required": ["status", "title", "message"],
+                    "required": ["status", "title", "message", "request_id"],
                     "properties": {
                         "status": {"type": "integer"},
                         "title": {"type": "string"},
                         "message": {"type": "string"},
+                        "request_id": {
+                            "type": "string",
+                            "description": "Also in the X-Request-ID header and the "
+                            "server log: quote it when reporting a problem.",
+                        },
                     },
                 }
             },

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 
-from .metrics import Metrics
-from .service import ModelService
+from .extensions import get_metrics, get_service
 
 bp = Blueprint("ops", __name__)
 
@@ -19,7 +18,7 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     """Readiness: 200 once the model is loaded, 503 before (or if loading failed)."""
-    service: ModelService = current_app.extensions["imageclf"]
+    service = get_service()
     if service.ready:
         return jsonify({"status": "ready", "model": service.predictor().name}), 200
     body = {"status": "loading" if service.error is None else "failed"}
@@ -31,8 +30,8 @@ def readyz() -> tuple[Response, int]:
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus text format."""
-    service: ModelService = current_app.extensions["imageclf"]
-    registry: Metrics = current_app.extensions["imageclf.metrics"]
+    service = get_service()
+    registry = get_metrics()
     predictor = service.predictor() if service.ready else None
     text = registry.render(
         ready=service.ready,

@@ -15,17 +15,16 @@ from PIL import Image
 from werkzeug.exceptions import BadRequest
 from werkzeug.wrappers import Response
 
-from ..imaging import WEB_FORMATS
-from .metrics import Metrics
-from .service import ModelService, Upload, display_copy, png_data_url
-from .uploads import MB, collect_uploads
+from ..imaging import WEB_FORMATS, format_extensions, format_mime_type
+from .extensions import get_metrics, get_service
+from .pictures import display_copy, png_data_url
+from .uploads import MB, Upload, collect_uploads
 
 bp = Blueprint("pages", __name__)
 
 TOP_K = 5
-ACCEPT_MIME = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp")
-ACCEPT_EXT = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp")
-FORMAT_NAMES = "PNG, JPEG, GIF, WebP, BMP"
+# How a format is spelled for people where Pillow's name reads oddly.
+_DISPLAY_NAMES = {"WEBP": "WebP"}
 EXAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -47,12 +46,22 @@ def model_examples() -> dict[str, Path]:
     return {name: path for name, path in examples().items() if name.split("-")[0] in classes}
 
 
-def _service() -> ModelService:
-    return current_app.extensions["imageclf"]
+@cache
+def accepted_formats() -> dict[str, str]:
+    """What the upload form accepts, all derived from ``imaging.WEB_FORMATS``:
+    the ``accept`` attribute, the names shown, and extension -> format for app.js."""
+    extensions = {ext: fmt.lower() for fmt in WEB_FORMATS for ext in format_extensions(fmt)}
+    mime = [format_mime_type(fmt) for fmt in WEB_FORMATS]
+    return {
+        "accept": ",".join([m for m in mime if m] + sorted(extensions)),
+        "formats": ", ".join(_DISPLAY_NAMES.get(f, f) for f in WEB_FORMATS),
+        "allowed": ",".join(f.lower() for f in WEB_FORMATS),
+        "extensions": ",".join(f"{ext.lstrip('.')}:{fmt}" for ext, fmt in extensions.items()),
+    }
 
 
 def _model_summary() -> dict | None:
-    service = _service()
+    service = get_service()
     return service.describe() if service.ready else None
 
 
@@ -75,9 +84,7 @@ def render_index(error: str | None = None, error_title: str | None = None) -> st
         error_title=error_title,
         max_bytes=max_bytes,
         max_mb=max_bytes // MB,
-        accept=",".join(ACCEPT_MIME + ACCEPT_EXT),
-        formats=FORMAT_NAMES,
-        allowed=",".join(f.lower() for f in WEB_FORMATS),
+        **accepted_formats(),
     )
 
 
@@ -94,15 +101,14 @@ def predict_get() -> Response:
 
 @bp.post("/predict")
 def predict() -> str:
-    service = _service()
+    service = get_service()
     uploads = _example_upload() or collect_uploads(
         request, {"file": 1}, max_bytes=current_app.config["IMAGECLF_MAX_UPLOAD_BYTES"]
     )
     wait_s = float(current_app.config["IMAGECLF_MODEL_WAIT_S"])
     explain = bool(current_app.config["IMAGECLF_EXPLAIN_PAGES"])
     (result,) = service.classify(uploads, top_k=TOP_K, explain=explain, wait_s=wait_s)
-    metrics: Metrics = current_app.extensions["imageclf.metrics"]
-    metrics.count_predictions([result.top[0][0]])
+    get_metrics().count_predictions([result.top[0][0]])
     label, confidence = result.top[0]
     return render_template(
         "result.html",
@@ -116,6 +122,8 @@ def predict() -> str:
         label=label,
         confidence=confidence,
         top=result.top,
+        unsure=result.unsure,
+        model_view_url=png_data_url(Image.fromarray(result.model_view)),
     )
 
 

@@ -11,18 +11,28 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserInputError
 from ..predict import default_model_path
 
 log = logging.getLogger("imageclf.web")
 
-# gunicorn's sync workers: one request at a time per worker, the model loaded once per
-# worker. A stuck request is killed after TIMEOUT_S; workers are recycled after about
-# MAX_REQUESTS requests (jittered so they do not all restart together) to cap any leak;
-# IMAGECLF_MAX_REQUESTS overrides it (0 turns recycling off, e.g. to measure a leak).
+# gevent workers with read deadlines (web/worker.py): a slow client costs a greenlet,
+# not a worker, so /healthz stays answered while many trickle their requests in. The
+# model is loaded once per worker and predictions run one at a time in each. A worker
+# stuck for TIMEOUT_S is killed (the decode budget keeps requests far below that);
+# workers are recycled after about MAX_REQUESTS requests (jittered so they do not all
+# restart together) to cap any leak; IMAGECLF_MAX_REQUESTS overrides it (0 turns
+# recycling off, e.g. to measure a leak).
+WORKER_CLASS = "imageclf.web.worker.DeadlineGeventWorker"
 TIMEOUT_S = 30
 GRACEFUL_TIMEOUT_S = 10
 MAX_REQUESTS = 2000
 MAX_REQUESTS_JITTER = 200
+# A request head must arrive within this; an idle kept-alive connection closes after it.
+HEADER_TIMEOUT_S = 10
+# Connections one worker holds at once. Each may buffer an upload (up to ~5 MB) while it
+# arrives, so this also bounds that memory; more wait in the listen queue.
+WORKER_CONNECTIONS = 100
 
 
 def cpu_count() -> int:
@@ -51,6 +61,29 @@ def check_model(model: str | os.PathLike | None) -> Path:
     return path
 
 
+def limits_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """The app's numeric limits (``DEFAULTS`` keys such as ``IMAGECLF_DECODE_SECONDS``)
+    given as environment variables, converted to the default's type; a bad value is a
+    one-line error before anything starts."""
+    from . import DEFAULTS
+
+    environ = os.environ if environ is None else environ
+    found: dict[str, Any] = {}
+    for key, default in DEFAULTS.items():
+        if not key.startswith("IMAGECLF_") or key not in environ:
+            continue
+        if isinstance(default, bool) or not isinstance(default, int | float):
+            continue
+        try:
+            value = type(default)(environ[key])
+        except ValueError:
+            raise UserInputError(f"{key} must be a number, got {environ[key]!r}") from None
+        if value <= 0:
+            raise UserInputError(f"{key} must be positive, got {environ[key]!r}")
+        found[key] = value
+    return found
+
+
 def gunicorn_options(host: str, port: int, workers: int) -> dict[str, Any]:
     """The gunicorn settings ``serve`` uses (exposed for tests and docs)."""
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -58,7 +91,9 @@ def gunicorn_options(host: str, port: int, workers: int) -> dict[str, Any]:
     return {
         "bind": bind,
         "workers": workers,
-        "worker_class": "sync",
+        "worker_class": WORKER_CLASS,
+        "worker_connections": WORKER_CONNECTIONS,
+        "keepalive": HEADER_TIMEOUT_S,
         "timeout": TIMEOUT_S,
         "graceful_timeout": GRACEFUL_TIMEOUT_S,
         "max_requests": max_requests,
@@ -68,6 +103,9 @@ def gunicorn_options(host: str, port: int, workers: int) -> dict[str, Any]:
         "errorlog": "-",
         "loglevel": "info",
         "proc_name": "imageclf",
+        # gunicorn's control socket sits at one fixed path per user: a second instance
+        # would take it over and stopping either would delete the other's. Not needed.
+        "control_socket_disable": True,
     }
 
 
@@ -83,8 +121,9 @@ def serve(
     from . import create_app
 
     path = check_model(model)
+    limits = limits_from_env()
     if debug:
-        app = create_app(path, IMAGECLF_MODEL_LOADING="eager")
+        app = create_app(path, IMAGECLF_MODEL_LOADING="eager", **limits)
         app.run(host=host, port=port, debug=True)  # with the reloader
         return
 
@@ -100,7 +139,9 @@ def serve(
 
         def load(self):
             # Called in each worker after the fork: its own app, model and torch threads.
-            return create_app(path, IMAGECLF_MODEL_LOADING="eager", IMAGECLF_TORCH_THREADS=threads)
+            return create_app(
+                path, IMAGECLF_MODEL_LOADING="eager", IMAGECLF_TORCH_THREADS=threads, **limits
+            )
 
     log.info(
         "serving %s on http://%s:%d with %d worker(s) x %d thread(s)",

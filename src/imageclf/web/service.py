@@ -7,45 +7,44 @@ the same ``Predictor`` the CLI and the reports use.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import importlib
-import io
 import logging
 import os
 import threading
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..calibration import UNCALIBRATED_UNSURE_BELOW
 from ..errors import ImageclfError
-from ..imaging import MAX_PIXELS, WEB_FORMATS, open_image
+from ..gradcam import overlay
+from ..imaging import (
+    DECODE_SECONDS,
+    MAX_PIXELS,
+    MAX_REQUEST_PIXELS,
+    WEB_FORMATS,
+    DecodeBudget,
+    Decoded,
+    decode_image,
+)
 from ..predict import Predictor
+from .memory import release_free_memory
+from .pictures import DISPLAY_SIZE
+from .uploads import Upload
 
 log = logging.getLogger("imageclf.web")
 
-# Result pages show the upload at most this big (the data URL stays small); large JPEGs
-# decode at a reduced scale close to it, which is also plenty for a 32x32 model input.
-DISPLAY_SIZE = 384
-MAX_FILENAME_CHARS = 255
+# After a request that decoded this many pixels, hand the freed memory back at once.
+RELEASE_AFTER_PIXELS = 4_000_000
 
 
 class ModelNotReadyError(ImageclfError):
     """The model is still loading (or failed to load): try again shortly (HTTP 503)."""
 
     http_status = 503
-
-
-@dataclass
-class Upload:
-    """One uploaded file, held in memory."""
-
-    filename: str
-    data: bytes
 
 
 @dataclass
@@ -56,52 +55,19 @@ class Prediction:
     image: Image.Image
     top: list[tuple[str, float]]
     explanation: Image.Image | None = None
-    size: tuple[int, int] = (0, 0)  # the upload's own size, upright (decoding may draft)
+    size: tuple[int, int] = (0, 0)  # the upload's own size, upright (decoding may reduce)
     class_index: int = 0
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    unsure: bool = False  # top-1 under the bundle's validated threshold: say so, plainly
+    model_view: np.ndarray | None = None  # (S, S, 3) uint8: the picture as the model saw it
 
 
-def clean_filename(name: str | None) -> str:
-    """A client's filename made safe to echo: no control characters, bounded length.
-
-    It is only ever shown (escaped by Jinja/JSON), never used as a path.
-    """
-    text = "".join(ch for ch in (name or "") if unicodedata.category(ch)[0] != "C")
-    if len(text) > MAX_FILENAME_CHARS:
-        text = text[: MAX_FILENAME_CHARS - 1] + "…"
-    return text
-
-
-def png_data_url(image: Image.Image) -> str:
-    """Re-encode a decoded picture as a PNG data URL: raw upload bytes are never echoed."""
-    return "data:image/png;base64," + png_base64(image)
-
-
-def png_base64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def original_size(data: bytes, decoded: Image.Image) -> tuple[int, int]:
-    """The upload's width x height as the user sees it: big JPEGs decode at a reduced
-    scale (draft), so read the header again (cheap) and apply the EXIF rotation."""
-    try:
-        with Image.open(io.BytesIO(data)) as header:
-            width, height = header.size
-            orientation = header.getexif().get(0x0112, 1)
-    except Exception:
-        return decoded.size
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
-
-def display_copy(image: Image.Image, size: int = DISPLAY_SIZE) -> Image.Image:
-    """A copy no larger than ``size`` on its longest side, for showing back to the user."""
-    if max(image.size) <= size:
-        return image
-    small = image.copy()
-    small.thumbnail((size, size), Image.Resampling.LANCZOS)
-    return small
+def unsure_threshold(predictor: Predictor) -> float:
+    """The confidence under which a prediction says it is unsure: the bundle's own,
+    chosen on validation after calibration (see ``calibration.py``), or a plain 50%
+    for bundles trained before calibration existed."""
+    threshold = predictor.metadata.unsure_below
+    return UNCALIBRATED_UNSURE_BELOW if threshold is None else threshold
 
 
 class ModelService:
@@ -115,10 +81,14 @@ class ModelService:
         model_path: str | os.PathLike | None,
         *,
         max_pixels: int = MAX_PIXELS,
+        max_request_pixels: int = MAX_REQUEST_PIXELS,
+        decode_seconds: float = DECODE_SECONDS,
         torch_threads: int | None = None,
     ) -> None:
         self.model_path = Path(model_path) if model_path else None
         self.max_pixels = max_pixels
+        self.max_request_pixels = max_request_pixels
+        self.decode_seconds = decode_seconds
         self.torch_threads = torch_threads
         self.error: str | None = None
         self._predictor: Predictor | None = None
@@ -197,15 +167,45 @@ class ModelService:
             "metrics": meta.get("metrics") or {},
             "test_accuracy": float(accuracy) if isinstance(accuracy, int | float) else None,
             "created": meta.get("created"),
-            "explain": explainer_available(),
+            "explain": True,  # Grad-CAM works for every model with a Conv2d
+            "calibrated": p.metadata.unsure_below is not None,
+            "temperature": p.temperature,
+            "unsure_below": unsure_threshold(p),
         }
 
     # ------------------------------------------------------------ predicting
-    def decode(self, upload: Upload) -> Image.Image:
-        """Bytes -> upright RGB picture, or an ``ImageError`` carrying its HTTP status."""
-        return open_image(
-            upload.data, formats=WEB_FORMATS, max_pixels=self.max_pixels, draft_size=DISPLAY_SIZE
-        )
+    def decode_all(self, uploads: list[Upload], working_size: int) -> list[Decoded]:
+        """Decode each upload once, under one budget for the whole request, or raise the
+        ``ImageError`` of the first that fails (named when the request holds several).
+
+        Each picture is shrunk to ``working_size`` as soon as it is decoded, so a batch
+        holds at most one full-resolution picture at any moment.
+        """
+        budget = DecodeBudget(max_pixels=self.max_request_pixels, seconds=self.decode_seconds)
+        decoded = []
+        failure: ImageclfError | None = None
+        for index, upload in enumerate(uploads):
+            try:
+                decoded.append(
+                    decode_image(
+                        upload.data,
+                        formats=WEB_FORMATS,
+                        max_pixels=self.max_pixels,
+                        reduce_to=working_size,
+                        budget=budget,
+                    )
+                )
+            except ImageclfError as exc:
+                label = f"file {index + 1} ({upload.filename or 'unnamed'}): "
+                # A new exception without the decoder's traceback, which would keep the
+                # full-size picture alive until the response is sent.
+                failure = type(exc)((label if len(uploads) > 1 else "") + str(exc))
+                break
+        if budget.used_pixels >= RELEASE_AFTER_PIXELS:
+            release_free_memory()
+        if failure is not None:
+            raise failure
+        return decoded
 
     def classify(
         self,
@@ -221,31 +221,33 @@ class ModelService:
         answer is all-or-nothing, so a client never mistakes a partial result.
         """
         predictor = self.predictor(wait_s)
-        images: list[Image.Image] = []
-        for index, upload in enumerate(uploads):
-            try:
-                images.append(self.decode(upload))
-            except ImageclfError as exc:
-                if len(uploads) > 1:
-                    label = f"file {index + 1} ({upload.filename or 'unnamed'})"
-                    raise type(exc)(f"{label}: {exc}") from None
-                raise
-        probs = predictor.predict_proba(predictor.preprocess(images))
-        results = []
-        for upload, image, row in zip(uploads, images, probs, strict=True):
-            best = int(np.argmax(row))
-            results.append(
-                Prediction(
-                    filename=upload.filename,
-                    image=image,
-                    top=predictor.top(row, top_k),
-                    size=original_size(upload.data, image),
-                    class_index=best,
-                    probabilities=row,
-                    explanation=explain_image(predictor, image, best) if explain else None,
-                )
+        # The page shows at most DISPLAY_SIZE; the model needs its input size.
+        decoded = self.decode_all(uploads, max(DISPLAY_SIZE, predictor.input_size))
+        # Decoded once: upright, no orientation left, so nothing is turned twice.
+        batch = np.stack([predictor.prepare(d.picture) for d in decoded])
+        probs = predictor.predict_proba(batch)
+        best = probs.argmax(axis=1)
+        unsure = probs.max(axis=1) < unsure_threshold(predictor)
+        overlays: list[Image.Image | None] = [None] * len(decoded)
+        if explain:  # one Grad-CAM pass for the whole batch, drawn on each picture
+            heatmaps = predictor.gradcam(batch, best).heatmaps
+            overlays = [overlay(d.picture, h) for d, h in zip(decoded, heatmaps, strict=True)]
+        return [
+            Prediction(
+                filename=upload.filename,
+                image=item.picture,
+                top=predictor.top(row, top_k),
+                size=item.size,
+                class_index=int(index),
+                probabilities=row,
+                explanation=drawn,
+                unsure=bool(doubt),
+                model_view=view,
             )
-        return results
+            for upload, item, row, index, drawn, doubt, view in zip(
+                uploads, decoded, probs, best, overlays, unsure, batch, strict=True
+            )
+        ]
 
 
 def _limit_torch_threads(threads: int) -> None:
@@ -256,44 +258,3 @@ def _limit_torch_threads(threads: int) -> None:
     # Only settable once, before any inter-op work; harmless to skip if too late.
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-
-
-# ---------------------------------------------------------------- Grad-CAM hook
-# TODO(gradcam): the explanation is optional. The web app uses
-# ``imageclf.gradcam.explain(predictor, pil_image, class_index=...)`` and shows its
-# ``.overlay`` (a PIL image). If that module or function is missing, or its contract
-# changes, pages and API simply go without an explanation (logged once); adapt this
-# one function to a new contract.
-_explainer_warning_logged = False
-
-
-def _explainer():
-    try:
-        module = importlib.import_module("imageclf.gradcam")
-    except ImportError:
-        return None
-    return getattr(module, "explain", None)
-
-
-def explainer_available() -> bool:
-    """Whether Grad-CAM overlays can be produced in this installation."""
-    return callable(_explainer())
-
-
-def explain_image(predictor: Predictor, image: Image.Image, class_index: int) -> Image.Image | None:
-    """Grad-CAM overlay for ``class_index``, or ``None`` when explanations are unavailable."""
-    global _explainer_warning_logged
-    explain = _explainer()
-    if not callable(explain):
-        return None
-    try:
-        result = explain(predictor, image, class_index=class_index)
-        overlay = getattr(result, "overlay", result)
-        if isinstance(overlay, Image.Image):
-            return overlay
-        raise TypeError(f"expected a PIL image or an object with .overlay, got {type(result)}")
-    except Exception:
-        if not _explainer_warning_logged:
-            log.exception("Grad-CAM failed; predictions are served without explanations")
-            _explainer_warning_logged = True
-        return None

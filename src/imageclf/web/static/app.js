@@ -21,8 +21,14 @@
     var submit = document.getElementById("submit");
     var maxBytes = parseInt(form.dataset.maxBytes, 10) || 5 * 1024 * 1024;
     var maxMb = form.dataset.maxMb || "5";
-    var allowed = (form.dataset.allowed || "png,jpeg,gif,webp,bmp").split(",");
-    var extensions = { png: "png", jpg: "jpeg", jpeg: "jpeg", gif: "gif", webp: "webp", bmp: "bmp" };
+    // The server derives these from its one list of accepted formats.
+    var allowed = (form.dataset.allowed || "").split(",");
+    var formatNames = form.dataset.formats || allowed.join(", ");
+    var extensions = {};
+    (form.dataset.extensions || "").split(",").forEach(function (pair) {
+      var parts = pair.split(":");
+      if (parts.length === 2) extensions[parts[0]] = parts[1];
+    });
     var previewUrl = null;
     // Our own message ("Choose an image first") replaces the browser's bubble.
     input.required = false;
@@ -81,7 +87,7 @@
         return false;
       }
       if (allowed.indexOf(formatOf(file)) < 0) {
-        showError("“" + file.name + "” is not a PNG, JPEG, GIF, WebP or BMP image.");
+        showError("“" + file.name + "” is not an accepted image (" + formatNames + ").");
         input.value = "";
         return false;
       }

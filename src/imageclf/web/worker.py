@@ -1,0 +1,37 @@
+"""The gunicorn worker ``imageclf serve`` runs: gevent, with read deadlines.
+
+gunicorn's sync workers read a request in the worker itself, so two clients that
+send their headers a byte at a time hold both workers until the timeout kills them.
+Here each connection is a greenlet: a slow client costs a few KB of memory, not a
+worker, and the worker keeps answering others (``/healthz`` included). The CPU work
+of a prediction still runs one at a time per worker, bounded by the decode budget.
+
+Deadlines, so a slow client cannot hold a connection slot for ever:
+- headers: the whole request head within ``HEADER_TIMEOUT_S`` (gunicorn's keep-alive
+  timer wraps the head read; ``serve`` sets keep-alive to this value);
+- body: ``BODY_TIMEOUT_S`` for the whole body (``web.uploads.BodyDeadline``), and no
+  single read may wait more than ``IDLE_TIMEOUT_S`` (a socket timeout; it also bounds
+  sending to a client that stops reading).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from gunicorn.workers.ggevent import GeventWorker
+
+IDLE_TIMEOUT_S = 15.0
+
+
+class DeadlineGeventWorker(GeventWorker):
+    """``GeventWorker`` whose client sockets time out after ``IDLE_TIMEOUT_S`` of silence."""
+
+    def patch(self) -> None:
+        # Patching walks every live object; torch's deprecated aliases warn when touched.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            super().patch()
+
+    def handle(self, listener, client, addr) -> None:
+        client.settimeout(IDLE_TIMEOUT_S)  # gevent's base class would make it blocking
+        super(GeventWorker, self).handle(listener, client, addr)
