@@ -60,8 +60,11 @@ def base_url(tmp_path_factory):
     # CIFAR-10's class names: the upload page shows examples of the model's own classes.
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                "truck"]  # fmt: skip
+    # Threshold 0: a random model is never "unsure", so pages show the confident layout.
     bundle = make_tiny_bundle(
-        tmp_path_factory.mktemp("browser") / "tiny.safetensors", classes=classes
+        tmp_path_factory.mktemp("browser") / "tiny.safetensors",
+        classes=classes,
+        calibration={"temperature": 1.0, "threshold": 0.0},
     )
     app = create_app(bundle, IMAGECLF_MODEL_LOADING="eager")
     server = make_server("127.0.0.1", 0, app, threaded=True)
