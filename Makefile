@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: a looser spec pulls the multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,pretrained]'
+	$(BIN)/pip install -q -e '.[dev,onnx,pretrained]'
 	touch $@
 
 install: $(STAMP)

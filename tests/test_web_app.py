@@ -455,33 +455,7 @@ def test_healthz_and_readyz(client):
     assert response.get_json()["model"] == "tiny-seed-a"
 
 
-def test_metrics_prometheus_text(bundle):
-    app = create_app(bundle, TESTING=True, IMAGECLF_MODEL_LOADING="eager")
-    client = app.test_client()
-    client.post("/api/v1/predict", data=upload(png_bytes()))
-    client.post("/api/v1/predict", data=upload(b"junk"))
-    client.get("/nope")
-    response = client.get("/metrics")
-    text = response.get_data(as_text=True)
-    assert response.status_code == 200
-    assert response.mimetype == "text/plain"
-    assert "version=0.0.4" in response.headers["Content-Type"]
-    ok = 'imageclf_http_requests_total{endpoint="/api/v1/predict",method="POST",status="200"} 1'
-    bad = 'imageclf_http_requests_total{endpoint="/api/v1/predict",method="POST",status="400"} 1'
-    assert ok in text and bad in text
-    assert 'endpoint="unmatched",method="GET",status="404"' in text
-    assert "# TYPE imageclf_http_request_duration_seconds histogram" in text
-    assert (
-        'imageclf_http_request_duration_seconds_bucket{endpoint="/api/v1/predict",le="+Inf"} 2'
-        in text
-    )
-    predicted = re.findall(r'imageclf_predictions_total\{label="([a-z]+)"\} (\d+)', text)
-    assert len(predicted) == 10 and sum(int(n) for _, n in predicted) == 1
-    assert 'imageclf_images_rejected_total{status="400"} 1' in text
-    assert 'imageclf_model_ready{model="tiny-seed-a"} 1' in text
-    for line in text.splitlines():  # every sample line: name{labels} number
-        if not line.startswith("#"):
-            assert re.fullmatch(r"[a-z_]+(\{[^}]*\})? [0-9.e+-]+", line), line
+# /metrics has its own file: test_web_metrics.py.
 
 
 # ---------------------------------------------------------------- serve helpers
@@ -501,6 +475,9 @@ def test_gunicorn_options():
     assert options["worker_class"] == "imageclf.web.worker.DeadlineGeventWorker"
     assert options["keepalive"] == HEADER_TIMEOUT_S and options["worker_connections"] > 0
     assert options["control_socket_disable"] is True
+    # access lines only when asked for (serve --access-log)
+    assert options["accesslog"] is None
+    assert gunicorn_options("127.0.0.1", 80, 1, access_log=True)["accesslog"] == "-"
 
 
 def test_serve_limits_from_the_environment():

@@ -34,6 +34,11 @@ DEFAULT_BUNDLE = "default.safetensors"
 Picture = ImageSource | np.ndarray  # a file, bytes, PIL image, or a uint8 HxWx3 array
 
 
+def is_onnx_path(path: str | os.PathLike | None) -> bool:
+    """An exported ONNX model (``imageclf export``) rather than a bundle."""
+    return path is not None and Path(path).suffix.lower() == ".onnx"
+
+
 def default_model_path() -> Path:
     """The pretrained model shipped inside the package."""
     path = Path(str(resources.files("imageclf") / "weights" / DEFAULT_BUNDLE))
@@ -48,6 +53,9 @@ def default_model_path() -> Path:
 class Predictor:
     """A loaded model plus its preprocessing, ready to classify images."""
 
+    # Grad-CAM needs the torch model's gradients; the ONNX backend sets this False.
+    explainable = True
+
     def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32") -> None:
         self.bundle = bundle
         self.device = resolve_device(device)
@@ -59,7 +67,12 @@ class Predictor:
     def load(
         cls, path: str | os.PathLike | None = None, device: str = "cpu", precision: str = "fp32"
     ) -> Predictor:
-        """``path=None`` loads the bundled default model."""
+        """``path=None`` loads the bundled default model; a ``.onnx`` file runs on
+        onnxruntime (``imageclf[onnx]``) behind this same API."""
+        if is_onnx_path(path):
+            from .onnx_backend import OnnxPredictor
+
+            return OnnxPredictor.load(path, device=device, precision=precision)
         return cls(load_bundle(path or default_model_path()), device=device, precision=precision)
 
     @property
