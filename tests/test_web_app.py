@@ -22,7 +22,8 @@ from imageclf.web.server import (
     threads_per_worker,
 )
 
-CLASSES = [f"class{i}" for i in range(10)]
+# CIFAR-10's names, so the shipped example pictures belong to the served model's classes.
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,7 @@ def bundle(tmp_path_factory):
     # confident layout; the unsure notice has its own tests below.
     return make_tiny_bundle(
         tmp_path_factory.mktemp("web-app") / "tiny.safetensors",
+        classes=CLASSES,
         calibration={"temperature": 1.0, "threshold": 0.0},
     )
 
@@ -109,7 +111,9 @@ def test_result_page_has_image_label_confidence_bars_model_and_link(client):
 
 
 def _bundle_app(tmp_path, **calibration):
-    path = make_tiny_bundle(tmp_path / "m.safetensors", calibration=calibration or None)
+    path = make_tiny_bundle(
+        tmp_path / "m.safetensors", classes=CLASSES, calibration=calibration or None
+    )
     return create_app(path, TESTING=True, IMAGECLF_MODEL_LOADING="eager")
 
 
@@ -207,6 +211,20 @@ def test_example_images_can_be_classified(client):
     response = client.post("/predict", data={"example": name})
     assert response.status_code == 200
     assert 'id="label"' in response.get_data(as_text=True)
+
+
+def test_examples_come_from_the_served_models_classes(tmp_path):
+    """A user's ants/bees model shows no CIFAR-10 airplane: no examples at all."""
+    bundle = make_tiny_bundle(tmp_path / "ants.safetensors", classes=["ants", "bees"])
+    app = create_app(bundle, TESTING=True, IMAGECLF_MODEL_LOADING="eager")
+    client = app.test_client()
+    html = client.get("/").get_data(as_text=True)
+    assert 'name="example"' not in html and "Or try an example" not in html
+    assert client.post("/predict", data={"example": "airplane"}).status_code == 400
+    partial = make_tiny_bundle(tmp_path / "p.safetensors", classes=["cat", "horse", "zebra"])
+    html = create_app(partial, TESTING=True, IMAGECLF_MODEL_LOADING="eager").test_client().get("/")
+    found = re.findall(r'name="example" value="([^"]+)"', html.get_data(as_text=True))
+    assert sorted(found) == ["cat", "horse"]
 
 
 def test_unknown_example_is_400_html(client):

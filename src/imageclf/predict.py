@@ -136,7 +136,9 @@ class Predictor:
     def predict(
         self, images: Picture | Sequence[Picture], top_k: int = 3, *, tta: bool = False
     ) -> list[list[tuple[str, float]]]:
-        """One list of (label, probability), most likely first, per image."""
+        """One list of (label, probability), most likely first, per image. An image is a
+        path, bytes, a file object, a PIL image or a uint8 HxWx3 NumPy array (an NxHxWx3
+        array is a batch)."""
         if top_k < 1:
             raise UserInputError("top_k must be at least 1")
         probs = self.predict_proba(self.preprocess(images), tta=tta)
@@ -190,6 +192,8 @@ class Predictor:
 def _as_list(images) -> list:
     if isinstance(images, (list, tuple)):
         return list(images)
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)  # a batch: N x H x W x C
     return [images]
 
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import finetune
 from .bundle import save_bundle
 from .calibration import MIN_IMAGES, calibrate, calibration_effect
 from .compute import compute_report, training_flops_per_image
@@ -35,11 +36,11 @@ from .data.augment import augment_batch
 from .data.loader import Normalizer, batch_indices, channel_stats
 from .device import Runtime, autocast, setup_runtime
 from .errors import UserInputError
-from .fileio import write_text_atomic
+from .fileio import RunLock, write_text_atomic
 from .inference import evaluate_logits, predict_logits
 from .models import TrainingHooks, build, training_hooks
 from .optim import Lookahead, make_optimizer, schedule_multiplier, set_learning_rate
-from .recipes import TrainConfig, resolve
+from .recipes import TrainConfig, adapt_to_data, resolve
 from .runs import (
     Checkpoint,
     Run,
@@ -83,6 +84,8 @@ def train(
     elif overrides:
         raise TypeError("pass a TrainConfig or keyword overrides of a recipe, not both")
     run_dir = Path(config.out or default_run_dir(config.recipe))
+    if finetune.is_transfer(config):
+        config = finetune.prepare_config(config)  # the architecture the weights belong to
     return _run(config, run_dir, None, progress, on_epoch_end, evaluate_test)
 
 
@@ -105,8 +108,24 @@ def _run(
 ):
     started = time.perf_counter()
     rt = setup_runtime(cfg.device, cfg.precision, cfg.threads)
+    # One process per run folder: a second train or resume into it is refused clearly.
+    lock = RunLock(run_dir) if rt.dist.is_main else None
+    try:
+        return _drive(cfg, run_dir, checkpoint, progress, rt, started)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _drive(cfg, run_dir: Path, checkpoint: Checkpoint | None, progress: bool, rt, started):
     show = progress and rt.dist.is_main
     data = TrainData.load(cfg, show)
+    if checkpoint is None:
+        cfg, notes = adapt_to_data(cfg, len(data.x_train))
+        for note in notes:
+            log.info("small dataset: %s (set it explicitly to override)", note)
+    if show:
+        log.info("%s", finetune.describe_counts(data.dataset, data.split))
     parts = Parts.build(cfg, data, rt)
     state, best = RunState(), None
     if checkpoint is not None:
@@ -117,8 +136,11 @@ def _run(
         norm = {"mean": data.mean, "std": data.std}
         write_run_record(run_dir, cfg, data.dataset, data.split, norm, rt)
     total_steps = data.steps_per_epoch(cfg) * cfg.epochs
+    if finetune.is_transfer(cfg) and checkpoint is None:
+        state, best = _fit_head(cfg, parts, data, rt, state, run_dir, show)
 
-    while state.epoch < cfg.epochs and not state.stopped_early:
+    # --freeze-backbone: the head fit above is the whole training.
+    while state.epoch < cfg.epochs and not state.stopped_early and not cfg.freeze_backbone:
         epoch_start = time.perf_counter()
         loss, acc, steps = train_one_epoch(cfg, parts, data, rt, state, total_steps, show)
         train_seconds = state.train_seconds + time.perf_counter() - epoch_start
@@ -201,25 +223,36 @@ class Parts:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     lookahead: Lookahead | None
+    loss_weight: torch.Tensor | None = None  # --class-weights auto
 
     @classmethod
     def build(cls, cfg: TrainConfig, data: TrainData, rt: Runtime) -> Parts:
         torch.manual_seed(cfg.seed)
-        normalizer = data.normalizer
         classes = len(data.dataset.classes)
-        model = build(cfg.architecture, classes, cfg.image_size, **cfg.arch_kwargs)
+        transfer = finetune.is_transfer(cfg)
+        if transfer:
+            # Learned weights come with the normalisation they were trained with.
+            model, norm = finetune.start_model(cfg, data.dataset.classes)
+            data.mean, data.std = norm["mean"], norm["std"]
+        else:
+            model = build(cfg.architecture, classes, cfg.image_size, **cfg.arch_kwargs)
+        normalizer = data.normalizer
         hooks = training_hooks(model)
-        # Whitening from the first 5,000 training images: a deterministic, cheap estimate.
-        hooks.init_whitening(normalizer(data.x_train[:5000]))
+        if not transfer:
+            # Whitening from the first 5,000 training images: a deterministic, cheap estimate.
+            hooks.init_whitening(normalizer(data.x_train[:5000]))
         model = model.to(rt.device, memory_format=torch.channels_last)
-        optimizer = make_optimizer(model, cfg)
+        optimizer = (finetune.make_optimizer if transfer else make_optimizer)(model, cfg)
+        weight = finetune.class_weights(data.y_train.numpy(), classes, cfg.class_weights)
         lookahead = Lookahead(model) if cfg.lookahead else None
         net: nn.Module = model
         if rt.dist.world > 1:
             ids = [rt.device.index] if rt.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         scaler = torch.amp.GradScaler("cuda", enabled=rt.amp_dtype == torch.float16)
-        return cls(model, net, hooks, normalizer, optimizer, scaler, lookahead)
+        if weight is not None:
+            weight = weight.to(rt.device)
+        return cls(model, net, hooks, normalizer, optimizer, scaler, lookahead, weight)
 
     def restore(self, checkpoint: Checkpoint, run_dir: Path) -> tuple[RunState, dict | None]:
         """Weights, optimiser and lookahead from ``last.pt``; the best weights from ``best.pt``."""
@@ -277,8 +310,9 @@ def train_one_epoch(
         with autocast(rt.device, rt.amp_dtype):
             logits = parts.net(x)
             loss_each = F.cross_entropy(
-                logits.float(), y, label_smoothing=cfg.label_smoothing, reduction="none"
-            )
+                logits.float(), y, weight=parts.loss_weight,
+                label_smoothing=cfg.label_smoothing, reduction="none",
+            )  # fmt: skip
             # "sum" makes the learning rate per example; DDP averages gradients over ranks.
             loss = loss_each.sum() * world if cfg.loss_reduction == "sum" else loss_each.mean()
             penalty = parts.hooks.l2_penalty()
@@ -325,6 +359,30 @@ def _history_record(epoch: int, loss, acc, val: dict | None, lr: float, started:
         "lr": lr,
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+# ---------------------------------------------------------------- transfer: the head first
+def _fit_head(cfg, parts: Parts, data: TrainData, rt: Runtime, state: RunState, run_dir, show):
+    """fastai-style: the new head first, fitted on the frozen backbone's embeddings; it is
+    the best state so far, so fine-tuning must beat it on val loss to replace it."""
+    record = finetune.fit_head(
+        parts.model, parts.normalizer, data.x_train, data.y_train, data.x_val, data.y_val,
+        len(data.dataset.classes), cfg, weight=parts.loss_weight, device=rt.device,
+        amp_dtype=rt.amp_dtype, progress=show,
+    )  # fmt: skip
+    state = dataclasses.replace(state, history=[record])
+    best = None
+    if record["val_loss"] is not None:
+        state = dataclasses.replace(state, best_val_loss=record["val_loss"])
+        best = copy.deepcopy(parts.model.state_dict())
+    if rt.dist.is_main:
+        write_history(run_dir, state.history)
+    if show:
+        log.info(
+            "head fitted on frozen features: train acc %.4f  val acc %s  %.1fs",
+            record["train_acc"], record["val_acc"], record["seconds"],
+        )  # fmt: skip
+    return state, best
 
 
 # ---------------------------------------------------------------- after each epoch
@@ -452,6 +510,8 @@ def _bundle_metadata(cfg: TrainConfig, data: TrainData, metrics: dict) -> dict:
         "classes": data.dataset.classes,
         "input_size": cfg.image_size,
         "normalization": {"mean": data.mean, "std": data.std},
+        "preprocessing": {"resize": "whole frame squashed to the input size"},
+        "start": finetune.origin(cfg, data.dataset.classes),
         "recipe": cfg.recipe,
         "config": cfg.to_dict(),
         "data": data_record(data.dataset),
