@@ -1,6 +1,6 @@
 import io
-import os
 import logging
+import os
 import pickle
 import tarfile
 import zipfile
