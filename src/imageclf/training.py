@@ -111,13 +111,22 @@ def _run(
     # One process per run folder: a second train or resume into it is refused clearly.
     lock = RunLock(run_dir) if rt.dist.is_main else None
     try:
-        return _drive(cfg, run_dir, checkpoint, progress, rt, started)
+        return _drive(cfg, run_dir, checkpoint, progress, rt, started, on_epoch_end, evaluate_test)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _drive(cfg, run_dir: Path, checkpoint: Checkpoint | None, progress: bool, rt, started):
+def _drive(
+    cfg,
+    run_dir: Path,
+    checkpoint: Checkpoint | None,
+    progress: bool,
+    rt,
+    started,
+    on_epoch_end: EpochHook | None = None,
+    evaluate_test: bool = True,
+):
     show = progress and rt.dist.is_main
     data = TrainData.load(cfg, show)
     if checkpoint is None:
