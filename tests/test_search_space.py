@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -107,7 +108,9 @@ def test_current_values_are_the_baseline_inside_the_space():
         "lr": cfg.lr, "weight_decay": cfg.weight_decay, "label_smoothing": 0.2, "epochs": 8,
         "batch_size": 256, "widths": "32-64-128", "translate": 2,
     }  # fmt: skip
-    assert space.apply(cfg, baseline) == cfg  # running it reproduces the recipe exactly
+    same = space.apply(cfg, baseline)  # running it reproduces the recipe exactly
+    assert dataclasses.replace(same, user_set=cfg.user_set) == cfg
+    assert {"lr", "batch_size", "arch_kwargs", "augment"} <= set(same.user_set)
     narrow = validate({"lr": {"low": 0.1, "high": 0.2}, "translate": {"low": 0, "high": 3}}, cfg, 8)
     assert narrow.current(cfg) == {"translate": 2}  # the recipe's lr lies outside: sampled
 

@@ -54,6 +54,8 @@ PARAMS: dict[str, Param] = {
     "rotate": Param(float, lambda v: 0 <= v <= 180, "0..180 degrees", "augment"),
     "shift": Param(float, lambda v: 0 <= v < 1, "in [0, 1)", "augment"),
     "flip": Param(str, lambda v: v in FLIP_MODES, "one of " + ", ".join(FLIP_MODES), "augment"),
+    # random resized crops keep [crop_scale, 1] of the area: smaller is stronger; 0 = off
+    "crop_scale": Param(float, lambda v: 0 <= v < 1, "in [0, 1)", "augment"),
 }
 SPEC_KEYS = {"low", "high", "log", "step", "choices"}
 
@@ -87,6 +89,15 @@ SPACES: dict[str, dict] = {
     },
     "seed-a": {**_SEED_SPACE, "translate": {"low": 0, "high": 3}},
     "seed-b": {**_SEED_SPACE, "translate": {"low": 0, "high": 3}},
+    # Fine-tuning a pretrained net: a lower lr band, AdamW's decoupled decay, few epochs.
+    "finetune": {
+        "lr": {"low": 1e-4, "high": 2e-3, "log": True},
+        "weight_decay": {"low": 1e-3, "high": 0.05, "log": True},
+        "label_smoothing": {"low": 0.0, "high": 0.2},
+        "epochs": {"low": 2, "high": 6},
+        "batch_size": {"choices": [16, 32, 64]},
+        "crop_scale": {"low": 0.3, "high": 0.9},
+    },
     "seed-d": {
         **_SEED_SPACE,
         "rotate": {"low": 0.0, "high": 20.0},
@@ -161,9 +172,12 @@ class Space:
         return values
 
     def apply(self, cfg: TrainConfig, params: dict) -> TrainConfig:
-        """``cfg`` with the fixed values and the drawn ``params`` in place."""
+        """``cfg`` with the fixed values and the drawn ``params`` in place, marked as
+        chosen (``user_set``) so training's small-data adaptation leaves them alone."""
         values = {d.name: d.value for d in self.dims if d.kind == "fixed"} | params
         fields, augment, arch = {}, {}, dict(cfg.arch_kwargs)
+        targets = {"augment": "augment", "arch": "arch_kwargs"}
+        chosen = {targets.get(PARAMS[name].target, name) for name in values}
         for name, value in values.items():
             target = PARAMS[name].target
             if name == "widths":
@@ -177,6 +191,7 @@ class Space:
             **fields,
             arch_kwargs=arch,
             augment=dataclasses.replace(cfg.augment, **augment),
+            user_set=sorted(set(cfg.user_set) | chosen),
         )
 
 

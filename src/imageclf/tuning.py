@@ -38,7 +38,7 @@ PRUNERS = ("median", "halving", "none")
 # Fields of a recipe that describe the run, not the recipe: never written to best.json.
 RUN_FIELDS = {
     "recipe", "data", "split", "val_size", "subset", "image_size", "seed",
-    "device", "precision", "threads", "eval_batch_size", "out",
+    "device", "precision", "threads", "eval_batch_size", "out", "user_set",
 }  # fmt: skip
 
 
@@ -400,7 +400,11 @@ def tune(
         device=settings["device"], threads=settings["threads"], epochs=settings["epochs"],
     )  # fmt: skip
     epochs_cap = cfg.epochs
-    declared = settings["space"] or recipe_space or search_space.SPACES[base]
+    # --epochs is the cap by definition: the small-data adaptation must not raise it.
+    cfg = dataclasses.replace(cfg, user_set=sorted({*cfg.user_set, "epochs"}))
+    declared = settings["space"] or recipe_space or search_space.SPACES.get(base)
+    if declared is None:
+        raise UserInputError(f"the {base} recipe declares no search space: pass --space FILE")
     source = "--space" if settings["space"] else "the recipe's space"
     space_ = search_space.validate(declared, cfg, epochs_cap, source)
     if not space_.searched:
