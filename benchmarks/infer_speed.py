@@ -46,6 +46,8 @@ def main() -> None:
 
     predictor = Predictor.load(args.model)
     images = sample_images(args.data, args.batch_images)
+    if images.shape[1] != predictor.input_size:  # e.g. a fine-tuned 160 px model
+        images = predictor.preprocess(list(images))
     rows = []
     load_before = loadavg()
     for tta in (False, True):

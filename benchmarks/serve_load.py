@@ -1,22 +1,32 @@
-"""Bounded load test of ``imageclf serve`` on this machine (127.0.0.1 only).
+"""Serving benchmark: ``imageclf serve`` under load, against the in-process ``Predictor``.
 
-Starts the server (gunicorn) on a free local port, waits for /readyz, then sends a
-fixed number of single-image ``POST /api/v1/predict`` requests at each concurrency
-level, and prints throughput, p50/p99 latency and errors as a table and JSON.
+One run measures, with the same model and the same picture:
 
-    python benchmarks/serve_load.py --model tiny            # a random-weight seed-a bundle
-    python benchmarks/serve_load.py --model runs/x/model.safetensors --requests 1000
-    python benchmarks/serve_load.py --soak 10000    # then 10k more, sampling worker memory
+1. the in-process rate: ``Predictor.predict(jpeg_bytes)`` (decode, resize, forward,
+   top-5) in one plain process alone (p50/p99), then in as many processes as the
+   server has workers, one thread each, all at once (their summed rate); before and
+   after the server runs, averaged, since other work may change the load meanwhile;
+2. the per-stage latency budget of one API request, in-process: read body, parse
+   multipart, decode, resize, forward, encode JSON, and the whole Flask app;
+3. the real server (gunicorn on 127.0.0.1) at each concurrency level, with clients
+   that open a new connection per request and clients that keep it alive;
+4. optionally a soak (``--soak N`` requests at concurrency 8) sampling worker memory.
+
+    python benchmarks/serve_load.py                        # the bundled model
+    python benchmarks/serve_load.py --model tiny           # a random-weight seed-a bundle
+    python benchmarks/serve_load.py --soak 10000
     IMAGECLF_MAX_REQUESTS=0 python benchmarks/serve_load.py --workers 1 --soak 10000
 
-Nothing leaves the machine: the server binds 127.0.0.1 and the client only talks to it.
+The clients are raw sockets sending one pre-built request, so the load generator
+takes as little of the shared CPU as it can. Nothing leaves the machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
+import itertools
 import json
+import multiprocessing as mp
 import os
 import signal
 import socket
@@ -37,8 +47,11 @@ from _machine import describe, loadavg  # noqa: E402
 
 EXAMPLE = HERE.parent / "src" / "imageclf" / "web" / "static" / "examples" / "cat.jpg"
 HOST = "127.0.0.1"
+MODEL_NAMES = {"tiny": "tiny-seed-a (random weights)", None: "bundled (default.safetensors)"}
+STAGES = ("read body", "parse multipart", "decode", "resize", "forward", "encode JSON")
 
 
+# ---------------------------------------------------------------- models and payloads
 def tiny_bundle(folder: Path) -> Path:
     """The same random-weight 10-class seed-a bundle the tests use."""
     import torch
@@ -62,12 +75,6 @@ def tiny_bundle(folder: Path) -> Path:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def multipart(filename: str, data: bytes) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     head = (
@@ -80,19 +87,188 @@ def multipart(filename: str, data: bytes) -> tuple[bytes, str]:
     )
 
 
-def one_request(port: int, body: bytes, content_type: str) -> tuple[float, int | str]:
-    started = time.perf_counter()
-    conn = http.client.HTTPConnection(HOST, port, timeout=60)
-    try:
-        conn.request("POST", "/api/v1/predict", body, {"Content-Type": content_type})
-        response = conn.getresponse()
-        response.read()
-        status: int | str = response.status
-    except OSError as exc:
-        status = type(exc).__name__
-    finally:
-        conn.close()
-    return time.perf_counter() - started, status
+def raw_request(body: bytes, ctype: str, keepalive: bool) -> bytes:
+    head = (
+        "POST /api/v1/predict HTTP/1.1\r\n"
+        f"Host: {HOST}\r\n"
+        f"Content-Type: {ctype}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"Connection: {'keep-alive' if keepalive else 'close'}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+# ---------------------------------------------------------------- 1. in-process Predictor
+def _predictor_worker(model: str, image: bytes, n: int, barrier, out) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from imageclf import Predictor
+
+    predictor = Predictor.load(model)
+    for _ in range(50):
+        predictor.predict(image, top_k=5)
+    barrier.wait()
+    latencies = []
+    started, cpu = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        t = time.perf_counter()
+        predictor.predict(image, top_k=5)
+        latencies.append(time.perf_counter() - t)
+    out.put((time.perf_counter() - started, latencies, time.process_time() - cpu))
+
+
+def mean_of(first: dict, second: dict) -> dict:
+    """Two baseline measurements averaged (rates and latencies)."""
+    out = dict(first)
+    for key in ("rate_per_s", "p50_ms", "p99_ms", "cpu_ms_per_call"):
+        out[key] = round((first[key] + second[key]) / 2, 3)
+    out["calls"] = first["calls"] + second["calls"]
+    return out
+
+
+def predictor_rate(model: str, image: bytes, processes: int, n: int) -> dict:
+    """``processes`` plain processes (1 thread each) calling ``Predictor.predict``."""
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(processes), ctx.Queue()
+    workers = [
+        ctx.Process(target=_predictor_worker, args=(model, image, n, barrier, out))
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    results = [out.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    latencies = [s * 1000 for _, lat, _ in results for s in lat]
+    wall = max(seconds for seconds, _, _ in results)
+    return {
+        "processes": processes,
+        "calls": processes * n,
+        "rate_per_s": round(processes * n / wall, 1),
+        # CPU time per call: what a call costs, whatever else shares the machine.
+        "cpu_ms_per_call": round(sum(cpu for _, _, cpu in results) * 1000 / (processes * n), 3),
+        "p50_ms": round(percentile(latencies, 50), 3),
+        "p99_ms": round(percentile(latencies, 99), 3),
+    }
+
+
+# ---------------------------------------------------------------- 2. per-stage budget
+def stage_budget(model: str, body: bytes, ctype: str, repeats: int) -> dict:
+    """Median microseconds per stage of one API request, run in this process with the
+    app's own functions (1 torch thread, like a server worker)."""
+    import numpy as np
+    from flask import jsonify, request
+
+    from imageclf.web import create_app
+    from imageclf.web.extensions import get_service
+    from imageclf.web.pictures import DISPLAY_SIZE
+    from imageclf.web.uploads import collect_uploads
+
+    app = create_app(model, IMAGECLF_MODEL_LOADING="eager", IMAGECLF_TORCH_THREADS=1)
+    service = get_service(app)
+    predictor = service.predictor()
+    times: dict[str, list[float]] = {name: [] for name in (*STAGES, "whole app (test client)")}
+    client = app.test_client()
+    for i in range(repeats + 20):
+        with app.test_request_context(
+            "/api/v1/predict", method="POST", data=body, content_type=ctype
+        ):
+            t0 = time.perf_counter()
+            request.get_data(cache=True, parse_form_data=False)
+            t1 = time.perf_counter()
+            uploads = collect_uploads(request, {"file": 1})
+            t2 = time.perf_counter()
+            decoded = service.decode_all(uploads, max(DISPLAY_SIZE, predictor.input_size))
+            t3 = time.perf_counter()
+            batch = np.stack([predictor.prepare(d.picture) for d in decoded])
+            t4 = time.perf_counter()
+            probs = predictor.predict_proba(batch)
+            t5 = time.perf_counter()
+            top = predictor.top(probs[0], 5)
+            jsonify(
+                {
+                    "model": service.describe(predictor),
+                    "predictions": [
+                        {
+                            "filename": uploads[0].filename,
+                            "top": [{"label": n, "probability": p} for n, p in top],
+                        }
+                    ],
+                }
+            ).get_data()
+            t6 = time.perf_counter()
+        t7 = time.perf_counter()
+        client.post("/api/v1/predict", data=body, content_type=ctype)
+        t8 = time.perf_counter()
+        if i >= 20:  # after a warm-up
+            for name, seconds in zip(
+                (*STAGES, "whole app (test client)"),
+                (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t8 - t7),
+                strict=True,
+            ):
+                times[name].append(seconds * 1e6)
+    budget = {name: round(statistics.median(values), 1) for name, values in times.items()}
+    budget["sum of stages"] = round(sum(budget[name] for name in STAGES), 1)
+    return budget
+
+
+# ---------------------------------------------------------------- 3. the real server
+class Client:
+    """One client connection: sends the pre-built request, reads one response."""
+
+    def __init__(self, port: int, payload: bytes, keepalive: bool) -> None:
+        self.port, self.payload, self.keepalive = port, payload, keepalive
+        self.sock: socket.socket | None = None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _exchange(self) -> tuple[int, bool]:
+        if self.sock is None:
+            self.sock = socket.create_connection((HOST, self.port), timeout=60)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.sendall(self.payload)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("closed before the response")
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])
+        }
+        length = int(headers.get("content-length", "0"))
+        while len(rest) < length:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("closed mid-response")
+            rest += chunk
+        closes = headers.get("connection", "").lower() == "close" or not self.keepalive
+        return status, closes
+
+    def request(self) -> tuple[float, int | str]:
+        started = time.perf_counter()
+        reused = self.sock is not None
+        try:
+            try:
+                status, closes = self._exchange()
+            except (ConnectionResetError, BrokenPipeError):
+                if not reused:
+                    raise
+                self.close()  # the server dropped an idle kept-alive connection: retry once
+                status, closes = self._exchange()
+            if closes:
+                self.close()
+        except OSError as exc:
+            self.close()
+            return time.perf_counter() - started, type(exc).__name__
+        return time.perf_counter() - started, status
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -101,21 +277,63 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def run_level(port: int, concurrency: int, requests: int, body: bytes, ctype: str) -> dict:
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_s(master: int) -> float:
+    """CPU seconds of the server so far: the master, its live workers, and the workers it
+    has already reaped (recycled ones), from /proc."""
+
+    def fields(pid: int) -> list[str]:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        return text[text.rindex(")") + 2 :].split()
+
+    own = fields(master)  # utime, stime, cutime, cstime are fields 14-17 (index 11-14 here)
+    total = sum(int(v) for v in own[11:15])
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    for pid in children:
+        try:
+            total += sum(int(v) for v in fields(int(pid))[11:13])
+        except OSError:
+            continue  # exited meanwhile: counted in the master's cutime once reaped
+    return total / CLOCK_TICKS
+
+
+def run_level(
+    port: int,
+    concurrency: int,
+    requests: int,
+    payload: bytes,
+    keepalive: bool,
+    master: int | None = None,
+) -> dict:
+    tickets = itertools.count()
+    cpu_before = server_cpu_s(master) if master else None
+
+    def client_loop(_) -> list[tuple[float, int | str]]:
+        client, out = Client(port, payload, keepalive), []
+        while next(tickets) < requests:
+            out.append(client.request())
+        client.close()
+        return out
+
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        results = list(pool.map(lambda _: one_request(port, body, ctype), range(requests)))
+        results = [r for chunk in pool.map(client_loop, range(concurrency)) for r in chunk]
     wall = time.perf_counter() - started
     latencies = [seconds * 1000 for seconds, _ in results]
     errors = sum(1 for _, status in results if status != 200)
+    cpu = (server_cpu_s(master) - cpu_before) if master else None
     return {
+        "server_cpu_ms_per_request": round(cpu * 1000 / requests, 3) if master else None,
         "concurrency": concurrency,
+        "connection": "keep-alive" if keepalive else "new",
         "requests": requests,
         "errors": errors,
         "throughput_rps": round(requests / wall, 1),
-        "p50_ms": round(percentile(latencies, 50), 1),
-        "p99_ms": round(percentile(latencies, 99), 1),
-        "mean_ms": round(statistics.fmean(latencies), 1),
+        "p50_ms": round(percentile(latencies, 50), 2),
+        "p99_ms": round(percentile(latencies, 99), 2),
+        "mean_ms": round(statistics.fmean(latencies), 2),
         "wall_s": round(wall, 2),
     }
 
@@ -140,7 +358,7 @@ def worker_rss_mb(master: int) -> dict[int, float]:
 _QUANTILES = (0.1, 0.25, 0.5, 0.75, 1.0)
 
 
-def soak(port: int, master: int, requests: int, body: bytes, ctype: str) -> dict:
+def soak(port: int, master: int, requests: int, payload: bytes, keepalive: bool) -> dict:
     """``requests`` at concurrency 8 while sampling every worker's memory twice a second."""
     samples: list[dict[int, float]] = []
     done = threading.Event()
@@ -152,7 +370,7 @@ def soak(port: int, master: int, requests: int, body: bytes, ctype: str) -> dict
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        result = run_level(port, 8, requests, body, ctype)
+        result = run_level(port, 8, requests, payload, keepalive, master)
     finally:
         done.set()
         sampler.join()
@@ -178,6 +396,8 @@ def soak(port: int, master: int, requests: int, body: bytes, ctype: str) -> dict
 
 
 def wait_ready(port: int, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    import http.client
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -193,64 +413,175 @@ def wait_ready(port: int, process: subprocess.Popen, timeout_s: float = 120) -> 
     raise SystemExit("server was not ready in time")
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help="bundle path, or 'tiny' (default)")
-    parser.add_argument("--requests", type=int, default=400, help="per concurrency level")
+    parser.add_argument("--model", default=None, help="bundle or .onnx (default: bundled)")
+    parser.add_argument("--requests", type=int, default=1000, help="per concurrency level")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated levels")
     parser.add_argument("--workers", type=int, default=None, help="gunicorn workers (cores)")
     parser.add_argument("--soak", type=int, default=0, help="then N more, sampling memory")
+    parser.add_argument("--baseline-calls", type=int, default=2000, help="per process")
+    parser.add_argument("--stage-repeats", type=int, default=500)
     parser.add_argument("--image", type=Path, default=EXAMPLE, help="image to post")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "serve_load.json")
     args = parser.parse_args(argv)
     levels = [int(level) for level in args.concurrency.split(",")]
+    workers = args.workers or len(os.sched_getaffinity(0))
 
     with tempfile.TemporaryDirectory() as scratch:
-        model = tiny_bundle(Path(scratch)) if args.model == "tiny" else Path(args.model)
+        if args.model == "tiny":
+            model = tiny_bundle(Path(scratch))
+        elif args.model:
+            model = Path(args.model)
+        else:
+            from imageclf.predict import default_model_path
+
+            model = default_model_path()
+        image = args.image.read_bytes()
+        body, ctype = multipart(args.image.name, image)
+        load_before = loadavg()
+
+        print("in-process Predictor.predict ...", flush=True)
+        before = (
+            predictor_rate(str(model), image, 1, args.baseline_calls),
+            predictor_rate(str(model), image, workers, args.baseline_calls),
+        )
+        print("per-stage budget ...", flush=True)
+        budget = stage_budget(str(model), body, ctype, args.stage_repeats)
+
         port = free_port()
         command = [sys.executable, "-m", "imageclf", "serve", "--model", str(model)]
-        command += ["--host", HOST, "--port", str(port)]
-        if args.workers:
-            command += ["--workers", str(args.workers)]
+        command += ["--host", HOST, "--port", str(port), "--workers", str(workers)]
         log = Path(scratch) / "server.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
             wait_ready(port, process)
-            body, ctype = multipart(args.image.name, args.image.read_bytes())
-            run_level(port, 4, 40, body, ctype)  # warm-up, not reported
-            load_before = loadavg()
-            results = [run_level(port, c, args.requests, body, ctype) for c in levels]
-            soaked = soak(port, process.pid, args.soak, body, ctype) if args.soak else None
+            for keepalive in (False, True):  # warm-up, not reported
+                run_level(port, 4, 100, raw_request(body, ctype, keepalive), keepalive)
+            print("server ...", flush=True)
+            # The floor: a request that does nothing (GET /healthz) through the same server.
+            health = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+            floor = run_level(port, 1, args.requests, health.encode(), False, process.pid)
+            results = [
+                run_level(
+                    port,
+                    c,
+                    args.requests,
+                    raw_request(body, ctype, keepalive),
+                    keepalive,
+                    process.pid,
+                )
+                for keepalive in (False, True)
+                for c in levels
+            ]
+            soaked = (
+                soak(port, process.pid, args.soak, raw_request(body, ctype, False), False)
+                if args.soak
+                else None
+            )
         finally:
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
-        workers = log.read_text().count("Booting worker")
+        booted = log.read_text().count("Booting worker")
+        # Again after the server: on a shared machine the load may have changed meanwhile,
+        # so the goals compare the server with the mean of before and after.
+        print("in-process Predictor.predict again ...", flush=True)
+        after = (
+            predictor_rate(str(model), image, 1, args.baseline_calls),
+            predictor_rate(str(model), image, workers, args.baseline_calls),
+        )
+    alone, together = (mean_of(b, a) for b, a in zip(before, after, strict=True))
 
+    def find(concurrency: int, connection: str) -> dict | None:
+        return next(
+            (
+                r
+                for r in results
+                if r["concurrency"] == concurrency and r["connection"] == connection
+            ),
+            None,
+        )
+
+    goals = {}
+    for connection in ("new", "keep-alive"):
+        c8, c1 = find(8, connection), find(1, connection)
+        goals[connection] = {
+            "c8_throughput_vs_inprocess": (
+                round(c8["throughput_rps"] / together["rate_per_s"], 3) if c8 else None
+            ),
+            "c1_p50_minus_predictor_p50_ms": (
+                round(c1["p50_ms"] - alone["p50_ms"], 2) if c1 else None
+            ),
+            # Load-independent: what a request costs the server's workers in CPU against
+            # one in-process call; the rate the server could reach on otherwise idle cores.
+            "c8_cpu_cost_ratio": (
+                round(together["cpu_ms_per_call"] / c8["server_cpu_ms_per_request"], 3)
+                if c8
+                else None
+            ),
+        }
     report = {
         "benchmark": "serve_load",
         "command": " ".join(["python", "benchmarks/serve_load.py", *(argv or sys.argv[1:])]),
         "machine": describe(),
         "loadavg_1min_before": load_before,
-        "model": "tiny-seed-a (random weights)" if args.model == "tiny" else str(model),
-        "image": f"{args.image.name} ({args.image.stat().st_size} bytes)",
+        "loadavg_1min_after": loadavg(),
+        "model": MODEL_NAMES.get(args.model, str(model)),
+        "image": f"{args.image.name} ({len(image)} bytes)",
         "server": {
-            "workers": args.workers or os.cpu_count(),
-            "workers_booted": workers,
+            "workers": workers,
+            "workers_booted": booted,
             "max_requests": os.environ.get("IMAGECLF_MAX_REQUESTS", "default (2000)"),
         },
+        "predictor_alone": alone,
+        "predictor_parallel": together,
+        "predictor_before_after": {"before": before, "after": after},
+        "stage_budget_us": budget,
+        "healthz_c1": floor,
         "results": results,
+        "goals": goals,
         "soak": soaked,
     }
-    header = f"{'conc':>5} {'requests':>9} {'errors':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
+
+    for label, (one, many) in (("before", before), ("after", after)):
+        print(
+            f"\nPredictor.predict in-process ({label} the server): 1 process p50 "
+            f"{one['p50_ms']} ms, p99 {one['p99_ms']} ms, {one['cpu_ms_per_call']} CPU ms/call; "
+            f"{workers} processes together {many['rate_per_s']}/s"
+        )
+    print("\nper-stage budget (median us, in-process, 1 thread):")
+    for name, value in budget.items():
+        print(f"  {name:<26}{value:>10}")
+    print(f"  {'GET /healthz on the server, c1 p50':<26} {floor['p50_ms'] * 1000:>9.0f}")
+    header = (
+        f"\n{'conn':>10} {'conc':>5} {'requests':>9} {'errors':>7} {'req/s':>8} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10}"
+    )
     print(header)
     for r in results:
         print(
-            f"{r['concurrency']:>5} {r['requests']:>9} {r['errors']:>7} {r['throughput_rps']:>8}"
-            f" {r['p50_ms']:>8} {r['p99_ms']:>8}"
+            f"{r['connection']:>10} {r['concurrency']:>5} {r['requests']:>9} {r['errors']:>7} "
+            f"{r['throughput_rps']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8} "
+            f"{r['server_cpu_ms_per_request']:>10}"
+        )
+    for connection, goal in goals.items():
+        print(
+            f"goals ({connection} connections): c8 throughput = "
+            f"{goal['c8_throughput_vs_inprocess']} x in-process rate (goal >= 0.6); "
+            f"c1 p50 - Predictor p50 = {goal['c1_p50_minus_predictor_p50_ms']} ms (goal <= 1); "
+            f"CPU per call in-process / per request in the server at c8 = "
+            f"{goal['c8_cpu_cost_ratio']}"
         )
     if soaked:
         print(

@@ -9,6 +9,7 @@ from imageclf.data.augment import (
     augment_batch,
     cutout,
     flip_mask,
+    random_resized_crop,
     translate,
 )
 
@@ -119,3 +120,18 @@ def test_augment_batch_replays_with_same_generator():
     other = augment_batch(x, idx, 0, cfg, torch.Generator().manual_seed(6))
     assert (other - a).abs().amax() > 0.1
     assert torch.equal(augment_batch(x, idx, 0, AugmentConfig(), torch.Generator()), x)
+
+
+def test_random_resized_crop_zooms_into_boxes_of_the_image():
+    # a horizontal ramp: a crop of the whole image reproduces it, a smaller box zooms in
+    ramp = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(8, 3, 64, 64).contiguous()
+    gen = torch.Generator().manual_seed(0)
+    whole = random_resized_crop(ramp, 1.0, gen, ratio=(1.0, 1.0))
+    torch.testing.assert_close(whole, ramp, atol=1e-5, rtol=1e-5)
+    crops = random_resized_crop(ramp, 0.25, torch.Generator().manual_seed(1))
+    assert crops.shape == ramp.shape
+    span = crops[:, 0, 32, -1] - crops[:, 0, 32, 0]  # how much of the ramp each crop covers
+    assert (span <= 1.0 + 1e-5).all() and (span >= 0.45).all() and (span < 0.99).any()
+    assert crops.min() >= 0 and crops.max() <= 1  # inside the picture: no padding
+    again = random_resized_crop(ramp, 0.25, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(crops, again)  # replayable from the generator

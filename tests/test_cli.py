@@ -27,7 +27,7 @@ def test_version(capsys):
         (["train", "--set", "not_a_field=3"], "bad --set"),
         (["train", "--set", "lr_rate=3"], "did you mean 'lr'"),
         # Checked when the config is built: before the (missing) data is looked for.
-        (["train", "--data", "/no/such", "--set", "optimizer=adamw"], "unknown optimizer"),
+        (["train", "--data", "/no/such", "--set", "optimizer=adamax"], "unknown optimizer"),
         (["train", "--data", "/no/such", "--set", "loss_reduction=summ"], "loss_reduction"),
         (["info", "/no/such/model.safetensors"], "not found"),
     ],

@@ -1,4 +1,5 @@
 import io
+import logging
 import os
 import pickle
 import tarfile
@@ -10,7 +11,7 @@ from helpers import CLASSES, write_image_folder
 from PIL import Image
 
 from imageclf import data as data_mod
-from imageclf.data import TEST, TRAIN, load_dataset
+from imageclf.data import TEST, TRAIN, VAL, load_dataset, make_split
 from imageclf.data import readers as readers_mod
 from imageclf.errors import DataError
 
@@ -244,11 +245,115 @@ def test_truncated_archive(tmp_path):
         load_dataset(cut, progress=False)
 
 
-def test_unreadable_image_names_the_file(tmp_path):
+def test_unreadable_and_non_image_files_are_skipped_and_named(tmp_path, caplog, monkeypatch):
+    # The CLI (run by other tests in this process) turns propagation off; caplog needs it.
+    monkeypatch.setattr(logging.getLogger("imageclf"), "propagate", True)
     root = write_image_folder(tmp_path / "ds", per_class=2)
     (root / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
-    with pytest.raises(DataError, match=r"train/dog/broken\.png"):
+    (root / "train" / "dog" / "empty.jpg").write_bytes(b"")
+    (root / "train" / "cat" / "notes.txt").write_text("not an image")
+    with caplog.at_level("WARNING", logger="imageclf"):
+        ds = load_dataset(root, progress=False)
+    assert len(ds) == 3 * 2 + 3 * 2  # the broken ones are left out, nothing crashed
+    text = caplog.text
+    assert "skipped 2 unreadable image(s)" in text
+    assert "train/dog/broken.png" in text and "train/dog/empty.jpg" in text
+    assert "skipped 1 file(s) that are not images: train/cat/notes.txt" in text
+    assert sorted(s.split(" (")[0] for s in ds.skipped) == [
+        "train/dog/broken.png",
+        "train/dog/empty.jpg",
+    ]
+    # the cache remembers what was skipped, and says so again
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="imageclf"):
+        again = load_dataset(root, progress=False)
+    assert len(again.skipped) == 2 and "2 unreadable file(s) skipped" in caplog.text
+
+
+def test_class_with_fewer_than_two_images_is_a_clear_error(tmp_path):
+    root = write_image_folder(tmp_path / "ds", per_class=3, partitioned=False)
+    for extra in sorted((root / "dog").iterdir())[1:]:
+        extra.unlink()
+    with pytest.raises(DataError, match=r"at least 2 training images.*dog \(1\)"):
         load_dataset(root, progress=False)
+    # unreadable files do not count, and the message says some were skipped
+    root2 = write_image_folder(tmp_path / "ds2", per_class=2, partitioned=False)
+    (root2 / "frog" / "0000.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"frog \(1\).*1 unreadable file"):
+        load_dataset(root2, progress=False)
+
+
+@pytest.mark.parametrize("val_name", ["val", "valid", "validation"])
+def test_train_val_layout_is_splits_not_classes(tmp_path, val_name):
+    root = tmp_path / "ds"
+    write_image_folder(root, per_class=4)  # train/ + test/
+    (root / "test").rename(root / val_name)
+    ds = load_dataset(root, progress=False)
+    assert ds.classes == sorted(CLASSES)  # never classes named "train" and "val"
+    assert ds.counts(TRAIN) == {c: 4 for c in CLASSES}
+    assert ds.counts(VAL) == {c: 2 for c in CLASSES}
+    assert not ds.has_test_partition
+    split = make_split(ds)  # auto: the user's own val folder is the validation split
+    assert split.name == "official"
+    np.testing.assert_array_equal(np.sort(split.val), np.flatnonzero(ds.partition == VAL))
+    assert len(split.train) == 12 and len(split.test) == 0
+    assert all(n.startswith(("train/", f"{val_name}/")) for n in ds.names)
+
+
+def test_train_val_test_layout(tmp_path):
+    root = write_image_folder(tmp_path / "ds", per_class=4)
+    write_image_folder(tmp_path / "v", per_class=2, partitioned=False)
+    (tmp_path / "v").rename(root / "val")
+    ds = load_dataset(root, progress=False)
+    split = make_split(ds)
+    assert split.sizes() == {"train": 12, "val": 6, "test": 6}
+    assert set(ds.partition[split.val]) == {VAL} and set(ds.partition[split.test]) == {TEST}
+
+
+def test_train_only_gets_a_seeded_stratified_holdout(tmp_path):
+    root = write_image_folder(tmp_path / "ds", per_class=10)
+    for f in (root / "test").rglob("*.png"):
+        f.unlink()
+    for d in sorted((root / "test").iterdir()):
+        d.rmdir()
+    (root / "test").rmdir()
+    ds = load_dataset(root, progress=False)
+    assert ds.classes == sorted(CLASSES) and not ds.has_val_partition
+    a, b = make_split(ds, seed=1), make_split(ds, seed=1)
+    np.testing.assert_array_equal(a.val, b.val)
+    assert len(a.val) and len(a.train) and len(a.test)
+    assert set(np.bincount(ds.labels[a.val])) == {len(a.val) // 3}  # same share per class
+
+
+def test_two_validation_folders_are_refused(tmp_path):
+    root = write_image_folder(tmp_path / "ds", per_class=2)
+    (root / "test").rename(root / "val")
+    write_image_folder(tmp_path / "x", per_class=2, partitioned=False)
+    (tmp_path / "x").rename(root / "validation")
+    with pytest.raises(DataError, match=r"val/ and validation/"):
+        load_dataset(root, progress=False)
+
+
+def test_symlinks_are_followed_and_loops_do_not_hang(tmp_path):
+    real = write_image_folder(tmp_path / "real", per_class=3, partitioned=False)
+    root = tmp_path / "linked"
+    root.mkdir()
+    (root / "cat").symlink_to(real / "cat", target_is_directory=True)  # a linked folder
+    (root / "dog").mkdir()
+    for f in sorted((real / "dog").iterdir()):
+        (root / "dog" / f.name).symlink_to(f)  # linked files
+    (root / "dog" / "loop").symlink_to(root, target_is_directory=True)  # a loop
+    (root / "dog" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    ds = load_dataset(root, progress=False)
+    assert ds.classes == ["cat", "dog"] and ds.counts(TRAIN) == {"cat": 3, "dog": 3}
+    assert [s.split(" (")[0] for s in ds.skipped] == ["dog/dangling.png"]
+
+
+def test_memory_check_refuses_what_cannot_fit(monkeypatch):
+    monkeypatch.setattr(readers_mod, "_memory_available", lambda: 4_000_000_000)
+    readers_mod.check_memory(10_000, 224, "src")  # 1.5 GB fits in 4 GB
+    with pytest.raises(DataError, match=r"50,000 images at 224x224 need 7\.5 GB"):
+        readers_mod.check_memory(50_000, 224, "src")
 
 
 def test_empty_class_folder(tmp_path):
@@ -294,7 +399,7 @@ def test_single_class_is_refused(tmp_path):
 def test_hidden_files_are_ignored(tmp_path):
     root = write_image_folder(tmp_path / "ds", per_class=2, partitioned=False)
     (root / "cat" / ".DS_Store").write_bytes(b"\0\0junk")
-    (root / "cat" / "notes.txt").write_text("not an image")
+    (root / "cat" / "Thumbs.db").write_bytes(b"\0")
     assert len(load_dataset(root, progress=False)) == 6
 
 

@@ -54,7 +54,7 @@ def test_subset_is_stratified_prefix_and_nested():
 def test_auto_and_errors():
     assert make_split(_dataset(with_test=False), "auto").name == "70-15-15"
     assert make_split(_dataset(), "auto").name == "official"
-    with pytest.raises(DataError, match="no test set"):
+    with pytest.raises(DataError, match="no val/ or test/ folder"):
         make_split(_dataset(with_test=False), "official")
     with pytest.raises(DataError, match="unknown split"):
         make_split(_dataset(), "80-20")

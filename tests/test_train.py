@@ -100,7 +100,7 @@ def test_bad_hyperparameters_are_user_errors():
 @pytest.mark.parametrize(
     "overrides,needle",
     [
-        ({"optimizer": "adamw"}, "unknown optimizer 'adamw'; choose adam, sgd"),
+        ({"optimizer": "adamax"}, "unknown optimizer 'adamax'; choose adam, adamw, sgd"),
         ({"loss_reduction": "summ"}, "unknown loss_reduction 'summ'; choose mean, sum"),
         ({"schedule": "cosine"}, "unknown schedule 'cosine'"),
         ({"split": "80-20"}, "unknown split '80-20'"),

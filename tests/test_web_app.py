@@ -22,7 +22,8 @@ from imageclf.web.server import (
     threads_per_worker,
 )
 
-CLASSES = [f"class{i}" for i in range(10)]
+# CIFAR-10's names, so the shipped example pictures belong to the served model's classes.
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,7 @@ def bundle(tmp_path_factory):
     # confident layout; the unsure notice has its own tests below.
     return make_tiny_bundle(
         tmp_path_factory.mktemp("web-app") / "tiny.safetensors",
+        classes=CLASSES,
         calibration={"temperature": 1.0, "threshold": 0.0},
     )
 
@@ -109,7 +111,9 @@ def test_result_page_has_image_label_confidence_bars_model_and_link(client):
 
 
 def _bundle_app(tmp_path, **calibration):
-    path = make_tiny_bundle(tmp_path / "m.safetensors", calibration=calibration or None)
+    path = make_tiny_bundle(
+        tmp_path / "m.safetensors", classes=CLASSES, calibration=calibration or None
+    )
     return create_app(path, TESTING=True, IMAGECLF_MODEL_LOADING="eager")
 
 
@@ -207,6 +211,20 @@ def test_example_images_can_be_classified(client):
     response = client.post("/predict", data={"example": name})
     assert response.status_code == 200
     assert 'id="label"' in response.get_data(as_text=True)
+
+
+def test_examples_come_from_the_served_models_classes(tmp_path):
+    """A user's ants/bees model shows no CIFAR-10 airplane: no examples at all."""
+    bundle = make_tiny_bundle(tmp_path / "ants.safetensors", classes=["ants", "bees"])
+    app = create_app(bundle, TESTING=True, IMAGECLF_MODEL_LOADING="eager")
+    client = app.test_client()
+    html = client.get("/").get_data(as_text=True)
+    assert 'name="example"' not in html and "Or try an example" not in html
+    assert client.post("/predict", data={"example": "airplane"}).status_code == 400
+    partial = make_tiny_bundle(tmp_path / "p.safetensors", classes=["cat", "horse", "zebra"])
+    html = create_app(partial, TESTING=True, IMAGECLF_MODEL_LOADING="eager").test_client().get("/")
+    found = re.findall(r'name="example" value="([^"]+)"', html.get_data(as_text=True))
+    assert sorted(found) == ["cat", "horse"]
 
 
 def test_unknown_example_is_400_html(client):
@@ -437,33 +455,7 @@ def test_healthz_and_readyz(client):
     assert response.get_json()["model"] == "tiny-seed-a"
 
 
-def test_metrics_prometheus_text(bundle):
-    app = create_app(bundle, TESTING=True, IMAGECLF_MODEL_LOADING="eager")
-    client = app.test_client()
-    client.post("/api/v1/predict", data=upload(png_bytes()))
-    client.post("/api/v1/predict", data=upload(b"junk"))
-    client.get("/nope")
-    response = client.get("/metrics")
-    text = response.get_data(as_text=True)
-    assert response.status_code == 200
-    assert response.mimetype == "text/plain"
-    assert "version=0.0.4" in response.headers["Content-Type"]
-    ok = 'imageclf_http_requests_total{endpoint="/api/v1/predict",method="POST",status="200"} 1'
-    bad = 'imageclf_http_requests_total{endpoint="/api/v1/predict",method="POST",status="400"} 1'
-    assert ok in text and bad in text
-    assert 'endpoint="unmatched",method="GET",status="404"' in text
-    assert "# TYPE imageclf_http_request_duration_seconds histogram" in text
-    assert (
-        'imageclf_http_request_duration_seconds_bucket{endpoint="/api/v1/predict",le="+Inf"} 2'
-        in text
-    )
-    predicted = re.findall(r'imageclf_predictions_total\{label="(class\d)"\} (\d+)', text)
-    assert len(predicted) == 10 and sum(int(n) for _, n in predicted) == 1
-    assert 'imageclf_images_rejected_total{status="400"} 1' in text
-    assert 'imageclf_model_ready{model="tiny-seed-a"} 1' in text
-    for line in text.splitlines():  # every sample line: name{labels} number
-        if not line.startswith("#"):
-            assert re.fullmatch(r"[a-z_]+(\{[^}]*\})? [0-9.e+-]+", line), line
+# /metrics has its own file: test_web_metrics.py.
 
 
 # ---------------------------------------------------------------- serve helpers
@@ -483,6 +475,9 @@ def test_gunicorn_options():
     assert options["worker_class"] == "imageclf.web.worker.DeadlineGeventWorker"
     assert options["keepalive"] == HEADER_TIMEOUT_S and options["worker_connections"] > 0
     assert options["control_socket_disable"] is True
+    # access lines only when asked for (serve --access-log)
+    assert options["accesslog"] is None
+    assert gunicorn_options("127.0.0.1", 80, 1, access_log=True)["accesslog"] == "-"
 
 
 def test_serve_limits_from_the_environment():

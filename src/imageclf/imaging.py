@@ -69,7 +69,7 @@ def format_mime_type(fmt: str) -> str | None:
     return Image.MIME.get(fmt)
 
 
-ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image
+ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
 
 _MARKUP_PREFIXES = (b"<?xml", b"<svg", b"<!doctype", b"<html", b"<!--")
 
@@ -283,6 +283,22 @@ def _read_source(source: ImageSource) -> bytes:
     return source.read()
 
 
+def _from_array(array: np.ndarray, max_pixels: int) -> Image.Image:
+    """A notebook's picture: HxW (grey) or HxWx3/4 uint8, as NumPy/Pillow/matplotlib give."""
+    if array.dtype != np.uint8:
+        raise InvalidImageError(
+            f"image arrays must be uint8 (0-255), got {array.dtype}; e.g. (x * 255).astype('uint8')"
+        )
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))):
+        raise InvalidImageError(
+            f"image arrays must be HxW, HxWx3 or HxWx4 (channels last), got shape {array.shape}"
+        )
+    _check_geometry((array.shape[1], array.shape[0]), max_pixels)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
 def decode_image(
     source: ImageSource,
     *,
@@ -300,6 +316,9 @@ def decode_image(
     while decoding. Everything is checked from the header first: dimensions, aspect
     ratio, JPEG scan count.
     """
+    if isinstance(source, np.ndarray):
+        picture = _reduce(_to_rgb(_from_array(source, max_pixels)), reduce_to)
+        return Decoded(picture, picture.size, None)
     if isinstance(source, Image.Image):
         _check_geometry(source.size, max_pixels)
         picture = _reduce(_to_rgb(_upright(source.copy())), reduce_to)  # never edit theirs

@@ -35,7 +35,8 @@ def predict_logits(
     amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """uint8 NHWC images -> float32 logits (N, classes); TTA averages log-probabilities."""
-    model.eval()
+    if model.training:  # eval() walks every module: measurable on a one-image request
+        model.eval()
     device = torch.device(device)
     outputs = []
     for start in range(0, len(images_u8), batch_size):

@@ -97,7 +97,7 @@ def build_metrics(
         "classes": detail.classes,
         "notes": list(notes),
         "summary": summary_rows(interpretations),
-        **detail_metrics(detail, _temperature(predictors)),
+        **detail_metrics(detail, _temperature(predictors), dataset.names),
     }
 
 
@@ -107,7 +107,9 @@ def _temperature(predictors: Sequence[Predictor]) -> float | None:
     return predictors[0].temperature if len(predictors) == 1 else None
 
 
-def detail_metrics(detail: Interpretation, temperature: float | None = 1.0) -> dict:
+def detail_metrics(
+    detail: Interpretation, temperature: float | None = 1.0, names: Sequence[str] | None = None
+) -> dict:
     """The per-class views of one split: report, confusion, calibration, image lists.
 
     With a fitted temperature the calibration block also says what the model's raw
@@ -130,6 +132,8 @@ def detail_metrics(detail: Interpretation, temperature: float | None = 1.0) -> d
         t, p = int(detail.targets[pos]), int(detail.preds[pos])
         return {
             "index": int(detail.indices[pos]),
+            # Where the image came from (path or archive member): a user can fix a bad label.
+            "file": str(names[detail.indices[pos]]) if names is not None else None,
             "true": classes[t],
             "predicted": classes[p],
             "confidence": rnd(detail.confidences[pos]),

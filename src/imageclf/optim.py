@@ -23,10 +23,12 @@ def _norm_biases(model: nn.Module) -> list[nn.Parameter]:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam (the seeds' Keras set-up) or nesterov SGD with per-group learning rates."""
+    """Adam (the seeds' Keras set-up), AdamW, or nesterov SGD with per-group learning rates."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":  # decoupled weight decay (the fine-tuning recipe's choice)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Decay per step scales with the batch (a bigger batch means fewer steps per epoch).
     decay = cfg.weight_decay * cfg.batch_size / 1024
     bias_ids = {id(p) for p in _norm_biases(model)}

@@ -150,7 +150,8 @@ def image_grid(
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = max(1, math.ceil(n / ncols))
-    fig = _figure(cell * ncols, (cell + 0.45) * nrows + (0.4 if title else 0))
+    lines = max((t.count("\n") + 1 for t in titles), default=1)  # caption height per row
+    fig = _figure(cell * ncols, (cell + 0.15 * lines) * nrows + (0.4 if title else 0))
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
     for k, ax in enumerate(axes):
         ax.set_xticks([])

@@ -34,6 +34,11 @@ DEFAULT_BUNDLE = "default.safetensors"
 Picture = ImageSource | np.ndarray  # a file, bytes, PIL image, or a uint8 HxWx3 array
 
 
+def is_onnx_path(path: str | os.PathLike | None) -> bool:
+    """An exported ONNX model (``imageclf export``) rather than a bundle."""
+    return path is not None and Path(path).suffix.lower() == ".onnx"
+
+
 def default_model_path() -> Path:
     """The pretrained model shipped inside the package."""
     path = Path(str(resources.files("imageclf") / "weights" / DEFAULT_BUNDLE))
@@ -48,6 +53,9 @@ def default_model_path() -> Path:
 class Predictor:
     """A loaded model plus its preprocessing, ready to classify images."""
 
+    # Grad-CAM needs the torch model's gradients; the ONNX backend sets this False.
+    explainable = True
+
     def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32") -> None:
         self.bundle = bundle
         self.device = resolve_device(device)
@@ -59,7 +67,12 @@ class Predictor:
     def load(
         cls, path: str | os.PathLike | None = None, device: str = "cpu", precision: str = "fp32"
     ) -> Predictor:
-        """``path=None`` loads the bundled default model."""
+        """``path=None`` loads the bundled default model; a ``.onnx`` file runs on
+        onnxruntime (``imageclf[onnx]``) behind this same API."""
+        if is_onnx_path(path):
+            from .onnx_backend import OnnxPredictor
+
+            return OnnxPredictor.load(path, device=device, precision=precision)
         return cls(load_bundle(path or default_model_path()), device=device, precision=precision)
 
     @property
@@ -123,7 +136,9 @@ class Predictor:
     def predict(
         self, images: Picture | Sequence[Picture], top_k: int = 3, *, tta: bool = False
     ) -> list[list[tuple[str, float]]]:
-        """One list of (label, probability), most likely first, per image."""
+        """One list of (label, probability), most likely first, per image. An image is a
+        path, bytes, a file object, a PIL image or a uint8 HxWx3 NumPy array (an NxHxWx3
+        array is a batch)."""
         if top_k < 1:
             raise UserInputError("top_k must be at least 1")
         probs = self.predict_proba(self.preprocess(images), tta=tta)
@@ -177,6 +192,8 @@ class Predictor:
 def _as_list(images) -> list:
     if isinstance(images, (list, tuple)):
         return list(images)
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images)  # a batch: N x H x W x C
     return [images]
 
 

@@ -3,14 +3,19 @@
 ``seed-*`` reproduce the seed systems' Keras training (Adam with Keras' epsilon,
 batch 64, EarlyStopping on val_loss with restore-best, ReduceLROnPlateau and
 augmentation where the seed used them). ``fast`` is our few-epoch recipe.
-Every field can be overridden from the command line.
+Every field can be overridden from the command line. A recipe can also be a JSON
+file (``imageclf tune`` writes the best one it found): a built-in base plus changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .bundle import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 from .data.augment import FLIP_MODES, AugmentConfig
@@ -18,7 +23,7 @@ from .data.splits import SPLITS
 from .device import PRECISIONS, check_device_name
 from .errors import UserInputError
 
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "plateau", "warmup-linear")
 LOSS_REDUCTIONS = ("mean", "sum")
 # Field annotation -> the Python types a value may have (bool is not an int here), and
@@ -32,6 +37,7 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "int | None": ((int, type(None)), "an integer or null"),
     "str | None": ((str, type(None)), "a string or null"),
     "AugmentConfig": ((AugmentConfig,), "augmentation settings"),
+    "list[str]": ((list,), "a list of names"),
 }
 
 
@@ -62,6 +68,14 @@ class TrainConfig:
     whiten_bias_epochs: int = 0  # fast net: train the whitening bias only this long
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     tta: bool = False  # also report test accuracy with flip/translate TTA
+    # transfer learning (finetune.py)
+    pretrained: str | None = None  # "efficientnet-lite0": ImageNet weights, new head
+    init: str | None = None  # an imageclf bundle to start from (new head if classes differ)
+    freeze_backbone: bool = False  # linear probe: fit the head on fixed embeddings only
+    freeze_groups: int = 1  # fine-tuning: earliest layer groups kept frozen (0 = train all)
+    class_weights: str | None = None  # "auto": loss weights n / (classes * n_c)
+    adapt: bool = True  # adapt batch size, epochs and augmentation to small datasets
+    user_set: list[str] = field(default_factory=list)  # fields the user chose explicitly
     # data
     data: str | None = None
     split: str = "auto"
@@ -90,6 +104,10 @@ class TrainConfig:
         _choose("precision", self.precision, PRECISIONS)
         _choose("augment.flip", self.augment.flip, FLIP_MODES)
         check_device_name(self.device)
+        if self.class_weights is not None:
+            _choose("class_weights", self.class_weights, ("auto",))
+        if self.freeze_backbone and not (self.pretrained or self.init):
+            raise UserInputError("--freeze-backbone needs --pretrained NAME or --init MODEL")
         if self.epochs < 1:
             raise UserInputError("--epochs must be at least 1")
         if self.batch_size < 1:
@@ -178,6 +196,32 @@ RECIPES: dict[str, dict] = {
         restore_best=False,
     ),
 }
+# finetune: `--pretrained efficientnet-lite0` on a user's folder of a few hundred photos.
+# The new head is first fitted on frozen embeddings (finetune.py), then the last layer
+# group trains with it at discriminative learning rates. On a 2-core CPU the cost decides:
+# 160 px is half of 224's compute; the stem and early stages stay frozen
+# (freeze_groups=2): they hold generic edges and textures, and their backward pass at
+# high resolution is most of a CPU step's cost. Random resized crops + flips are the
+# standard photo augmentation; BatchNorm statistics stay ImageNet's; the best epoch on
+# val loss is kept, the head fit included, so fine-tuning never ends worse than the probe.
+RECIPES["finetune"] = dict(
+    architecture="efficientnet-lite0",
+    pretrained="efficientnet-lite0",
+    image_size=160,
+    optimizer="adamw",
+    lr=5e-4,
+    weight_decay=0.01,
+    label_smoothing=0.1,
+    batch_size=32,
+    epochs=3,
+    schedule="warmup-linear",
+    warmup=0.1,
+    augment=AugmentConfig(flip="random", crop_scale=0.5),
+    freeze_groups=2,
+    early_stopping=None,
+    restore_best=True,
+    eval_batch_size=100,  # 224 px activations of 500 images would take gigabytes
+)
 # best: the same recipe at airbench94's width and batch, longer, for more time or a GPU.
 RECIPES["best"] = {
     **RECIPES["fast"],
@@ -187,20 +231,126 @@ RECIPES["best"] = {
 }
 
 
+RECIPE_FILE_FORMAT = "imageclf-recipe/1"
+
+
+def read_recipe_file(path: str | os.PathLike) -> dict:
+    """``{"format", "name", "base": a built-in recipe, "config": changed fields, ...}``;
+    other keys (``space``, ``tuned``) are for ``imageclf tune`` and for people."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserInputError(f"cannot read recipe file {path}: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != RECIPE_FILE_FORMAT:
+        raise UserInputError(f'{path} is not a recipe file (no "format": {RECIPE_FILE_FORMAT!r})')
+    if doc.get("base") not in RECIPES:
+        raise UserInputError(f"{path}: base must be one of {', '.join(RECIPES)}")
+    config = doc.get("config", {})
+    if not isinstance(config, dict):
+        raise UserInputError(f"{path}: config must be a JSON object")
+    try:
+        check_keys(config, [f for f in field_names() if f != "recipe"])
+        check_keys(
+            config.get("augment", {}), list(AugmentConfig.__dataclass_fields__), "augment setting"
+        )
+    except UserInputError as exc:
+        raise UserInputError(f"{path}: {exc}") from None
+    return {**doc, "name": str(doc.get("name") or path.stem), "config": config}
+
+
+def write_recipe_file(path: str | os.PathLike, name: str, base: str, config: dict, **extra) -> Path:
+    """The inverse of ``read_recipe_file``; ``extra`` keys are stored alongside."""
+    from .fileio import write_text_atomic
+
+    doc = {"format": RECIPE_FILE_FORMAT, "name": name, "base": base, "config": config, **extra}
+    write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
+    return Path(path)
+
+
+def recipe_values(recipe: str) -> dict:
+    """A built-in recipe's fields, or a recipe file's base with its changes applied."""
+    if recipe in RECIPES:
+        return {"recipe": recipe, **RECIPES[recipe]}
+    if recipe.endswith(".json") or Path(recipe).is_file():
+        doc = read_recipe_file(recipe)
+        values = {"recipe": doc["name"], **RECIPES[doc["base"]], **doc["config"]}
+        if isinstance(values["augment"], dict):
+            values["augment"] = AugmentConfig(**values["augment"])
+        return values
+    raise UserInputError(
+        f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)} or a recipe .json file"
+    )
+
+
 def resolve(recipe: str = "fast", **overrides) -> TrainConfig:
     """The recipe's config with ``overrides`` (None values mean 'keep the recipe's').
 
-    ``augment`` may be an ``AugmentConfig`` or a dict of its fields.
+    ``recipe`` is a built-in name or a recipe file; ``augment`` may be an
+    ``AugmentConfig`` or a dict of its fields.
     """
-    if recipe not in RECIPES:
-        raise UserInputError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    values = recipe_values(recipe)
     check_keys(overrides, field_names())
-    values = {"recipe": recipe, **RECIPES[recipe]}
     aug = overrides.pop("augment", None)
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    chosen = {k: v for k, v in overrides.items() if v is not None}
+    values.update(chosen)
     if isinstance(aug, dict):
         check_keys(aug, list(AugmentConfig.__dataclass_fields__), "augment setting")
         aug = AugmentConfig(**aug)
     if aug is not None:
-        values["augment"] = aug
+        values["augment"] = chosen["augment"] = aug
+    if chosen.get("init"):
+        if chosen.get("pretrained"):
+            raise UserInputError("choose one of --pretrained and --init, not both")
+        values["pretrained"] = None  # a bundle is the starting point, not the recipe's
+    values["user_set"] = sorted(set(chosen) - {"data", "out"})
     return TrainConfig(**values)
+
+
+# ---------------------------------------------------------------- small data
+MIN_STEPS = 300  # from scratch: fewer optimiser steps than this rarely learns anything
+MIN_STEPS_TRANSFER = 20  # fine-tuning starts from a fitted head and moves little
+MIN_BATCHES_PER_EPOCH = 8
+MAX_EPOCHS = 100
+
+
+def adapt_to_data(cfg: TrainConfig, n_train: int) -> tuple[TrainConfig, list[str]]:
+    """Defaults sized for CIFAR's 45,000 training images fail silently on a user's 200:
+    batch 256 gives one step per epoch. Adjust what the user did not set explicitly and
+    say why (the notes are logged at the start of the run)."""
+    if not cfg.adapt:
+        return cfg, []
+    notes = []
+    changes: dict = {}
+    batch = cfg.batch_size
+    if "batch_size" not in cfg.user_set and n_train < MIN_BATCHES_PER_EPOCH * batch:
+        smaller = max(16, 2 ** int(math.log2(max(1, n_train // MIN_BATCHES_PER_EPOCH))))
+        if smaller < batch:
+            changes["batch_size"] = batch = smaller
+            notes.append(
+                f"batch size {cfg.batch_size} -> {batch}: {n_train} training images would "
+                f"make {math.ceil(n_train / cfg.batch_size)} step(s) per epoch"
+            )
+    min_steps = MIN_STEPS_TRANSFER if (cfg.pretrained or cfg.init) else MIN_STEPS
+    steps = math.ceil(n_train / batch) * cfg.epochs
+    if "epochs" not in cfg.user_set and steps < min_steps and not cfg.freeze_backbone:
+        epochs = min(MAX_EPOCHS, math.ceil(min_steps / math.ceil(n_train / batch)))
+        if epochs > cfg.epochs:
+            changes["epochs"] = epochs
+            notes.append(
+                f"epochs {cfg.epochs} -> {epochs}: at least {min_steps} optimiser steps "
+                f"(was {steps})"
+            )
+    aug = cfg.augment
+    if "augment" not in cfg.user_set and aug.translate and cfg.image_size != 32:
+        # The recipe's translation is in pixels of a 32x32 image: keep its share.
+        pixels = max(1, round(aug.translate * cfg.image_size / 32))
+        if pixels != aug.translate:
+            changes["augment"] = dataclasses.replace(aug, translate=pixels)
+            notes.append(
+                f"translate augmentation {aug.translate} -> {pixels} px for "
+                f"{cfg.image_size}x{cfg.image_size} images"
+            )
+    if not changes:
+        return cfg, []
+    return dataclasses.replace(cfg, **changes), notes

@@ -159,6 +159,11 @@ def _tables(m: dict) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- figures
+def _short(name: str, limit: int = 24) -> str:
+    """A grid caption's file name: the end of the path, which tells files apart."""
+    return name if len(name) <= limit else "…" + name[-(limit - 1) :]
+
+
 def _grid_figures(result: EvalResult, key: str, heading: str, gradcam: bool, notes: list[str]):
     """The picture grid for ``metrics[key]`` and, if asked, its Grad-CAM twin."""
     entries = result.metrics[key]
@@ -167,7 +172,8 @@ def _grid_figures(result: EvalResult, key: str, heading: str, gradcam: bool, not
     indices = np.array([e["index"] for e in entries])
     images = result.dataset.images[indices]
     titles = [
-        f"true: {e['true']}\npred: {e['predicted']} ({e['confidence']:.2f})"
+        (f"{_short(e['file'])}\n" if e.get("file") else "")
+        + f"true: {e['true']}\npred: {e['predicted']} ({e['confidence']:.2f})"
         + (f"\nloss {e['loss']:.2f}" if key == "top_losses" else "")
         for e in entries
     ]
@@ -264,7 +270,7 @@ def _environment():
         r["split"], "yes" if r["tta"] else "no", r["images"], r["accuracy"], r["loss"], r["ece"]
     ]  # fmt: skip
     env.filters["image_row"] = lambda e: [
-        str(e["index"]), e["true"], e["predicted"], e["confidence"], e["loss"]
+        e.get("file") or str(e["index"]), e["true"], e["predicted"], e["confidence"], e["loss"]
     ]  # fmt: skip
     return env
 

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import finetune
 from .bundle import save_bundle
 from .calibration import MIN_IMAGES, calibrate, calibration_effect
 from .compute import compute_report, training_flops_per_image
@@ -34,11 +36,11 @@ from .data.augment import augment_batch
 from .data.loader import Normalizer, batch_indices, channel_stats
 from .device import Runtime, autocast, setup_runtime
 from .errors import UserInputError
-from .fileio import write_text_atomic
+from .fileio import RunLock, write_text_atomic
 from .inference import evaluate_logits, predict_logits
 from .models import TrainingHooks, build, training_hooks
 from .optim import Lookahead, make_optimizer, schedule_multiplier, set_learning_rate
-from .recipes import TrainConfig, resolve
+from .recipes import TrainConfig, adapt_to_data, resolve
 from .runs import (
     Checkpoint,
     Run,
@@ -53,21 +55,38 @@ from .runs import (
 )
 
 log = logging.getLogger("imageclf.train")
+EpochHook = Callable[[dict], None]
+
+
+class TrainingDiverged(UserInputError):
+    """The loss became NaN/inf: bad settings, not a bug (the tuner prunes such trials)."""
 
 
 # ---------------------------------------------------------------- public entry points
-def train(config: TrainConfig | None = None, *, progress: bool = True, **overrides) -> Run | None:
+def train(
+    config: TrainConfig | None = None,
+    *,
+    progress: bool = True,
+    on_epoch_end: EpochHook | None = None,
+    evaluate_test: bool = True,
+    **overrides,
+) -> Run | None:
     """Train and write a run folder; returns the ``Run`` (``None`` on DDP ranks but 0).
 
     Pass a ``TrainConfig``, or keyword overrides of a recipe:
     ``train(recipe="fast", data="images/", epochs=3)``.
+    ``on_epoch_end(record)`` runs on rank 0 after each epoch's checkpoint with that
+    epoch's history record (the tuner reports val_acc through it; an exception it
+    raises stops the run). ``evaluate_test=False`` never touches the test split.
     """
     if config is None:
         config = resolve(overrides.pop("recipe", "fast"), **overrides)
     elif overrides:
         raise TypeError("pass a TrainConfig or keyword overrides of a recipe, not both")
     run_dir = Path(config.out or default_run_dir(config.recipe))
-    return _run(config, run_dir, None, progress)
+    if finetune.is_transfer(config):
+        config = finetune.prepare_config(config)  # the architecture the weights belong to
+    return _run(config, run_dir, None, progress, on_epoch_end, evaluate_test)
 
 
 def resume(run_dir: str | os.PathLike, *, progress: bool = True) -> Run | None:
@@ -79,11 +98,43 @@ def resume(run_dir: str | os.PathLike, *, progress: bool = True) -> Run | None:
 
 
 # ---------------------------------------------------------------- the driver
-def _run(cfg: TrainConfig, run_dir: Path, checkpoint: Checkpoint | None, progress: bool):
+def _run(
+    cfg: TrainConfig,
+    run_dir: Path,
+    checkpoint: Checkpoint | None,
+    progress: bool,
+    on_epoch_end: EpochHook | None = None,
+    evaluate_test: bool = True,
+):
     started = time.perf_counter()
     rt = setup_runtime(cfg.device, cfg.precision, cfg.threads)
+    # One process per run folder: a second train or resume into it is refused clearly.
+    lock = RunLock(run_dir) if rt.dist.is_main else None
+    try:
+        return _drive(cfg, run_dir, checkpoint, progress, rt, started, on_epoch_end, evaluate_test)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _drive(
+    cfg,
+    run_dir: Path,
+    checkpoint: Checkpoint | None,
+    progress: bool,
+    rt,
+    started: float,
+    on_epoch_end: EpochHook | None,
+    evaluate_test: bool,
+):
     show = progress and rt.dist.is_main
     data = TrainData.load(cfg, show)
+    if checkpoint is None:
+        cfg, notes = adapt_to_data(cfg, len(data.x_train))
+        for note in notes:
+            log.info("small dataset: %s (set it explicitly to override)", note)
+    if show:
+        log.info("%s", finetune.describe_counts(data.dataset, data.split))
     parts = Parts.build(cfg, data, rt)
     state, best = RunState(), None
     if checkpoint is not None:
@@ -94,8 +145,11 @@ def _run(cfg: TrainConfig, run_dir: Path, checkpoint: Checkpoint | None, progres
         norm = {"mean": data.mean, "std": data.std}
         write_run_record(run_dir, cfg, data.dataset, data.split, norm, rt)
     total_steps = data.steps_per_epoch(cfg) * cfg.epochs
+    if finetune.is_transfer(cfg) and checkpoint is None:
+        state, best = _fit_head(cfg, parts, data, rt, state, run_dir, show)
 
-    while state.epoch < cfg.epochs and not state.stopped_early:
+    # --freeze-backbone: the head fit above is the whole training.
+    while state.epoch < cfg.epochs and not state.stopped_early and not cfg.freeze_backbone:
         epoch_start = time.perf_counter()
         loss, acc, steps = train_one_epoch(cfg, parts, data, rt, state, total_steps, show)
         train_seconds = state.train_seconds + time.perf_counter() - epoch_start
@@ -115,9 +169,11 @@ def _run(cfg: TrainConfig, run_dir: Path, checkpoint: Checkpoint | None, progres
         if rt.dist.is_main:
             _checkpoint(run_dir, cfg, parts, state, best if improved else None)
             _log_epoch(cfg, record, state)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
         rt.dist.barrier()
 
-    return _finish(cfg, run_dir, parts, data, rt, state, best, started)
+    return _finish(cfg, run_dir, parts, data, rt, state, best, started, evaluate_test)
 
 
 # ---------------------------------------------------------------- data and model
@@ -176,25 +232,36 @@ class Parts:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     lookahead: Lookahead | None
+    loss_weight: torch.Tensor | None = None  # --class-weights auto
 
     @classmethod
     def build(cls, cfg: TrainConfig, data: TrainData, rt: Runtime) -> Parts:
         torch.manual_seed(cfg.seed)
-        normalizer = data.normalizer
         classes = len(data.dataset.classes)
-        model = build(cfg.architecture, classes, cfg.image_size, **cfg.arch_kwargs)
+        transfer = finetune.is_transfer(cfg)
+        if transfer:
+            # Learned weights come with the normalisation they were trained with.
+            model, norm = finetune.start_model(cfg, data.dataset.classes)
+            data.mean, data.std = norm["mean"], norm["std"]
+        else:
+            model = build(cfg.architecture, classes, cfg.image_size, **cfg.arch_kwargs)
+        normalizer = data.normalizer
         hooks = training_hooks(model)
-        # Whitening from the first 5,000 training images: a deterministic, cheap estimate.
-        hooks.init_whitening(normalizer(data.x_train[:5000]))
+        if not transfer:
+            # Whitening from the first 5,000 training images: a deterministic, cheap estimate.
+            hooks.init_whitening(normalizer(data.x_train[:5000]))
         model = model.to(rt.device, memory_format=torch.channels_last)
-        optimizer = make_optimizer(model, cfg)
+        optimizer = (finetune.make_optimizer if transfer else make_optimizer)(model, cfg)
+        weight = finetune.class_weights(data.y_train.numpy(), classes, cfg.class_weights)
         lookahead = Lookahead(model) if cfg.lookahead else None
         net: nn.Module = model
         if rt.dist.world > 1:
             ids = [rt.device.index] if rt.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         scaler = torch.amp.GradScaler("cuda", enabled=rt.amp_dtype == torch.float16)
-        return cls(model, net, hooks, normalizer, optimizer, scaler, lookahead)
+        if weight is not None:
+            weight = weight.to(rt.device)
+        return cls(model, net, hooks, normalizer, optimizer, scaler, lookahead, weight)
 
     def restore(self, checkpoint: Checkpoint, run_dir: Path) -> tuple[RunState, dict | None]:
         """Weights, optimiser and lookahead from ``last.pt``; the best weights from ``best.pt``."""
@@ -252,8 +319,9 @@ def train_one_epoch(
         with autocast(rt.device, rt.amp_dtype):
             logits = parts.net(x)
             loss_each = F.cross_entropy(
-                logits.float(), y, label_smoothing=cfg.label_smoothing, reduction="none"
-            )
+                logits.float(), y, weight=parts.loss_weight,
+                label_smoothing=cfg.label_smoothing, reduction="none",
+            )  # fmt: skip
             # "sum" makes the learning rate per example; DDP averages gradients over ranks.
             loss = loss_each.sum() * world if cfg.loss_reduction == "sum" else loss_each.mean()
             penalty = parts.hooks.l2_penalty()
@@ -281,7 +349,7 @@ def train_one_epoch(
     )
     total_seen = int(total_seen)
     if not math.isfinite(total_loss):
-        raise UserInputError(
+        raise TrainingDiverged(
             f"training diverged in epoch {epoch + 1} (loss is not finite); try a lower --lr"
         )
     return total_loss / max(total_seen, 1), total_correct / max(total_seen, 1), step
@@ -300,6 +368,30 @@ def _history_record(epoch: int, loss, acc, val: dict | None, lr: float, started:
         "lr": lr,
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+# ---------------------------------------------------------------- transfer: the head first
+def _fit_head(cfg, parts: Parts, data: TrainData, rt: Runtime, state: RunState, run_dir, show):
+    """fastai-style: the new head first, fitted on the frozen backbone's embeddings; it is
+    the best state so far, so fine-tuning must beat it on val loss to replace it."""
+    record = finetune.fit_head(
+        parts.model, parts.normalizer, data.x_train, data.y_train, data.x_val, data.y_val,
+        len(data.dataset.classes), cfg, weight=parts.loss_weight, device=rt.device,
+        amp_dtype=rt.amp_dtype, progress=show,
+    )  # fmt: skip
+    state = dataclasses.replace(state, history=[record])
+    best = None
+    if record["val_loss"] is not None:
+        state = dataclasses.replace(state, best_val_loss=record["val_loss"])
+        best = copy.deepcopy(parts.model.state_dict())
+    if rt.dist.is_main:
+        write_history(run_dir, state.history)
+    if show:
+        log.info(
+            "head fitted on frozen features: train acc %.4f  val acc %s  %.1fs",
+            record["train_acc"], record["val_acc"], record["seconds"],
+        )  # fmt: skip
+    return state, best
 
 
 # ---------------------------------------------------------------- after each epoch
@@ -347,7 +439,8 @@ def _log_epoch(cfg: TrainConfig, record: dict, state: RunState) -> None:
 
 
 # ---------------------------------------------------------------- finish
-def _finish(cfg, run_dir, parts: Parts, data: TrainData, rt: Runtime, state, best, started):
+def _finish(cfg, run_dir, parts: Parts, data: TrainData, rt: Runtime, state, best, started,
+            evaluate_test: bool = True):  # fmt: skip
     """Restore the best weights, score val/test once, write the bundle and metrics."""
     if parts.lookahead is not None:
         parts.lookahead.sync(1.0)  # end on the slow weights
@@ -357,7 +450,7 @@ def _finish(cfg, run_dir, parts: Parts, data: TrainData, rt: Runtime, state, bes
     result = None
     if rt.dist.is_main:
         metrics: dict = {"train_seconds": round(train_seconds, 2)}
-        x_test, y_test = data.test_set()
+        x_test, y_test = data.test_set() if evaluate_test else (data.x_val[:0], data.y_val[:0])
         for name, x, y in (("val", data.x_val, data.y_val), ("test", x_test, y_test)):
             if len(x):
                 metrics[name] = parts.evaluate(cfg, x, y, rt)
@@ -426,6 +519,8 @@ def _bundle_metadata(cfg: TrainConfig, data: TrainData, metrics: dict) -> dict:
         "classes": data.dataset.classes,
         "input_size": cfg.image_size,
         "normalization": {"mean": data.mean, "std": data.std},
+        "preprocessing": {"resize": "whole frame squashed to the input size"},
+        "start": finetune.origin(cfg, data.dataset.classes),
         "recipe": cfg.recipe,
         "config": cfg.to_dict(),
         "data": data_record(data.dataset),

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 
 from ..errors import DataError
 from ..paths import cache_dir, default_cifar10_path
 from . import cache
-from .dataset import TEST, TRAIN, Dataset
+from .dataset import TEST, TRAIN, VAL, Dataset
 from .download import download
 from .readers import read_source
 from .splits import SPLITS, Split, make_split
 
-__all__ = ["SPLITS", "TEST", "TRAIN", "Dataset", "Split", "download", "load_dataset", "make_split"]
+log = logging.getLogger("imageclf.data")
+
+__all__ = [
+    "SPLITS",
+    "TEST",
+    "TRAIN",
+    "VAL",
+    "Dataset",
+    "Split",
+    "download",
+    "load_dataset",
+    "make_split",
+]
 
 
 def load_dataset(
@@ -39,6 +52,8 @@ def load_dataset(
     if use_cache:
         cached = cache.load_cached(cache_dir(), key, str(path))
         if cached is not None:
+            if cached.skipped:  # said in full when decoded; repeated briefly from the cache
+                log.warning("%s: %d unreadable file(s) skipped", path, len(cached.skipped))
             return cached
     dataset = read_source(path, image_size, key, progress=progress)
     if use_cache:

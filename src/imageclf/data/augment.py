@@ -22,6 +22,9 @@ class AugmentConfig:
     cutout: int = 0  # side of a random square set to 0 (the normalised mean)
     rotate: float = 0.0  # degrees, uniform in [-rotate, rotate] (Keras rotation_range)
     shift: float = 0.0  # fraction of the side (Keras width/height_shift_range)
+    # RandomResizedCrop: a box of [crop_scale, 1] of the area, aspect 3/4..4/3, resized
+    # back to full size; 0 = off. The standard augmentation for fine-tuning on photos.
+    crop_scale: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,6 +96,27 @@ def affine(x: torch.Tensor, degrees: float, shift: float, gen: torch.Generator) 
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def random_resized_crop(
+    x: torch.Tensor, min_scale: float, gen: torch.Generator, ratio=(3 / 4, 4 / 3)
+) -> torch.Tensor:
+    """Inception-style random crops for a whole batch in one ``grid_sample`` call: each
+    image gets a box of random area share in [min_scale, 1] and aspect ratio in ``ratio``
+    (clipped to fit), bilinearly resampled to the full size."""
+    n = x.shape[0]
+    area = min_scale + (1 - min_scale) * torch.rand(n, generator=gen)
+    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    aspect = torch.exp(log_r)
+    w = torch.sqrt(area * aspect).clamp(max=1.0)  # box sides as fractions of the image
+    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - w)  # centres keep the box inside
+    cy = (torch.rand(n, generator=gen) * 2 - 1) * (1 - h)
+    zero = torch.zeros(n)
+    theta = torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
 def augment_batch(
     x: torch.Tensor,
     indices: torch.Tensor,
@@ -101,6 +125,8 @@ def augment_batch(
     gen: torch.Generator,
     seed: int = 0,
 ) -> torch.Tensor:
+    if cfg.crop_scale:
+        x = random_resized_crop(x, cfg.crop_scale, gen)
     if cfg.flip != "none":
         x = apply_flip(x, flip_mask(indices, epoch, cfg.flip, gen, seed))
     if cfg.rotate or cfg.shift:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import zipfile
 from pathlib import Path
 
@@ -11,9 +10,10 @@ import numpy as np
 
 from ..fileio import atomic_write
 from .dataset import Dataset
+from .readers import walk_folder
 
 # Bump when the decoded result for the same source bytes would change.
-DECODER_VERSION = 1
+DECODER_VERSION = 2  # 2: val/ partitions, file names, skipped files
 
 
 def fingerprint(path: Path, size: int) -> str:
@@ -28,13 +28,15 @@ def fingerprint(path: Path, size: int) -> str:
             while block := handle.read(1 << 20):
                 digest.update(block)
     else:
-        for dirpath, dirnames, filenames in os.walk(path):
-            dirnames.sort()
-            for name in sorted(filenames):
-                full = Path(dirpath) / name
+        for rel, full in walk_folder(path):
+            if full is None:
+                continue
+            try:
                 stat = full.stat()
-                rel = full.relative_to(path).as_posix()
-                digest.update(f"{rel}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            except OSError:  # a broken symlink: the reader reports it as unreadable
+                digest.update(f"{rel}|missing\n".encode())
+                continue
+            digest.update(f"{rel}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:32]
 
 
@@ -55,6 +57,8 @@ def load_cached(cache_dir: Path, key: str, source: str) -> Dataset | None:
                 classes=[str(c) for c in data["classes"]],
                 source=source,
                 fingerprint=key,
+                names=data["names"],
+                skipped=[str(s) for s in data["skipped"]],
             )
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
         # A damaged entry (an empty file raises EOFError) is simply rebuilt.
@@ -69,4 +73,6 @@ def store(cache_dir: Path, dataset: Dataset) -> None:
             labels=dataset.labels,
             partition=dataset.partition,
             classes=np.array(dataset.classes),
+            names=np.asarray(dataset.names, dtype=str),
+            skipped=np.array(dataset.skipped, dtype=str),
         )

@@ -2,33 +2,41 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-TRAIN, TEST = 0, 1
-PARTITION_NAMES = {TRAIN: "train", TEST: "test"}
+TRAIN, TEST, VAL = 0, 1, 2
+PARTITION_NAMES = {TRAIN: "train", TEST: "test", VAL: "val"}
 
 
 @dataclass
 class Dataset:
-    """All images of a source; ``partition`` marks the source's own train/test.
+    """All images of a source; ``partition`` marks the source's own train/val/test.
 
     A source without its own test set (``ROOT/<class>/*``) has every image in
-    ``TRAIN``; splits decide what becomes validation and test.
+    ``TRAIN``; splits decide what becomes validation and test. ``names`` say where
+    each image came from (a path inside the source, or archive member), so reports
+    can point a user at a mislabelled photo; ``skipped`` lists unreadable files.
     """
 
     images: np.ndarray  # (N, H, W, 3) uint8
     labels: np.ndarray  # (N,) int64
-    partition: np.ndarray  # (N,) uint8, TRAIN or TEST
+    partition: np.ndarray  # (N,) uint8, TRAIN, VAL or TEST
     classes: list[str]
     source: str
     fingerprint: str  # sha256-based key of the source and decode settings
+    names: np.ndarray | None = None  # (N,) str
+    skipped: list[str] = field(default_factory=list)  # "name: reason" per unreadable file
 
     def __post_init__(self) -> None:
         n = len(self.images)
         if not (len(self.labels) == len(self.partition) == n):
             raise ValueError("images, labels and partition must have the same length")
+        if self.names is None:
+            self.names = np.array([f"#{i}" for i in range(n)])
+        if len(self.names) != n:
+            raise ValueError("names must have one entry per image")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -36,6 +44,10 @@ class Dataset:
     @property
     def has_test_partition(self) -> bool:
         return bool((self.partition == TEST).any())
+
+    @property
+    def has_val_partition(self) -> bool:
+        return bool((self.partition == VAL).any())
 
     @property
     def image_size(self) -> int:

@@ -1,19 +1,26 @@
 """Readers that turn a dataset on disk into one in-memory ``Dataset``.
 
 Supported: the official CIFAR-10 python archive (or its extracted folder), and
-image-folder trees ``ROOT/{train,test}/<class>/*`` or ``ROOT/<class>/*``, as a
-folder or as a ``.tar``, ``.tar.gz``/``.tgz`` or ``.zip`` archive.
+image-folder trees ``ROOT/<class>/*`` or ``ROOT/train/<class>/*`` with optional
+``ROOT/{val,valid,validation}/<class>/*`` and ``ROOT/test/<class>/*``, as a folder
+(symlinks followed) or as a ``.tar``, ``.tar.gz``/``.tgz`` or ``.zip`` archive.
+
+A user's folder is messy: files that are not images (by extension) and images that
+cannot be decoded are skipped and reported (count and first names), never a crash;
+what cannot be trained on (a class with fewer than 2 images) is one clear error.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import pickle
 import tarfile
 import zipfile
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -22,7 +29,9 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError, ImageError
 from ..imaging import IMAGE_EXTENSIONS, open_image, resize_for_model
-from .dataset import TEST, TRAIN, Dataset
+from .dataset import TEST, TRAIN, VAL, Dataset
+
+log = logging.getLogger("imageclf.data")
 
 CIFAR10_CLASSES = (
     "airplane",
@@ -37,10 +46,15 @@ CIFAR10_CLASSES = (
     "truck",
 )
 CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-PARTITIONS = {"train": TRAIN, "test": TEST}
+# Folder names recognised as a source's own splits (ROOT/<split>/<class>/<image>).
+PARTITIONS = {"train": TRAIN, "test": TEST, "val": VAL, "valid": VAL, "validation": VAL}
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 # Hidden files and OS litter that appear inside class folders and archives.
-_IGNORED_PARTS = ("__MACOSX",)
+_IGNORED_PARTS = ("__MACOSX", "Thumbs.db", "desktop.ini")
+# How many names a "skipped N files" message lists.
+SHOW_NAMES = 5
+# Refuse to decode into more than this share of the memory available right now.
+MEMORY_SHARE = 0.8
 
 
 # ---------------------------------------------------------------- CIFAR python batches
@@ -104,9 +118,14 @@ def _assemble_cifar(files: dict[str, bytes], source: str, size: int) -> tuple:
         ]
     )
     classes = _cifar_meta(files.get("batches.meta"))
+    # A report names each image by its batch file and position in it.
+    names = np.array(
+        [f"{b}[{i}]" for b, p in zip(CIFAR_BATCHES, parts, strict=True) for i in range(len(p[1]))]
+    )
     if size != 32:
+        check_memory(len(images), size, source)
         images = np.stack([resize_for_model(Image.fromarray(im), size) for im in images])
-    return images, labels, partition, classes
+    return images, labels, partition, classes, names, []
 
 
 # ---------------------------------------------------------------- archive/folder listing
@@ -139,8 +158,21 @@ def _iter_archive(path: Path) -> Iterator[tuple[str, bytes | None]]:
         raise DataError(f"{path} is not a readable archive or is corrupt ({exc})") from None
 
 
-def _iter_folder(root: Path) -> Iterator[tuple[str, Path | None]]:
-    for dirpath, dirnames, filenames in os.walk(root):
+def walk_folder(root: Path) -> Iterator[tuple[str, Path | None]]:
+    """Yield (relative path, file) for files and (relative path, None) for folders,
+    sorted, following symlinked files and folders; a folder reached twice (a symlink
+    loop, or two links to one place) is walked only the first time."""
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames.sort()
         rel_dir = Path(dirpath).relative_to(root)
         for d in dirnames:
@@ -154,49 +186,89 @@ def _ignored(parts: tuple[str, ...]) -> bool:
 
 
 # ---------------------------------------------------------------- image-folder layout
-def _layout(entries: list[tuple[str, object]], source: str):
-    """Work out classes and partitions from paths; return the image entries and layout."""
+def _summary(names: list[str]) -> str:
+    shown = ", ".join(names[:SHOW_NAMES])
+    return shown + (f" and {len(names) - SHOW_NAMES} more" if len(names) > SHOW_NAMES else "")
+
+
+@dataclass
+class FolderLayout:
+    """What a folder or archive holds, worked out from paths alone (nothing decoded)."""
+
+    images: list[tuple[tuple[str, ...], object, str]]  # (parts below root, payload, name)
+    classes: list[str]
+    partitioned: bool  # ROOT/<split>/<class>/* rather than ROOT/<class>/*
+    partition_folders: dict[str, str]  # "val" -> the folder that holds it ("validation")
+    not_images: list[str]  # files skipped because their extension is not an image's
+
+    def partition_of(self, parts: tuple[str, ...]) -> int:
+        return PARTITIONS[parts[0]] if self.partitioned else TRAIN
+
+
+def scan_layout(entries: list[tuple[str, object]], source: str) -> FolderLayout:
+    """Classes and partitions from the paths of ``entries``; a DataError for a layout
+    that cannot be trained on (one error per problem, naming the folder)."""
     files, dirs = [], []
     for name, payload in entries:
         parts = PurePosixPath(name).parts
         if not parts or _ignored(parts):
             continue
-        (dirs if payload is None else files).append((parts, payload))
-    images = [(p, x) for p, x in files if PurePosixPath(p[-1]).suffix.lower() in IMAGE_EXTENSIONS]
+        (dirs if payload is None else files).append((parts, payload, name))
+    images, not_images = [], []
+    for f in files:
+        if PurePosixPath(f[0][-1]).suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(f)
+        else:
+            not_images.append(f[2])
     if not images:
         raise DataError(f"{source} contains no image files")
     # Strip top-level folders shared by every file (an archive's wrapping folder).
     prefix = 0
-    while all(len(p) > prefix + 2 for p, _ in images) and len({p[prefix] for p, _ in images}) == 1:
+    while (
+        all(len(p) > prefix + 2 for p, _, _ in images)
+        and len({p[prefix] for p, _, _ in images}) == 1
+    ):
         prefix += 1
-    images = [(p[prefix:], x) for p, x in images]
-    dirs = [d[prefix:] for d, _ in dirs if len(d) > prefix]
-    depths = {len(p) for p, _ in images}
-    if depths == {3} and {p[0] for p, _ in images} <= set(PARTITIONS):
+    images = [(p[prefix:], x, n) for p, x, n in images]
+    dirs = [d[prefix:] for d, _, _ in dirs if len(d) > prefix]
+    depths = {len(p) for p, _, _ in images}
+    tops = {p[0] for p, _, _ in images}
+    if depths == {3} and tops <= set(PARTITIONS):
         partitioned = True
     elif depths == {2}:
         partitioned = False
     else:
         raise DataError(
-            f"{source}: expected ROOT/<class>/<image> or ROOT/{{train,test}}/<class>/<image>, "
+            f"{source}: expected ROOT/<class>/<image> or ROOT/{{train,val,test}}/<class>/<image>, "
             f"found files at depths {sorted(depths)} (e.g. {'/'.join(images[0][0])})"
         )
-    return images, dirs, partitioned
+    folders: dict[str, str] = {}
+    if partitioned:
+        for top in sorted(tops):
+            kind = {TRAIN: "train", VAL: "val", TEST: "test"}[PARTITIONS[top]]
+            if kind in folders:
+                raise DataError(
+                    f"{source}: both {folders[kind]}/ and {top}/ hold validation images; keep one"
+                )
+            folders[kind] = top
+    classes = _classes(images, dirs, partitioned, source)
+    return FolderLayout(images, classes, partitioned, folders, not_images)
 
 
 def _classes(images, dirs, partitioned: bool, source: str) -> list[str]:
     if not partitioned:
-        found = {p[0] for p, _ in images}
+        found = {p[0] for p, _, _ in images}
         empty = sorted({d[0] for d in dirs if len(d) == 1} - found)
         if empty:
             raise DataError(f"{source}: class folder(s) with no images: {', '.join(empty)}")
         classes = sorted(found)
     else:
         per_part: dict[str, set[str]] = {}
-        for p, _ in images:
+        for p, _, _ in images:
             per_part.setdefault(p[0], set()).add(p[1])
         if "train" not in per_part:
-            raise DataError(f"{source}: has a test/ folder but no train/ images")
+            others = "/, ".join(sorted(per_part))
+            raise DataError(f"{source}: has {others}/ but no train/ folder of images")
         empty = sorted(
             f"{d[0]}/{d[1]}" for d in dirs if len(d) == 2 and d[1] not in per_part.get(d[0], set())
         )
@@ -215,7 +287,44 @@ def _classes(images, dirs, partitioned: bool, source: str) -> list[str]:
     return classes
 
 
-def _decode(data: bytes, size: int, label: str) -> np.ndarray:
+def _check_enough(classes, labels, partition, source: str, skipped: list[str]) -> None:
+    """Every class needs 2 training images: one to learn from, one to hold out."""
+    counts = np.bincount(labels[partition == TRAIN], minlength=len(classes))
+    few = [f"{c} ({int(n)})" for c, n in zip(classes, counts, strict=True) if n < 2]
+    if few:
+        why = f"; {len(skipped)} unreadable file(s) were skipped" if skipped else ""
+        raise DataError(
+            f"{source}: every class needs at least 2 training images; too few in: "
+            f"{', '.join(few)}{why}"
+        )
+
+
+def _memory_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(n: int, size: int, source: str) -> None:
+    """Every image is held decoded at the training size: N x S x S x 3 bytes (150 KB per
+    image at 224, so 50,000 images need 7.5 GB). Refuse clearly rather than swap or die."""
+    need = n * size * size * 3
+    have = _memory_available()
+    if have is not None and need > MEMORY_SHARE * have:
+        raise DataError(
+            f"{source}: {n:,} images at {size}x{size} need {need / 1e9:.1f} GB of memory "
+            f"decoded, and {have / 1e9:.1f} GB is available; use a smaller --image-size "
+            "or fewer images"
+        )
+
+
+def _decode(data: bytes, size: int) -> np.ndarray:
+    """Raises ImageError (or DataError) when the bytes are not a usable picture."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.size == (size, size) and im.mode == "RGB" and not im.getexif():
@@ -223,30 +332,52 @@ def _decode(data: bytes, size: int, label: str) -> np.ndarray:
                 return np.asarray(im, dtype=np.uint8)
     except Exception:
         pass  # the careful path below explains what is wrong
-    try:
-        return resize_for_model(open_image(data), size)
-    except ImageError as exc:
-        raise DataError(f"cannot read image {label}: {exc}") from None
+    return resize_for_model(open_image(data), size)
+
+
+def _read_payload(payload) -> bytes:
+    return payload.read_bytes() if isinstance(payload, Path) else payload
 
 
 def _assemble_folder(entries, source: str, size: int, progress: bool) -> tuple:
-    images, dirs, partitioned = _layout(entries, source)
-    classes = _classes(images, dirs, partitioned, source)
-    index = {c: i for i, c in enumerate(classes)}
-    images.sort(key=lambda e: e[0])  # stable order, independent of archive member order
+    layout = scan_layout(entries, source)
+    if layout.not_images:
+        log.warning(
+            "%s: skipped %d file(s) that are not images: %s",
+            source,
+            len(layout.not_images),
+            _summary(layout.not_images),
+        )
+    index = {c: i for i, c in enumerate(layout.classes)}
+    images = sorted(layout.images, key=lambda e: e[0])  # independent of archive order
     n = len(images)
+    check_memory(n, size, source)
     pixels = np.empty((n, size, size, 3), np.uint8)
     labels = np.empty(n, np.int64)
     partition = np.empty(n, np.uint8)
-    for i, (parts, payload) in enumerate(
-        tqdm(images, desc=f"decoding {Path(source).name}", unit="img", disable=not progress)
+    names = []
+    skipped: list[str] = []
+    kept = 0
+    for parts, payload, name in tqdm(
+        images, desc=f"decoding {Path(source).name}", unit="img", disable=not progress
     ):
-        label = "/".join(parts)
-        data = payload.read_bytes() if isinstance(payload, Path) else payload
-        pixels[i] = _decode(data, size, label)
-        labels[i] = index[parts[-2]]
-        partition[i] = PARTITIONS[parts[0]] if partitioned else TRAIN
-    return pixels, labels, partition, classes
+        try:
+            pixels[kept] = _decode(_read_payload(payload), size)
+        except (ImageError, DataError, OSError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            skipped.append(f"{name} ({reason})")
+            continue
+        labels[kept] = index[parts[-2]]
+        partition[kept] = layout.partition_of(parts)
+        names.append(name)
+        kept += 1
+    if skipped:
+        log.warning(
+            "%s: skipped %d unreadable image(s): %s", source, len(skipped), _summary(skipped)
+        )
+    pixels, labels, partition = pixels[:kept], labels[:kept], partition[:kept]
+    _check_enough(layout.classes, labels, partition, source, skipped)
+    return pixels, labels, partition, layout.classes, np.array(names), skipped
 
 
 # ---------------------------------------------------------------- entry point
@@ -266,7 +397,7 @@ def read_source(path: Path, size: int, fingerprint: str, progress: bool = True) 
             files = {f.name: f.read_bytes() for f in cifar_dir.iterdir() if f.is_file()}
             arrays = _assemble_cifar(files, source, size)
         else:
-            arrays = _assemble_folder(list(_iter_folder(path)), source, size, progress)
+            arrays = _assemble_folder(list(walk_folder(path)), source, size, progress)
     elif path.is_file():
         if _archive_kind(path) is None:
             raise DataError(
@@ -288,5 +419,5 @@ def read_source(path: Path, size: int, fingerprint: str, progress: bool = True) 
             arrays = _assemble_folder(entries, source, size, progress)
     else:
         raise DataError(f"dataset not found: {source}")
-    images, labels, partition, classes = arrays
-    return Dataset(images, labels, partition, classes, source, fingerprint)
+    images, labels, partition, classes, names, skipped = arrays
+    return Dataset(images, labels, partition, classes, source, fingerprint, names, skipped)

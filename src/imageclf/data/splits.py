@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DataError
-from .dataset import TEST, TRAIN, Dataset
+from .dataset import TEST, TRAIN, VAL, Dataset
 
 SPLITS = ("auto", "official", "70-15-15")
 OFFICIAL_VAL_SIZE = 5000
@@ -79,29 +79,37 @@ def make_split(
     val_size: int | None = None,
     subset: int | None = None,
 ) -> Split:
-    """``official``: the source's test set, ``val_size`` held out of train
-    (default: 5,000, or a tenth of train when that is smaller).
-    ``70-15-15``: all images pooled and split 70/15/15 by class.
-    ``auto``: official when the source has a test set, else 70-15-15."""
+    """``official``: the source's own val/ and test/ folders; without val/, ``val_size``
+    images held out of train, seeded and stratified (default: 5,000, or a tenth of train
+    when that is smaller). ``70-15-15``: all images pooled and split 70/15/15 by class.
+    ``auto``: official when the source has its own val or test set, else 70-15-15."""
     if name not in SPLITS:
         raise DataError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
     if name == "auto":
-        name = "official" if dataset.has_test_partition else "70-15-15"
+        own = dataset.has_test_partition or dataset.has_val_partition
+        name = "official" if own else "70-15-15"
     rng = np.random.default_rng(seed)
     labels = dataset.labels
     if name == "official":
-        if not dataset.has_test_partition:
+        if not (dataset.has_test_partition or dataset.has_val_partition):
             raise DataError(
-                f"{dataset.source} has no test set (no test/ folder), so --split official "
+                f"{dataset.source} has no val/ or test/ folder, so --split official "
                 "cannot be used; use --split 70-15-15"
             )
         pool = np.flatnonzero(dataset.partition == TRAIN)
         test = np.flatnonzero(dataset.partition == TEST)
-        # 5,000 for CIFAR-10's 50,000; a tenth of train for smaller datasets.
-        n_val = min(OFFICIAL_VAL_SIZE, round(0.1 * len(pool))) if val_size is None else val_size
-        if n_val >= len(pool):
-            raise DataError(f"--val-size {n_val} leaves no training images (train has {len(pool)})")
-        val, train = _stratified_take(pool, labels, n_val, rng) if n_val > 0 else (pool[:0], pool)
+        if dataset.has_val_partition:  # the user's own validation folder
+            val, train = np.flatnonzero(dataset.partition == VAL), pool
+        else:
+            # 5,000 for CIFAR-10's 50,000; a tenth of train for smaller datasets.
+            n_val = min(OFFICIAL_VAL_SIZE, round(0.1 * len(pool))) if val_size is None else val_size
+            if n_val >= len(pool):
+                raise DataError(
+                    f"--val-size {n_val} leaves no training images (train has {len(pool)})"
+                )
+            val, train = (
+                _stratified_take(pool, labels, n_val, rng) if n_val > 0 else (pool[:0], pool)
+            )
     else:
         everything = np.arange(len(dataset))
         test, rest = _stratified_take(everything, labels, 0.15, rng)

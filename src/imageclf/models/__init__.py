@@ -1,6 +1,6 @@
-"""Model architectures by name: the seed CNNs and the fast net."""
+"""Model architectures by name: the seed CNNs, the fast net and EfficientNet-Lite0."""
 
-from . import fast, seeds  # noqa: F401  (registers the architectures)
+from . import efficientnet, fast, seeds  # noqa: F401  (registers the architectures)
 from .protocol import TrainingHooks, training_hooks
 from .registry import build, names, register
 

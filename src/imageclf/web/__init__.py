@@ -45,7 +45,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
+    # The upload page may use the webcam (our own origin only); nothing else.
+    "Permissions-Policy": "camera=(self), microphone=(), geolocation=(), interest-cohort=()",
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -88,14 +89,16 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
     if "MAX_FORM_PARTS" not in config:  # follows the file limit: files, fields and slack
         app.config["MAX_FORM_PARTS"] = int(app.config["IMAGECLF_MAX_FILES"]) + 16
 
+    metrics = Metrics()
     service = ModelService(
         model_path,
         max_pixels=int(app.config["IMAGECLF_MAX_PIXELS"]),
         max_request_pixels=int(app.config["IMAGECLF_MAX_REQUEST_PIXELS"]),
         decode_seconds=float(app.config["IMAGECLF_DECODE_SECONDS"]),
         torch_threads=app.config["IMAGECLF_TORCH_THREADS"],
+        on_loaded=lambda p: metrics.model_loaded(p.name, _backend(p), p.classes),
     )
-    init_extensions(app, service, Metrics())
+    init_extensions(app, service, metrics)
     app.wsgi_app = BodyDeadline(app.wsgi_app, float(app.config["IMAGECLF_BODY_TIMEOUT_S"]))
 
     from . import api, errors, ops, pages
@@ -116,6 +119,20 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
     return app
 
 
+def _backend(predictor) -> str:
+    return "pytorch" if predictor.explainable else "onnxruntime"
+
+
+_STATIC_HEADERS = tuple(SECURITY_HEADERS.items())
+_PAGE_HEADERS = (*_STATIC_HEADERS, ("Cache-Control", "no-store"))
+
+
+def _add_missing(headers, defaults: tuple[tuple[str, str], ...]) -> None:
+    """``setdefault`` for several headers in one pass (it rescans the list per call)."""
+    present = {key.lower() for key, _ in headers}
+    headers.extend([(k, v) for k, v in defaults if k.lower() not in present])
+
+
 def _register_hooks(app: Flask) -> None:
     metrics = get_metrics(app)
 
@@ -134,14 +151,12 @@ def _register_hooks(app: Flask) -> None:
 
     @app.after_request
     def finish(response: Response) -> Response:
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if request.endpoint != "static":
-            # Results hold the user's picture: never let a shared cache keep them.
-            response.headers.setdefault("Cache-Control", "no-store")
-        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        # Results hold the user's picture: never let a shared cache keep them.
+        defaults = _PAGE_HEADERS if request.endpoint != "static" else _STATIC_HEADERS
+        _add_missing(response.headers, defaults)
+        rule = request.url_rule.rule if request.url_rule else None  # a template, not the path
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        metrics.observe_request(endpoint, request.method, response.status_code, elapsed)
+        metrics.observe_request(rule, request.method, response.status_code, elapsed)
         return response
 
 

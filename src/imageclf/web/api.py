@@ -64,8 +64,9 @@ def predict() -> Response:
             # probably none of its classes, or a picture it finds hard.
             "unsure": result.unsure,
         }
-        if explain:
-            item["explanation"] = png_base64(result.explanation)
+        if explain:  # null where the model cannot explain (an ONNX export)
+            drawn = result.explanation
+            item["explanation"] = png_base64(drawn) if drawn is not None else None
         predictions.append(item)
     return jsonify(
         {

@@ -1,105 +1,164 @@
-"""Prometheus metrics in plain Python: request counts, latency, predictions by class.
+"""Prometheus metrics that stay right when gunicorn runs several workers.
 
-Counters live in the process that served the request. Under gunicorn each worker
-keeps its own, so a scrape sees one worker at a time; sum ``rate()`` across scrapes
-or run one worker per container when exact totals matter.
+``imageclf serve`` gives every server start a fresh, empty folder
+(``PROMETHEUS_MULTIPROC_DIR``) before any worker starts; prometheus_client's
+multiprocess mode then keeps each worker's counters and histograms in files there,
+and a scrape answered by any worker sums them all. When a worker exits,
+``mark_process_dead`` drops its live gauges (its counters stay: they are history).
+Without that folder (the test client, ``serve --debug``) everything lives in the
+process.
+
+Every label value comes from a fixed set, so no client can create new series:
+route templates (``/static/<path:filename>``, never a raw path), known methods,
+status classes (``2xx``), model classes, and ``other`` for anything else.
 """
 
 from __future__ import annotations
 
-import bisect
-import threading
-from collections import Counter
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as _values
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# What generate_latest writes (names and labels here are plain ASCII, so no escaping).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OTHER = "other"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Seconds: from a cached static file (~1 ms) up to a 64-image batch with Grad-CAM.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-def _escape(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def route_label(rule: str | None) -> str:
+    """The matched route template; unmatched paths (404, 405) all share ``other``."""
+    return rule or OTHER
 
 
-def _labels(**labels: str) -> str:
-    inner = ",".join(f'{key}="{_escape(value)}"' for key, value in labels.items())
-    return "{" + inner + "}" if inner else ""
+def method_label(method: str) -> str:
+    return method if method in METHODS else OTHER
+
+
+def status_label(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status <= 599 else OTHER
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class Metrics:
-    """Thread-safe counters and one latency histogram per endpoint."""
+    """The app's counters, histogram and gauges; one instance per app (per worker)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: Counter[tuple[str, str, str]] = Counter()
-        self.predictions: Counter[str] = Counter()
-        self.rejected: Counter[str] = Counter()
-        self._buckets: dict[str, list[int]] = {}
-        self._sums: Counter[str] = Counter()
-        self._counts: Counter[str] = Counter()
+        # Metrics register here, not in prometheus_client's global registry, so several
+        # apps in one process (tests) never collide.
+        self._registry = CollectorRegistry()
+        registry = self._registry
+        self.requests = Counter(
+            "imageclf_http_requests",
+            "HTTP requests answered, by route template, method and status class.",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "imageclf_http_request_duration_seconds",
+            "Time to answer a request, by route template.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.predictions = Counter(
+            "imageclf_predictions",
+            "Images classified, by top-1 class.",
+            ["label"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "imageclf_images_rejected",
+            "Uploads refused, by HTTP status.",
+            ["status"],
+            registry=registry,
+        )
+        # livemin: 1 only when every live worker has its model loaded.
+        self.ready = Gauge(
+            "imageclf_model_ready",
+            "1 once the model is loaded and serving (in every live worker).",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.model = Gauge(
+            "imageclf_model_info",
+            "The model being served (value 1), by name and backend.",
+            ["model", "backend"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self._classes: frozenset[str] = frozenset()
+        self.ready.set(0)
 
-    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        with self._lock:
-            self.requests[(endpoint, method, str(status))] += 1
-            buckets = self._buckets.setdefault(endpoint, [0] * len(LATENCY_BUCKETS))
-            index = bisect.bisect_left(LATENCY_BUCKETS, seconds)
-            if index < len(buckets):
-                buckets[index] += 1
-            self._sums[endpoint] += seconds
-            self._counts[endpoint] += 1
+    # ------------------------------------------------------------ recording
+    def observe_request(self, rule: str | None, method: str, status: int, seconds: float) -> None:
+        route = route_label(rule)
+        self.requests.labels(route, method_label(method), status_label(status)).inc()
+        self.duration.labels(route).observe(seconds)
+
+    def model_loaded(self, name: str, backend: str, classes: list[str]) -> None:
+        """Called once the worker's model is loaded: ready, and a zero per class."""
+        self._classes = frozenset(classes)
+        for label in classes:
+            self.predictions.labels(label)
+        self.model.labels(name, backend).set(1)
+        self.ready.set(1)
 
     def count_predictions(self, labels: list[str]) -> None:
-        with self._lock:
-            self.predictions.update(labels)
+        for label in labels:
+            self.predictions.labels(label if label in self._classes else OTHER).inc()
 
     def count_rejected(self, status: int) -> None:
-        with self._lock:
-            self.rejected[str(status)] += 1
+        self.rejected.labels(str(status) if 400 <= status <= 599 else OTHER).inc()
 
-    def render(self, *, ready: bool, model: str | None, classes: list[str] | None = None) -> str:
-        """The Prometheus text exposition format (version 0.0.4)."""
-        out: list[str] = []
-        with self._lock:
-            out += [
-                "# HELP imageclf_http_requests_total HTTP requests by endpoint, method and status.",
-                "# TYPE imageclf_http_requests_total counter",
-            ]
-            for (endpoint, method, status), n in sorted(self.requests.items()):
-                labels = _labels(endpoint=endpoint, method=method, status=status)
-                out.append(f"imageclf_http_requests_total{labels} {n}")
-            out += [
-                "# HELP imageclf_http_request_duration_seconds Time to answer a request.",
-                "# TYPE imageclf_http_request_duration_seconds histogram",
-            ]
-            for endpoint in sorted(self._buckets):
-                running = 0
-                for bound, n in zip(LATENCY_BUCKETS, self._buckets[endpoint], strict=True):
-                    running += n
-                    labels = _labels(endpoint=endpoint, le=f"{bound:g}")
-                    out.append(f"imageclf_http_request_duration_seconds_bucket{labels} {running}")
-                total = self._counts[endpoint]
-                inf = _labels(endpoint=endpoint, le="+Inf")
-                out.append(f"imageclf_http_request_duration_seconds_bucket{inf} {total}")
-                plain = _labels(endpoint=endpoint)
-                out.append(
-                    f"imageclf_http_request_duration_seconds_sum{plain} {self._sums[endpoint]:.6f}"
-                )
-                out.append(f"imageclf_http_request_duration_seconds_count{plain} {total}")
-            out += [
-                "# HELP imageclf_predictions_total Images classified, by top-1 class.",
-                "# TYPE imageclf_predictions_total counter",
-            ]
-            for label in sorted(set(classes or []) | set(self.predictions)):
-                out.append(
-                    f"imageclf_predictions_total{_labels(label=label)} {self.predictions[label]}"
-                )
-            out += [
-                "# HELP imageclf_images_rejected_total Uploads refused, by HTTP status.",
-                "# TYPE imageclf_images_rejected_total counter",
-            ]
-            for status, n in sorted(self.rejected.items()):
-                out.append(f"imageclf_images_rejected_total{_labels(status=status)} {n}")
-        out += [
-            "# HELP imageclf_model_ready 1 once the model is loaded and serving.",
-            "# TYPE imageclf_model_ready gauge",
-            f"imageclf_model_ready{_labels(model=model or '')} {int(ready)}",
-        ]
-        return "\n".join(out) + "\n"
+    # ------------------------------------------------------------ exposing
+    def render(self) -> tuple[bytes, str]:
+        """(body, content type) in the Prometheus text format: every worker's numbers
+        summed in multiprocess mode, this process's otherwise."""
+        folder = multiprocess_dir()
+        if folder is None:
+            return generate_latest(self._registry), CONTENT_TYPE
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=folder)
+        return generate_latest(registry), CONTENT_TYPE
+
+
+# ---------------------------------------------------------------- the server side
+def start_multiprocess_dir() -> Path:
+    """A fresh, empty folder for this server start, set before any worker exists.
+
+    A folder left from an earlier run would add its old counts to the new ones, so it is
+    never reused.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="imageclf-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(folder)
+    # prometheus_client picks its value store when first imported; re-pick it now that
+    # the folder is set (workers fork from this process and inherit the choice).
+    _values.ValueClass = _values.get_value_class()
+    return folder
+
+
+def gunicorn_hooks(folder: Path) -> dict[str, Any]:
+    """Server hooks for the master: forget dead workers' live gauges, remove the folder."""
+
+    def child_exit(server, worker) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, path=str(folder))
+
+    def on_exit(server) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    return {"child_exit": child_exit, "on_exit": on_exit}

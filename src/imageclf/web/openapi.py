@@ -229,7 +229,7 @@ def _schemas(max_files: int, top_k: dict, max_explained: int) -> dict:
                                 "format": "byte",
                                 "nullable": True,
                                 "description": "Grad-CAM overlay PNG (base64), when "
-                                "explain was true.",
+                                "explain was true; null for an ONNX model (no gradients).",
                             },
                         },
                     },
@@ -268,6 +268,11 @@ def _schemas(max_files: int, top_k: dict, max_explained: int) -> dict:
                 "test_accuracy": {**probability, "nullable": True},
                 "created": {"type": "string", "nullable": True},
                 "explain": {"type": "boolean", "description": "Grad-CAM available."},
+                "backend": {
+                    "type": "string",
+                    "enum": ["pytorch", "onnxruntime"],
+                    "description": "What runs the model (Grad-CAM needs pytorch).",
+                },
                 "temperature": {
                     "type": "number",
                     "description": "Logits are divided by this before the softmax.",

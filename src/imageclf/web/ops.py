@@ -29,13 +29,6 @@ def readyz() -> tuple[Response, int]:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Prometheus text format."""
-    service = get_service()
-    registry = get_metrics()
-    predictor = service.predictor() if service.ready else None
-    text = registry.render(
-        ready=service.ready,
-        model=predictor.name if predictor else None,
-        classes=predictor.classes if predictor else None,
-    )
-    return Response(text, mimetype="text/plain; version=0.0.4; charset=utf-8")
+    """Prometheus text format: every worker's numbers, whichever worker answers."""
+    body, content_type = get_metrics().render()
+    return Response(body, content_type=content_type)

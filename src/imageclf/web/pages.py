@@ -38,6 +38,14 @@ def examples() -> dict[str, Path]:
     return {p.stem: p for p in files}
 
 
+def model_examples() -> dict[str, Path]:
+    """The shipped examples whose label is one of the served model's classes: a user's
+    ants/bees model shows no CIFAR-10 airplane (and none at all until the model loaded)."""
+    summary = _model_summary()
+    classes = set(summary["classes"]) if summary else set()
+    return {name: path for name, path in examples().items() if name.split("-")[0] in classes}
+
+
 @cache
 def accepted_formats() -> dict[str, str]:
     """What the upload form accepts, all derived from ``imaging.WEB_FORMATS``:
@@ -70,7 +78,7 @@ def render_index(error: str | None = None, error_title: str | None = None) -> st
         "index.html",
         examples=[
             {"name": name, "label": name.split("-")[0], "file": f"examples/{path.name}"}
-            for name, path in examples().items()
+            for name, path in model_examples().items()
         ],
         error=error,
         error_title=error_title,
@@ -136,7 +144,7 @@ def _example_upload() -> list[Upload] | None:
     name = request.form.get("example")
     if name is None:
         return None
-    path = examples().get(name)
+    path = model_examples().get(name)
     if path is None:
         raise BadRequest("unknown example image")
     return [Upload(path.name, path.read_bytes())]

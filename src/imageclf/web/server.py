@@ -84,8 +84,14 @@ def limits_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
     return found
 
 
-def gunicorn_options(host: str, port: int, workers: int) -> dict[str, Any]:
-    """The gunicorn settings ``serve`` uses (exposed for tests and docs)."""
+def gunicorn_options(
+    host: str, port: int, workers: int, access_log: bool = False
+) -> dict[str, Any]:
+    """The gunicorn settings ``serve`` uses (exposed for tests and docs).
+
+    Access lines are off unless asked for: formatting one costs about a tenth of a
+    request's CPU (benchmarks/serve_load.py), a front proxy usually logs requests
+    anyway, and /metrics and the error log (with request ids) are always on."""
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     max_requests = int(os.environ.get("IMAGECLF_MAX_REQUESTS", MAX_REQUESTS))
     return {
@@ -99,7 +105,7 @@ def gunicorn_options(host: str, port: int, workers: int) -> dict[str, Any]:
         "max_requests": max_requests,
         "max_requests_jitter": MAX_REQUESTS_JITTER if max_requests else 0,
         "preload_app": False,  # each worker builds its own app and model after the fork
-        "accesslog": "-",
+        "accesslog": "-" if access_log else None,
         "errorlog": "-",
         "loglevel": "info",
         "proc_name": "imageclf",
@@ -116,6 +122,7 @@ def serve(
     port: int = 8000,
     workers: int | None = None,
     debug: bool = False,
+    access_log: bool = False,
 ) -> None:
     """Check the model, then serve until interrupted."""
     from . import create_app
@@ -129,12 +136,17 @@ def serve(
 
     from gunicorn.app.base import BaseApplication
 
+    from .metrics import gunicorn_hooks, start_multiprocess_dir
+
     workers = workers or cpu_count()
     threads = threads_per_worker(workers)
+    # Before any worker forks: /metrics then sums every worker's counters.
+    metrics_hooks = gunicorn_hooks(start_multiprocess_dir())
 
     class Server(BaseApplication):
         def load_config(self) -> None:
-            for key, value in gunicorn_options(host, port, workers).items():
+            options = gunicorn_options(host, port, workers, access_log)
+            for key, value in {**options, **metrics_hooks}.items():
                 self.cfg.set(key, value)
 
         def load(self):

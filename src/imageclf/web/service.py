@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,8 +85,10 @@ class ModelService:
         max_request_pixels: int = MAX_REQUEST_PIXELS,
         decode_seconds: float = DECODE_SECONDS,
         torch_threads: int | None = None,
+        on_loaded: Callable[[Predictor], None] | None = None,
     ) -> None:
         self.model_path = Path(model_path) if model_path else None
+        self.on_loaded = on_loaded  # e.g. the metrics' model-ready gauge
         self.max_pixels = max_pixels
         self.max_request_pixels = max_request_pixels
         self.decode_seconds = decode_seconds
@@ -115,6 +118,8 @@ class ModelService:
                     self.error = str(exc)
                     raise
                 self.error = None
+                if self.on_loaded:
+                    self.on_loaded(self._predictor)
                 self._loaded.set()
                 log.info(
                     "model %s loaded in %.2fs", self._predictor.name, time.perf_counter() - started
@@ -167,7 +172,9 @@ class ModelService:
             "metrics": meta.get("metrics") or {},
             "test_accuracy": float(accuracy) if isinstance(accuracy, int | float) else None,
             "created": meta.get("created"),
-            "explain": True,  # Grad-CAM works for every model with a Conv2d
+            # Grad-CAM works for every torch model with a Conv2d; an ONNX export has none.
+            "explain": p.explainable,
+            "backend": "pytorch" if p.explainable else "onnxruntime",
             "calibrated": p.metadata.unsure_below is not None,
             "temperature": p.temperature,
             "unsure_below": unsure_threshold(p),
@@ -229,7 +236,7 @@ class ModelService:
         best = probs.argmax(axis=1)
         unsure = probs.max(axis=1) < unsure_threshold(predictor)
         overlays: list[Image.Image | None] = [None] * len(decoded)
-        if explain:  # one Grad-CAM pass for the whole batch, drawn on each picture
+        if explain and predictor.explainable:  # one Grad-CAM pass, drawn on each picture
             heatmaps = predictor.gradcam(batch, best).heatmaps
             overlays = [overlay(d.picture, h) for d, h in zip(decoded, heatmaps, strict=True)]
         return [

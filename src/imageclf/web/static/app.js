@@ -1,5 +1,5 @@
-// imageclf upload page: preview, drag-and-drop, paste, and a size/type check before
-// sending. The form works without this file; it only makes it nicer.
+// imageclf upload page: preview, drag-and-drop, paste, webcam capture, and a size/type
+// check before sending. The form works without this file; it only makes it nicer.
 "use strict";
 
 (function () {
@@ -156,6 +156,70 @@
         }
       }
     });
+
+    // Webcam: shown only where the browser offers a camera (a secure context, an allowed
+    // permission policy). The photo becomes the form's file, like a drop or a paste.
+    var camera = document.getElementById("camera");
+    var video = document.getElementById("camera-video");
+    var openCamera = document.getElementById("camera-open");
+    var stream = null;
+    var policy = document.permissionsPolicy || document.featurePolicy;
+    var cameraAllowed = !policy || !policy.allowsFeature || policy.allowsFeature("camera");
+    if (camera && window.isSecureContext && navigator.mediaDevices &&
+        navigator.mediaDevices.getUserMedia && cameraAllowed) {
+      openCamera.hidden = false;
+    }
+
+    function stopCamera() {
+      if (stream) stream.getTracks().forEach(function (track) { track.stop(); });
+      stream = null;
+      video.srcObject = null;
+      camera.hidden = true;
+      openCamera.hidden = false;
+    }
+
+    if (camera) {
+      openCamera.addEventListener("click", function () {
+        clearError();
+        navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" }, audio: false })
+          .then(function (opened) {
+            stream = opened;
+            video.srcObject = stream;
+            camera.hidden = false;
+            openCamera.hidden = true;
+            return video.play();
+          })
+          .then(function () {
+            document.getElementById("camera-capture").focus();
+          })
+          .catch(function (err) {
+            stopCamera();
+            showError(err && err.name === "NotAllowedError"
+              ? "The browser did not allow the camera. Choose a file instead."
+              : "No camera could be opened here. Choose a file instead.");
+          });
+      });
+      document.getElementById("camera-cancel").addEventListener("click", function () {
+        stopCamera();
+        openCamera.focus();
+      });
+      document.getElementById("camera-capture").addEventListener("click", function () {
+        if (!stream || !video.videoWidth) return;
+        var canvas = document.createElement("canvas");
+        canvas.width = video.videoWidth;
+        canvas.height = video.videoHeight;
+        canvas.getContext("2d").drawImage(video, 0, 0);
+        canvas.toBlob(function (blob) {
+          stopCamera();
+          if (!blob) {
+            showError("The photo could not be taken. Choose a file instead.");
+            return;
+          }
+          useFile(new File([blob], "webcam.jpg", { type: "image/jpeg" }));
+          submit.focus();
+        }, "image/jpeg", 0.92);
+      });
+    }
 
     form.addEventListener("submit", function (event) {
       var file = input.files && input.files[0];

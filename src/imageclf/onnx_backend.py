@@ -1,0 +1,172 @@
+"""Serving an exported ``.onnx`` model on onnxruntime, behind the ``Predictor`` API.
+
+The graph ``imageclf export`` writes takes the model's input as decoded pixels
+(``images``: uint8, N x S x S x 3, RGB) and returns ``logits`` (float32, N x classes);
+normalisation is inside the graph, so any onnxruntime client only resizes and feeds
+pixels. The bundle's metadata travels in the file's metadata props (``imageclf`` key,
+the same JSON a bundle holds), so the file alone is enough to serve.
+
+Decoding and resizing stay the ``Predictor``'s own (one preprocessing path for both
+backends); only the forward pass differs. Grad-CAM needs gradients,
+which onnxruntime does not give: ``explainable`` is False here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bundle import Bundle, BundleMetadata
+from .errors import BundleError, UserInputError
+from .predict import Predictor
+
+ONNX_FORMAT = "imageclf-onnx/1"
+METADATA_KEY = "imageclf"  # the bundle's metadata, JSON
+FORMAT_KEY = "format"
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+ONNX_EXTRA = "pip install 'imageclf[onnx]'"
+EXPLAIN_UNAVAILABLE = (
+    "Grad-CAM needs the PyTorch model's gradients: use the .safetensors bundle, not the ONNX export"
+)
+# TTA views on uint8 pixels: the same weights and shifts as inference._views (mirror and
+# 1-pixel diagonal shifts); reflect-padding commutes with the per-channel normalisation.
+TTA_WEIGHTS = (0.25, 0.25, 0.125, 0.125, 0.125, 0.125)
+
+
+class MissingExtraError(UserInputError):
+    """An optional extra is needed for this (exit code 2)."""
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingExtraError(f"ONNX models need the optional onnx extra: {ONNX_EXTRA}") from None
+    return onnxruntime
+
+
+def read_onnx_metadata(session) -> BundleMetadata:
+    """The bundle metadata stored in an exported file, checked like a bundle's."""
+    props = session.get_modelmeta().custom_metadata_map
+    if props.get(FORMAT_KEY) != ONNX_FORMAT or METADATA_KEY not in props:
+        raise BundleError(
+            "the ONNX file was not written by 'imageclf export' (no imageclf metadata)"
+        )
+    try:
+        metadata = BundleMetadata.check(json.loads(props[METADATA_KEY]))
+    except json.JSONDecodeError:
+        raise BundleError("the ONNX file has unreadable imageclf metadata") from None
+    except ValueError as exc:
+        raise BundleError(f"the ONNX file has bad metadata: {exc}") from None
+    return metadata
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def tta_views(batch_u8: np.ndarray) -> list[np.ndarray]:
+    """Original, mirror, and the two diagonal 1-pixel shifts with their mirrors (NHWC)."""
+    padded = np.pad(batch_u8, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    h, w = batch_u8.shape[1:3]
+    views = [batch_u8, batch_u8[:, :, ::-1]]
+    for shifted in (padded[:, 0:h, 0:w], padded[:, 2 : h + 2, 2 : w + 2]):
+        views += [shifted, shifted[:, :, ::-1]]
+    return [np.ascontiguousarray(v) for v in views]
+
+
+class OnnxPredictor(Predictor):
+    """``Predictor`` on onnxruntime: same preprocessing, outputs and API, no torch model."""
+
+    explainable = False
+
+    def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: int = 1) -> None:
+        ort = import_onnxruntime()
+        path = Path(path)
+        if not path.is_file():
+            raise BundleError(f"model file not found: {path}")
+        if device not in ("cpu", "auto"):
+            raise UserInputError("ONNX models run on the CPU here (onnxruntime); use --device cpu")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Server workers share the cores: an idle pool thread must not spin on one.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own types for bad files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BundleError(f"{path} is not a readable ONNX model ({first})") from None
+        self.bundle = Bundle(state_dict={}, metadata=read_onnx_metadata(self.session))
+        self.device = torch.device("cpu")
+        self.model = None  # no torch model: Grad-CAM is not available
+        self._check_signature(path)
+
+    def _check_signature(self, path: Path) -> None:
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        ok = (
+            len(inputs) == 1
+            and inputs[0].name == INPUT_NAME
+            and inputs[0].type == "tensor(uint8)"
+            and list(inputs[0].shape[1:]) == [self.input_size, self.input_size, 3]
+            and outputs
+            and outputs[0].name == OUTPUT_NAME
+            and outputs[0].shape[-1] == len(self.classes)
+        )
+        if not ok:
+            raise BundleError(
+                f"{path}: the graph's inputs/outputs do not match its metadata "
+                f"(expected {INPUT_NAME} uint8 Nx{self.input_size}x{self.input_size}x3 -> "
+                f"{OUTPUT_NAME} Nx{len(self.classes)})"
+            )
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike | None = None, device: str = "cpu", precision: str = "fp32"
+    ) -> OnnxPredictor:
+        if path is None:
+            raise UserInputError("an ONNX model path is required")
+        if precision not in ("fp32", "auto"):
+            raise UserInputError("ONNX models run in fp32; use --precision fp32")
+        # One thread knob for both backends: the server sets torch's per worker.
+        return cls(path, device=device, threads=torch.get_num_threads())
+
+    def logits(self, batch_u8: np.ndarray) -> np.ndarray:
+        """The graph's raw logits (N, classes) for prepared uint8 NHWC images."""
+        batch = np.ascontiguousarray(batch_u8, dtype=np.uint8)
+        if len(batch) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+    def _logits(self, batch_u8: np.ndarray, tta: bool) -> torch.Tensor:
+        """Calibrated logits, as the torch path makes them: the graph's logits (with TTA,
+        the views' weighted log-probabilities) divided by the bundle's temperature."""
+        if tta:
+            scores = sum(
+                weight * log_softmax(self.logits(view))
+                for weight, view in zip(TTA_WEIGHTS, tta_views(batch_u8), strict=True)
+            )
+        else:
+            scores = self.logits(batch_u8)
+        return torch.from_numpy(np.asarray(scores, np.float32) / np.float32(self.temperature))
+
+    def gradcam(self, *args, **kwargs):
+        raise UserInputError(EXPLAIN_UNAVAILABLE)
+
+    def explain(self, *args, **kwargs):
+        raise UserInputError(EXPLAIN_UNAVAILABLE)

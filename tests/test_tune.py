@@ -1,0 +1,275 @@
+"""imageclf tune: tiny real studies on a synthetic image folder (3 learnable classes).
+
+Trials are steered with Optuna's own ``enqueue_trial`` so that pruning is
+deterministic: two good learning rates finish, then a hopeless one (1e-7) falls
+below their median at epoch 2 and is pruned.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import write_image_folder
+
+import imageclf
+from imageclf.cli import main
+from imageclf.errors import UserInputError
+
+optuna = pytest.importorskip("optuna")
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")  # trials run with --threads 1
+
+from imageclf.tuning import tune  # noqa: E402 (needs the optuna skip above to be meaningful)
+
+# Small and fast: batch 16 on 108 training images is 7 steps per epoch.
+SPACE = {
+    "lr": {"low": 1e-7, "high": 1e4, "log": True},
+    "batch_size": 16,
+    "widths": [8, 16, 16],
+    "translate": 0,
+}
+GOOD, ALSO_GOOD, HOPELESS, DIVERGES = 3e-3, 5e-3, 1e-7, 1e4
+RECIPES_FAST_LR = imageclf.RECIPES["fast"]["lr"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("tune") / "ds", per_class=40)
+
+
+@pytest.fixture
+def space_file(tmp_path) -> Path:
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(SPACE))
+    return path
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def _queue(storage: str, study: str, *lrs: float) -> None:
+    s = optuna.create_study(storage=storage, study_name=study, direction="maximize")
+    for lr in lrs:
+        s.enqueue_trial({"lr": lr})
+
+
+def _history(run_dir: Path, trial: int) -> list[dict]:
+    return json.loads((run_dir / "trials" / f"{trial:04d}" / "history.json").read_text())
+
+
+def test_study_prunes_resumes_and_writes_a_recipe(data, space_file, tmp_path, capsys):
+    out = tmp_path / "study"
+    out.mkdir()
+    _queue(f"sqlite:///{out / 'study.db'}", "tune-fast", GOOD, ALSO_GOOD, HOPELESS, DIVERGES)
+    common = ["--data", str(data), "--epochs", "3", "--threads", "1", "--space", str(space_file)]
+    code, stdout, err = run(["tune", *common, "--trials", "2", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "trial  state" in stdout and "best recipe:" in stdout
+
+    # Resume: only the missing trials run (2 more), and the hopeless one is pruned.
+    code, stdout, err = run(["tune", "--resume", str(out), "--trials", "4"], capsys)
+    assert code == 0, err
+    assert "2 of 4 trials done" in stdout
+    rows = {int(line.split()[0]): line.split()[1] for line in stdout.splitlines()
+            if line.strip()[:1].isdigit()}  # fmt: skip
+    assert rows == {2: "pruned", 3: "diverged"}
+    assert len(_history(out, 2)) == 2  # pruned after epoch 2 of 3
+    study = optuna.load_study(study_name="tune-fast", storage=f"sqlite:///{out / 'study.db'}")
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
+
+    # Nothing touched the test split: no trial reports a test metric.
+    for trial_dir in (out / "trials").iterdir():
+        metrics = trial_dir / "metrics.json"
+        if metrics.exists():
+            assert not any(k.startswith("test") for k in json.loads(metrics.read_text()))
+
+    # The best recipe holds the winning settings and trains as a recipe file.
+    best = json.loads((out / "best.json").read_text())
+    winner = study.best_trial
+    assert best["base"] == "fast" and best["tuned"]["trial"] == winner.number
+    assert best["config"]["lr"] == winner.params["lr"] and best["config"]["batch_size"] == 16
+    assert best["config"]["arch_kwargs"] == {"widths": [8, 16, 16]}
+    assert "tta" not in best["config"]  # trials skip TTA; the recipe keeps the base's
+    assert (out / "history.png").stat().st_size > 0
+    assert (out / "trials.csv").read_text().count("\n") == 5
+    argv = ["-q", "train", "--recipe", str(out / "best.json"), "--data", str(data),
+            "--epochs", "1", "--threads", "1", "--out", str(tmp_path / "final")]  # fmt: skip
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    config = json.loads((tmp_path / "final" / "config.json").read_text())["config"]
+    assert (config["recipe"], config["lr"], config["tta"]) == (
+        "fast-tuned",
+        winner.params["lr"],
+        True,
+    )
+
+    # A finished study has nothing left to run.
+    code, stdout, _ = run(["tune", "--resume", str(out), "--trials", "4"], capsys)
+    assert code == 0 and "4 of 4 trials done" in stdout and not (out / "trials" / "0004").exists()
+
+
+def test_interrupted_trial_runs_again_on_resume(data, tmp_path, monkeypatch):
+    train_module = importlib.import_module("imageclf.training")
+    real_train, calls = train_module.train, []
+
+    def train_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", train_then_ctrl_c)
+    options = dict(data=data, epochs=2, space=SPACE, threads=1, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        tune("fast", trials=2, out=tmp_path / "run", **options)
+    result = tune(resume=tmp_path / "run")
+    states = [t["state"] for t in result.trials]
+    assert states == ["complete", "fail", "complete"]
+    assert result.trials[2]["params"] == result.trials[1]["params"]  # the same settings again
+    assert result.best_recipe is not None and len(calls) == 3
+    # A fresh study first measures the recipe's own settings (fast's lr is inside SPACE).
+    assert result.trials[0]["baseline"] and result.trials[0]["params"] == {"lr": RECIPES_FAST_LR}
+    assert result.baseline_value == result.trials[0]["val_acc"]
+
+
+def test_two_processes_share_one_sqlite_study(data, space_file, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = [sys.executable, "-m", "imageclf", "-q", "tune", "--data", str(data), "--space",
+            str(space_file), "--epochs", "2", "--trials", "4", "--threads", "1", "--pruner",
+            "none", "--storage", storage, "--study", "shared"]  # fmt: skip
+    workers = [
+        subprocess.Popen(
+            [*argv, "--out", str(tmp_path / f"worker{i}")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    study = optuna.load_study(study_name="shared", storage=storage)
+    numbers = sorted(t.number for t in study.get_trials() if t.state.name == "COMPLETE")
+    assert 4 <= len(numbers) <= 5  # each worker stops once the study has 4 finished trials
+    ran = sorted(int(p.name) for i in range(2) for p in (tmp_path / f"worker{i}/trials").iterdir())
+    listing = [(t.number, t.state.name, t.user_attrs) for t in study.get_trials()]
+    assert ran == numbers, (listing, outputs)  # every trial ran in exactly one worker
+    for i in range(2):  # both see the whole study in their results
+        best = json.loads((tmp_path / f"worker{i}" / "best.json").read_text())
+        assert best["tuned"]["trial"] == study.best_trial.number
+
+    # A worker with another space cannot join the same study.
+    with pytest.raises(UserInputError, match="created with a different space"):
+        tune("fast", data=data, space={**SPACE, "batch_size": 32}, storage=storage,
+             study="shared", epochs=2, out=tmp_path / "intruder", progress=False)  # fmt: skip
+
+
+def _fake_study(values: list[float]):
+    """An in-memory study of finished trials: plots without training anything."""
+    study = optuna.create_study(direction="maximize")
+    dists = {
+        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+        "batch_size": optuna.distributions.CategoricalDistribution([64, 128]),
+    }
+    for i, value in enumerate(values):
+        params = {"lr": 1e-4 * (1.5**i), "batch_size": [64, 128][i % 2]}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    pruned = optuna.trial.create_trial(
+        params={"lr": 1e-3, "batch_size": 64},
+        distributions=dists,
+        state=optuna.trial.TrialState.PRUNED,
+        intermediate_values={1: 0.2, 2: 0.25},
+        user_attrs={"epochs_run": 2},
+    )
+    study.add_trial(pruned)
+    return study
+
+
+def test_plots_history_and_importances(tmp_path):
+    from imageclf.tuning import _write_plots, trial_rows
+
+    study = _fake_study([0.5, 0.6, 0.55, 0.7, 0.65])
+    rows = trial_rows(study)
+    assert [r["best"] for r in rows] == [0.5, 0.6, 0.6, 0.7, 0.7, 0.7]
+    assert rows[-1]["state"] == "pruned" and rows[-1]["epochs_run"] == 2
+    plots = _write_plots(optuna, study, rows, tmp_path)
+    assert [p.name for p in plots] == ["history.png", "importances.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in plots)
+
+    # Every completed trial scored the same: no importances to speak of, and no crash.
+    same = _fake_study([0.5, 0.5, 0.5])
+    plots = _write_plots(optuna, same, trial_rows(same), tmp_path / "same")
+    assert [p.name for p in plots] == ["history.png"]
+
+
+def test_bad_space_fails_before_any_trial(data, tmp_path, capsys):
+    space = tmp_path / "bad.json"
+    space.write_text(json.dumps({"lr": {"low": 0.1, "high": 0.01}, "dropout": 0.5}))
+    out = tmp_path / "run"
+    code, _, err = run(
+        ["tune", "--data", str(data), "--space", str(space), "--out", str(out)], capsys
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "lr: empty range" in err and "unknown parameter 'dropout'" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["tune", "--resume", "."], "nothing to resume"),
+        (["tune", "--resume", ".", "--data", "x"], "drop --data"),
+        (["tune", "--recipe", "nope"], "unknown recipe"),
+        (["tune", "--data", "/no/such/dataset"], "dataset not found"),
+    ],
+)
+def test_tune_user_errors(argv, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(argv, capsys)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_tuning_needs_a_validation_set(data, tmp_path):
+    with pytest.raises(UserInputError, match="needs a validation set"):
+        tune("fast", data=data, val_size=0, out=tmp_path / "run", progress=False)
+
+
+def test_existing_study_folder_needs_resume(data, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "tune.json").write_text("{}")
+    with pytest.raises(UserInputError, match="--resume"):
+        tune("fast", data=data, out=tmp_path / "run", progress=False)
+
+
+def test_trials_report_at_their_schedule_position():
+    from imageclf.tuning import schedule_step
+
+    # Epoch 2 of 4 is as far through its (stretched) schedule as epoch 4 of 8.
+    assert schedule_step(2, 4, 8) == schedule_step(4, 8, 8) == 4
+    assert schedule_step(3, 3, 8) == schedule_step(8, 8, 8) == 8  # last epochs line up
+    for epochs in range(1, 9):  # every epoch of a trial reports at its own step
+        steps = [schedule_step(e, epochs, 8) for e in range(1, epochs + 1)]
+        assert len(set(steps)) == epochs and max(steps) == 8
+
+
+def test_pruner_choices():
+    from imageclf.tuning import _make_pruner
+
+    assert isinstance(_make_pruner(optuna, "median", 12), optuna.pruners.MedianPruner)
+    halving = _make_pruner(optuna, "halving", 12)
+    assert isinstance(halving, optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(_make_pruner(optuna, "none", 12), optuna.pruners.NopPruner)
+    with pytest.raises(UserInputError, match="unknown pruner 'sometimes'"):
+        _make_pruner(optuna, "sometimes", 12)
