@@ -139,7 +139,8 @@ def test_cache_is_rebuilt_when_an_archive_changes_in_place(tmp_path, monkeypatch
     decodes = _count_decodes(monkeypatch, tmp_path)
     for name in ("cat", "dog"):
         (tmp_path / "ds" / name).mkdir(parents=True)
-        _repaint(tmp_path / "ds" / name / "x.bmp", (200, 0, 0))  # BMP: size fixed by geometry
+        for image in ("a.bmp", "b.bmp"):  # BMP: the file size is fixed by the geometry
+            _repaint(tmp_path / "ds" / name / image, (200, 0, 0))
     archive = tmp_path / "d.tar"
 
     def pack():
@@ -149,7 +150,7 @@ def test_cache_is_rebuilt_when_an_archive_changes_in_place(tmp_path, monkeypatch
     pack()
     before = archive.stat()
     assert (load_dataset(archive, progress=False).images[0] == (200, 0, 0)).all()
-    _repaint(tmp_path / "ds" / "cat" / "x.bmp", (9, 9, 9))
+    _repaint(tmp_path / "ds" / "cat" / "a.bmp", (9, 9, 9))
     pack()
     os.utime(archive, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert archive.stat().st_size == before.st_size

@@ -41,6 +41,7 @@ def test_uses_only_the_public_api():
 
 @pytest.mark.slow
 @pytest.mark.shared_data
+@pytest.mark.timeout(3600)  # a whole notebook; each cell has its own 30-minute limit
 def test_walkthrough_runs_top_to_bottom(shared_archive, tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("IMAGECLF_NOTEBOOK_DATA", str(shared_archive))
