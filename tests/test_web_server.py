@@ -15,7 +15,6 @@ import http.client
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 import pytest
 from crafted import animated_webp, bilevel_png, encode, noise, progressive_jpeg, rle4_bmp
 from helpers import make_tiny_bundle, png_bytes
+from realserver import stop_process
 
 from imageclf.web.server import HEADER_TIMEOUT_S, TIMEOUT_S
 
@@ -103,14 +103,7 @@ class Server:
         return before
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process)
 
 
 @contextlib.contextmanager
