@@ -106,3 +106,17 @@ def test_training_records_compute_and_calibration(tmp_path):
     assert block["before"]["ece"] == pytest.approx(cal["test"]["ece_before"], abs=1e-3)
     assert block["ece"] == pytest.approx(cal["test"]["ece_after"], abs=1e-3)
     assert block["nll"] == pytest.approx(cal["test"]["nll_after"], abs=1e-3)
+
+
+def test_a_run_kept_off_test_calibrates_without_reading_test(tmp_path):
+    """``evaluate_test=False`` (every tuning trial): the calibration block names no test
+    numbers, because the test split was never predicted."""
+    data = write_image_folder(tmp_path / "ds", per_class=80)
+    cfg = recipes.resolve(
+        "seed-a", data=str(data), out=str(tmp_path / "run"), epochs=1, seed=0, val_size=60
+    )
+    result = train(cfg, progress=False, evaluate_test=False)
+    assert "test" not in result.metrics
+    sizes = Predictor.load(result.bundle_path).metadata["split"]["sizes"]
+    assert result.metrics["calibration"]["val_images"] == sizes["val"] >= 50
+    assert "test" not in result.metrics["calibration"]

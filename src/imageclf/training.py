@@ -271,13 +271,16 @@ class Parts:
             self.lookahead.load(checkpoint.lookahead)
         return checkpoint.state, load_best(run_dir)
 
-    def evaluate(self, cfg, x: torch.Tensor, y: torch.Tensor, rt: Runtime, tta: bool = False):
-        """Loss and accuracy through the one prediction path (``predict_logits``)."""
-        logits = predict_logits(
+    def logits(self, cfg, x: torch.Tensor, rt: Runtime, tta: bool = False) -> torch.Tensor:
+        """Raw logits through the one prediction path (``predict_logits``)."""
+        return predict_logits(
             self.model, x, self.normalizer, batch_size=cfg.eval_batch_size, tta=tta,
             device=rt.device, amp_dtype=rt.amp_dtype,
         )  # fmt: skip
-        return evaluate_logits(logits, y)
+
+    def evaluate(self, cfg, x: torch.Tensor, y: torch.Tensor, rt: Runtime, tta: bool = False):
+        """Loss and accuracy of ``x``."""
+        return evaluate_logits(self.logits(cfg, x, rt, tta), y)
 
 
 # ---------------------------------------------------------------- one epoch
@@ -451,16 +454,18 @@ def _finish(cfg, run_dir, parts: Parts, data: TrainData, rt: Runtime, state, bes
     if rt.dist.is_main:
         metrics: dict = {"train_seconds": round(train_seconds, 2)}
         x_test, y_test = data.test_set() if evaluate_test else (data.x_val[:0], data.y_val[:0])
+        scored: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # plain logits, labels
         for name, x, y in (("val", data.x_val, data.y_val), ("test", x_test, y_test)):
             if len(x):
-                metrics[name] = parts.evaluate(cfg, x, y, rt)
+                scored[name] = (parts.logits(cfg, x, rt), y)
+                metrics[name] = evaluate_logits(*scored[name])
                 if cfg.tta:  # tuning decisions read val (with TTA); test is only reported
                     metrics[f"{name}_tta"] = parts.evaluate(cfg, x, y, rt, tta=True)
         metrics["epochs_run"] = state.epoch
         metrics["best_epoch"] = state.best_epoch or state.epoch
         compute = _compute(cfg, parts, data, rt, state)
         metrics["compute"] = compute.to_dict()
-        calibration = _calibrate(cfg, parts, data, rt)
+        calibration = _calibrate(scored)
         if calibration is not None:
             metrics["calibration"] = calibration
         bundle_path = run_dir / "model.safetensors"
@@ -485,29 +490,24 @@ def _compute(cfg: TrainConfig, parts: Parts, data: TrainData, rt: Runtime, state
     return compute_report(flops, images_seen, state.train_seconds, rt.amp_dtype, rt.device)
 
 
-def _calibrate(cfg: TrainConfig, parts: Parts, data: TrainData, rt: Runtime) -> dict | None:
-    """Temperature and unsure threshold fitted on validation (never test), with test ECE beside.
+def _calibrate(scored: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict | None:
+    """Temperature and unsure threshold fitted on validation (never test), with test ECE
+    beside when the run scored test. ``scored``: split -> (plain logits, labels), the
+    same forward passes the metrics came from.
 
     Without enough validation images there is nothing honest to fit on: confidences stay raw.
     """
-    if len(data.x_val) < MIN_IMAGES:
+    val_images = len(scored["val"][1]) if "val" in scored else 0
+    if val_images < MIN_IMAGES:
         log.warning(
             "%d validation images (fewer than %d): confidences are not calibrated",
-            len(data.x_val),
+            val_images,
             MIN_IMAGES,
         )
         return None
-
-    def logits(x: torch.Tensor) -> torch.Tensor:
-        return predict_logits(
-            parts.model, x, parts.normalizer, batch_size=cfg.eval_batch_size,
-            device=rt.device, amp_dtype=rt.amp_dtype,
-        )  # fmt: skip
-
-    fitted = calibrate(logits(data.x_val), data.y_val).to_dict()
-    x_test, y_test = data.test_set()
-    if len(x_test):
-        fitted["test"] = calibration_effect(logits(x_test), y_test, fitted["temperature"])
+    fitted = calibrate(*scored["val"]).to_dict()
+    if "test" in scored:
+        fitted["test"] = calibration_effect(*scored["test"], fitted["temperature"])
     return fitted
 
 
