@@ -89,3 +89,13 @@ def require_pretrained_extra() -> None:
         if os.environ.get("CI"):
             pytest.fail("CI installs every extra, but imageclf[pretrained] is missing")
         pytest.skip("needs the optional extra imageclf[pretrained]")
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``imageclf`` in-process: (exit code, stdout, stderr)."""
+    from imageclf.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err

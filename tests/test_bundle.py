@@ -4,13 +4,12 @@ import struct
 import numpy as np
 import pytest
 import torch
-from helpers import make_tiny_bundle, png_bytes
+from helpers import make_tiny_bundle, png_bytes, run_cli
 from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 
 from imageclf import Predictor
 from imageclf.bundle import FORMAT, _digest, build_model, load_bundle, save_bundle
-from imageclf.cli import main
 from imageclf.errors import BundleError
 from imageclf.models import build
 
@@ -213,10 +212,8 @@ def test_metadata_that_is_not_an_object(tmp_path):
 
 
 def _cli(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["-q", *argv])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
+    """``imageclf -q ...``: (exit code, stdout, stderr)."""
+    return run_cli(["-q", *argv], capsys)
 
 
 # A sample of HOSTILE (each field kind once) through every command that opens a bundle.

@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers import make_tiny_bundle, write_image_folder
+from helpers import make_tiny_bundle, run_cli, write_image_folder
 
 from imageclf import Predictor, recipes
 from imageclf.cli import main
@@ -98,18 +98,13 @@ def test_ensemble_with_different_classes_is_a_clear_error(tmp_path, capsys):
     b = make_tiny_bundle(tmp_path / "b.safetensors", classes=["cat", "dog"])
     with pytest.raises(UserInputError, match="same classes"):
         load_predictors([a, b])
-    code, _, err = _run(["-q", "evaluate", str(a), str(b), "--data", str(tmp_path)], capsys)
+    code, _, err = run_cli(["-q", "evaluate", str(a), str(b), "--data", str(tmp_path)], capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1
     assert "same classes" in lines[0] and "b.safetensors" in lines[0] and "dog" in lines[0]
 
 
 # ---------------------------------------------------------------- a real run, end to end
-def _run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +240,7 @@ def test_console_summary_matches_json(tmp_path, tiny_bundle, capsys):
     for name, options in (("all", []), ("test", narrow)):
         out = tmp_path / name
         argv = ["-q", "evaluate", str(tiny_bundle), "--data", str(data), *options]
-        code, printed, _ = _run([*argv, "--out", str(out)], capsys)
+        code, printed, _ = run_cli([*argv, "--out", str(out)], capsys)
         assert code == 0
         runs[name] = (printed, json.loads((out / "metrics.json").read_text())["summary"])
     for printed, summary in runs.values():
@@ -283,7 +278,7 @@ def test_other_data_with_a_subset_of_classes(tmp_path, tiny_bundle):
 
 def test_data_with_unknown_classes_is_refused(tmp_path, tiny_bundle, capsys):
     data = write_image_folder(tmp_path / "ds", per_class=2)  # cat/dog/frog
-    code, _, err = _run(["-q", "evaluate", str(tiny_bundle), "--data", str(data)], capsys)
+    code, _, err = run_cli(["-q", "evaluate", str(tiny_bundle), "--data", str(data)], capsys)
     assert code == 2 and "classes the model does not know: cat, dog, frog" in err
 
 

@@ -13,23 +13,21 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import make_tiny_bundle, png_bytes, require_pretrained_extra, write_image_folder
+from helpers import (
+    make_tiny_bundle,
+    png_bytes,
+    require_pretrained_extra,
+    run_cli,
+    write_image_folder,
+)
 from PIL import Image
 
 from imageclf import Predictor, recipes
 from imageclf.bundle import load_bundle
-from imageclf.cli import main
 from imageclf.errors import UserInputError
 from imageclf.fileio import RunLock
 from imageclf.finetune import class_weights, describe_counts
 from imageclf.training import train
-
-
-def run_cli(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -8,19 +8,16 @@ import json
 
 import numpy as np
 import pytest
-from helpers import make_tiny_bundle, write_image_folder
+from helpers import make_tiny_bundle, run_cli, write_image_folder
 from PIL import Image
 
 from imageclf import Predictor
 from imageclf import predict as predict_module
-from imageclf.cli import main
 
 
 def _run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["-q", *argv])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
+    """``imageclf -q ...``: (exit code, stdout, stderr)."""
+    return run_cli(["-q", *argv], capsys)
 
 
 @pytest.fixture()

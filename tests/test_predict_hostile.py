@@ -10,19 +10,16 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import png_bytes
+from helpers import png_bytes, run_cli
 
-from imageclf.cli import main
 from imageclf.errors import UserInputError
 from imageclf.fileio import read_file_capped, unreadable_reason
 from imageclf.imaging import MAX_FILE_BYTES, open_image
 
 
 def _run(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["-q", *argv])
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
+    """``imageclf -q ...``: (exit code, stdout, stderr)."""
+    return run_cli(["-q", *argv], capsys)
 
 
 @pytest.fixture

@@ -161,21 +161,19 @@ class ModelService:
         """Name, classes, input size and metrics, as the API and the pages show them."""
         p = predictor or self.predictor()
         meta = p.metadata
-        test = (meta.get("metrics") or {}).get("test") or {}
-        accuracy = test.get("accuracy")
         return {
             "name": p.name,
-            "architecture": meta.get("architecture"),
+            "architecture": meta.architecture,
             "classes": p.classes,
             "input_size": p.input_size,
-            "normalization": meta.get("normalization"),
-            "metrics": meta.get("metrics") or {},
-            "test_accuracy": float(accuracy) if isinstance(accuracy, int | float) else None,
-            "created": meta.get("created"),
+            "normalization": meta["normalization"],
+            "metrics": meta.metrics,
+            "test_accuracy": meta.test_accuracy,
+            "created": meta.created,
             # Grad-CAM works for every torch model with a Conv2d; an ONNX export has none.
             "explain": p.explainable,
             "backend": "pytorch" if p.explainable else "onnxruntime",
-            "calibrated": p.metadata.unsure_below is not None,
+            "calibrated": meta.unsure_below is not None,
             "temperature": p.temperature,
             "unsure_below": unsure_threshold(p),
         }
