@@ -95,7 +95,7 @@ def start_model(cfg, classes: list[str]) -> tuple[nn.Module, dict]:
     if cfg.pretrained:
         model = effnet.EfficientNetLite(len(classes), cfg.image_size, **cfg.arch_kwargs)
         effnet.load_imagenet_weights(model)
-        model.bn_frozen = True
+        model.bn_frozen = cfg.freeze_bn
         return model, dict(effnet.NORMALIZATION)
     bundle = load_bundle(cfg.init)
     meta = bundle.metadata

@@ -73,6 +73,7 @@ class TrainConfig:
     init: str | None = None  # an imageclf bundle to start from (new head if classes differ)
     freeze_backbone: bool = False  # linear probe: fit the head on fixed embeddings only
     freeze_groups: int = 1  # fine-tuning: earliest layer groups kept frozen (0 = train all)
+    freeze_bn: bool = True  # --pretrained: keep ImageNet's BatchNorm statistics (small batches)
     class_weights: str | None = None  # "auto": loss weights n / (classes * n_c)
     adapt: bool = True  # adapt batch size, epochs and augmentation to small datasets
     user_set: list[str] = field(default_factory=list)  # fields the user chose explicitly
