@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import re
 import socket
 import sys
@@ -17,6 +16,8 @@ from flask import Request
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, RequestTimeout
 from werkzeug.wsgi import LimitedStream
+
+from .multipart import BoundedFormDataParser
 
 MB = 1024 * 1024
 # One image may be up to 5 MB; the whole body gets a little more for multipart framing.
@@ -56,17 +57,11 @@ def clean_filename(name: str | None) -> str:
 
 
 class InMemoryRequest(Request):
-    """Uploaded files stay in memory: Werkzeug would spill parts over 500 KB to a temp
-    file. ``MAX_CONTENT_LENGTH`` bounds the memory this can take."""
+    """Uploaded files stay in memory (Werkzeug would spill parts over 500 KB to a temp
+    file), parsed by :mod:`.multipart`. ``MAX_CONTENT_LENGTH`` bounds the memory this
+    can take."""
 
-    def _get_file_stream(
-        self,
-        total_content_length: int | None,
-        content_type: str | None,
-        filename: str | None = None,
-        content_length: int | None = None,
-    ) -> IO[bytes]:
-        return io.BytesIO()
+    form_data_parser_class = BoundedFormDataParser
 
 
 def _interrupt_at(seconds: float) -> contextlib.AbstractContextManager:
