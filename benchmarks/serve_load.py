@@ -98,6 +98,13 @@ def raw_request(body: bytes, ctype: str, keepalive: bool) -> bytes:
     return head.encode() + body
 
 
+def upload_requests(filename: str, image: bytes, keepalive: bool, n: int = 256) -> list[bytes]:
+    """Requests that differ only in their multipart boundary, which browsers, curl and
+    requests draw at random for every upload: one boundary repeated would let a parser
+    that compiles it into a regex hit Python's regex cache, as no real client allows."""
+    return [raw_request(*multipart(filename, image), keepalive) for _ in range(n)]
+
+
 # ---------------------------------------------------------------- 1. in-process Predictor
 def _predictor_worker(model: str, image: bytes, n: int, barrier, out) -> None:
     import torch
@@ -215,10 +222,11 @@ def stage_budget(model: str, body: bytes, ctype: str, repeats: int) -> dict:
 
 # ---------------------------------------------------------------- 3. the real server
 class Client:
-    """One client connection: sends the pre-built request, reads one response."""
+    """One client connection: sends pre-built requests in turn, reads one response each."""
 
-    def __init__(self, port: int, payload: bytes, keepalive: bool) -> None:
-        self.port, self.payload, self.keepalive = port, payload, keepalive
+    def __init__(self, port: int, payloads: list[bytes], keepalive: bool) -> None:
+        self.port, self.keepalive = port, keepalive
+        self.payloads = itertools.cycle(payloads)
         self.sock: socket.socket | None = None
 
     def close(self) -> None:
@@ -226,11 +234,11 @@ class Client:
             self.sock.close()
             self.sock = None
 
-    def _exchange(self) -> tuple[int, bool]:
+    def _exchange(self, payload: bytes) -> tuple[int, bool]:
         if self.sock is None:
             self.sock = socket.create_connection((HOST, self.port), timeout=60)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.sendall(self.payload)
+        self.sock.sendall(payload)
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = self.sock.recv(65536)
@@ -253,16 +261,17 @@ class Client:
         return status, closes
 
     def request(self) -> tuple[float, int | str]:
+        payload = next(self.payloads)
         started = time.perf_counter()
         reused = self.sock is not None
         try:
             try:
-                status, closes = self._exchange()
+                status, closes = self._exchange(payload)
             except (ConnectionResetError, BrokenPipeError):
                 if not reused:
                     raise
                 self.close()  # the server dropped an idle kept-alive connection: retry once
-                status, closes = self._exchange()
+                status, closes = self._exchange(payload)
             if closes:
                 self.close()
         except OSError as exc:
@@ -303,7 +312,7 @@ def run_level(
     port: int,
     concurrency: int,
     requests: int,
-    payload: bytes,
+    payloads: list[bytes],
     keepalive: bool,
     master: int | None = None,
 ) -> dict:
@@ -311,7 +320,7 @@ def run_level(
     cpu_before = server_cpu_s(master) if master else None
 
     def client_loop(_) -> list[tuple[float, int | str]]:
-        client, out = Client(port, payload, keepalive), []
+        client, out = Client(port, payloads, keepalive), []
         while next(tickets) < requests:
             out.append(client.request())
         client.close()
@@ -358,7 +367,7 @@ def worker_rss_mb(master: int) -> dict[int, float]:
 _QUANTILES = (0.1, 0.25, 0.5, 0.75, 1.0)
 
 
-def soak(port: int, master: int, requests: int, payload: bytes, keepalive: bool) -> dict:
+def soak(port: int, master: int, requests: int, payloads: list[bytes], keepalive: bool) -> dict:
     """``requests`` at concurrency 8 while sampling every worker's memory twice a second."""
     samples: list[dict[int, float]] = []
     done = threading.Event()
@@ -370,7 +379,7 @@ def soak(port: int, master: int, requests: int, payload: bytes, keepalive: bool)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        result = run_level(port, 8, requests, payload, keepalive, master)
+        result = run_level(port, 8, requests, payloads, keepalive, master)
     finally:
         done.set()
         sampler.join()
@@ -465,17 +474,19 @@ def main(argv: list[str] | None = None) -> None:
         try:
             wait_ready(port, process)
             for keepalive in (False, True):  # warm-up, not reported
-                run_level(port, 4, 100, raw_request(body, ctype, keepalive), keepalive)
+                run_level(
+                    port, 4, 100, upload_requests(args.image.name, image, keepalive), keepalive
+                )
             print("server ...", flush=True)
             # The floor: a request that does nothing (GET /healthz) through the same server.
             health = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
-            floor = run_level(port, 1, args.requests, health.encode(), False, process.pid)
+            floor = run_level(port, 1, args.requests, [health.encode()], False, process.pid)
             results = [
                 run_level(
                     port,
                     c,
                     args.requests,
-                    raw_request(body, ctype, keepalive),
+                    upload_requests(args.image.name, image, keepalive),
                     keepalive,
                     process.pid,
                 )
@@ -483,7 +494,13 @@ def main(argv: list[str] | None = None) -> None:
                 for c in levels
             ]
             soaked = (
-                soak(port, process.pid, args.soak, raw_request(body, ctype, False), False)
+                soak(
+                    port,
+                    process.pid,
+                    args.soak,
+                    upload_requests(args.image.name, image, False),
+                    False,
+                )
                 if args.soak
                 else None
             )
