@@ -33,3 +33,14 @@ def test_gemm_probe_and_report():
     d = report.to_dict()
     assert d["peak_fraction"] == report.achieved_flops_per_s / report.gemm_peak_flops_per_s
     assert "PFLOP" in report.summary() and report.precision == "fp32"
+
+
+def test_depthwise_convolution_backward_costs_twice_its_forward():
+    """torch's flop counter forgets groups in the weight gradient; ours must not."""
+    pointwise = torch.nn.Conv2d(3, 64, 1, bias=False)
+    depthwise = torch.nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False)
+    model = torch.nn.Sequential(pointwise, depthwise)
+    first = 2 * 3 * 64 * 8 * 8  # 2 FLOPs per multiply-add on an 8x8 map
+    second = 2 * 64 * 9 * 8 * 8  # one 3x3 filter per channel
+    # The input needs no gradient, so the first layer's backward is its weight gradient only.
+    assert training_flops_per_image(model, 8) == 2 * first + 3 * second

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from .device import autocast
 
@@ -32,10 +32,23 @@ def training_flops_per_image(model: nn.Module, input_size: int, batch: int = 2) 
 
     probe = copy.deepcopy(model).float().train()
     x = torch.zeros(batch, 3, input_size, input_size)
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(
+        display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops}
+    )
     with counter:
         probe(x).float().sum().backward()
     return int(counter.get_total_flops() // batch)
+
+
+def _conv_backward_flops(
+    grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+    _output_padding, _groups, output_mask, out_shape=None, **_kwargs,
+) -> int:  # fmt: skip
+    """Each of a convolution's two backward products (input and weight gradients) costs
+    what its forward did. torch's own formula forgets ``groups`` in the weight gradient,
+    which overcounts a depthwise convolution (EfficientNet's) by its channel count."""
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
 
 
 @functools.lru_cache(maxsize=8)  # once per process and precision: runs in one process share it
