@@ -198,7 +198,8 @@ def _fake_study(values: list[float]):
 
 
 def test_plots_history_and_importances(tmp_path):
-    from imageclf.tuning import _write_plots, trial_rows
+    from imageclf.tuning_results import trial_rows
+    from imageclf.tuning_results import write_plots as _write_plots
 
     study = _fake_study([0.5, 0.6, 0.55, 0.7, 0.65])
     rows = trial_rows(study)
@@ -265,7 +266,7 @@ def test_trials_report_at_their_schedule_position():
 
 
 def test_pruner_choices():
-    from imageclf.tuning import _make_pruner
+    from imageclf.tuning_study import make_pruner as _make_pruner
 
     assert isinstance(_make_pruner(optuna, "median", 12), optuna.pruners.MedianPruner)
     halving = _make_pruner(optuna, "halving", 12)

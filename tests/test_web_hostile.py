@@ -871,7 +871,7 @@ def test_errors_carry_the_request_id_that_the_log_has(app, monkeypatch):
 
 def test_serve_log_lines_keep_the_traceback(capsys):
     """``imageclf serve`` logs through the CLI's handler: a 500 must arrive with its stack."""
-    from imageclf.cli import _configure_logging
+    from imageclf.cli.logs import configure_logging as _configure_logging
 
     for log_format in ("text", "json"):
         _configure_logging(quiet=False, log_format=log_format)

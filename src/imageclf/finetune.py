@@ -12,7 +12,7 @@ fitted exactly, by L-BFGS on embeddings computed once, which takes seconds), the
 slower, they hold the most general features). ``--freeze-backbone`` stops after the
 head: a linear probe.
 
-The training loop itself is ``train.train``; this module supplies the model, its
+The training loop itself is ``training.train``; this module supplies the model, its
 normalisation, the optimiser's parameter groups and the head fit.
 """
 
@@ -315,4 +315,9 @@ def fit_head(
         record["val_loss"] = round(F.cross_entropy(logits, y_val).item(), 6)
         record["val_acc"] = round((logits.argmax(1) == y_val).double().mean().item(), 6)
     record["seconds"] = round(time.perf_counter() - started, 3)
+    if progress:
+        log.info(
+            "head fitted on frozen features: train acc %.4f  val acc %s  %.1fs",
+            record["train_acc"], record["val_acc"], record["seconds"],
+        )  # fmt: skip
     return record

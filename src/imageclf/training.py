@@ -7,52 +7,46 @@ Every epoch draws its randomness from ``(seed, epoch)``, and a checkpoint is
 written atomically after each epoch, so ``resume(run_dir)`` after a crash or
 Ctrl-C replays the remaining epochs exactly as an uninterrupted run would.
 Under ``torchrun`` it trains data-parallel (DDP); only rank 0 writes files.
+
+This module is the driver and the per-epoch steps; what a run is built from
+(``TrainData``, ``Parts``) is in ``training_parts.py``, the end of a run (scoring,
+calibration, bundle) in ``training_finish.py``, transfer learning in ``finetune.py``.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
 from . import finetune
-from .bundle import save_bundle
-from .calibration import MIN_IMAGES, calibrate, calibration_effect
-from .compute import compute_report, training_flops_per_image
-from .data import Dataset, Split, load_dataset, make_split
 from .data.augment import augment_batch
-from .data.loader import Normalizer, batch_indices, channel_stats
+from .data.loader import batch_indices
 from .device import Runtime, autocast, setup_runtime
 from .errors import UserInputError
-from .fileio import RunLock, write_text_atomic
-from .inference import evaluate_logits, predict_logits
-from .models import TrainingHooks, build, training_hooks
-from .optim import Lookahead, make_optimizer, schedule_multiplier, set_learning_rate
+from .fileio import RunLock
+from .optim import schedule_multiplier, set_learning_rate
 from .recipes import TrainConfig, adapt_to_data, resolve
 from .runs import (
     Checkpoint,
     Run,
     RunState,
-    data_record,
     default_run_dir,
-    load_best,
-    plot_curves,
     save_torch,
     write_history,
     write_run_record,
 )
+from .training_finish import finish
+from .training_parts import Parts, TrainData
 
 log = logging.getLogger("imageclf.train")
 EpochHook = Callable[[dict], None]
@@ -173,114 +167,7 @@ def _drive(
                 on_epoch_end(record)
         rt.dist.barrier()
 
-    return _finish(cfg, run_dir, parts, data, rt, state, best, started, evaluate_test)
-
-
-# ---------------------------------------------------------------- data and model
-@dataclass
-class TrainData:
-    """The dataset as uint8 tensors, sliced by the split, plus the normaliser fitted
-    on the training images."""
-
-    dataset: Dataset
-    split: Split
-    train_idx: torch.Tensor
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    mean: list[float]
-    std: list[float]
-
-    @classmethod
-    def load(cls, cfg: TrainConfig, progress: bool) -> TrainData:
-        dataset = load_dataset(cfg.data, image_size=cfg.image_size, progress=progress)
-        split = make_split(dataset, cfg.split, cfg.seed, cfg.val_size, cfg.subset)
-        images = torch.from_numpy(dataset.images)
-        labels = torch.from_numpy(dataset.labels)
-        train_idx = torch.from_numpy(split.train)
-        val_idx = torch.from_numpy(split.val)
-        x_train = images[train_idx]
-        mean, std = channel_stats(x_train.numpy())
-        return cls(
-            dataset, split, train_idx, x_train, labels[train_idx],
-            images[val_idx], labels[val_idx], mean, std,
-        )  # fmt: skip
-
-    @property
-    def normalizer(self) -> Normalizer:
-        return Normalizer(self.mean, self.std)
-
-    def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.from_numpy(self.split.test)
-        labels = torch.from_numpy(self.dataset.labels)
-        return torch.from_numpy(self.dataset.images)[idx], labels[idx]
-
-    def steps_per_epoch(self, cfg: TrainConfig) -> int:
-        return math.ceil(len(self.x_train) / cfg.batch_size)
-
-
-@dataclass
-class Parts:
-    """What the loop steps: the model (and its DDP wrapper), optimiser, grad scaler,
-    lookahead and the model's optional hooks."""
-
-    model: nn.Module
-    net: nn.Module  # the model, or its DDP wrapper: forward passes in training go here
-    hooks: TrainingHooks
-    normalizer: Normalizer
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    lookahead: Lookahead | None
-    loss_weight: torch.Tensor | None = None  # --class-weights auto
-
-    @classmethod
-    def build(cls, cfg: TrainConfig, data: TrainData, rt: Runtime) -> Parts:
-        torch.manual_seed(cfg.seed)
-        classes = len(data.dataset.classes)
-        transfer = finetune.is_transfer(cfg)
-        if transfer:
-            # Learned weights come with the normalisation they were trained with.
-            model, norm = finetune.start_model(cfg, data.dataset.classes)
-            data.mean, data.std = norm["mean"], norm["std"]
-        else:
-            model = build(cfg.architecture, classes, cfg.image_size, **cfg.arch_kwargs)
-        normalizer = data.normalizer
-        hooks = training_hooks(model)
-        if not transfer:
-            # Whitening from the first 5,000 training images: a deterministic, cheap estimate.
-            hooks.init_whitening(normalizer(data.x_train[:5000]))
-        model = model.to(rt.device, memory_format=torch.channels_last)
-        optimizer = (finetune.make_optimizer if transfer else make_optimizer)(model, cfg)
-        weight = finetune.class_weights(data.y_train.numpy(), classes, cfg.class_weights)
-        lookahead = Lookahead(model) if cfg.lookahead else None
-        net: nn.Module = model
-        if rt.dist.world > 1:
-            ids = [rt.device.index] if rt.device.type == "cuda" else None
-            net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        scaler = torch.amp.GradScaler("cuda", enabled=rt.amp_dtype == torch.float16)
-        if weight is not None:
-            weight = weight.to(rt.device)
-        return cls(model, net, hooks, normalizer, optimizer, scaler, lookahead, weight)
-
-    def restore(self, checkpoint: Checkpoint, run_dir: Path) -> tuple[RunState, dict | None]:
-        """Weights, optimiser and lookahead from ``last.pt``; the best weights from ``best.pt``."""
-        self.model.load_state_dict(checkpoint.model)
-        self.optimizer.load_state_dict(checkpoint.optimizer)
-        if self.lookahead is not None:
-            self.lookahead.load(checkpoint.lookahead)
-        return checkpoint.state, load_best(run_dir)
-
-    def logits(self, cfg, x: torch.Tensor, rt: Runtime, tta: bool = False) -> torch.Tensor:
-        """Raw logits through the one prediction path (``predict_logits``)."""
-        return predict_logits(
-            self.model, x, self.normalizer, batch_size=cfg.eval_batch_size, tta=tta,
-            device=rt.device, amp_dtype=rt.amp_dtype,
-        )  # fmt: skip
-
-    def evaluate(self, cfg, x: torch.Tensor, y: torch.Tensor, rt: Runtime, tta: bool = False):
-        """Loss and accuracy of ``x``."""
-        return evaluate_logits(self.logits(cfg, x, rt, tta), y)
+    return finish(cfg, run_dir, parts, data, rt, state, best, started, evaluate_test)
 
 
 # ---------------------------------------------------------------- one epoch
@@ -389,11 +276,6 @@ def _fit_head(cfg, parts: Parts, data: TrainData, rt: Runtime, state: RunState, 
         best = copy.deepcopy(parts.model.state_dict())
     if rt.dist.is_main:
         write_history(run_dir, state.history)
-    if show:
-        log.info(
-            "head fitted on frozen features: train acc %.4f  val acc %s  %.1fs",
-            record["train_acc"], record["val_acc"], record["seconds"],
-        )  # fmt: skip
     return state, best
 
 
@@ -439,91 +321,3 @@ def _log_epoch(cfg: TrainConfig, record: dict, state: RunState) -> None:
         record["epoch"], cfg.epochs, record["train_loss"], record["train_acc"], val,
         record["lr"], record["seconds"], "  (early stop)" if state.stopped_early else "",
     )  # fmt: skip
-
-
-# ---------------------------------------------------------------- finish
-def _finish(cfg, run_dir, parts: Parts, data: TrainData, rt: Runtime, state, best, started,
-            evaluate_test: bool = True):  # fmt: skip
-    """Restore the best weights, score val/test once, write the bundle and metrics."""
-    if parts.lookahead is not None:
-        parts.lookahead.sync(1.0)  # end on the slow weights
-    if cfg.restore_best and best is not None:
-        parts.model.load_state_dict(best)
-    train_seconds = time.perf_counter() - started
-    result = None
-    if rt.dist.is_main:
-        metrics: dict = {"train_seconds": round(train_seconds, 2)}
-        x_test, y_test = data.test_set() if evaluate_test else (data.x_val[:0], data.y_val[:0])
-        scored: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # plain logits, labels
-        for name, x, y in (("val", data.x_val, data.y_val), ("test", x_test, y_test)):
-            if len(x):
-                scored[name] = (parts.logits(cfg, x, rt), y)
-                metrics[name] = evaluate_logits(*scored[name])
-                if cfg.tta:  # tuning decisions read val (with TTA); test is only reported
-                    metrics[f"{name}_tta"] = parts.evaluate(cfg, x, y, rt, tta=True)
-        metrics["epochs_run"] = state.epoch
-        metrics["best_epoch"] = state.best_epoch or state.epoch
-        compute = _compute(cfg, parts, data, rt, state)
-        metrics["compute"] = compute.to_dict()
-        calibration = _calibrate(scored)
-        if calibration is not None:
-            metrics["calibration"] = calibration
-        bundle_path = run_dir / "model.safetensors"
-        meta = _bundle_metadata(cfg, data, metrics)
-        if calibration is not None:
-            meta["calibration"] = calibration
-        save_bundle(bundle_path, parts.model.state_dict(), meta)
-        seconds = time.perf_counter() - started
-        metrics["wall_seconds"] = round(seconds, 2)
-        write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-        plot_curves(run_dir, state.history, cfg)
-        log.info("%s", compute.summary())
-        result = Run(run_dir, bundle_path, state.history, metrics, seconds)
-    rt.dist.barrier()
-    return result
-
-
-def _compute(cfg: TrainConfig, parts: Parts, data: TrainData, rt: Runtime, state: RunState):
-    """FLOPs spent (machine-independent) and the share of this machine's GEMM peak reached."""
-    flops = training_flops_per_image(parts.model, cfg.image_size)
-    images_seen = state.epoch * len(data.x_train)
-    return compute_report(flops, images_seen, state.train_seconds, rt.amp_dtype, rt.device)
-
-
-def _calibrate(scored: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict | None:
-    """Temperature and unsure threshold fitted on validation (never test), with test ECE
-    beside when the run scored test. ``scored``: split -> (plain logits, labels), the
-    same forward passes the metrics came from.
-
-    Without enough validation images there is nothing honest to fit on: confidences stay raw.
-    """
-    val_images = len(scored["val"][1]) if "val" in scored else 0
-    if val_images < MIN_IMAGES:
-        log.warning(
-            "%d validation images (fewer than %d): confidences are not calibrated",
-            val_images,
-            MIN_IMAGES,
-        )
-        return None
-    fitted = calibrate(*scored["val"]).to_dict()
-    if "test" in scored:
-        fitted["test"] = calibration_effect(*scored["test"], fitted["temperature"])
-    return fitted
-
-
-def _bundle_metadata(cfg: TrainConfig, data: TrainData, metrics: dict) -> dict:
-    return {
-        "name": f"{cfg.recipe}",
-        "architecture": cfg.architecture,
-        "arch_kwargs": cfg.arch_kwargs,
-        "classes": data.dataset.classes,
-        "input_size": cfg.image_size,
-        "normalization": {"mean": data.mean, "std": data.std},
-        "preprocessing": {"resize": "whole frame squashed to the input size"},
-        "start": finetune.origin(cfg, data.dataset.classes),
-        "recipe": cfg.recipe,
-        "config": cfg.to_dict(),
-        "data": data_record(data.dataset),
-        "split": data.split.describe(),
-        "metrics": metrics,
-    }

@@ -1,0 +1,62 @@
+"""The ``imageclf`` group (its global options) and ``main``, the console script.
+
+Errors meant for the user become one line on stderr and exit code 2 (bad input)
+or 1 (failure); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import ImageclfError
+from .data import data
+from .evaluate import evaluate_cmd
+from .export import export_cmd
+from .info import info
+from .logs import configure_logging
+from .predict import predict_cmd
+from .serve import serve
+from .train import train
+from .tune import tune
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="imageclf")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or per-epoch lines.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per log line, for machines.",
+)
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool, log_format: str) -> None:
+    """Train, evaluate, explain and serve small-image CNN classifiers."""
+    ctx.obj = {"progress": not quiet and log_format == "text"}
+    configure_logging(quiet, log_format)
+
+
+for command in (data, train, tune, info, evaluate_cmd, predict_cmd, export_cmd, serve):
+    cli.add_command(command)
+
+
+# ---------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = cli.main(args=argv, prog_name="imageclf", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("imageclf: interrupted", err=True)
+        sys.exit(130)
+    except ImageclfError as exc:
+        click.echo(f"imageclf: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,66 @@
+"""``imageclf info``: what a model bundle holds, in lines people read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _num(value, digits: int = 4) -> str:
+    """Floats as people read them (``0.00146``, not ``0.0014648437500000002``)."""
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def _format_metrics(metrics: dict) -> list[str]:
+    lines = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k} {_num(v)}" for k, v in value.items())
+            lines.append(f"  {key:<14}{inner}")
+        else:
+            lines.append(f"  {key:<14}{_num(value)}")
+    return lines
+
+
+@click.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw metadata as JSON.")
+def info(model: str | None, as_json: bool) -> None:
+    """Show what a model bundle contains (default: the bundled model)."""
+    from ..bundle import load_bundle
+    from ..predict import default_model_path
+
+    path = Path(model) if model else default_model_path()
+    bundle = load_bundle(path)
+    meta = bundle.metadata
+    if as_json:
+        click.echo(json.dumps(meta, indent=2))
+        return
+    params = sum(t.numel() for k, t in bundle.state_dict.items() if "running" not in k)
+    mean, std = (", ".join(f"{v:.3g}" for v in values) for values in (meta.mean, meta.std))
+    lines = [
+        f"model        {path} ({path.stat().st_size / 1e6:.1f} MB, {params:,} numbers)",
+        f"name         {meta.name}",
+        f"architecture {meta.architecture} {json.dumps(meta.arch_kwargs)}",
+        f"input        {meta.input_size}x{meta.input_size} RGB, mean [{mean}], std [{std}]",
+        f"classes      {len(meta.classes)}: {', '.join(meta.classes)}",
+    ]
+    if meta.data_source or meta.data_fingerprint:
+        lines.append(f"data         {meta.data_source} (fingerprint {meta.data_fingerprint})")
+    if meta.split:
+        s = meta.split
+        lines.append(f"split        {s['name']} seed {s['seed']} {s.get('sizes')}")
+    if meta.recipe:
+        cfg = meta.config
+        lines.append(
+            f"recipe       {meta.recipe}: {cfg.get('epochs')} epochs, batch "
+            f"{cfg.get('batch_size')}, {cfg.get('optimizer')} lr {_num(cfg.get('lr'), 3)}"
+        )
+    if meta.metrics:
+        lines.append("metrics")
+        lines += _format_metrics(meta.metrics)
+    lines.append(f"created      {meta.created}")
+    lines.append("versions     " + ", ".join(f"{k} {v}" for k, v in meta.versions.items()))
+    click.echo("\n".join(lines))

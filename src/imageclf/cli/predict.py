@@ -1,0 +1,60 @@
+"""``imageclf predict``: classify image files and folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import UserInputError
+
+
+@click.command("predict")
+@click.argument("inputs", nargs=-1, required=True, metavar="[MODEL] IMAGES_OR_FOLDERS...")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--explain",
+    "explain_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write a Grad-CAM overlay per image into this folder.",
+)
+@click.option("--tta", is_flag=True, help="Average over flipped and shifted views.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda.")
+@click.pass_context
+def predict_cmd(
+    ctx: click.Context, inputs, top_k, out_format, explain_dir, tta, batch_size, device
+):
+    """Classify image files and folders (recursively). MODEL (a .safetensors bundle or an
+    exported .onnx file) is optional; without it the bundled model is used. Exit code 2
+    if any file failed."""
+    from ..predict import Predictor, format_results, predict_files
+
+    model = inputs[0] if inputs[0].lower().endswith((".safetensors", ".onnx")) else None
+    paths = inputs[1:] if model else inputs
+    if not paths:
+        raise UserInputError("give at least one image file or folder after the model")
+    predictor = Predictor.load(model, device=device)
+    if explain_dir and not predictor.explainable:
+        raise UserInputError("--explain (Grad-CAM) needs the PyTorch model, not an ONNX export")
+    results = []
+    for item in predict_files(
+        predictor, paths, top_k=top_k, tta=tta, explain_dir=explain_dir,
+        batch_size=batch_size, progress=ctx.obj["progress"],
+    ):  # fmt: skip
+        if not item.ok:
+            click.echo(f"imageclf: skipped {item.path}: {item.error}", err=True)
+        results.append(item)
+    click.echo(format_results(results, out_format), nl=False)
+    failed = sum(not r.ok for r in results)
+    if failed:
+        click.echo(f"imageclf: {failed} of {len(results)} files could not be classified", err=True)
+        ctx.exit(2)

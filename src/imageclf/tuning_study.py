@@ -1,0 +1,149 @@
+"""A tuning study's settings and storage: what is searched, where it lives, how it resumes.
+
+The settings of a search are written to ``tune.json`` in its run folder, so ``--resume``
+needs nothing else; the study itself lives in SQLite there or in a storage URL several
+workers share, and every worker checks it searches the same space on the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+from . import recipes, search_space
+from .errors import UserInputError
+from .recipes import TrainConfig
+
+log = logging.getLogger("imageclf.tune")
+
+SETTINGS_FILE = "tune.json"
+PRUNERS = ("median", "halving", "none")
+# Fields of a recipe that describe the run, not the recipe: never written to best.json.
+RUN_FIELDS = {
+    "recipe", "data", "split", "val_size", "subset", "image_size", "seed",
+    "device", "precision", "threads", "eval_batch_size", "out", "user_set",
+}  # fmt: skip
+
+
+def base_recipe(recipe: str) -> tuple[str, dict | None]:
+    """The built-in recipe under ``recipe`` and the space a recipe file declares, if any."""
+    recipes.recipe_values(recipe)  # an unknown name or a bad file fails here, clearly
+    if recipe in recipes.RECIPES:
+        return recipe, None
+    doc = recipes.read_recipe_file(recipe)
+    return doc["base"], doc.get("space")
+
+
+def make_pruner(optuna, name: str, trials: int, epochs_cap: int = 8):
+    if name == "median":
+        # Compare from a quarter of the schedule on (the first epochs are noisy), once a
+        # few trials have finished.
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=max(2, min(5, trials // 4)), n_warmup_steps=max(2, epochs_cap // 4)
+        )
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=2, reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise UserInputError(f"unknown pruner {name!r}; choose {', '.join(PRUNERS)}")
+
+
+def load_settings(resume, **given) -> tuple[Path, dict]:
+    """The study's settings: from the arguments, or from ``tune.json`` when resuming."""
+    if resume is not None:
+        run_dir = Path(resume)
+        path = run_dir / SETTINGS_FILE
+        if not path.is_file():
+            raise UserInputError(f"nothing to resume: {path} does not exist")
+        settings = json.loads(path.read_text())
+        for key in ("trials", "timeout", "device", "threads"):
+            if given.get(key) is not None:
+                settings[key] = given[key]
+        return run_dir, settings
+    run_dir = Path(given.pop("out") or Path("runs") / f"tune-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (run_dir / SETTINGS_FILE).exists():
+        raise UserInputError(
+            f"{run_dir} already holds a study; continue it with --resume {run_dir}"
+        )
+    settings = dict(given)
+    settings["trials"] = settings["trials"] or 20
+    for key in ("recipe", "data"):  # so --resume works from any directory
+        value = settings[key]
+        if value is not None and (key == "data" or Path(value).is_file()):
+            settings[key] = str(Path(value).resolve())
+    space = settings["space"]
+    if isinstance(space, str | os.PathLike):
+        settings["space"] = search_space.read_space_file(space)
+    if settings["storage"] is None:
+        settings["storage"] = f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    if settings["study"] is None:
+        settings["study"] = f"tune-{Path(settings['recipe']).stem}"
+    return run_dir, settings
+
+
+def open_study(optuna, storage: str, name: str, pruner):
+    """Create or join the study; retries the race of two workers creating one new database."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(6):
+        try:
+            return optuna.create_study(
+                storage=storage,
+                study_name=name,
+                direction="maximize",
+                pruner=pruner,
+                load_if_exists=True,
+            )
+        except SQLAlchemyError as exc:  # e.g. "table alembic_version already exists"
+            error = exc
+            time.sleep(0.5 * (attempt + 1))
+        except (ValueError, ImportError) as exc:  # a malformed URL, a missing driver
+            error = exc
+            break
+    shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", storage)  # never print a password
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise UserInputError(f"cannot open the study storage {shown}: {detail}")
+
+
+def check_same_study(study, record: dict) -> bool:
+    """Workers sharing a study must search the same space on the same data; True when
+    this worker created the study's record (it is the first)."""
+    existing = study.user_attrs.get("imageclf")
+    if existing is None:
+        study.set_user_attr("imageclf", record)
+        return True
+
+    def same(key: str, value) -> bool:
+        if key == "data":  # the same images may live at another path on another machine
+            return (value or {}).get("fingerprint") == record["data"]["fingerprint"]
+        return value == record.get(key)
+
+    for key in ("base", "config", "space", "epochs_cap", "data", "split"):
+        if not same(key, existing.get(key)):
+            raise UserInputError(
+                f"study {study.study_name!r} was created with a different {key} "
+                f"({json.dumps(existing.get(key))[:120]}); use another --study name"
+            )
+    return False
+
+
+def requeue_interrupted(optuna, study) -> None:
+    """Trials cut off by Ctrl-C (failed) run again with the same settings on resume."""
+    done = set(study.user_attrs.get("requeued", []))
+    failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    again = [t for t in failed if t.number not in done and t.params]
+    for trial in again:
+        study.enqueue_trial(trial.params, skip_if_exists=False)
+        log.info("trial %d was interrupted: queued again with the same settings", trial.number)
+    if again:
+        study.set_user_attr("requeued", sorted(done | {t.number for t in again}))
+
+
+def recipe_changes(cfg: TrainConfig, base: str) -> dict:
+    """The recipe fields where ``cfg`` differs from the built-in ``base``."""
+    reference = recipes.resolve(base).to_dict()
+    return {k: v for k, v in cfg.to_dict().items() if k not in RUN_FIELDS and reference[k] != v}
