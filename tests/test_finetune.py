@@ -26,7 +26,7 @@ from imageclf import Predictor, recipes
 from imageclf.bundle import load_bundle
 from imageclf.errors import UserInputError
 from imageclf.fileio import RunLock
-from imageclf.finetune import class_weights, describe_counts
+from imageclf.finetune import HEAD_L2, HEAD_L2_GRID, choose_head_l2, class_weights, describe_counts
 from imageclf.training import train
 
 
@@ -232,3 +232,18 @@ def test_data_inspect(folder, tmp_path, capsys):
 def test_history_json_records_the_head_fit(finetuned):
     saved = json.loads((finetuned.run_dir / "history.json").read_text())
     assert saved[0]["epoch"] == 0 and saved[0]["val_acc"] is not None
+
+
+def test_head_penalty_is_chosen_by_cross_validation():
+    """Few noisy examples in many dimensions need a strong L2 penalty, many clean ones a
+    weak one; the choice comes from held-out folds of the features it is given."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 2
+    noisy = torch.randn(60, 400, generator=g)
+    noisy[:, 0] += 1.5 * (2 * y - 1)
+    y_clean = torch.arange(1000) % 2
+    clean = torch.randn(1000, 4, generator=g)
+    clean[:, 0] += 4 * (2 * y_clean - 1)
+    assert choose_head_l2(noisy, y, 2) == max(HEAD_L2_GRID)
+    assert choose_head_l2(clean, y_clean, 2) == min(HEAD_L2_GRID)
+    assert choose_head_l2(noisy[:9], y[:9], 2) == HEAD_L2  # too few images for 5 folds

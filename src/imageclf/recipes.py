@@ -199,16 +199,17 @@ RECIPES: dict[str, dict] = {
 }
 # finetune: `--pretrained efficientnet-lite0` on a user's folder of a few hundred photos.
 # The new head is first fitted on frozen embeddings (finetune.py), then the last layer
-# group trains with it at discriminative learning rates. On a 2-core CPU the cost decides:
-# 160 px is half of 224's compute; the stem and early stages stay frozen
-# (freeze_groups=2): they hold generic edges and textures, and their backward pass at
-# high resolution is most of a CPU step's cost. Random resized crops + flips are the
+# group trains with it at discriminative learning rates. Images are seen at 224 px, the
+# weights' own resolution: on 245 real photos (ants/bees) the probe reached 95.4% val at
+# 224 and 88.9% at 160, whose only merit is half the compute. The stem and early stages
+# stay frozen (freeze_groups=2): they hold generic edges and textures, and their backward
+# pass at high resolution is most of a CPU step's cost. Random resized crops + flips are the
 # standard photo augmentation; BatchNorm statistics stay ImageNet's; the best epoch on
 # val loss is kept, the head fit included, so fine-tuning never ends worse than the probe.
 RECIPES["finetune"] = dict(
     architecture="efficientnet-lite0",
     pretrained="efficientnet-lite0",
-    image_size=160,
+    image_size=224,
     optimizer="adamw",
     lr=5e-4,
     weight_decay=0.01,

@@ -71,7 +71,7 @@ RECIPE_HELP = f"One of: {', '.join(RECIPES)}; or a recipe .json file (imageclf t
     "--image-size",
     type=click.IntRange(min=8),
     default=None,
-    help="Train at SxS pixels (default: the recipe's; 32 for fast, 160 for finetune).",
+    help="Train at SxS pixels (default: the recipe's; 32 for fast, 224 for finetune).",
 )
 @click.option(
     "--data",
