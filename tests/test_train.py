@@ -219,6 +219,30 @@ def test_resume_of_missing_run_is_clear(tmp_path):
         resume(tmp_path, progress=False)
 
 
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"", "empty or cut short"),
+        (b"not a checkpoint", "not a checkpoint"),
+        ({"a": 1}, "no 'model'"),
+    ],
+)
+def test_resume_of_a_broken_checkpoint_is_clear(tmp_path, content, why):
+    """An empty last.pt used to surface as EOFError, which click reports as Ctrl-C (130)."""
+    last = tmp_path / "last.pt"
+    if isinstance(content, bytes):
+        last.write_bytes(content)
+    else:
+        torch.save(content, last)
+    with pytest.raises(UserInputError, match=why):
+        resume(tmp_path, progress=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "imageclf", "train", "--resume", str(tmp_path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and why in proc.stderr and "interrupted" not in proc.stderr
+
+
 # ---------------------------------------------------------------- tricks that must take effect
 def test_reduce_lr_on_plateau_follows_val_loss(tmp_path):
     data = write_noise_folder(tmp_path / "noise")

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,14 +85,21 @@ class Checkpoint:
         last = Path(run_dir) / "last.pt"
         if not last.is_file():
             raise UserInputError(f"nothing to resume: {last} does not exist")
-        raw = torch.load(last, map_location="cpu", weights_only=True)
-        return cls(
-            raw["model"],
-            raw["optimizer"],
-            RunState.from_dict(raw["state"]),
-            raw["lookahead"],
-            raw["config"],
-        )
+        try:
+            raw = torch.load(last, map_location="cpu", weights_only=True)
+            return cls(
+                raw["model"],
+                raw["optimizer"],
+                RunState.from_dict(raw["state"]),
+                raw["lookahead"],
+                raw["config"],
+            )
+        # An empty or cut-off file raises EOFError, which click would report as Ctrl-C.
+        except (EOFError, RuntimeError, pickle.UnpicklingError, KeyError, TypeError) as exc:
+            why = {EOFError: "empty or cut short", KeyError: f"no {exc} entry"}.get(
+                type(exc), "not a checkpoint written by imageclf train"
+            )
+            raise UserInputError(f"cannot resume from {last}: {why}") from None
 
 
 def save_torch(obj: dict, path: Path) -> None:
