@@ -15,7 +15,7 @@ def test_bundled_model_metadata():
     meta = p.metadata
     assert p.classes == list(CIFAR10_CLASSES)
     sizes = meta["split"]["sizes"]
-    assert meta["recipe"] == "fast" and sizes["train"] + sizes["val"] == 50000
+    assert meta["recipe"] == "best" and sizes["train"] + sizes["val"] == 50000
     assert {"test", "test_tta", "compute", "calibration"} <= set(meta["metrics"])
     # The temperature was fitted on the validation split, never on test.
     assert meta["calibration"]["val_images"] == sizes["val"] > 0
