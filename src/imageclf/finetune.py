@@ -276,7 +276,6 @@ def choose_head_l2(
     *,
     bias: bool = True,
     weight: torch.Tensor | None = None,
-    label_smoothing: float = 0.0,
 ) -> float:
     """The head's L2 penalty: HEAD_L2_GRID's best by seeded k-fold cross-validation on
     these (training) embeddings, or HEAD_L2 for large or tiny sets."""
@@ -289,8 +288,9 @@ def choose_head_l2(
         total = 0.0
         for k, held in enumerate(folds):
             rest = torch.cat([f for j, f in enumerate(folds) if j != k])
-            w, b = fit_linear(features[rest], labels[rest], n_classes, bias=bias, weight=weight,
-                              l2=l2, label_smoothing=label_smoothing)  # fmt: skip
+            w, b = fit_linear(
+                features[rest], labels[rest], n_classes, bias=bias, weight=weight, l2=l2
+            )
             logits = features[held] @ w.T + b
             total += F.cross_entropy(logits, labels[held], weight=weight, reduction="sum").item()
         return total / n
@@ -312,7 +312,6 @@ def fit_head(
     x_val: torch.Tensor,
     y_val: torch.Tensor,
     n_classes: int,
-    cfg,
     *,
     weight: torch.Tensor | None = None,
     device: torch.device | str = "cpu",

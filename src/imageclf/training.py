@@ -140,7 +140,7 @@ def _drive(
         write_run_record(run_dir, cfg, data.dataset, data.split, norm, rt)
     total_steps = data.steps_per_epoch(cfg) * cfg.epochs
     if finetune.is_transfer(cfg) and checkpoint is None:
-        state, best = _fit_head(cfg, parts, data, rt, state, run_dir, show)
+        state, best = _fit_head(parts, data, rt, state, run_dir, show)
 
     # --freeze-backbone: the head fit above is the whole training.
     while state.epoch < cfg.epochs and not state.stopped_early and not cfg.freeze_backbone:
@@ -261,12 +261,12 @@ def _history_record(epoch: int, loss, acc, val: dict | None, lr: float, started:
 
 
 # ---------------------------------------------------------------- transfer: the head first
-def _fit_head(cfg, parts: Parts, data: TrainData, rt: Runtime, state: RunState, run_dir, show):
+def _fit_head(parts: Parts, data: TrainData, rt: Runtime, state: RunState, run_dir, show):
     """fastai-style: the new head first, fitted on the frozen backbone's embeddings; it is
     the best state so far, so fine-tuning must beat it on val loss to replace it."""
     record = finetune.fit_head(
         parts.model, parts.normalizer, data.x_train, data.y_train, data.x_val, data.y_val,
-        len(data.dataset.classes), cfg, weight=parts.loss_weight, device=rt.device,
+        len(data.dataset.classes), weight=parts.loss_weight, device=rt.device,
         amp_dtype=rt.amp_dtype, progress=show,
     )  # fmt: skip
     state = dataclasses.replace(state, history=[record])
