@@ -35,7 +35,6 @@ from .onnx_backend import (
     OUTPUT_NAME,
     MissingExtraError,
     OnnxPredictor,
-    softmax,
 )
 from .predict import Predictor
 
@@ -186,12 +185,12 @@ def verify(reference: Predictor, exported: OnnxPredictor, images: np.ndarray) ->
     if not len(images):
         return 0, 0.0
     normalizer = _normalizer(reference.metadata)
-    expected = softmax(
-        predict_logits(reference.model, torch.from_numpy(images), normalizer).numpy()
+    expected = torch.softmax(
+        predict_logits(reference.model, torch.from_numpy(images), normalizer), 1
     )
-    got = softmax(exported.logits(images))
+    got = torch.softmax(torch.from_numpy(exported.logits(images)), 1)
     agree = int((expected.argmax(1) == got.argmax(1)).sum())
-    return agree, float(np.abs(expected - got).max())
+    return agree, float((expected - got).abs().max())
 
 
 def export_onnx(

@@ -11,9 +11,11 @@ from .data.loader import Normalizer
 from .device import autocast
 
 
-def _views(x: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
-    """Mirror + 1-pixel translations (airbench's TTA): the original pair carries half
-    the weight, the two diagonal shifts a quarter each."""
+def tta_views(x: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
+    """(weight, view) of an N x C x H x W batch: mirror + 1-pixel translations
+    (airbench's TTA); the original pair carries half the weight, the two diagonal shifts
+    a quarter each. Reflect padding only repeats pixels, so whole-number pixel values stay
+    whole (the ONNX backend shifts uint8 pictures with it)."""
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
     h, w = x.shape[-2:]
     shifted = [padded[..., 0:h, 0:w], padded[..., 2 : h + 2, 2 : w + 2]]
@@ -43,7 +45,7 @@ def predict_logits(
         x = normalizer(images_u8[start : start + batch_size], device)
         with autocast(device, amp_dtype):
             if tta:
-                out = sum(wt * F.log_softmax(model(v).float(), -1) for wt, v in _views(x))
+                out = sum(wt * F.log_softmax(model(v).float(), -1) for wt, v in tta_views(x))
             else:
                 out = model(x).float()
         outputs.append(out.float().cpu())

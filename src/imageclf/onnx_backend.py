@@ -22,6 +22,7 @@ import torch
 
 from .bundle import Bundle, BundleMetadata
 from .errors import BundleError, UserInputError
+from .inference import tta_views
 from .predict import Predictor
 
 ONNX_FORMAT = "imageclf-onnx/1"
@@ -33,9 +34,6 @@ ONNX_EXTRA = "pip install 'imageclf[onnx]'"
 EXPLAIN_UNAVAILABLE = (
     "Grad-CAM needs the PyTorch model's gradients: use the .safetensors bundle, not the ONNX export"
 )
-# TTA views on uint8 pixels: the same weights and shifts as inference._views (mirror and
-# 1-pixel diagonal shifts); reflect-padding commutes with the per-channel normalisation.
-TTA_WEIGHTS = (0.25, 0.25, 0.125, 0.125, 0.125, 0.125)
 
 
 class MissingExtraError(UserInputError):
@@ -64,27 +62,6 @@ def read_onnx_metadata(session) -> BundleMetadata:
     except ValueError as exc:
         raise BundleError(f"the ONNX file has bad metadata: {exc}") from None
     return metadata
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
-def tta_views(batch_u8: np.ndarray) -> list[np.ndarray]:
-    """Original, mirror, and the two diagonal 1-pixel shifts with their mirrors (NHWC)."""
-    padded = np.pad(batch_u8, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-    h, w = batch_u8.shape[1:3]
-    views = [batch_u8, batch_u8[:, :, ::-1]]
-    for shifted in (padded[:, 0:h, 0:w], padded[:, 2 : h + 2, 2 : w + 2]):
-        views += [shifted, shifted[:, :, ::-1]]
-    return [np.ascontiguousarray(v) for v in views]
 
 
 class OnnxPredictor(Predictor):
@@ -157,16 +134,22 @@ class OnnxPredictor(Predictor):
         """Calibrated logits, as the torch path makes them: the graph's logits (with TTA,
         the views' weighted log-probabilities) divided by the bundle's temperature."""
         if tta:
+            pixels = torch.from_numpy(np.ascontiguousarray(batch_u8)).permute(0, 3, 1, 2)
             scores = sum(
-                weight * log_softmax(self.logits(view))
-                for weight, view in zip(TTA_WEIGHTS, tta_views(batch_u8), strict=True)
+                weight * torch.log_softmax(torch.from_numpy(self.logits(_pixels(view))), 1)
+                for weight, view in tta_views(pixels.float())
             )
         else:
-            scores = self.logits(batch_u8)
-        return torch.from_numpy(np.asarray(scores, np.float32) / np.float32(self.temperature))
+            scores = torch.from_numpy(self.logits(batch_u8))
+        return scores / self.temperature
 
     def gradcam(self, *args, **kwargs):
         raise UserInputError(EXPLAIN_UNAVAILABLE)
 
     def explain(self, *args, **kwargs):
         raise UserInputError(EXPLAIN_UNAVAILABLE)
+
+
+def _pixels(view: torch.Tensor) -> np.ndarray:
+    """A TTA view (N x 3 x H x W, whole-number floats) back to the graph's uint8 NHWC."""
+    return view.permute(0, 2, 3, 1).to(torch.uint8).contiguous().numpy()
