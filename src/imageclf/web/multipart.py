@@ -19,7 +19,7 @@ from typing import IO, NamedTuple
 
 from werkzeug.datastructures import FileStorage, Headers, MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
-from werkzeug.formparser import FormDataParser
+from werkzeug.formparser import FormDataParser, MultiPartParser
 from werkzeug.http import parse_options_header
 
 _LINE_BREAK = rb"(?:\r\n|\n|\r)"
@@ -27,8 +27,9 @@ _LINE_BREAK = rb"(?:\r\n|\n|\r)"
 _AFTER_BOUNDARY = re.compile(rb"(--)|[^\S\r\n]*" + _LINE_BREAK)
 _BLANK_LINE = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _CONTINUATION = re.compile(rb"[\r\n]+[ \t]")
-# Werkzeug's safe list: a client's charset name never picks an arbitrary codec.
-_CHARSETS = {"ascii", "us-ascii", "utf-8", "iso-8859-1"}
+# A text field's charset by Werkzeug's own rule (a short safe list, else UTF-8), so a
+# client's charset name never picks an arbitrary codec.
+_part_charset = MultiPartParser().get_part_charset
 # RFC 2046's characters; it allows 70 of them, but some clients (Werkzeug's own test
 # client among them) send a few more.
 _VALID_BOUNDARY = re.compile(rb"[0-9A-Za-z'()+_,\-./:=? ]{0,199}[0-9A-Za-z'()+_,\-./:=?]")
@@ -122,9 +123,7 @@ def parse_form(
             continue
         if max_field_bytes is not None and len(data) > max_field_bytes:
             raise RequestEntityTooLarge(f"a form field is larger than {max_field_bytes} bytes")
-        _, type_options = parse_options_header(headers.get("content-type", ""))
-        charset = type_options.get("charset", "").lower()
-        fields.append((name, data.decode(charset if charset in _CHARSETS else "utf-8", "replace")))
+        fields.append((name, data.decode(_part_charset(headers), "replace")))
     return fields, files
 
 
