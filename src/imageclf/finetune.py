@@ -31,8 +31,10 @@ from .bundle import build_model, load_bundle
 from .data.loader import Normalizer
 from .device import autocast
 from .errors import UserInputError
+from .inference import evaluate_logits
 from .models import build
 from .models import efficientnet as effnet
+from .runs import history_record
 
 log = logging.getLogger("imageclf.train")
 
@@ -332,21 +334,12 @@ def fit_head(
         head.weight.copy_(w / scale)
         if head.bias is not None:
             head.bias.copy_(b / scale)
-    train_logits = feats @ w.T + b
-    record = {
-        "epoch": 0,
-        "train_loss": round(F.cross_entropy(train_logits, y_train).item(), 6),
-        "train_acc": round((train_logits.argmax(1) == y_train).double().mean().item(), 6),
-        "val_loss": None,
-        "val_acc": None,
-        "lr": None,
-    }
+    val = None
     if len(x_val):
         val_feats = embed(model, x_val, normalizer, device=device, amp_dtype=amp_dtype)
-        logits = val_feats @ w.T + b
-        record["val_loss"] = round(F.cross_entropy(logits, y_val).item(), 6)
-        record["val_acc"] = round((logits.argmax(1) == y_val).double().mean().item(), 6)
-    record["seconds"] = round(time.perf_counter() - started, 3)
+        val = evaluate_logits(val_feats @ w.T + b, y_val)
+    train = evaluate_logits(feats @ w.T + b, y_train)
+    record = history_record(0, train["loss"], train["accuracy"], val, None, started)
     if progress:
         log.info(
             "head fitted on frozen features (L2 %g): train acc %.4f  val acc %s  %.1fs",

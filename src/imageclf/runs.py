@@ -148,6 +148,27 @@ def write_run_record(
     np.savez(run_dir / "split.npz", train=split.train, val=split.val, test=split.test)
 
 
+def history_record(
+    epoch: int, loss: float, acc: float, val: dict | None, lr: float | None, started: float
+) -> dict:
+    """One row of ``history.json``: an epoch (0 is a transfer run's head fit), its train
+    and val loss/accuracy, learning rate (None: no optimiser step) and seconds since
+    ``started``."""
+
+    def rounded(value: float | None) -> float | None:
+        return round(value, 6) if value is not None and math.isfinite(value) else None
+
+    return {
+        "epoch": epoch,
+        "train_loss": round(loss, 6),
+        "train_acc": round(acc, 6),
+        "val_loss": rounded(val["loss"] if val else None),
+        "val_acc": rounded(val["accuracy"] if val else None),
+        "lr": lr,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
 def write_history(run_dir: Path, history: list[dict]) -> None:
     write_text_atomic(run_dir / "history.json", json.dumps(history, indent=2))
     text = io.StringIO()

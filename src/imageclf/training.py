@@ -41,6 +41,7 @@ from .runs import (
     Run,
     RunState,
     default_run_dir,
+    history_record,
     save_torch,
     write_history,
     write_run_record,
@@ -149,7 +150,7 @@ def _drive(
         train_seconds = state.train_seconds + time.perf_counter() - epoch_start
         val = parts.evaluate(cfg, data.x_val, data.y_val, rt) if len(data.x_val) else None
         lr = cfg.lr * schedule_multiplier(cfg, steps - 1, total_steps) * state.lr_factor
-        record = _history_record(state.epoch + 1, loss, acc, val, lr, epoch_start)
+        record = history_record(state.epoch + 1, loss, acc, val, lr, epoch_start)
         state = dataclasses.replace(
             state,
             epoch=state.epoch + 1,
@@ -243,21 +244,6 @@ def train_one_epoch(
             f"training diverged in epoch {epoch + 1} (loss is not finite); try a lower --lr"
         )
     return total_loss / max(total_seen, 1), total_correct / max(total_seen, 1), step
-
-
-def _history_record(epoch: int, loss, acc, val: dict | None, lr: float, started: float) -> dict:
-    def rounded(value: float | None) -> float | None:
-        return round(value, 6) if value is not None and math.isfinite(value) else None
-
-    return {
-        "epoch": epoch,
-        "train_loss": round(loss, 6),
-        "train_acc": round(acc, 6),
-        "val_loss": rounded(val["loss"] if val else None),
-        "val_acc": rounded(val["accuracy"] if val else None),
-        "lr": lr,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
 
 
 # ---------------------------------------------------------------- transfer: the head first
