@@ -150,12 +150,10 @@ def _last_linear(model: nn.Module) -> str:
 # ---------------------------------------------------------------- optimiser groups
 def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
     """Parameters from input to output in a few groups, the head last."""
+    head = list(head_module(model).parameters())
     if hasattr(model, "backbone_groups"):
         groups = [list(g.parameters()) for g in model.backbone_groups()]
-        head = list(model.classifier.parameters())
     else:
-        head_name = _last_linear(model)
-        head = list(dict(model.named_modules())[head_name].parameters())
         head_ids = {id(p) for p in head}
         body = [p for p in model.parameters() if id(p) not in head_ids]
         third = math.ceil(len(body) / 3)
