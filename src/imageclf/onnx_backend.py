@@ -68,6 +68,7 @@ class OnnxPredictor(Predictor):
     """``Predictor`` on onnxruntime: same preprocessing, outputs and API, no torch model."""
 
     explainable = False
+    backend = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: int = 1) -> None:
         ort = import_onnxruntime()

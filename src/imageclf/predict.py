@@ -55,6 +55,7 @@ class Predictor:
 
     # Grad-CAM needs the torch model's gradients; the ONNX backend sets this False.
     explainable = True
+    backend = "pytorch"  # what runs the forward pass (metrics label, /api/v1/model)
 
     def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32") -> None:
         self.bundle = bundle

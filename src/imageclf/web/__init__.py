@@ -96,7 +96,7 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
         max_request_pixels=int(app.config["IMAGECLF_MAX_REQUEST_PIXELS"]),
         decode_seconds=float(app.config["IMAGECLF_DECODE_SECONDS"]),
         torch_threads=app.config["IMAGECLF_TORCH_THREADS"],
-        on_loaded=lambda p: metrics.model_loaded(p.name, _backend(p), p.classes),
+        on_loaded=lambda p: metrics.model_loaded(p.name, p.backend, p.classes),
     )
     init_extensions(app, service, metrics)
     app.wsgi_app = BodyDeadline(app.wsgi_app, float(app.config["IMAGECLF_BODY_TIMEOUT_S"]))
@@ -117,10 +117,6 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
     elif loading != "manual":
         raise ValueError(f"IMAGECLF_MODEL_LOADING must be eager, background or manual: {loading}")
     return app
-
-
-def _backend(predictor) -> str:
-    return "pytorch" if predictor.explainable else "onnxruntime"
 
 
 _STATIC_HEADERS = tuple(SECURITY_HEADERS.items())

@@ -172,7 +172,7 @@ class ModelService:
             "created": meta.created,
             # Grad-CAM works for every torch model with a Conv2d; an ONNX export has none.
             "explain": p.explainable,
-            "backend": "pytorch" if p.explainable else "onnxruntime",
+            "backend": p.backend,
             "calibrated": meta.unsure_below is not None,
             "temperature": p.temperature,
             "unsure_below": unsure_threshold(p),
