@@ -12,10 +12,17 @@ Deadlines, so a slow client cannot hold a connection slot for ever:
 - body: ``BODY_TIMEOUT_S`` for the whole body (``web.uploads.BodyDeadline``), and no
   single read may wait more than ``IDLE_TIMEOUT_S`` (a socket timeout; it also bounds
   sending to a client that stops reading).
+
+A response leaves as one TCP segment where it fits: gunicorn writes the status line and
+headers, then the body, with two sends, and each send on its own wakes the client for
+half an answer (on loopback it is delivered at once). The socket is corked while a
+request is handled and uncorked when its response is written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import warnings
 
 from gunicorn.workers.ggevent import GeventWorker
@@ -35,3 +42,27 @@ class DeadlineGeventWorker(GeventWorker):
     def handle(self, listener, client, addr) -> None:
         client.settimeout(IDLE_TIMEOUT_S)  # gevent's base class would make it blocking
         super(GeventWorker, self).handle(listener, client, addr)
+
+    def handle_request(self, listener_name, req, sock, addr):
+        # Not while the client waits for "100 Continue": that line must leave at once.
+        corked = not _expects_continue(req) and _set_cork(sock, True)
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        finally:
+            if corked:  # flushes the response; a kept-alive connection must not wait for it
+                _set_cork(sock, False)
+
+
+def _expects_continue(req) -> bool:
+    return any(name == "EXPECT" for name, _ in req.headers)
+
+
+def _set_cork(sock, on: bool) -> bool:
+    """TCP_CORK on or off; False where there is none (not Linux, a Unix socket, closed)."""
+    option = getattr(socket, "TCP_CORK", None)
+    if option is None:
+        return False
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, option, int(on))
+        return True
+    return False
