@@ -415,3 +415,20 @@ def test_shared_archive_loads_and_caches(shared_archive, monkeypatch):
     monkeypatch.setattr("imageclf.data.read_source", boom)
     again = load_dataset(shared_archive, progress=False)
     assert len(again) == 60000 and again.fingerprint == ds.fingerprint
+
+
+def test_inspect_reads_archives_and_refuses_what_training_refuses(tmp_path):
+    """`data inspect` lists a source with the same function training reads it with."""
+    from imageclf.data.inspect import inspect
+
+    root = write_image_folder(tmp_path / "flat", per_class=3, partitioned=False)
+    for source in (root, _zip(root, tmp_path / "d.zip"), _tar(root, tmp_path / "d.tar.gz")):
+        found = inspect(source, progress=False)
+        assert found.classes == CLASSES and len(found.sizes) == 3 * len(CLASSES)
+    (tmp_path / "file.txt").write_text("hi")
+    for path, message in (
+        (tmp_path / "missing", "not found"),
+        (tmp_path / "file.txt", "not a dataset"),
+    ):
+        with pytest.raises(DataError, match=message):
+            inspect(path, progress=False)

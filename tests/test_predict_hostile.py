@@ -9,6 +9,7 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import png_bytes, run_cli
 
@@ -117,3 +118,39 @@ def test_open_image_reports_unreadable_paths_as_image_errors(tmp_path):
         open_image(loop)
     with pytest.raises(InvalidImageError, match="folder"):
         open_image(tmp_path)
+
+
+def test_arrays_in_any_common_range_mean_the_same_picture(tiny_bundle):
+    """A float picture in 0..1 (scikit-image, matplotlib) is the same picture as its uint8
+    form; a plain cast read 0.7 as 0 and classified a black square with confidence."""
+    from imageclf import Predictor
+
+    predictor = Predictor.load(tiny_bundle)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    expected = predictor.prepare(pixels)
+    for same in (pixels / 255.0, (pixels / 255.0).astype(np.float32), pixels.astype(np.int64),
+                 pixels.astype(np.float64)):  # fmt: skip
+        np.testing.assert_array_equal(predictor.prepare(same), expected)
+    grey = pixels[:, :, 0]
+    np.testing.assert_array_equal(predictor.prepare(grey[:, :, None]), predictor.prepare(grey))
+    assert predictor.predict(pixels / 255.0) == predictor.predict(pixels)
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.full((8, 8, 3), 300.0), r"0\.\.255"),
+        (np.full((8, 8, 3), -1, np.int16), r"0\.\.255"),
+        (np.full((8, 8, 3), np.nan), "NaN"),
+        (np.zeros((8, 8, 3), bool), "numbers"),
+        (np.zeros((8, 8, 3), object), "numbers"),
+        (np.zeros((8, 8, 2), np.uint8), "channels"),
+        (np.zeros((2, 8, 8, 3, 1), np.uint8), "shape"),
+    ],
+)
+def test_arrays_that_are_not_pictures_are_refused(tiny_bundle, array, message):
+    from imageclf import Predictor
+
+    with pytest.raises(UserInputError, match=message):
+        Predictor.load(tiny_bundle).predict(array)

@@ -31,7 +31,7 @@ from .imaging import IMAGE_EXTENSIONS, ImageSource, open_image, resize_for_model
 from .inference import predict_logits
 
 DEFAULT_BUNDLE = "default.safetensors"
-Picture = ImageSource | np.ndarray  # a file, bytes, PIL image, or a uint8 HxWx3 array
+Picture = ImageSource | np.ndarray  # a file, bytes, PIL image, or an HxWx3 array (see _from_array)
 
 
 def is_onnx_path(path: str | os.PathLike | None) -> bool:
@@ -138,8 +138,8 @@ class Predictor:
         self, images: Picture | Sequence[Picture], top_k: int = 3, *, tta: bool = False
     ) -> list[list[tuple[str, float]]]:
         """One list of (label, probability), most likely first, per image. An image is a
-        path, bytes, a file object, a PIL image or a uint8 HxWx3 NumPy array (an NxHxWx3
-        array is a batch)."""
+        path, bytes, a file object, a PIL image or an HxWx3 NumPy array, uint8 or floats
+        in 0..1 (an NxHxWx3 array is a batch)."""
         if top_k < 1:
             raise UserInputError("top_k must be at least 1")
         probs = self.predict_proba(self.preprocess(images), tta=tta)
@@ -199,7 +199,31 @@ def _as_list(images) -> list:
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).convert("RGB")
+    """A picture from an HxW, HxWx1, HxWx3 or HxWx4 array: uint8 as it is; floats in
+    0..1 (the scikit-image and matplotlib convention) scaled to 0..255; any other numbers
+    must already lie in 0..255. A plain cast would wrap or truncate them into a picture
+    of noise (0.7 -> 0) and give a confident answer about it."""
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise UserInputError(
+            f"an image array must be HxW or HxWxC with 1, 3 or 4 channels, got shape {array.shape}"
+        )
+    if array.dtype != np.uint8:
+        if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
+            raise UserInputError(f"an image array must hold numbers, got {array.dtype}")
+        values = np.asarray(array, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise UserInputError("an image array must not hold NaN or infinity")
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if np.issubdtype(array.dtype, np.floating) and low >= 0 and high <= 1:
+            values = values * 255.0
+        elif low < 0 or high > 255:
+            raise UserInputError(
+                f"image array values must lie in 0..255 (or 0..1 for floats), got {low:g}..{high:g}"
+            )
+        array = np.rint(values).astype(np.uint8)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
 
 
 def _decode(image: Picture) -> Image.Image:

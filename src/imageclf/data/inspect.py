@@ -13,17 +13,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import DataError, ImageError
+from ..errors import ImageError
 from ..imaging import open_image
 from .dataset import PARTITION_NAMES
-from .readers import (
-    SHOW_NAMES,
-    _archive_kind,
-    _iter_archive,
-    _read_payload,
-    scan_layout,
-    walk_folder,
-)
+from .readers import SHOW_NAMES, list_entries, read_payload, scan_layout
 
 
 @dataclass
@@ -45,13 +38,7 @@ class Inspection:
 
 def inspect(path: str | Path, *, progress: bool = True) -> Inspection:
     path = Path(path).expanduser()
-    if path.is_dir():
-        entries = list(walk_folder(path))
-    elif path.is_file() and _archive_kind(path):
-        entries = list(_iter_archive(path))
-    else:
-        raise DataError(f"{path}: not a folder or archive of images")
-    layout = scan_layout(entries, str(path))
+    layout = scan_layout(list_entries(path, progress), str(path))
     counts = {
         name: dict.fromkeys(layout.classes, 0)
         for name in (
@@ -65,7 +52,7 @@ def inspect(path: str | Path, *, progress: bool = True) -> Inspection:
         layout.images, desc=f"checking {path.name}", unit="img", disable=not progress
     ):
         try:
-            with open_image(_read_payload(payload)) as image:
+            with open_image(read_payload(payload)) as image:
                 sizes.append(image.size)
         except (ImageError, OSError) as exc:
             unreadable.append(f"{name} ({getattr(exc, 'strerror', None) or exc})")

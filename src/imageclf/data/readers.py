@@ -335,7 +335,8 @@ def _decode(data: bytes, size: int) -> np.ndarray:
     return resize_for_model(open_image(data), size)
 
 
-def _read_payload(payload) -> bytes:
+def read_payload(payload) -> bytes:
+    """The bytes of a ``list_entries`` payload."""
     return payload.read_bytes() if isinstance(payload, Path) else payload
 
 
@@ -362,7 +363,7 @@ def _assemble_folder(entries, source: str, size: int, progress: bool) -> tuple:
         images, desc=f"decoding {Path(source).name}", unit="img", disable=not progress
     ):
         try:
-            pixels[kept] = _decode(_read_payload(payload), size)
+            pixels[kept] = _decode(read_payload(payload), size)
         except (ImageError, DataError, OSError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
             skipped.append(f"{name} ({reason})")
@@ -388,36 +389,38 @@ def _is_cifar_dir(path: Path) -> Path | None:
     return None
 
 
+def list_entries(path: Path, progress: bool = False) -> list[tuple[str, object]]:
+    """(name, payload) of every file and folder in a folder or a .zip/.tar archive, as the
+    layout rules (``scan_layout``) read them: a ``Path`` in a folder, the bytes in an
+    archive, ``None`` for a folder itself (read a file's with ``read_payload``)."""
+    source = str(path)
+    if path.is_dir():
+        return list(walk_folder(path))
+    if not path.is_file():
+        raise DataError(f"dataset not found: {source}")
+    if _archive_kind(path) is None:
+        raise DataError(
+            f"{source}: not a dataset (expected a folder or a {', '.join(ARCHIVE_SUFFIXES)} "
+            "archive)"
+        )
+    return list(
+        tqdm(_iter_archive(path), desc=f"reading {path.name}", unit=" files", disable=not progress)
+    )
+
+
 def read_source(path: Path, size: int, fingerprint: str, progress: bool = True) -> Dataset:
     """Decode everything at ``path`` (no caching here; see ``load_dataset``)."""
     source = str(path)
-    if path.is_dir():
-        cifar_dir = _is_cifar_dir(path)
-        if cifar_dir is not None:
-            files = {f.name: f.read_bytes() for f in cifar_dir.iterdir() if f.is_file()}
-            arrays = _assemble_cifar(files, source, size)
-        else:
-            arrays = _assemble_folder(list(walk_folder(path)), source, size, progress)
-    elif path.is_file():
-        if _archive_kind(path) is None:
-            raise DataError(
-                f"{source}: not a dataset (expected a folder or a {', '.join(ARCHIVE_SUFFIXES)} "
-                "archive)"
-            )
-        entries = list(
-            tqdm(
-                _iter_archive(path),
-                desc=f"reading {path.name}",
-                unit=" files",
-                disable=not progress,
-            )
-        )
+    cifar_dir = _is_cifar_dir(path) if path.is_dir() else None
+    if cifar_dir is not None:
+        files = {f.name: f.read_bytes() for f in cifar_dir.iterdir() if f.is_file()}
+        arrays = _assemble_cifar(files, source, size)
+    else:
+        entries = list_entries(path, progress)
         names = {PurePosixPath(n).name: d for n, d in entries if d is not None}
-        if "data_batch_1" in names:
+        if path.is_file() and "data_batch_1" in names:  # the official python archive
             arrays = _assemble_cifar(names, source, size)
         else:
             arrays = _assemble_folder(entries, source, size, progress)
-    else:
-        raise DataError(f"dataset not found: {source}")
     images, labels, partition, classes, names, skipped = arrays
     return Dataset(images, labels, partition, classes, source, fingerprint, names, skipped)
