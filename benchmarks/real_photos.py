@@ -50,9 +50,6 @@ from imageclf.web.service import ModelService, unsure_threshold
 from imageclf.web.uploads import Upload
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_PHOTOS = Path("/work/data/realphotos")
-DEFAULT_OTHERS = Path("/work/data/realphotos-other")
-DEFAULT_MODELS = [str(default_model_path()), "/work/runs/lite0-cifar64/model.safetensors"]
 WARMUP = 5
 
 
@@ -299,11 +296,10 @@ def main() -> None:
     parser.add_argument(
         "--model",
         action="append",
-        help="bundle (repeatable; default: the bundled model and "
-        "the EfficientNet-Lite0 fine-tune in /work/runs/lite0-cifar64)",
+        help="bundle (repeatable; default: the bundled model)",
     )
-    parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS)
-    parser.add_argument("--others", type=Path, default=DEFAULT_OTHERS)
+    parser.add_argument("--photos", type=Path, required=True, help="DIR/<class>/*.jpg")
+    parser.add_argument("--others", type=Path, required=True, help="DIR/<what>/*.jpg")
     parser.add_argument(
         "--shrink-to",
         type=int,
@@ -317,7 +313,7 @@ def main() -> None:
     torch.set_num_threads(1)  # one request on one core, as a worker of the served app
     photos, others = folders(args.photos), folders(args.others)
     load_before = loadavg()
-    models = args.model or DEFAULT_MODELS
+    models = args.model or [str(default_model_path())]
     results = [score_model(path, photos, others, args.shrink_to) for path in models]
     result = {
         "machine": describe(),
