@@ -9,7 +9,9 @@ One run measures, with the same model and the same picture:
 2. the per-stage latency budget of one API request, in-process: read body, parse
    multipart, decode, resize, forward, encode JSON, and the whole Flask app;
 3. the real server (gunicorn on 127.0.0.1) at each concurrency level, with clients
-   that open a new connection per request and clients that keep it alive;
+   that open a new connection per request and clients that keep it alive; and at
+   concurrency 1 in rounds that alternate with in-process calls (``c1_rounds``), which
+   is what the "within 1 ms of Predictor" goal reads;
 4. optionally a soak (``--soak N`` requests at concurrency 8) sampling worker memory.
 
     python benchmarks/serve_load.py                        # the bundled model
@@ -157,6 +159,62 @@ def predictor_rate(model: str, image: bytes, processes: int, n: int) -> dict:
         "cpu_ms_per_call": round(sum(cpu for _, _, cpu in results) * 1000 / (processes * n), 3),
         "p50_ms": round(percentile(latencies, 50), 3),
         "p99_ms": round(percentile(latencies, 99), 3),
+    }
+
+
+def _predictor_loop(model: str, image: bytes, pipe) -> None:
+    """A plain process (1 thread) that times ``n`` ``Predictor.predict`` calls each time it
+    is sent ``n``, until it is sent 0."""
+    import torch
+
+    torch.set_num_threads(1)
+    from imageclf import Predictor
+
+    predictor = Predictor.load(model)
+    for _ in range(50):
+        predictor.predict(image, top_k=5)
+    while n := pipe.recv():
+        latencies = []
+        for _ in range(n):
+            t = time.perf_counter()
+            predictor.predict(image, top_k=5)
+            latencies.append(time.perf_counter() - t)
+        pipe.send(latencies)
+
+
+def c1_rounds(port: int, model: str, image: bytes, name: str, rounds: int, n: int) -> dict:
+    """The server at concurrency 1 against ``Predictor.predict``, in alternating rounds.
+
+    This VM's speed drifts by 10-15% over minutes, more than the 1 ms the goal is about:
+    measuring the baseline once before and once after the server phase compared the
+    server with a machine that no longer existed. Here every round times ``n``
+    in-process calls, then ``n`` requests on new connections, then ``n`` kept alive, and
+    the goal reads the median over rounds of each round's own difference.
+    """
+    ctx = mp.get_context("spawn")
+    here, there = ctx.Pipe()
+    process = ctx.Process(target=_predictor_loop, args=(model, image, there))
+    process.start()
+    payloads = {keep: upload_requests(name, image, keep) for keep in (False, True)}
+    per_round = []
+    try:
+        for _ in range(rounds):
+            here.send(n)
+            inprocess = statistics.median(here.recv()) * 1000
+            row = {"predictor_p50_ms": round(inprocess, 3)}
+            for keepalive in (False, True):
+                served = run_level(port, 1, n, payloads[keepalive], keepalive)
+                row["keep-alive" if keepalive else "new"] = round(served["p50_ms"] - inprocess, 3)
+            per_round.append(row)
+    finally:
+        here.send(0)
+        process.join()
+    return {
+        "rounds": per_round,
+        "requests_per_phase": n,
+        "median_p50_minus_predictor_ms": {
+            c: round(statistics.median(r[c] for r in per_round), 2) for c in ("new", "keep-alive")
+        },
     }
 
 
@@ -438,6 +496,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--soak", type=int, default=0, help="then N more, sampling memory")
     parser.add_argument("--baseline-calls", type=int, default=2000, help="per process")
     parser.add_argument("--stage-repeats", type=int, default=500)
+    parser.add_argument("--c1-rounds", type=int, default=10, help="alternating c1 rounds")
+    parser.add_argument("--c1-requests", type=int, default=200, help="per phase of a round")
     parser.add_argument("--image", type=Path, default=EXAMPLE, help="image to post")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "serve_load.json")
     args = parser.parse_args(argv)
@@ -481,6 +541,10 @@ def main(argv: list[str] | None = None) -> None:
             # The floor: a request that does nothing (GET /healthz) through the same server.
             health = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
             floor = run_level(port, 1, args.requests, [health.encode()], False, process.pid)
+            print("concurrency 1 against Predictor, alternating ...", flush=True)
+            c1 = c1_rounds(
+                port, str(model), image, args.image.name, args.c1_rounds, args.c1_requests
+            )
             results = [
                 run_level(
                     port,
@@ -532,14 +596,13 @@ def main(argv: list[str] | None = None) -> None:
 
     goals = {}
     for connection in ("new", "keep-alive"):
-        c8, c1 = find(8, connection), find(1, connection)
+        c8 = find(8, connection)
         goals[connection] = {
             "c8_throughput_vs_inprocess": (
                 round(c8["throughput_rps"] / together["rate_per_s"], 3) if c8 else None
             ),
-            "c1_p50_minus_predictor_p50_ms": (
-                round(c1["p50_ms"] - alone["p50_ms"], 2) if c1 else None
-            ),
+            # Median over alternating rounds of (server p50 - Predictor p50), see c1_rounds.
+            "c1_p50_minus_predictor_p50_ms": c1["median_p50_minus_predictor_ms"][connection],
             # Load-independent: what a request costs the server's workers in CPU against
             # one in-process call; the rate the server could reach on otherwise idle cores.
             "c8_cpu_cost_ratio": (
@@ -566,6 +629,7 @@ def main(argv: list[str] | None = None) -> None:
         "predictor_before_after": {"before": before, "after": after},
         "stage_budget_us": budget,
         "healthz_c1": floor,
+        "c1_alternating": c1,
         "results": results,
         "goals": goals,
         "soak": soaked,
@@ -591,6 +655,12 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['connection']:>10} {r['concurrency']:>5} {r['requests']:>9} {r['errors']:>7} "
             f"{r['throughput_rps']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8} "
             f"{r['server_cpu_ms_per_request']:>10}"
+        )
+    print("\nconcurrency 1, alternating rounds: Predictor p50, then server p50 minus it (ms)")
+    for row in c1["rounds"]:
+        print(
+            f"  Predictor {row['predictor_p50_ms']:>7}   new {row['new']:>+6.2f}"
+            f"   keep-alive {row['keep-alive']:>+6.2f}"
         )
     for connection, goal in goals.items():
         print(
