@@ -184,12 +184,12 @@ def test_weighted_loss_trains(folder, tmp_path):
 
 
 def test_small_data_defaults_adapt_and_say_why():
-    cfg = recipes.resolve("fast")  # batch 256, 9 epochs: one step per epoch on 220 images
+    cfg = recipes.resolve("fast")  # batch 256, 11 epochs: one step per epoch on 220 images
     adapted, notes = recipes.adapt_to_data(cfg, 220)
     assert adapted.batch_size == 16 and adapted.batch_size < cfg.batch_size
     steps = -(-220 // adapted.batch_size) * adapted.epochs
     assert steps >= recipes.MIN_STEPS and len(notes) == 2
-    assert "batch size 256 -> 16" in notes[0] and "epochs 9 ->" in notes[1]
+    assert "batch size 256 -> 16" in notes[0] and f"epochs {cfg.epochs} ->" in notes[1]
     # what the user chose is kept; CIFAR-sized data is left alone
     mine, notes = recipes.adapt_to_data(recipes.resolve("fast", batch_size=256, epochs=9), 220)
     assert (mine.batch_size, mine.epochs, notes) == (256, 9, [])

@@ -172,7 +172,9 @@ RECIPES: dict[str, dict] = {
     ),
     # fast: the airbench recipe's ideas (arXiv 2404.00498) sized for a 2-core CPU without
     # native bf16: widths 32/64/128 train at ~950 img/s there (64/256/256: ~150), and
-    # batch 256 beat 512 in throughput. 9 epochs keep a 50k-image run under 10 minutes there.
+    # batch 256 beat 512 in throughput. 11 epochs (0.058 PFLOP on 50k images, inside issue
+    # #10's 0.06 budget) beat 9 on validation (+0.7 points with TTA) and on 3 seeds' test
+    # (median 87.3% vs 86.6% with TTA); ~5 minutes on 2 AVX-512/bf16 cores, ~10.5 on AVX2.
     "fast": dict(
         architecture="fast",
         arch_kwargs={"widths": [32, 64, 128]},
@@ -186,7 +188,7 @@ RECIPES: dict[str, dict] = {
         loss_reduction="sum",
         label_smoothing=0.2,
         batch_size=256,
-        epochs=9,
+        epochs=11,
         schedule="warmup-linear",
         warmup=0.2,
         lookahead=True,
