@@ -335,7 +335,7 @@ def _decode(data: bytes, size: int) -> np.ndarray:
     return resize_for_model(open_image(data), size)
 
 
-def read_payload(payload) -> bytes:
+def read_payload(payload: Path | bytes) -> bytes:
     """The bytes of a ``list_entries`` payload."""
     return payload.read_bytes() if isinstance(payload, Path) else payload
 
