@@ -121,20 +121,29 @@ def _fraction(flags) -> float | None:
     return round(sum(flags) / len(flags), 4) if flags else None
 
 
+def _by_group(answers: list[Answer]) -> dict[str, dict]:
+    """Per class (or kind of other photo): how many, how often "not sure", what they were
+    called, and the answers themselves (``"answers"``, for the caller's own figures)."""
+    groups: dict[str, dict] = {}
+    for what in sorted({a.truth for a in answers}):
+        mine = [a for a in answers if a.truth == what]
+        groups[what] = {
+            "photos": len(mine),
+            "unsure": _fraction(a.unsure for a in mine),
+            "predicted": dict(Counter(a.label for a in mine).most_common()),
+            "answers": mine,
+        }
+    return groups
+
+
 def in_class_summary(answers: list[Answer]) -> dict:
     """Accuracy (over photos, and the mean over classes, since the folders differ in
     size), confidence on right and wrong answers, and how often each gets "not sure"."""
     right = [a for a in answers if a.right]
     wrong = [a for a in answers if not a.right]
-    per_class = {}
-    for cls in sorted({a.truth for a in answers}):
-        mine = [a for a in answers if a.truth == cls]
-        per_class[cls] = {
-            "photos": len(mine),
-            "accuracy": _fraction(a.right for a in mine),
-            "unsure": _fraction(a.unsure for a in mine),
-            "predicted": dict(Counter(a.label for a in mine).most_common()),
-        }
+    per_class = _by_group(answers)
+    for row in per_class.values():
+        row["accuracy"] = _fraction(a.right for a in row.pop("answers"))
     return {
         "photos": len(answers),
         "accuracy": _fraction(a.right for a in answers),
@@ -150,15 +159,9 @@ def in_class_summary(answers: list[Answer]) -> dict:
 
 
 def out_of_class_summary(answers: list[Answer]) -> dict:
-    per_group = {}
-    for what in sorted({a.truth for a in answers}):
-        mine = [a for a in answers if a.truth == what]
-        per_group[what] = {
-            "photos": len(mine),
-            "unsure": _fraction(a.unsure for a in mine),
-            "confidence": _mean(a.confidence for a in mine),
-            "predicted": dict(Counter(a.label for a in mine).most_common()),
-        }
+    per_group = _by_group(answers)
+    for row in per_group.values():
+        row["confidence"] = _mean(a.confidence for a in row.pop("answers"))
     return {
         "photos": len(answers),
         "unsure": _fraction(a.unsure for a in answers),
