@@ -82,6 +82,10 @@ _SEED_SPACE = {
 }
 SPACES: dict[str, dict] = {
     "fast": _FAST_SPACE,
+    "balanced": {
+        **_FAST_SPACE,
+        "widths": {"choices": [[32, 64, 128], [48, 96, 192], [64, 128, 256]]},
+    },
     "best": {
         **_FAST_SPACE,
         "batch_size": {"choices": [512, 1024]},
