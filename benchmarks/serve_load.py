@@ -108,7 +108,8 @@ def upload_requests(filename: str, image: bytes, keepalive: bool, n: int = 256) 
 
 
 # ---------------------------------------------------------------- 1. in-process Predictor
-def _predictor_worker(model: str, image: bytes, n: int, barrier, out) -> None:
+def _warm_predictor(model: str, image: bytes):
+    """A ``Predictor`` on one torch thread (a server worker's share), past its warm-up."""
     import torch
 
     torch.set_num_threads(1)
@@ -117,13 +118,24 @@ def _predictor_worker(model: str, image: bytes, n: int, barrier, out) -> None:
     predictor = Predictor.load(model)
     for _ in range(50):
         predictor.predict(image, top_k=5)
-    barrier.wait()
+    return predictor
+
+
+def _time_calls(predictor, image: bytes, n: int) -> list[float]:
+    """Seconds of each of ``n`` back-to-back ``predict`` calls on the same picture."""
     latencies = []
-    started, cpu = time.perf_counter(), time.process_time()
     for _ in range(n):
         t = time.perf_counter()
         predictor.predict(image, top_k=5)
         latencies.append(time.perf_counter() - t)
+    return latencies
+
+
+def _predictor_worker(model: str, image: bytes, n: int, barrier, out) -> None:
+    predictor = _warm_predictor(model, image)
+    barrier.wait()
+    started, cpu = time.perf_counter(), time.process_time()
+    latencies = _time_calls(predictor, image, n)
     out.put((time.perf_counter() - started, latencies, time.process_time() - cpu))
 
 
@@ -165,21 +177,9 @@ def predictor_rate(model: str, image: bytes, processes: int, n: int) -> dict:
 def _predictor_loop(model: str, image: bytes, pipe) -> None:
     """A plain process (1 thread) that times ``n`` ``Predictor.predict`` calls each time it
     is sent ``n``, until it is sent 0."""
-    import torch
-
-    torch.set_num_threads(1)
-    from imageclf import Predictor
-
-    predictor = Predictor.load(model)
-    for _ in range(50):
-        predictor.predict(image, top_k=5)
+    predictor = _warm_predictor(model, image)
     while n := pipe.recv():
-        latencies = []
-        for _ in range(n):
-            t = time.perf_counter()
-            predictor.predict(image, top_k=5)
-            latencies.append(time.perf_counter() - t)
-        pipe.send(latencies)
+        pipe.send(_time_calls(predictor, image, n))
 
 
 def c1_rounds(port: int, model: str, image: bytes, name: str, rounds: int, n: int) -> dict:
