@@ -417,9 +417,10 @@ def read_source(path: Path, size: int, fingerprint: str, progress: bool = True) 
         arrays = _assemble_cifar(files, source, size)
     else:
         entries = list_entries(path, progress)
-        names = {PurePosixPath(n).name: d for n, d in entries if d is not None}
-        if path.is_file() and "data_batch_1" in names:  # the official python archive
-            arrays = _assemble_cifar(names, source, size)
+        # A folder's CIFAR case was handled above; an archive may be the official one.
+        members = {PurePosixPath(n).name: d for n, d in entries if d is not None}
+        if path.is_file() and "data_batch_1" in members:
+            arrays = _assemble_cifar(members, source, size)
         else:
             arrays = _assemble_folder(entries, source, size, progress)
     images, labels, partition, classes, names, skipped = arrays
