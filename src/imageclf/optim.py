@@ -12,6 +12,10 @@ from torch import nn
 from .recipes import TrainConfig
 
 LOOKAHEAD_EVERY = 5  # steps between lookahead syncs
+# Newton-Schulz: a quintic whose coefficients maximise the slope at zero; 3 steps map the
+# singular values of a normalised matrix into roughly 0.5..1.5 (Muon, K. Jordan 2024).
+_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_STEPS = 3
 
 
 def _norm_biases(model: nn.Module) -> list[nn.Parameter]:
@@ -23,7 +27,8 @@ def _norm_biases(model: nn.Module) -> list[nn.Parameter]:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam (the seeds' Keras set-up), AdamW, or nesterov SGD with per-group learning rates."""
+    """Adam (the seeds' Keras set-up), AdamW, nesterov SGD with per-group learning rates,
+    or that SGD with Muon for the conv filters."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
@@ -32,16 +37,69 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     # Decay per step scales with the batch (a bigger batch means fewer steps per epoch).
     decay = cfg.weight_decay * cfg.batch_size / 1024
     bias_ids = {id(p) for p in _norm_biases(model)}
+    filters = [p for p in params if p.ndim == 4] if cfg.optimizer == "muon" else []
+    filter_ids = {id(p) for p in filters}
     groups = []
     for scale, members in (
         (cfg.bias_lr_scale, [p for p in params if id(p) in bias_ids]),
-        (1.0, [p for p in params if id(p) not in bias_ids]),
+        (1.0, [p for p in params if id(p) not in bias_ids | filter_ids]),
     ):
         if members:
             lr = cfg.lr * scale
             # torch's SGD multiplies decay by lr; dividing here makes the decay lr-independent.
             groups.append({"params": members, "lr": lr, "weight_decay": decay / lr, "base_lr": lr})
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if not filters:
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    muon = {"params": filters, "lr": cfg.muon_lr, "base_lr": cfg.muon_lr, "muon": True}
+    return MuonSGD(
+        [*groups, muon], lr=cfg.lr, momentum=cfg.momentum, muon_momentum=cfg.muon_momentum
+    )
+
+
+def orthogonalize(update: torch.Tensor, steps: int = NS_STEPS) -> torch.Tensor:
+    """``update`` (rows x columns) with its singular values pushed towards 1: the direction
+    of every row space component kept, their sizes equalised (Newton-Schulz iteration)."""
+    a, b, c = _NS_COEFFICIENTS
+    x = update.float() / (update.norm() + 1e-7)  # top singular value <= 1
+    wide = x.size(0) <= x.size(1)
+    if not wide:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x if wide else x.T
+
+
+class MuonSGD(torch.optim.Optimizer):
+    """Nesterov SGD, except for groups marked ``muon``: conv filters, whose momentum is
+    orthogonalised before the step and whose norm is held fixed (BatchNorm follows every
+    filter here, so only its direction matters). One optimiser object, so checkpoints and
+    the grad scaler see a single state."""
+
+    def __init__(self, groups: list[dict], lr: float, momentum: float, muon_momentum: float):
+        super().__init__(groups, {"lr": lr, "momentum": momentum, "weight_decay": 0.0})
+        self.muon_momentum = muon_momentum
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            muon = group.get("muon", False)
+            momentum = self.muon_momentum if muon else group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if not muon and group["weight_decay"]:
+                    grad = grad.add(p, alpha=group["weight_decay"])
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"].mul_(momentum).add_(grad)
+                step = grad.add(buf, alpha=momentum)  # nesterov
+                if muon:
+                    p.mul_(p.size(0) ** 0.5 / p.norm().clamp_min(1e-12))
+                    step = orthogonalize(step.reshape(p.size(0), -1)).view_as(p).to(p.dtype)
+                p.add_(step, alpha=-group["lr"])
 
 
 def schedule_multiplier(cfg: TrainConfig, step: int, total_steps: int) -> float:

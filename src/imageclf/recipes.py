@@ -23,7 +23,7 @@ from .data.splits import SPLITS
 from .device import PRECISIONS, check_device_name
 from .errors import UserInputError
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "muon")
 SCHEDULES = ("constant", "plateau", "warmup-linear")
 LOSS_REDUCTIONS = ("mean", "sum")
 # Field annotation -> the Python types a value may have (bool is not an int here), and
@@ -48,6 +48,9 @@ class TrainConfig:
     arch_kwargs: dict = field(default_factory=dict)
     # optimisation
     optimizer: str = "adam"  # "adam" | "sgd" (nesterov, decoupled-style weight decay)
+    # "muon": sgd, with the conv filters stepped by Muon (orthogonalised momentum)
+    muon_lr: float = 0.24  # muon: step size of a filter whose norm is held at sqrt(outputs)
+    muon_momentum: float = 0.6
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0  # sgd: decay per step for a 1024-image batch, scaled by batch
