@@ -52,7 +52,10 @@ def test_muon_recipe_steps_filters_by_muon_and_the_rest_as_sgd():
     assert isinstance(optimizer, MuonSGD)
     muon_groups = [g for g in optimizer.param_groups if g.get("muon")]
     assert [p.ndim for g in muon_groups for p in g["params"]] == [4]
-    assert muon_groups[0]["lr"] == cfg.muon_lr
+    assert muon_groups[0]["lr"] == cfg.muon_lr  # the recipe's batch, 256: as given
+    # Per 256 images: a batch of 1024 takes a quarter of the steps, each 4x as long.
+    big = make_optimizer(_net(), recipes.resolve("fast", optimizer="muon", batch_size=1024))
+    assert [g["lr"] for g in big.param_groups if g.get("muon")] == [pytest.approx(4 * cfg.muon_lr)]
 
     # The head and BatchNorm biases follow torch's nesterov SGD exactly.
     sgd_cfg = recipes.resolve("fast", optimizer="sgd", weight_decay=0.01, lr=0.05)

@@ -50,7 +50,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
             groups.append({"params": members, "lr": lr, "weight_decay": decay / lr, "base_lr": lr})
     if not filters:
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    muon = {"params": filters, "lr": cfg.muon_lr, "base_lr": cfg.muon_lr, "muon": True}
+    muon_lr = cfg.muon_lr * cfg.batch_size / 256
+    muon = {"params": filters, "lr": muon_lr, "base_lr": muon_lr, "muon": True}
     return MuonSGD(
         [*groups, muon], lr=cfg.lr, momentum=cfg.momentum, muon_momentum=cfg.muon_momentum
     )
