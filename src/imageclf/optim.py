@@ -26,9 +26,11 @@ def _norm_biases(model: nn.Module) -> list[nn.Parameter]:
     return biases
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, cfg: TrainConfig, matmul_dtype: torch.dtype = torch.float32
+) -> torch.optim.Optimizer:
     """Adam (the seeds' Keras set-up), AdamW, nesterov SGD with per-group learning rates,
-    or that SGD with Muon for the conv filters."""
+    or that SGD with Muon for the conv filters (its iteration in ``matmul_dtype``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
@@ -53,15 +55,22 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     muon_lr = cfg.muon_lr * cfg.batch_size / 256
     muon = {"params": filters, "lr": muon_lr, "base_lr": muon_lr, "muon": True}
     return MuonSGD(
-        [*groups, muon], lr=cfg.lr, momentum=cfg.momentum, muon_momentum=cfg.muon_momentum
+        [*groups, muon],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        muon_momentum=cfg.muon_momentum,
+        matmul_dtype=matmul_dtype,
     )
 
 
-def orthogonalize(update: torch.Tensor, steps: int = NS_STEPS) -> torch.Tensor:
+def orthogonalize(
+    update: torch.Tensor, steps: int = NS_STEPS, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """``update`` (rows x columns) with its singular values pushed towards 1: the direction
-    of every row space component kept, their sizes equalised (Newton-Schulz iteration)."""
+    of every row space component kept, their sizes equalised (Newton-Schulz iteration).
+    The iteration tolerates bf16 (airbench runs it so), where the CPU does bf16 natively."""
     a, b, c = _NS_COEFFICIENTS
-    x = update.float() / (update.norm() + 1e-7)  # top singular value <= 1
+    x = (update.float() / (update.norm() + 1e-7)).to(dtype)  # top singular value <= 1
     wide = x.size(0) <= x.size(1)
     if not wide:
         x = x.T
@@ -77,9 +86,17 @@ class MuonSGD(torch.optim.Optimizer):
     filter here, so only its direction matters). One optimiser object, so checkpoints and
     the grad scaler see a single state."""
 
-    def __init__(self, groups: list[dict], lr: float, momentum: float, muon_momentum: float):
+    def __init__(
+        self,
+        groups: list[dict],
+        lr: float,
+        momentum: float,
+        muon_momentum: float,
+        matmul_dtype: torch.dtype = torch.float32,
+    ):
         super().__init__(groups, {"lr": lr, "momentum": momentum, "weight_decay": 0.0})
         self.muon_momentum = muon_momentum
+        self.matmul_dtype = matmul_dtype
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -99,7 +116,8 @@ class MuonSGD(torch.optim.Optimizer):
                 step = grad.add(buf, alpha=momentum)  # nesterov
                 if muon:
                     p.mul_(p.size(0) ** 0.5 / p.norm().clamp_min(1e-12))
-                    step = orthogonalize(step.reshape(p.size(0), -1)).view_as(p).to(p.dtype)
+                    flat = step.reshape(p.size(0), -1)
+                    step = orthogonalize(flat, dtype=self.matmul_dtype).view_as(p).to(p.dtype)
                 p.add_(step, alpha=-group["lr"])
 
 
