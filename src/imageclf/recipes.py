@@ -47,7 +47,7 @@ class TrainConfig:
     architecture: str = "fast"
     arch_kwargs: dict = field(default_factory=dict)
     # optimisation
-    optimizer: str = "adam"  # "adam" | "sgd" (nesterov, decoupled-style weight decay)
+    optimizer: str = "adam"  # adam, adamw, sgd (nesterov, decoupled-style decay) or muon
     # "muon": sgd, with the conv filters stepped by Muon (orthogonalised momentum). A Muon
     # step has the same size whatever the batch, so fewer, bigger batches need bigger steps
     # to travel as far per epoch: muon_lr is per 256-image batch and scales linearly.
