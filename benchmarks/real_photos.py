@@ -34,6 +34,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,17 +122,19 @@ def _fraction(flags) -> float | None:
     return round(sum(flags) / len(flags), 4) if flags else None
 
 
-def _by_group(answers: list[Answer]) -> dict[str, dict]:
-    """Per class (or kind of other photo): how many, how often "not sure", what they were
-    called, and the answers themselves (``"answers"``, for the caller's own figures)."""
+def _by_group(
+    answers: list[Answer], **figures: Callable[[list[Answer]], float | None]
+) -> dict[str, dict]:
+    """Per class (or kind of other photo): how many, the caller's ``figures`` of that
+    group's answers, how often "not sure", and what they were called."""
     groups: dict[str, dict] = {}
     for what in sorted({a.truth for a in answers}):
         mine = [a for a in answers if a.truth == what]
         groups[what] = {
             "photos": len(mine),
+            **{name: figure(mine) for name, figure in figures.items()},
             "unsure": _fraction(a.unsure for a in mine),
             "predicted": dict(Counter(a.label for a in mine).most_common()),
-            "answers": mine,
         }
     return groups
 
@@ -141,9 +144,7 @@ def in_class_summary(answers: list[Answer]) -> dict:
     size), confidence on right and wrong answers, and how often each gets "not sure"."""
     right = [a for a in answers if a.right]
     wrong = [a for a in answers if not a.right]
-    per_class = _by_group(answers)
-    for row in per_class.values():
-        row["accuracy"] = _fraction(a.right for a in row.pop("answers"))
+    per_class = _by_group(answers, accuracy=lambda mine: _fraction(a.right for a in mine))
     return {
         "photos": len(answers),
         "accuracy": _fraction(a.right for a in answers),
@@ -159,9 +160,7 @@ def in_class_summary(answers: list[Answer]) -> dict:
 
 
 def out_of_class_summary(answers: list[Answer]) -> dict:
-    per_group = _by_group(answers)
-    for row in per_group.values():
-        row["confidence"] = _mean(a.confidence for a in row.pop("answers"))
+    per_group = _by_group(answers, confidence=lambda mine: _mean(a.confidence for a in mine))
     return {
         "photos": len(answers),
         "unsure": _fraction(a.unsure for a in answers),
