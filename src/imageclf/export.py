@@ -1,10 +1,16 @@
-"""``imageclf export``: a model bundle -> one self-contained ONNX file, verified.
+"""``imageclf export``: a model bundle -> one self-contained ONNX file, or a bundle with
+half-precision weights; either verified against the original before it is kept.
 
 The exported graph takes decoded pixels (uint8 NHWC, the model's input size) and
 returns logits, with the bundle's normalisation folded in and a dynamic batch size;
 the bundle's metadata goes into the file's metadata props (see ``onnx_backend``).
 Before the file is kept, the same images run through torch and onnxruntime: top-1 must
 agree on every one and probabilities may differ by at most ``MAX_PROB_DIFF``.
+
+``--format fp16`` stores the bundle's float tensors in half precision: half the file
+(what lets a wide model ship under the package's size limit); it loads into fp32 and
+computes exactly as before. Rounding every weight moves the outputs a little and can
+flip a near-tie, so its check allows ``HALF_MAX_PROB_DIFF`` and ``HALF_MAX_FLIPS``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bundle import BundleMetadata
+from .bundle import BundleMetadata, save_bundle
 from .data.loader import Normalizer
 from .errors import ImageclfError, UserInputError
 from .inference import predict_logits
@@ -36,12 +42,14 @@ from .onnx_backend import (
     MissingExtraError,
     OnnxPredictor,
 )
-from .predict import Predictor
+from .predict import Predictor, default_model_path, is_onnx_path
 
 DEFAULT_OPSET = 18  # the dynamo exporter's own; others go through onnx's version converter
 VERIFY_IMAGES = 1000
 MAX_PROB_DIFF = 1e-4
-FORMATS = ("onnx",)
+HALF_MAX_PROB_DIFF = 0.01
+HALF_MAX_FLIPS = 0.01  # of the verification images whose top-1 may change
+FORMATS = ("onnx", "fp16")
 
 
 class ExportError(ImageclfError):
@@ -51,7 +59,7 @@ class ExportError(ImageclfError):
 @dataclass
 class ExportResult:
     path: Path
-    opset: int
+    opset: int | None  # ONNX only
     images: int  # how many images the parity check ran
     top1_agree: int
     max_prob_diff: float
@@ -188,7 +196,10 @@ def verify(reference: Predictor, exported: OnnxPredictor, images: np.ndarray) ->
     expected = torch.softmax(
         predict_logits(reference.model, torch.from_numpy(images), normalizer), 1
     )
-    got = torch.softmax(torch.from_numpy(exported.logits(images)), 1)
+    return _agreement(expected, torch.softmax(torch.from_numpy(exported.logits(images)), 1))
+
+
+def _agreement(expected: torch.Tensor, got: torch.Tensor) -> tuple[int, float]:
     agree = int((expected.argmax(1) == got.argmax(1)).sum())
     return agree, float((expected - got).abs().max())
 
@@ -231,3 +242,50 @@ def export_onnx(
     finally:
         partial.unlink(missing_ok=True)
     return ExportResult(target, opset, len(images), agree, diff, target.stat().st_size)
+
+
+def export_half(
+    model: str | os.PathLike | None,
+    out: str | os.PathLike | None = None,
+    *,
+    verify_images: np.ndarray | None = None,
+) -> ExportResult:
+    """Write the bundle with float16 weights, verify it against the original, then move it
+    into place (a failed check leaves nothing)."""
+    if is_onnx_path(model):
+        raise UserInputError("--format fp16 takes a .safetensors bundle, not an ONNX file")
+    reference = Predictor.load(model)
+    source = Path(model) if model else Path("default.safetensors")  # beside it, or here
+    target = Path(out) if out else source.with_name(f"{source.stem}.fp16.safetensors")
+    if target.suffix.lower() != ".safetensors":
+        raise UserInputError(f"the output file must end in .safetensors: {target}")
+    if target.parent and not target.parent.is_dir():
+        raise UserInputError(f"the output folder does not exist: {target.parent}")
+    if target.resolve() == Path(model or default_model_path()).resolve():
+        raise UserInputError(f"the output would overwrite the model itself: {target}")
+
+    bundle = reference.bundle
+    half = {k: v.half() if v.is_floating_point() else v for k, v in bundle.state_dict.items()}
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        save_bundle(partial, half, dict(bundle.metadata))
+        exported = Predictor.load(partial)
+        images = (
+            verification_images(reference.input_size) if verify_images is None else verify_images
+        )
+        agree, diff = (0, 0.0)
+        if len(images):
+            agree, diff = _agreement(
+                torch.from_numpy(reference.predict_proba(images)),
+                torch.from_numpy(exported.predict_proba(images)),
+            )
+        if len(images) - agree > HALF_MAX_FLIPS * len(images) or not diff <= HALF_MAX_PROB_DIFF:
+            raise ExportError(
+                f"the float16 weights change the model too much: top-1 agrees on {agree} of "
+                f"{len(images)} images, max probability difference {diff:.2e} "
+                f"(limits: {HALF_MAX_FLIPS:.0%} changed, {HALF_MAX_PROB_DIFF:g})"
+            )
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return ExportResult(target, None, len(images), agree, diff, target.stat().st_size)

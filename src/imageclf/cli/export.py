@@ -1,4 +1,4 @@
-"""``imageclf export``: a model bundle to one verified ONNX file."""
+"""``imageclf export``: a model bundle to one verified ONNX file, or to a half-size bundle."""
 
 from __future__ import annotations
 
@@ -7,25 +7,48 @@ import click
 
 @click.command("export")
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "fp16"]),
+    default="onnx",
+    show_default=True,
+    help="onnx: one file for onnxruntime (needs the onnx extra); fp16: the bundle with "
+    "half-precision weights (half the size, computes in fp32 as before).",
+)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Output file (default: MODEL with .onnx, or ./default.onnx for the bundled model).",
+    help="Output file (default: beside MODEL, or in this folder for the bundled model: "
+    "NAME.onnx or NAME.fp16.safetensors).",
 )
-@click.option(
-    "--opset", type=click.IntRange(min=1), default=18, show_default=True, help="ONNX opset."
-)
-def export_cmd(model: str | None, fmt: str, out: str | None, opset: int) -> None:
-    """Export a model bundle (default: the bundled model) to one self-contained ONNX file,
-    checked against the original on 1,000 images. Needs the onnx extra."""
-    from ..export import MAX_PROB_DIFF, export_onnx
+@click.option("--opset", type=click.IntRange(min=1), default=None, help="ONNX opset (default 18).")
+def export_cmd(model: str | None, fmt: str, out: str | None, opset: int | None) -> None:
+    """Export a model bundle (default: the bundled model), checked against the original on
+    1,000 images before the file is kept."""
+    from ..errors import UserInputError
+    from ..export import (
+        DEFAULT_OPSET,
+        HALF_MAX_FLIPS,
+        HALF_MAX_PROB_DIFF,
+        MAX_PROB_DIFF,
+        export_half,
+        export_onnx,
+    )
 
-    result = export_onnx(model, out, opset=opset)
+    if fmt == "fp16":
+        if opset is not None:
+            raise UserInputError("--opset applies to --format onnx only")
+        result = export_half(model, out)
+        limits = f"limits: {HALF_MAX_FLIPS:.0%} changed, {HALF_MAX_PROB_DIFF:g}"
+        written = "float16 weights"
+    else:
+        result = export_onnx(model, out, opset=opset or DEFAULT_OPSET)
+        limits = f"limit {MAX_PROB_DIFF:g}"
+        written = f"opset {result.opset}"
     click.echo(
         f"verified on {result.images} images: top-1 agrees on {result.top1_agree}/"
-        f"{result.images}, max probability difference {result.max_prob_diff:.2e} "
-        f"(limit {MAX_PROB_DIFF:g})"
+        f"{result.images}, max probability difference {result.max_prob_diff:.2e} ({limits})"
     )
-    click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, opset {result.opset})")
+    click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, {written})")

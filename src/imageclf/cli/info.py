@@ -39,9 +39,11 @@ def info(model: str | None, as_json: bool) -> None:
         click.echo(json.dumps(meta, indent=2))
         return
     params = sum(t.numel() for k, t in bundle.state_dict.items() if "running" not in k)
+    stored = sorted({str(t.dtype).removeprefix("torch.") for t in bundle.state_dict.values()})
     mean, std = (", ".join(f"{v:.3g}" for v in values) for values in (meta.mean, meta.std))
     lines = [
-        f"model        {path} ({path.stat().st_size / 1e6:.1f} MB, {params:,} numbers)",
+        f"model        {path} ({path.stat().st_size / 1e6:.1f} MB, {params:,} numbers, "
+        f"stored as {'/'.join(stored)})",
         f"name         {meta.name}",
         f"architecture {meta.architecture} {json.dumps(meta.arch_kwargs)}",
         f"input        {meta.input_size}x{meta.input_size} RGB, mean [{mean}], std [{std}]",
