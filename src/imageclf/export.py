@@ -21,7 +21,9 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -187,21 +189,66 @@ def _build_onnx(predictor: Predictor, opset: int):
     return proto
 
 
-def verify(reference: Predictor, exported: OnnxPredictor, images: np.ndarray) -> tuple[int, float]:
-    """(images whose top-1 agrees, largest probability difference) between the torch model
-    and the exported graph, both from raw logits (a temperature scales both alike)."""
+def raw_logits(predictor: Predictor, images: np.ndarray) -> np.ndarray:
+    """The torch model's uncalibrated logits for prepared uint8 images."""
+    normalizer = _normalizer(predictor.metadata)
+    return predict_logits(predictor.model, torch.from_numpy(images), normalizer).numpy()
+
+
+def verify(
+    reference: Predictor, exported_logits: Callable[[np.ndarray], np.ndarray], images: np.ndarray
+) -> tuple[int, float]:
+    """(images whose top-1 agrees, largest probability difference) between the original
+    and the exported model, both from raw logits (a temperature scales both alike)."""
     if not len(images):
         return 0, 0.0
-    normalizer = _normalizer(reference.metadata)
-    expected = torch.softmax(
-        predict_logits(reference.model, torch.from_numpy(images), normalizer), 1
-    )
-    return _agreement(expected, torch.softmax(torch.from_numpy(exported.logits(images)), 1))
-
-
-def _agreement(expected: torch.Tensor, got: torch.Tensor) -> tuple[int, float]:
+    expected = torch.softmax(torch.from_numpy(raw_logits(reference, images)), 1)
+    got = torch.softmax(torch.from_numpy(exported_logits(images)), 1)
     agree = int((expected.argmax(1) == got.argmax(1)).sum())
     return agree, float((expected - got).abs().max())
+
+
+def _output_path(model, out, ending: str) -> Path:
+    """``out``, or beside MODEL (here for the bundled model) as NAME + ``ending``."""
+    source = Path(model) if model else Path("default.safetensors")
+    target = Path(out) if out else source.with_name(source.stem + ending)
+    suffix = "." + ending.rsplit(".", 1)[-1]
+    if target.suffix.lower() != suffix:
+        raise UserInputError(f"the output file must end in {suffix}: {target}")
+    if target.parent and not target.parent.is_dir():
+        raise UserInputError(f"the output folder does not exist: {target.parent}")
+    if target.resolve() == Path(model or default_model_path()).resolve():
+        raise UserInputError(f"the output would overwrite the model itself: {target}")
+    return target
+
+
+def _write_verified(
+    reference: Predictor,
+    target: Path,
+    write: Callable[[Path], Callable[[np.ndarray], np.ndarray]],
+    images: np.ndarray | None,
+    *,
+    max_changed: float,
+    max_diff: float,
+    what: str,
+) -> tuple[int, int, float]:
+    """``write`` the export to a partial file and return its logits function; keep the
+    file only if it reproduces ``reference``: (images, top-1 agreeing, max difference)."""
+    if images is None:
+        images = verification_images(reference.input_size)
+    draft = target.with_name(f".{target.name}.partial")
+    try:
+        agree, diff = verify(reference, write(draft), images)
+        if len(images) - agree > max_changed * len(images) or not diff <= max_diff:
+            allowed = f"{max_changed:.0%} changed, " if max_changed else ""
+            raise ExportError(
+                f"{what}: top-1 agrees on {agree} of {len(images)} images, max probability "
+                f"difference {diff:.2e} (limits: {allowed}{max_diff:g})"
+            )
+        os.replace(draft, target)
+    finally:
+        draft.unlink(missing_ok=True)
+    return len(images), agree, diff
 
 
 def export_onnx(
@@ -216,32 +263,23 @@ def export_onnx(
     import onnx
 
     reference = Predictor.load(model)
-    source = Path(model) if model else Path("default.safetensors")
-    target = Path(out) if out else source.with_suffix(".onnx")
-    if target.suffix.lower() != ".onnx":
-        raise UserInputError(f"the output file must end in .onnx: {target}")
-    if target.parent and not target.parent.is_dir():
-        raise UserInputError(f"the output folder does not exist: {target.parent}")
-
+    target = _output_path(model, out, ".onnx")
     proto = _build_onnx(reference, opset)
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        onnx.save_model(proto, str(partial), save_as_external_data=False)
-        exported = OnnxPredictor(partial, threads=torch.get_num_threads())
-        images = (
-            verification_images(reference.input_size) if verify_images is None else verify_images
-        )
-        agree, diff = verify(reference, exported, images)
-        if agree != len(images) or not diff <= MAX_PROB_DIFF:
-            raise ExportError(
-                f"the ONNX model does not reproduce the original: top-1 agrees on {agree} of "
-                f"{len(images)} images, max probability difference {diff:.2e} "
-                f"(limit {MAX_PROB_DIFF:g})"
-            )
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-    return ExportResult(target, opset, len(images), agree, diff, target.stat().st_size)
+
+    def write(path: Path):
+        onnx.save_model(proto, str(path), save_as_external_data=False)
+        return OnnxPredictor(path, threads=torch.get_num_threads()).logits
+
+    checked = _write_verified(
+        reference,
+        target,
+        write,
+        verify_images,
+        max_changed=0,
+        max_diff=MAX_PROB_DIFF,
+        what="the ONNX model does not reproduce the original",
+    )
+    return ExportResult(target, opset, *checked, target.stat().st_size)
 
 
 def export_half(
@@ -255,37 +293,21 @@ def export_half(
     if is_onnx_path(model):
         raise UserInputError("--format fp16 takes a .safetensors bundle, not an ONNX file")
     reference = Predictor.load(model)
-    source = Path(model) if model else Path("default.safetensors")  # beside it, or here
-    target = Path(out) if out else source.with_name(f"{source.stem}.fp16.safetensors")
-    if target.suffix.lower() != ".safetensors":
-        raise UserInputError(f"the output file must end in .safetensors: {target}")
-    if target.parent and not target.parent.is_dir():
-        raise UserInputError(f"the output folder does not exist: {target.parent}")
-    if target.resolve() == Path(model or default_model_path()).resolve():
-        raise UserInputError(f"the output would overwrite the model itself: {target}")
-
+    target = _output_path(model, out, ".fp16.safetensors")
     bundle = reference.bundle
     half = {k: v.half() if v.is_floating_point() else v for k, v in bundle.state_dict.items()}
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        save_bundle(partial, half, dict(bundle.metadata))
-        exported = Predictor.load(partial)
-        images = (
-            verification_images(reference.input_size) if verify_images is None else verify_images
-        )
-        agree, diff = (0, 0.0)
-        if len(images):
-            agree, diff = _agreement(
-                torch.from_numpy(reference.predict_proba(images)),
-                torch.from_numpy(exported.predict_proba(images)),
-            )
-        if len(images) - agree > HALF_MAX_FLIPS * len(images) or not diff <= HALF_MAX_PROB_DIFF:
-            raise ExportError(
-                f"the float16 weights change the model too much: top-1 agrees on {agree} of "
-                f"{len(images)} images, max probability difference {diff:.2e} "
-                f"(limits: {HALF_MAX_FLIPS:.0%} changed, {HALF_MAX_PROB_DIFF:g})"
-            )
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-    return ExportResult(target, None, len(images), agree, diff, target.stat().st_size)
+
+    def write(path: Path):
+        save_bundle(path, half, dict(bundle.metadata))
+        return partial(raw_logits, Predictor.load(path))
+
+    checked = _write_verified(
+        reference,
+        target,
+        write,
+        verify_images,
+        max_changed=HALF_MAX_FLIPS,
+        max_diff=HALF_MAX_PROB_DIFF,
+        what="the float16 weights change the model too much",
+    )
+    return ExportResult(target, None, *checked, target.stat().st_size)
