@@ -51,7 +51,6 @@ VERIFY_IMAGES = 1000
 MAX_PROB_DIFF = 1e-4
 HALF_MAX_PROB_DIFF = 0.01
 HALF_MAX_FLIPS = 0.01  # of the verification images whose top-1 may change
-FORMATS = ("onnx", "fp16")
 
 
 class ExportError(ImageclfError):
@@ -240,10 +239,10 @@ def _write_verified(
     try:
         agree, diff = verify(reference, write(draft), images)
         if len(images) - agree > max_changed * len(images) or not diff <= max_diff:
-            allowed = f"{max_changed:.0%} changed, " if max_changed else ""
+            limits = f"limits {max_changed:.0%} changed, " if max_changed else "limit "
             raise ExportError(
                 f"{what}: top-1 agrees on {agree} of {len(images)} images, max probability "
-                f"difference {diff:.2e} (limits: {allowed}{max_diff:g})"
+                f"difference {diff:.2e} ({limits}{max_diff:g})"
             )
         os.replace(draft, target)
     finally:
