@@ -161,10 +161,14 @@ def test_two_processes_share_one_sqlite_study(data, space_file, tmp_path):
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
     study = optuna.load_study(study_name="shared", storage=storage)
-    numbers = sorted(t.number for t in study.get_trials() if t.state.name == "COMPLETE")
-    assert 4 <= len(numbers) <= 5  # each worker stops once the study has 4 finished trials
-    ran = sorted(int(p.name) for i in range(2) for p in (tmp_path / f"worker{i}/trials").iterdir())
     listing = [(t.number, t.state.name, t.user_attrs) for t in study.get_trials()]
+    # A sampled learning rate can diverge on this tiny data: that trial is pruned, not
+    # failed, and counts as finished like a completed one.
+    finished = {t.number: t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")}
+    assert all(t.state.name == "COMPLETE" or "diverged" in t.user_attrs for t in finished.values())
+    numbers = sorted(finished)
+    assert 4 <= len(numbers) <= 5, listing  # each worker stops once 4 trials have finished
+    ran = sorted(int(p.name) for i in range(2) for p in (tmp_path / f"worker{i}/trials").iterdir())
     assert ran == numbers, (listing, outputs)  # every trial ran in exactly one worker
     for i in range(2):  # both see the whole study in their results
         best = json.loads((tmp_path / f"worker{i}" / "best.json").read_text())
