@@ -78,6 +78,7 @@ def test_export_writes_one_self_contained_file_with_the_metadata(exported):
 def test_export_reports_its_parity_check(exported):
     _, result = exported
     assert result.images == 1000 and result.top1_agree == 1000
+    assert result.limits == "limit 0.0001"
     assert 0 <= result.max_prob_diff <= 1e-4
 
 

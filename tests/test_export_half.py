@@ -54,6 +54,7 @@ def test_half_export_halves_the_weights_and_keeps_everything_else(bundle, tmp_pa
 def test_the_half_bundle_loads_into_fp32_and_predicts_like_the_original(bundle, tmp_path):
     result = export_half(bundle, tmp_path / "half.safetensors")
     assert result.images == 1000 and result.opset is None
+    assert result.limits == "limits 1% changed, 0.01"
     assert result.top1_agree >= 990 and 0 < result.max_prob_diff <= HALF_MAX_PROB_DIFF
     original, half = Predictor.load(bundle), Predictor.load(result.path)
     assert all(p.dtype == torch.float32 for p in half.model.parameters())
@@ -82,7 +83,7 @@ def test_cli_half_export_prints_its_check_and_writes_beside_the_bundle(bundle, t
     code, out, err = run(["export", str(bundle), "--format", "fp16"], capsys)
     assert code == 0, err
     assert "top-1 agrees on" in out and "/1000" in out and "max probability difference" in out
-    assert "float16 weights" in out
+    assert "float16 weights" in out and "(limits 1% changed, 0.01)" in out
     assert (tmp_path / "tiny.fp16.safetensors").is_file()
     code, out, _ = run(["info", str(tmp_path / "tiny.fp16.safetensors")], capsys)
     assert code == 0 and "stored as float16/int64)" in out

@@ -44,7 +44,7 @@ from .onnx_backend import (
     MissingExtraError,
     OnnxPredictor,
 )
-from .predict import Predictor, default_model_path, is_onnx_path
+from .predict import DEFAULT_BUNDLE, Predictor, default_model_path, is_onnx_path
 
 DEFAULT_OPSET = 18  # the dynamo exporter's own; others go through onnx's version converter
 VERIFY_IMAGES = 1000
@@ -65,6 +65,7 @@ class ExportResult:
     top1_agree: int
     max_prob_diff: float
     size_bytes: int
+    limits: str  # what the check allowed, e.g. "limit 0.0001"
 
 
 def require_onnx_extra() -> None:
@@ -209,7 +210,7 @@ def verify(
 
 def _output_path(model, out, ending: str) -> Path:
     """``out``, or beside MODEL (here for the bundled model) as NAME + ``ending``."""
-    source = Path(model) if model else Path("default.safetensors")
+    source = Path(model) if model else Path(DEFAULT_BUNDLE)
     target = Path(out) if out else source.with_name(source.stem + ending)
     suffix = "." + ending.rsplit(".", 1)[-1]
     if target.suffix.lower() != suffix:
@@ -230,24 +231,26 @@ def _write_verified(
     max_changed: float,
     max_diff: float,
     what: str,
-) -> tuple[int, int, float]:
+    opset: int | None = None,
+) -> ExportResult:
     """``write`` the export to a partial file and return its logits function; keep the
-    file only if it reproduces ``reference``: (images, top-1 agreeing, max difference)."""
+    file only if it reproduces ``reference``."""
     if images is None:
         images = verification_images(reference.input_size)
+    limits = f"limits {max_changed:.0%} changed, " if max_changed else "limit "
+    limits += f"{max_diff:g}"
     draft = target.with_name(f".{target.name}.partial")
     try:
         agree, diff = verify(reference, write(draft), images)
         if len(images) - agree > max_changed * len(images) or not diff <= max_diff:
-            limits = f"limits {max_changed:.0%} changed, " if max_changed else "limit "
             raise ExportError(
                 f"{what}: top-1 agrees on {agree} of {len(images)} images, max probability "
-                f"difference {diff:.2e} ({limits}{max_diff:g})"
+                f"difference {diff:.2e} ({limits})"
             )
         os.replace(draft, target)
     finally:
         draft.unlink(missing_ok=True)
-    return len(images), agree, diff
+    return ExportResult(target, opset, len(images), agree, diff, target.stat().st_size, limits)
 
 
 def export_onnx(
@@ -269,7 +272,7 @@ def export_onnx(
         onnx.save_model(proto, str(path), save_as_external_data=False)
         return OnnxPredictor(path, threads=torch.get_num_threads()).logits
 
-    checked = _write_verified(
+    return _write_verified(
         reference,
         target,
         write,
@@ -277,8 +280,8 @@ def export_onnx(
         max_changed=0,
         max_diff=MAX_PROB_DIFF,
         what="the ONNX model does not reproduce the original",
+        opset=opset,
     )
-    return ExportResult(target, opset, *checked, target.stat().st_size)
 
 
 def export_half(
@@ -300,7 +303,7 @@ def export_half(
         save_bundle(path, half, dict(bundle.metadata))
         return partial(raw_logits, Predictor.load(path))
 
-    checked = _write_verified(
+    return _write_verified(
         reference,
         target,
         write,
@@ -309,4 +312,3 @@ def export_half(
         max_diff=HALF_MAX_PROB_DIFF,
         what="the float16 weights change the model too much",
     )
-    return ExportResult(target, None, *checked, target.stat().st_size)
