@@ -3,9 +3,10 @@
 One run measures, with the same model and the same picture:
 
 1. the in-process rate: ``Predictor.predict(jpeg_bytes)`` (decode, resize, forward,
-   top-5) in one plain process alone (p50/p99), then in as many processes as the
-   server has workers, one thread each, all at once (their summed rate); before and
-   after the server runs, averaged, since other work may change the load meanwhile;
+   top-5) in one plain process alone (p50/p99), then in one process per core, one
+   thread each, all at once (their summed rate), and for reference in one process on
+   every core; before and after the server runs, averaged, since other work may change
+   the load meanwhile;
 2. the per-stage latency budget of one API request, in-process: read body, parse
    multipart, decode, resize, forward, encode JSON, and the whole Flask app;
 3. the real server (gunicorn on 127.0.0.1) at each concurrency level, with clients
@@ -108,11 +109,11 @@ def upload_requests(filename: str, image: bytes, keepalive: bool, n: int = 256) 
 
 
 # ---------------------------------------------------------------- 1. in-process Predictor
-def _warm_predictor(model: str, image: bytes):
-    """A ``Predictor`` on one torch thread (a server worker's share), past its warm-up."""
+def _warm_predictor(model: str, image: bytes, threads: int = 1):
+    """A ``Predictor`` on ``threads`` torch threads (one: a core's share), past its warm-up."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     from imageclf import Predictor
 
     predictor = Predictor.load(model)
@@ -131,8 +132,8 @@ def _time_calls(predictor, image: bytes, n: int) -> list[float]:
     return latencies
 
 
-def _predictor_worker(model: str, image: bytes, n: int, barrier, out) -> None:
-    predictor = _warm_predictor(model, image)
+def _predictor_worker(model: str, image: bytes, n: int, threads: int, barrier, out) -> None:
+    predictor = _warm_predictor(model, image, threads)
     barrier.wait()
     started, cpu = time.perf_counter(), time.process_time()
     latencies = _time_calls(predictor, image, n)
@@ -148,12 +149,12 @@ def mean_of(first: dict, second: dict) -> dict:
     return out
 
 
-def predictor_rate(model: str, image: bytes, processes: int, n: int) -> dict:
-    """``processes`` plain processes (1 thread each) calling ``Predictor.predict``."""
+def predictor_rate(model: str, image: bytes, processes: int, n: int, threads: int = 1) -> dict:
+    """``processes`` plain processes (``threads`` each) calling ``Predictor.predict``."""
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(processes), ctx.Queue()
     workers = [
-        ctx.Process(target=_predictor_worker, args=(model, image, n, barrier, out))
+        ctx.Process(target=_predictor_worker, args=(model, image, n, threads, barrier, out))
         for _ in range(processes)
     ]
     for worker in workers:
@@ -165,6 +166,7 @@ def predictor_rate(model: str, image: bytes, processes: int, n: int) -> dict:
     wall = max(seconds for seconds, _, _ in results)
     return {
         "processes": processes,
+        "threads": threads,
         "calls": processes * n,
         "rate_per_s": round(processes * n / wall, 1),
         # CPU time per call: what a call costs, whatever else shares the machine.
@@ -216,6 +218,15 @@ def c1_rounds(port: int, model: str, image: bytes, name: str, rounds: int, n: in
             c: round(statistics.median(r[c] for r in per_round), 2) for c in ("new", "keep-alive")
         },
     }
+
+
+def baselines(model: str, image: bytes, cores: int, n: int) -> tuple[dict, dict, dict]:
+    """One process on one thread; one per core at once; one process on every core."""
+    return (
+        predictor_rate(model, image, 1, n),
+        predictor_rate(model, image, cores, n),
+        predictor_rate(model, image, 1, n, threads=cores),
+    )
 
 
 # ---------------------------------------------------------------- 2. per-stage budget
@@ -366,6 +377,22 @@ def server_cpu_s(master: int) -> float:
     return total / CLOCK_TICKS
 
 
+def forward_passes(port: int) -> tuple[float, float]:
+    """(passes, pictures) the server's model has run so far, from its /metrics."""
+    import http.client
+
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    found = {"count": 0.0, "sum": 0.0}
+    for line in text.splitlines():
+        for key in found:
+            if line.startswith(f"imageclf_forward_pass_images_{key} "):
+                found[key] = float(line.split()[1])
+    return found["count"], found["sum"]
+
+
 def run_level(
     port: int,
     concurrency: int,
@@ -376,6 +403,7 @@ def run_level(
 ) -> dict:
     tickets = itertools.count()
     cpu_before = server_cpu_s(master) if master else None
+    passes_before = forward_passes(port) if master else None
 
     def client_loop(_) -> list[tuple[float, int | str]]:
         client, out = Client(port, payloads, keepalive), []
@@ -391,8 +419,14 @@ def run_level(
     latencies = [seconds * 1000 for seconds, _ in results]
     errors = sum(1 for _, status in results if status != 200)
     cpu = (server_cpu_s(master) - cpu_before) if master else None
+    per_pass = None
+    if passes_before:
+        passes, pictures = (b - a for a, b in zip(passes_before, forward_passes(port), strict=True))
+        per_pass = round(pictures / passes, 2) if passes else None
     return {
         "server_cpu_ms_per_request": round(cpu * 1000 / requests, 3) if master else None,
+        # Concurrent requests share forward passes (web/forward.py).
+        "images_per_forward_pass": per_pass,
         "concurrency": concurrency,
         "connection": "keep-alive" if keepalive else "new",
         "requests": requests,
@@ -492,7 +526,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=None, help="bundle or .onnx (default: bundled)")
     parser.add_argument("--requests", type=int, default=1000, help="per concurrency level")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated levels")
-    parser.add_argument("--workers", type=int, default=None, help="gunicorn workers (cores)")
+    parser.add_argument("--workers", type=int, default=None, help="default: serve's own")
     parser.add_argument("--soak", type=int, default=0, help="then N more, sampling memory")
     parser.add_argument("--baseline-calls", type=int, default=2000, help="per process")
     parser.add_argument("--stage-repeats", type=int, default=500)
@@ -502,7 +536,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "serve_load.json")
     args = parser.parse_args(argv)
     levels = [int(level) for level in args.concurrency.split(",")]
-    workers = args.workers or len(os.sched_getaffinity(0))
+    # The baseline is the issue's: one plain process per core, one thread each, whatever
+    # the server runs; the server gets --workers only when asked (else serve's default).
+    cores = len(os.sched_getaffinity(0))
 
     with tempfile.TemporaryDirectory() as scratch:
         if args.model == "tiny":
@@ -518,21 +554,21 @@ def main(argv: list[str] | None = None) -> None:
         load_before = loadavg()
 
         print("in-process Predictor.predict ...", flush=True)
-        before = (
-            predictor_rate(str(model), image, 1, args.baseline_calls),
-            predictor_rate(str(model), image, workers, args.baseline_calls),
-        )
+        before = baselines(str(model), image, cores, args.baseline_calls)
         print("per-stage budget ...", flush=True)
         budget = stage_budget(str(model), body, ctype, args.stage_repeats)
 
         port = free_port()
         command = [sys.executable, "-m", "imageclf", "serve", "--model", str(model)]
-        command += ["--host", HOST, "--port", str(port), "--workers", str(workers)]
+        command += ["--host", HOST, "--port", str(port)]
+        command += ["--workers", str(args.workers)] if args.workers else []
         log = Path(scratch) / "server.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
             wait_ready(port, process)
+            children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+            workers = len(children.read_text().split())
             for keepalive in (False, True):  # warm-up, not reported
                 run_level(
                     port, 4, 100, upload_requests(args.image.name, image, keepalive), keepalive
@@ -578,11 +614,8 @@ def main(argv: list[str] | None = None) -> None:
         # Again after the server: on a shared machine the load may have changed meanwhile,
         # so the goals compare the server with the mean of before and after.
         print("in-process Predictor.predict again ...", flush=True)
-        after = (
-            predictor_rate(str(model), image, 1, args.baseline_calls),
-            predictor_rate(str(model), image, workers, args.baseline_calls),
-        )
-    alone, together = (mean_of(b, a) for b, a in zip(before, after, strict=True))
+        after = baselines(str(model), image, cores, args.baseline_calls)
+    alone, together, all_cores = (mean_of(b, a) for b, a in zip(before, after, strict=True))
 
     def find(concurrency: int, connection: str) -> dict | None:
         return next(
@@ -626,6 +659,8 @@ def main(argv: list[str] | None = None) -> None:
         },
         "predictor_alone": alone,
         "predictor_parallel": together,
+        # Not a goal's baseline: what one call gets with every core to itself.
+        "predictor_alone_all_cores": all_cores,
         "predictor_before_after": {"before": before, "after": after},
         "stage_budget_us": budget,
         "healthz_c1": floor,
@@ -639,22 +674,26 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"\nPredictor.predict in-process ({label} the server): 1 process p50 "
             f"{one['p50_ms']} ms, p99 {one['p99_ms']} ms, {one['cpu_ms_per_call']} CPU ms/call; "
-            f"{workers} processes together {many['rate_per_s']}/s"
+            f"{cores} processes together {many['rate_per_s']}/s"
         )
+    print(
+        f"Predictor.predict, 1 process on all {cores} cores: p50 {all_cores['p50_ms']} ms "
+        "(for reference; the goals read the 1-thread numbers)"
+    )
     print("\nper-stage budget (median us, in-process, 1 thread):")
     for name, value in budget.items():
         print(f"  {name:<26}{value:>10}")
     print(f"  {'GET /healthz on the server, c1 p50':<26} {floor['p50_ms'] * 1000:>9.0f}")
     header = (
         f"\n{'conn':>10} {'conc':>5} {'requests':>9} {'errors':>7} {'req/s':>8} "
-        f"{'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10}"
+        f"{'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10} {'img/pass':>8}"
     )
     print(header)
     for r in results:
         print(
             f"{r['connection']:>10} {r['concurrency']:>5} {r['requests']:>9} {r['errors']:>7} "
             f"{r['throughput_rps']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8} "
-            f"{r['server_cpu_ms_per_request']:>10}"
+            f"{r['server_cpu_ms_per_request']:>10} {r['images_per_forward_pass']!s:>8}"
         )
     print("\nconcurrency 1, alternating rounds: Predictor p50, then server p50 minus it (ms)")
     for row in c1["rounds"]:

@@ -17,6 +17,7 @@ from imageclf.web import SECURITY_HEADERS, create_app
 from imageclf.web.extensions import get_service
 from imageclf.web.server import (
     HEADER_TIMEOUT_S,
+    default_workers,
     gunicorn_options,
     limits_from_env,
     threads_per_worker,
@@ -463,6 +464,12 @@ def test_threads_split_cores_between_workers():
     assert threads_per_worker(1, cores=8) == 8
     assert threads_per_worker(4, cores=8) == 2
     assert threads_per_worker(16, cores=8) == 1
+
+
+def test_one_worker_per_four_cores_by_default():
+    # A worker's model thread merges concurrent requests: on a small machine one worker
+    # with every core answers a lone request fastest (docs/benchmarks.md, serving).
+    assert [default_workers(cores=c) for c in (1, 2, 4, 7, 8, 16)] == [1, 1, 1, 1, 2, 4]
 
 
 def test_gunicorn_options():

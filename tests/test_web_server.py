@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from crafted import animated_webp, bilevel_png, encode, noise, progressive_jpeg, rle4_bmp
 from helpers import make_tiny_bundle, png_bytes
@@ -107,8 +108,10 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(folder: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """``imageclf serve`` with two workers on a free port, ready; stopped afterwards."""
+def running_server(
+    folder: Path, env: dict[str, str] | None = None, workers: int = 2, threads: int | None = None
+) -> Iterator[Server]:
+    """``imageclf serve`` with ``workers`` on a free port, ready; stopped afterwards."""
     folder.mkdir(parents=True, exist_ok=True)
     bundle = make_tiny_bundle(folder / "tiny.safetensors")
     port = free_port()
@@ -118,7 +121,8 @@ def running_server(folder: Path, env: dict[str, str] | None = None) -> Iterator[
     environ = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(home), **(env or {})}
     environ.pop("XDG_RUNTIME_DIR", None)
     command = [sys.executable, "-m", "imageclf", "serve", "--model", str(bundle)]
-    command += ["--port", str(port), "--workers", "2"]
+    command += ["--port", str(port), "--workers", str(workers)]
+    command += ["--threads", str(threads)] if threads else []
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environ)
     running = Server(port, process, log, home)
@@ -128,7 +132,8 @@ def running_server(folder: Path, env: dict[str, str] | None = None) -> Iterator[
             if process.poll() is not None:
                 pytest.fail(f"server exited early ({process.returncode}):\n{log.read_text()}")
             with contextlib.suppress(OSError):
-                if running.request("GET", "/readyz")[0] == 200 and len(running.worker_pids()) == 2:
+                ready = running.request("GET", "/readyz")[0] == 200
+                if ready and len(running.worker_pids()) == workers:
                     break
             if time.monotonic() > deadline:
                 pytest.fail(f"server not ready after {STARTUP_S}s:\n{log.read_text()}")
@@ -243,6 +248,61 @@ def _load(server: Server, count: int, concurrency: int) -> list[int]:
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         return list(pool.map(one, range(count)))
+
+
+def _forward_pictures(server: Server) -> float:
+    """Pictures the workers' models have run so far (summed over workers by /metrics)."""
+    text = server.request("GET", "/metrics")[2].decode()
+    (line,) = [x for x in text.splitlines() if x.startswith("imageclf_forward_pass_images_sum")]
+    return float(line.split()[1])
+
+
+def test_concurrent_requests_each_get_their_own_answer(server):
+    """Concurrent requests may share a forward pass in a worker (web/forward.py): each
+    must still get the answer for its own picture, as the in-process Predictor gives it,
+    and every picture goes through the model exactly once."""
+    from imageclf import Predictor
+
+    images = [encode(noise(40 + i, 40, seed=100 + i)) for i in range(24)]
+    predictor = Predictor.load(server.home.parent / "tiny.safetensors")
+    expected = [predictor.predict(image, top_k=3)[0] for image in images]
+    before = _forward_pictures(server)
+
+    def one(i: int) -> list:
+        files = [("files", f"{i}-{k}.png", images[k]) for k in range(i, i + 1 + i % 3)]
+        body, content_type = multipart(files, {"top_k": "3"})
+        status, _, data = server.request(
+            "POST", "/api/v1/predict", body, {"Content-Type": content_type}
+        )
+        assert status == 200, data
+        return json.loads(data)["predictions"]
+
+    requests = [i for i in range(24) if i + 1 + i % 3 <= 24]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(one, requests * 3))
+    sent = 0
+    for i, predictions in zip(requests * 3, answers, strict=True):
+        for k, prediction in enumerate(predictions, start=i):
+            assert prediction["filename"] == f"{i}-{k}.png"
+            got = [(p["label"], p["probability"]) for p in prediction["top"]]
+            assert [label for label, _ in got] == [label for label, _ in expected[k]]
+            np.testing.assert_allclose([p for _, p in got], [p for _, p in expected[k]], atol=1e-4)
+            sent += 1
+    assert _forward_pictures(server) - before == sent
+
+
+def test_one_worker_with_every_thread_serves_concurrent_requests(tmp_path):
+    """``serve --workers 1 --threads 2`` (the default on a 2-core machine): one worker
+    process, its forward passes on two torch threads, concurrent requests all answered."""
+    with running_server(tmp_path, workers=1, threads=2) as single:
+        assert len(single.worker_pids()) == 1
+        statuses = _load(single, 64, 8)
+        assert statuses == [200] * 64
+        assert _forward_pictures(single) == 64
+        assert single.stop() == 0
+    text = single.log.read_text()
+    assert "with 1 worker(s) x 2 thread(s)" in text
+    assert "Traceback" not in text
 
 
 def test_server_bounded_load_concurrency_32_no_errors(server):

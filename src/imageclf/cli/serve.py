@@ -23,7 +23,13 @@ import click
     "--workers",
     type=click.IntRange(min=1),
     default=None,
-    help="gunicorn worker processes (default: one per core).",
+    help="gunicorn worker processes (default: one per 4 cores, at least one).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch threads per worker for its forward passes (default: cores / workers).",
 )
 @click.option("--debug", is_flag=True, help="Flask's development server with reloading.")
 @click.option(
@@ -33,10 +39,24 @@ import click
     "request's CPU, and a front proxy usually logs requests).",
 )
 def serve(
-    model: str | None, host: str, port: int, workers: int | None, debug: bool, access_log: bool
+    model: str | None,
+    host: str,
+    port: int,
+    workers: int | None,
+    threads: int | None,
+    debug: bool,
+    access_log: bool,
 ) -> None:
     """Serve the upload page and the JSON API (gunicorn). MODEL may be a .safetensors
     bundle or an exported .onnx file."""
     from ..web.server import serve as run_server
 
-    run_server(model, host=host, port=port, workers=workers, debug=debug, access_log=access_log)
+    run_server(
+        model,
+        host=host,
+        port=port,
+        workers=workers,
+        threads=threads,
+        debug=debug,
+        access_log=access_log,
+    )

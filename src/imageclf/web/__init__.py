@@ -97,6 +97,7 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
         decode_seconds=float(app.config["IMAGECLF_DECODE_SECONDS"]),
         torch_threads=app.config["IMAGECLF_TORCH_THREADS"],
         on_loaded=lambda p: metrics.model_loaded(p.name, p.backend, p.classes),
+        on_forward_pass=metrics.forward_pass,
     )
     init_extensions(app, service, metrics)
     app.wsgi_app = BodyDeadline(app.wsgi_app, float(app.config["IMAGECLF_BODY_TIMEOUT_S"]))

@@ -31,6 +31,8 @@ OTHER = "other"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Seconds: from a cached static file (~1 ms) up to a 64-image batch with Grad-CAM.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Pictures per forward pass: concurrent requests share passes (web/forward.py).
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def route_label(rule: str | None) -> str:
@@ -77,6 +79,12 @@ class Metrics:
             ["label"],
             registry=registry,
         )
+        self.batch = Histogram(
+            "imageclf_forward_pass_images",
+            "Pictures per forward pass of the model (requests waiting together share one).",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
         self.rejected = Counter(
             "imageclf_images_rejected",
             "Uploads refused, by HTTP status.",
@@ -117,6 +125,9 @@ class Metrics:
     def count_predictions(self, labels: list[str]) -> None:
         for label in labels:
             self.predictions.labels(label if label in self._classes else OTHER).inc()
+
+    def forward_pass(self, images: int) -> None:
+        self.batch.observe(images)
 
     def count_rejected(self, status: int) -> None:
         self.rejected.labels(str(status) if 400 <= status <= 599 else OTHER).inc()

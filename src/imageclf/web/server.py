@@ -18,7 +18,8 @@ log = logging.getLogger("imageclf.web")
 
 # gevent workers with read deadlines (web/worker.py): a slow client costs a greenlet,
 # not a worker, so /healthz stays answered while many trickle their requests in. The
-# model is loaded once per worker and predictions run one at a time in each. A worker
+# model is loaded once per worker and runs on a thread of its own there, merging the
+# predictions that wait meanwhile into one pass (web/forward.py). A worker
 # stuck for TIMEOUT_S is killed (the decode budget keeps requests far below that);
 # workers are recycled after about MAX_REQUESTS requests (jittered so they do not all
 # restart together) to cap any leak; IMAGECLF_MAX_REQUESTS overrides it (0 turns
@@ -41,6 +42,17 @@ def cpu_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+# Cores per worker by default. A worker runs its forward passes on a thread of their own
+# and merges the requests that wait meanwhile (web/forward.py), so one worker keeps a few
+# cores busy; several small ones would each see fewer pictures per pass, and a lone
+# request would get only its worker's share of the cores.
+CORES_PER_WORKER = 4
+
+
+def default_workers(cores: int | None = None) -> int:
+    return max(1, (cores or cpu_count()) // CORES_PER_WORKER)
 
 
 def threads_per_worker(workers: int, cores: int | None = None) -> int:
@@ -121,6 +133,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     workers: int | None = None,
+    threads: int | None = None,
     debug: bool = False,
     access_log: bool = False,
 ) -> None:
@@ -138,8 +151,8 @@ def serve(
 
     from .metrics import gunicorn_hooks, start_multiprocess_dir
 
-    workers = workers or cpu_count()
-    threads = threads_per_worker(workers)
+    workers = workers or default_workers()
+    threads = threads or threads_per_worker(workers)
     # Before any worker forks: /metrics then sums every worker's counters.
     metrics_hooks = gunicorn_hooks(start_multiprocess_dir())
 

@@ -32,6 +32,7 @@ from ..imaging import (
     decode_image,
 )
 from ..predict import Predictor
+from .forward import ForwardRunner
 from .memory import release_free_memory
 from .pictures import DISPLAY_SIZE
 from .uploads import Upload
@@ -86,6 +87,7 @@ class ModelService:
         decode_seconds: float = DECODE_SECONDS,
         torch_threads: int | None = None,
         on_loaded: Callable[[Predictor], None] | None = None,
+        on_forward_pass: Callable[[int], None] | None = None,
     ) -> None:
         self.model_path = Path(model_path) if model_path else None
         self.on_loaded = on_loaded  # e.g. the metrics' model-ready gauge
@@ -93,6 +95,8 @@ class ModelService:
         self.max_request_pixels = max_request_pixels
         self.decode_seconds = decode_seconds
         self.torch_threads = torch_threads
+        # The model's own thread in a gevent worker; reports the pictures per pass.
+        self.runner = ForwardRunner(on_pass=on_forward_pass)
         self.error: str | None = None
         self._predictor: Predictor | None = None
         self._loaded = threading.Event()
@@ -220,7 +224,8 @@ class ModelService:
         explain: bool = False,
         wait_s: float = 0.0,
     ) -> list[Prediction]:
-        """Decode every upload, then one forward pass for the whole batch.
+        """Decode every upload, then one forward pass for the whole batch (shared with
+        other requests waiting at the same moment: ``forward.ForwardRunner``).
 
         The first undecodable file fails the request with its own status: a batch
         answer is all-or-nothing, so a client never mistakes a partial result.
@@ -230,12 +235,12 @@ class ModelService:
         decoded = self.decode_all(uploads, max(DISPLAY_SIZE, predictor.input_size))
         # Decoded once: upright, no orientation left, so nothing is turned twice.
         batch = np.stack([predictor.prepare(d.picture) for d in decoded])
-        probs = predictor.predict_proba(batch)
+        probs = self.runner.probabilities(predictor, batch)
         best = probs.argmax(axis=1)
         unsure = probs.max(axis=1) < unsure_threshold(predictor)
         overlays: list[Image.Image | None] = [None] * len(decoded)
         if explain and predictor.explainable:  # one Grad-CAM pass, drawn on each picture
-            heatmaps = predictor.gradcam(batch, best).heatmaps
+            heatmaps = self.runner.call(predictor.gradcam, batch, best).heatmaps
             overlays = [overlay(d.picture, h) for d, h in zip(decoded, heatmaps, strict=True)]
         return [
             Prediction(

@@ -3,8 +3,9 @@
 gunicorn's sync workers read a request in the worker itself, so two clients that
 send their headers a byte at a time hold both workers until the timeout kills them.
 Here each connection is a greenlet: a slow client costs a few KB of memory, not a
-worker, and the worker keeps answering others (``/healthz`` included). The CPU work
-of a prediction still runs one at a time per worker, bounded by the decode budget.
+worker, and the worker keeps answering others (``/healthz`` included). Decoding runs on
+the event loop, bounded by the decode budget; the forward pass runs on the model's own
+thread, shared by the requests waiting for it (``web/forward.py``).
 
 Deadlines, so a slow client cannot hold a connection slot for ever:
 - headers: the whole request head within ``HEADER_TIMEOUT_S`` (gunicorn's keep-alive

@@ -1,0 +1,152 @@
+"""The model thread of a gevent worker (web/forward.py): waiting predictions are merged
+into one pass, each request gets exactly its own rows back, a failure reaches every
+request of its pass and no other, and nothing else runs on the model during a pass."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import gevent
+import numpy as np
+import pytest
+
+from imageclf.web.forward import ForwardRunner, gevent_is_patched
+
+
+class FakePredictor:
+    """predict_proba returns each picture's first pixel value, so rows are traceable;
+    each pass takes ``delay`` seconds on whatever thread runs it."""
+
+    def __init__(self, delay: float = 0.05, fail_on: int | None = None) -> None:
+        self.delay, self.fail_on = delay, fail_on
+        self.passes: list[list[int]] = []
+        self.threads: set[int] = set()
+        self.busy = 0
+        self.overlapped = False
+
+    def _enter(self) -> None:
+        self.busy += 1
+        self.overlapped |= self.busy > 1
+        self.threads.add(threading.get_ident())
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        self._enter()
+        try:
+            time.sleep(self.delay)
+            ids = [int(v) for v in batch[:, 0, 0, 0]]
+            self.passes.append(ids)
+            if self.fail_on in ids:
+                raise RuntimeError("the model failed")
+            return np.asarray(ids, dtype=np.float32)[:, None]
+        finally:
+            self.busy -= 1
+
+    def gradcam(self, batch: np.ndarray) -> str:
+        self._enter()
+        try:
+            time.sleep(self.delay)
+            return "explained"
+        finally:
+            self.busy -= 1
+
+
+def pictures(*ids: int) -> np.ndarray:
+    batch = np.zeros((len(ids), 2, 2, 3), np.uint8)
+    batch[:, 0, 0, 0] = ids
+    return batch
+
+
+def run_all(runner: ForwardRunner, predictor, requests: list[tuple[int, ...]]):
+    """Each request in its own greenlet: the first, then (while its pass runs) all the
+    others at once; the greenlets, in request order."""
+    greenlets = [gevent.spawn(runner.probabilities, predictor, pictures(*requests[0]))]
+    gevent.sleep(0.01)
+    greenlets += [gevent.spawn(runner.probabilities, predictor, pictures(*r)) for r in requests[1:]]
+    gevent.joinall(greenlets, timeout=30)
+    return greenlets
+
+
+def test_waiting_requests_share_a_pass_and_get_their_own_rows():
+    sizes: list[int] = []
+    runner = ForwardRunner(cooperative=True, on_pass=sizes.append)
+    predictor = FakePredictor()
+    requests = [(1,), (2, 3), (4,), (5,), (6, 7, 8), (9,), (10,), (11,)]
+    done = run_all(runner, predictor, requests)
+    for request, greenlet in zip(requests, done, strict=True):
+        assert greenlet.successful(), greenlet.exception
+        assert greenlet.value[:, 0].tolist() == list(request)  # its own rows, in order
+    # The first request runs alone; the seven that arrived meanwhile go as one pass.
+    assert predictor.passes == [[1], list(range(2, 12))]
+    assert sizes == [1, 10]
+    assert predictor.threads != {threading.get_ident()}  # off the event loop's thread
+
+
+def test_a_pass_takes_at_most_max_rows_but_a_big_request_goes_whole():
+    runner = ForwardRunner(cooperative=True, max_rows=4)
+    predictor = FakePredictor(delay=0.02)
+    requests = [(1,), (2, 3), (4, 5), (6,), (7, 8, 9, 10, 11, 12), (13,)]
+    done = run_all(runner, predictor, requests)
+    assert all(g.successful() for g in done)
+    assert predictor.passes == [[1], [2, 3, 4, 5], [6], [7, 8, 9, 10, 11, 12], [13]]
+
+
+def test_a_failed_pass_fails_its_own_requests_only():
+    runner = ForwardRunner(cooperative=True)
+    predictor = FakePredictor(fail_on=3)
+    first, *failing = run_all(runner, predictor, [(1,), (2,), (3,)])  # passes [1], [2, 3]
+    assert first.value[:, 0].tolist() == [1]
+    for greenlet in failing:
+        assert isinstance(greenlet.exception, RuntimeError)
+    # The runner is not stuck: the next request gets its answer.
+    later = run_all(runner, predictor, [(4,)])[0]
+    assert later.value[:, 0].tolist() == [4]
+
+
+def test_requests_for_different_models_are_not_merged():
+    runner = ForwardRunner(cooperative=True)
+    one, other = FakePredictor(), FakePredictor()
+    greenlets = [
+        gevent.spawn(runner.probabilities, predictor, pictures(i))
+        for i, predictor in enumerate([one, one, other, other, one], start=1)
+    ]
+    gevent.joinall(greenlets, timeout=30)
+    assert [g.value[0, 0] for g in greenlets] == [1, 2, 3, 4, 5]
+    assert one.passes == [[1, 2], [5]] and other.passes == [[3, 4]]
+
+
+def test_grad_cam_never_overlaps_a_pass():
+    runner = ForwardRunner(cooperative=True)
+    predictor = FakePredictor()
+    greenlets = [gevent.spawn(runner.probabilities, predictor, pictures(i)) for i in range(4)]
+    greenlets += [gevent.spawn(runner.call, predictor.gradcam, pictures(9)) for _ in range(2)]
+    greenlets += [gevent.spawn(runner.probabilities, predictor, pictures(i)) for i in range(4)]
+    gevent.joinall(greenlets, timeout=30)
+    assert all(g.successful() for g in greenlets)
+    assert [g.value for g in greenlets[4:6]] == ["explained", "explained"]
+    assert not predictor.overlapped
+    assert len(predictor.threads) == 1  # the one model thread
+
+
+def test_outside_gevent_everything_runs_in_the_caller():
+    assert not gevent_is_patched()  # the test process is not monkey-patched
+    sizes: list[int] = []
+    runner = ForwardRunner(on_pass=sizes.append)
+    predictor = FakePredictor(delay=0)
+    assert runner.probabilities(predictor, pictures(5, 6))[:, 0].tolist() == [5, 6]
+    assert runner.call(predictor.gradcam, pictures(1)) == "explained"
+    assert predictor.threads == {threading.get_ident()}
+    assert sizes == [2]
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_the_real_predictor_gives_the_same_answers_through_the_model_thread(rows, tiny_bundle):
+    from imageclf import Predictor
+
+    predictor = Predictor.load(tiny_bundle)
+    batch = np.random.default_rng(rows).integers(0, 256, (rows, 32, 32, 3), dtype=np.uint8)
+    expected = predictor.predict_proba(batch)
+    runner = ForwardRunner(cooperative=True)
+    (greenlet,) = [gevent.spawn(runner.probabilities, predictor, batch)]
+    greenlet.join(timeout=30)
+    np.testing.assert_array_equal(greenlet.value, expected)
