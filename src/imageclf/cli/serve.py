@@ -23,13 +23,14 @@ import click
     "--workers",
     type=click.IntRange(min=1),
     default=None,
-    help="gunicorn worker processes (default: one per 4 cores, at least one).",
+    help="gunicorn worker processes (default: cores / threads, at least two).",
 )
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="torch threads per worker for its forward passes (default: cores / workers).",
+    help="torch threads for each worker's forward passes (default: the cores, at most 4); "
+    "where workers x threads exceed the cores, passes take turns.",
 )
 @click.option("--debug", is_flag=True, help="Flask's development server with reloading.")
 @click.option(
