@@ -527,6 +527,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=1000, help="per concurrency level")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated levels")
     parser.add_argument("--workers", type=int, default=None, help="default: serve's own")
+    parser.add_argument("--threads", type=int, default=None, help="default: serve's own")
     parser.add_argument("--soak", type=int, default=0, help="then N more, sampling memory")
     parser.add_argument("--baseline-calls", type=int, default=2000, help="per process")
     parser.add_argument("--stage-repeats", type=int, default=500)
@@ -562,6 +563,7 @@ def main(argv: list[str] | None = None) -> None:
         command = [sys.executable, "-m", "imageclf", "serve", "--model", str(model)]
         command += ["--host", HOST, "--port", str(port)]
         command += ["--workers", str(args.workers)] if args.workers else []
+        command += ["--threads", str(args.threads)] if args.threads else []
         log = Path(scratch) / "server.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
@@ -610,7 +612,9 @@ def main(argv: list[str] | None = None) -> None:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
-        booted = log.read_text().count("Booting worker")
+        server_log = log.read_text()
+        booted = server_log.count("Booting worker")
+        plan = next((line for line in server_log.splitlines() if "worker(s) x" in line), None)
         # Again after the server: on a shared machine the load may have changed meanwhile,
         # so the goals compare the server with the mean of before and after.
         print("in-process Predictor.predict again ...", flush=True)
@@ -654,6 +658,8 @@ def main(argv: list[str] | None = None) -> None:
         "image": f"{args.image.name} ({len(image)} bytes)",
         "server": {
             "workers": workers,
+            "threads": args.threads or "serve's default",
+            "plan": plan,  # serve's own line: workers x threads, and turns at the cores
             "workers_booted": booted,
             "max_requests": os.environ.get("IMAGECLF_MAX_REQUESTS", "default (2000)"),
         },
@@ -670,7 +676,7 @@ def main(argv: list[str] | None = None) -> None:
         "soak": soaked,
     }
 
-    for label, (one, many) in (("before", before), ("after", after)):
+    for label, (one, many, _) in (("before", before), ("after", after)):
         print(
             f"\nPredictor.predict in-process ({label} the server): 1 process p50 "
             f"{one['p50_ms']} ms, p99 {one['p99_ms']} ms, {one['cpu_ms_per_call']} CPU ms/call; "
