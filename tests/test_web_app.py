@@ -19,7 +19,7 @@ from imageclf.web.server import (
     HEADER_TIMEOUT_S,
     gunicorn_options,
     limits_from_env,
-    worker_plan,
+    threads_per_worker,
 )
 
 # CIFAR-10's names, so the shipped example pictures belong to the served model's classes.
@@ -459,17 +459,10 @@ def test_healthz_and_readyz(client):
 
 
 # ---------------------------------------------------------------- serve helpers
-def test_worker_plan_gives_each_pass_the_cores_and_takes_turns_when_they_are_shared():
-    # (workers, threads per worker, turns): at least two workers, passes on up to 4 cores,
-    # turns wherever the workers' threads add up to more than the cores.
-    assert worker_plan(cores=1) == (2, 1, 1)
-    assert worker_plan(cores=2) == (2, 2, 1)
-    assert worker_plan(cores=4) == (2, 4, 1)
-    assert worker_plan(cores=8) == (2, 4, 0)
-    assert worker_plan(cores=16) == (4, 4, 0)
-    assert worker_plan(workers=1, cores=2) == (1, 2, 0)
-    assert worker_plan(workers=2, threads=1, cores=2) == (2, 1, 0)
-    assert worker_plan(workers=6, threads=2, cores=8) == (6, 2, 4)
+def test_threads_split_cores_between_workers():
+    assert threads_per_worker(1, cores=8) == 8
+    assert threads_per_worker(4, cores=8) == 2
+    assert threads_per_worker(16, cores=8) == 1
 
 
 def test_gunicorn_options():

@@ -4,10 +4,6 @@ request of its pass and no other, and nothing else runs on the model during a pa
 
 from __future__ import annotations
 
-import fcntl
-import multiprocessing as mp
-import os
-import signal
 import threading
 import time
 
@@ -15,7 +11,7 @@ import gevent
 import numpy as np
 import pytest
 
-from imageclf.web.forward import CoreTurns, ForwardRunner, gevent_is_patched, make_core_turns
+from imageclf.web.forward import ForwardRunner, gevent_is_patched
 
 
 class FakePredictor:
@@ -154,83 +150,3 @@ def test_the_real_predictor_gives_the_same_answers_through_the_model_thread(rows
     (greenlet,) = [gevent.spawn(runner.probabilities, predictor, batch)]
     greenlet.join(timeout=30)
     np.testing.assert_array_equal(greenlet.value, expected)
-
-
-# ---------------------------------------------------------------- turns at the cores
-def _hold_turn(turns: CoreTurns, seconds: float, holding, out) -> None:
-    with turns.held():
-        holding.set()
-        started = time.monotonic()
-        time.sleep(seconds)
-        out.put((started, time.monotonic()))
-
-
-def test_workers_take_turns_through_one_lock(tmp_path):
-    """A turn made before the fork (as serve makes them) excludes across processes."""
-    ctx = mp.get_context("fork")
-    turns = CoreTurns(make_core_turns(tmp_path, 1))
-    holding, out = ctx.Event(), ctx.Queue()
-    child = ctx.Process(target=_hold_turn, args=(turns, 0.5, holding, out))
-    child.start()
-    assert holding.wait(10)
-    with turns.held():
-        mine = time.monotonic()
-    child_started, child_ended = out.get(timeout=10)
-    child.join(10)
-    assert mine >= child_ended > child_started  # waited for the child's whole turn
-
-
-def test_two_turns_let_two_passes_run_at_once(tmp_path):
-    ctx = mp.get_context("fork")
-    turns = CoreTurns(make_core_turns(tmp_path, 2))
-    holding, out = ctx.Event(), ctx.Queue()
-    child = ctx.Process(target=_hold_turn, args=(turns, 1.0, holding, out))
-    child.start()
-    assert holding.wait(10)
-    started = time.monotonic()
-    with turns.held():
-        waited = time.monotonic() - started
-    child.join(10)
-    assert waited < 0.5  # the free turn, not the child's
-
-
-def test_a_worker_killed_mid_pass_does_not_keep_its_turn(tmp_path):
-    ctx = mp.get_context("fork")
-    turns = CoreTurns(make_core_turns(tmp_path, 1))
-    holding, out = ctx.Event(), ctx.Queue()
-    child = ctx.Process(target=_hold_turn, args=(turns, 60.0, holding, out))
-    child.start()
-    assert holding.wait(10)
-    os.kill(child.pid, signal.SIGKILL)
-    child.join(10)
-    started = time.monotonic()
-    with turns.held():
-        assert time.monotonic() - started < 5
-
-
-def test_the_runner_takes_a_turn_for_every_pass_and_grad_cam(tmp_path):
-    turns = CoreTurns(make_core_turns(tmp_path, 1))
-    runner = ForwardRunner(cooperative=True, turns=turns)
-    held_during: list[bool] = []
-
-    class Probe(FakePredictor):
-        def predict_proba(self, batch):
-            held_during.append(_locked_elsewhere(turns.paths[0]))
-            return super().predict_proba(batch)
-
-    predictor = Probe(delay=0.01)
-    run_all(runner, predictor, [(1,), (2,), (3,)])
-    runner.call(lambda: held_during.append(_locked_elsewhere(turns.paths[0])))
-    assert held_during == [True, True, True]  # two passes and the call, each in a turn
-
-
-def _locked_elsewhere(path) -> bool:
-    """Whether another open file holds ``path``'s lock (a fresh descriptor cannot take it)."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False

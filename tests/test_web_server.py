@@ -291,18 +291,17 @@ def test_concurrent_requests_each_get_their_own_answer(server):
     assert _forward_pictures(server) - before == sent
 
 
-def test_workers_sharing_the_cores_take_turns_and_answer_everyone(tmp_path):
-    """``serve --workers 2 --threads 2`` (the default on a 2-core machine): each worker's
-    passes may use both cores, so they take turns at them; concurrent requests are all
-    answered, every picture once, and both workers keep serving."""
-    with running_server(tmp_path, workers=2, threads=2) as shared:
-        statuses = _load(shared, 96, 8)
-        assert statuses == [200] * 96
-        assert _forward_pictures(shared) == 96
-        assert len(shared.worker_pids()) == 2
-        assert shared.stop() == 0
-    text = shared.log.read_text()
-    assert "with 2 worker(s) x 2 thread(s), passes taking 1 turn(s) at the cores" in text
+def test_one_worker_with_every_thread_serves_concurrent_requests(tmp_path):
+    """``serve --workers 1 --threads 2``: one worker process whose forward passes run on
+    two torch threads; concurrent requests are all answered, every picture once."""
+    with running_server(tmp_path, workers=1, threads=2) as single:
+        assert len(single.worker_pids()) == 1
+        statuses = _load(single, 64, 8)
+        assert statuses == [200] * 64
+        assert _forward_pictures(single) == 64
+        assert single.stop() == 0
+    text = single.log.read_text()
+    assert "with 1 worker(s) x 2 thread(s)" in text
     assert "Traceback" not in text
 
 

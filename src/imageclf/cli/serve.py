@@ -23,14 +23,13 @@ import click
     "--workers",
     type=click.IntRange(min=1),
     default=None,
-    help="gunicorn worker processes (default: cores / threads, at least two).",
+    help="gunicorn worker processes (default: one per core).",
 )
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="torch threads for each worker's forward passes (default: the cores, at most 4); "
-    "where workers x threads exceed the cores, passes take turns.",
+    help="torch threads for each worker's forward passes (default: cores / workers).",
 )
 @click.option("--debug", is_flag=True, help="Flask's development server with reloading.")
 @click.option(

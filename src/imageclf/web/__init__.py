@@ -67,8 +67,6 @@ DEFAULTS: dict[str, Any] = {
     # A prediction that arrives while the model loads waits this long before a 503.
     "IMAGECLF_MODEL_WAIT_S": 30.0,
     "IMAGECLF_TORCH_THREADS": None,
-    # Lock files through which workers sharing the cores take turns (serve sets them).
-    "IMAGECLF_CORE_TURNS": None,
     # A request's whole body must arrive within this many seconds (408 otherwise).
     "IMAGECLF_BODY_TIMEOUT_S": BODY_TIMEOUT_S,
     # Grad-CAM on the result page (costs a backward pass per upload).
@@ -98,7 +96,6 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
         max_request_pixels=int(app.config["IMAGECLF_MAX_REQUEST_PIXELS"]),
         decode_seconds=float(app.config["IMAGECLF_DECODE_SECONDS"]),
         torch_threads=app.config["IMAGECLF_TORCH_THREADS"],
-        core_turns=app.config["IMAGECLF_CORE_TURNS"],
         on_loaded=lambda p: metrics.model_loaded(p.name, p.backend, p.classes),
         on_forward_pass=metrics.forward_pass,
     )

@@ -6,25 +6,17 @@ pass run there stops every other connection for its whole length (reading bodies
 parsing, answering ``/healthz``), and the model sees one picture at a time. Here the
 model runs on its own thread (torch releases the GIL), so the event loop keeps parsing
 the next requests meanwhile, and every prediction waiting when the thread comes free
-goes through the model as one batch: on a CPU a batch of eight costs far less than eight
-single pictures. That lets one worker use all the cores for each forward pass (a lone
-request is answered as fast as the machine can) while concurrent requests share passes.
+goes through the model as one batch, which costs less per picture than one at a time
+(the bundled model on one thread: 136 pictures/s in batches, ~87/s singly).
 
 Grad-CAM runs on the same thread, so nothing touches the model while it holds hooks.
 Outside gevent (the Flask debug server, tests) everything runs in the caller, as before.
-
-When a server's workers may each use every core, their passes take turns at the cores
-(``CoreTurns``): OpenMP threads of two processes on the same cores wait on each other.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -47,61 +39,6 @@ def gevent_is_patched() -> bool:
     return bool(monkey.is_module_patched("threading"))
 
 
-class CoreTurns:
-    """Turns at the machine's cores, shared by a server's workers through lock files.
-
-    A worker that may use every core answers a lone request fastest, but two such workers
-    computing at once put two OpenMP teams on the same cores, and each team's threads wait
-    for the preempted ones (oversubscribed threads measured ~6x slower in training). So a
-    pass runs while its worker holds one of the turns (one per group of cores). They are
-    ``flock`` locks, which the kernel drops when a process dies: a worker killed mid-pass
-    never takes its turn with it.
-    """
-
-    def __init__(self, paths: Sequence[str | os.PathLike]) -> None:
-        if not paths:
-            raise ValueError("CoreTurns needs at least one lock file")
-        self.paths = [Path(p) for p in paths]
-        self._fds: list[int] = []
-        self._pid = -1
-
-    def _descriptors(self) -> list[int]:
-        # Opened in each worker after the fork: a lock belongs to an open file, and one
-        # inherited from the parent would be the same lock in every worker.
-        if self._pid != os.getpid():
-            self._fds = [os.open(p, os.O_RDWR | os.O_CREAT, 0o600) for p in self.paths]
-            self._pid = os.getpid()
-        return self._fds
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """A free turn if there is one, else wait for this worker's own (by pid)."""
-        fds = self._descriptors()
-        chosen = None
-        for fd in fds:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            chosen = fd
-            break
-        if chosen is None:
-            chosen = fds[os.getpid() % len(fds)]
-            fcntl.flock(chosen, fcntl.LOCK_EX)  # blocks this thread only (GIL released)
-        try:
-            yield
-        finally:
-            fcntl.flock(chosen, fcntl.LOCK_UN)
-
-
-def make_core_turns(folder: Path, turns: int) -> list[Path]:
-    """``turns`` empty lock files in ``folder`` (a fresh folder per server start)."""
-    paths = [folder / f"core-turn-{i}.lock" for i in range(turns)]
-    for path in paths:
-        path.touch()
-    return paths
-
-
 @dataclass
 class _Waiting:
     predictor: Predictor
@@ -116,12 +53,10 @@ class ForwardRunner:
         self,
         *,
         on_pass: Callable[[int], None] | None = None,
-        turns: CoreTurns | None = None,
         cooperative: bool | None = None,
         max_rows: int = MAX_BATCH_ROWS,
     ) -> None:
         self.on_pass = on_pass  # called with the pictures in each pass (the metrics)
-        self.turns = turns  # None: this worker has its cores to itself
         self.max_rows = max_rows
         self._cooperative = cooperative  # None: decide on first use (after the fork)
         self._pool = None
@@ -145,20 +80,14 @@ class ForwardRunner:
         """``function(*args)`` on the model thread (inline outside gevent); for work such as
         Grad-CAM that must not overlap a forward pass and is not merged with others."""
         if not self.cooperative:
-            return self._in_turn(function, *args)
-        return self._thread().apply(self._in_turn, (function, *args))
-
-    def _in_turn(self, function: Callable[..., T], *args: Any) -> T:
-        if self.turns is None:
             return function(*args)
-        with self.turns.held():
-            return function(*args)
+        return self._thread().apply(function, args)
 
     def probabilities(self, predictor: Predictor, batch: np.ndarray) -> np.ndarray:
         """``predictor.predict_proba(batch)``, merged with whatever else is waiting."""
         if not self.cooperative:
             self._count(len(batch))
-            return self._in_turn(predictor.predict_proba, batch)
+            return predictor.predict_proba(batch)
         from gevent import spawn
         from gevent.event import AsyncResult
 
@@ -177,7 +106,7 @@ class ForwardRunner:
                 group = self._next_group()
                 merged = np.concatenate([w.batch for w in group])
                 try:
-                    probs = self.call(group[0].predictor.predict_proba, merged)
+                    probs = self._thread().apply(group[0].predictor.predict_proba, (merged,))
                 except BaseException as exc:  # each request answers its own error
                     for waiting in group:
                         waiting.result.set_exception(exc)

@@ -44,27 +44,9 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-# A worker's forward passes use at most this many threads by default: a pass of a few
-# small pictures gains little from more, and more workers hold more connections.
-MAX_THREADS_PER_WORKER = 4
-
-
-def worker_plan(
-    workers: int | None = None, threads: int | None = None, cores: int | None = None
-) -> tuple[int, int, int]:
-    """(workers, torch threads per worker, core turns) for this machine.
-
-    Each worker's passes may use up to ``MAX_THREADS_PER_WORKER`` cores, so a lone request
-    is answered with all of them, and there are at least two workers, so one that is
-    recycled or stuck in a 5 s decode leaves the other serving. Where the workers' threads
-    add up to more than the cores, their passes take turns (``forward.CoreTurns``, one turn
-    per group of ``threads`` cores); 0 turns means no need.
-    """
-    cores = cores or cpu_count()
-    threads = threads or min(cores, MAX_THREADS_PER_WORKER)
-    workers = workers or max(2, cores // threads)
-    turns = 0 if workers * threads <= cores else max(1, cores // threads)
-    return workers, threads, turns
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """Split the cores between workers so that together they never oversubscribe."""
+    return max(1, (cores or cpu_count()) // max(1, workers))
 
 
 def check_model(model: str | os.PathLike | None) -> Path:
@@ -156,15 +138,12 @@ def serve(
 
     from gunicorn.app.base import BaseApplication
 
-    from .forward import make_core_turns
     from .metrics import gunicorn_hooks, start_multiprocess_dir
 
-    workers, threads, turns = worker_plan(workers, threads)
-    # Before any worker forks: /metrics then sums every worker's counters, and the lock
-    # files of the core turns sit in the same fresh folder (removed on exit).
-    folder = start_multiprocess_dir()
-    metrics_hooks = gunicorn_hooks(folder)
-    turn_files = [str(p) for p in make_core_turns(folder, turns)]
+    workers = workers or cpu_count()
+    threads = threads or threads_per_worker(workers)
+    # Before any worker forks: /metrics then sums every worker's counters.
+    metrics_hooks = gunicorn_hooks(start_multiprocess_dir())
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -175,20 +154,15 @@ def serve(
         def load(self):
             # Called in each worker after the fork: its own app, model and torch threads.
             return create_app(
-                path,
-                IMAGECLF_MODEL_LOADING="eager",
-                IMAGECLF_TORCH_THREADS=threads,
-                IMAGECLF_CORE_TURNS=turn_files,
-                **limits,
+                path, IMAGECLF_MODEL_LOADING="eager", IMAGECLF_TORCH_THREADS=threads, **limits
             )
 
     log.info(
-        "serving %s on http://%s:%d with %d worker(s) x %d thread(s)%s",
+        "serving %s on http://%s:%d with %d worker(s) x %d thread(s)",
         path,
         host,
         port,
         workers,
         threads,
-        f", passes taking {turns} turn(s) at the cores" if turns else "",
     )
     Server().run()

@@ -32,7 +32,7 @@ from ..imaging import (
     decode_image,
 )
 from ..predict import Predictor
-from .forward import CoreTurns, ForwardRunner
+from .forward import ForwardRunner
 from .memory import release_free_memory
 from .pictures import DISPLAY_SIZE
 from .uploads import Upload
@@ -86,7 +86,6 @@ class ModelService:
         max_request_pixels: int = MAX_REQUEST_PIXELS,
         decode_seconds: float = DECODE_SECONDS,
         torch_threads: int | None = None,
-        core_turns: list[str] | None = None,
         on_loaded: Callable[[Predictor], None] | None = None,
         on_forward_pass: Callable[[int], None] | None = None,
     ) -> None:
@@ -97,8 +96,7 @@ class ModelService:
         self.decode_seconds = decode_seconds
         self.torch_threads = torch_threads
         # The model's own thread in a gevent worker; reports the pictures per pass.
-        turns = CoreTurns(core_turns) if core_turns else None
-        self.runner = ForwardRunner(on_pass=on_forward_pass, turns=turns)
+        self.runner = ForwardRunner(on_pass=on_forward_pass)
         self.error: str | None = None
         self._predictor: Predictor | None = None
         self._loaded = threading.Event()
