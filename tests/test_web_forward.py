@@ -11,7 +11,7 @@ import gevent
 import numpy as np
 import pytest
 
-from imageclf.web.forward import ForwardRunner, gevent_is_patched
+from imageclf.web.forward import ForwardRunner, connections, gevent_is_patched
 
 
 class FakePredictor:
@@ -55,6 +55,12 @@ def pictures(*ids: int) -> np.ndarray:
     batch = np.zeros((len(ids), 2, 2, 3), np.uint8)
     batch[:, 0, 0, 0] = ids
     return batch
+
+
+@pytest.fixture(autouse=True)
+def _busy_worker(monkeypatch):
+    """Several open connections, as in a loaded worker: passes go to the model thread."""
+    monkeypatch.setattr(connections, "open", 8)
 
 
 def run_all(runner: ForwardRunner, predictor, requests: list[tuple[int, ...]]):
@@ -126,6 +132,21 @@ def test_grad_cam_never_overlaps_a_pass():
     assert [g.value for g in greenlets[4:6]] == ["explained", "explained"]
     assert not predictor.overlapped
     assert len(predictor.threads) == 1  # the one model thread
+
+
+def test_a_lone_connection_runs_its_pass_inline_and_a_busy_worker_hands_it_over(
+    monkeypatch,
+):
+    runner = ForwardRunner(cooperative=True)
+    predictor = FakePredictor(delay=0)
+    monkeypatch.setattr(connections, "open", 1)  # only the caller's own connection
+    assert runner.probabilities(predictor, pictures(3))[:, 0].tolist() == [3]
+    assert predictor.threads == {threading.get_ident()}
+    monkeypatch.setattr(connections, "open", 2)
+    greenlet = gevent.spawn(runner.probabilities, predictor, pictures(4))
+    greenlet.join(timeout=30)
+    assert greenlet.value[:, 0].tolist() == [4]
+    assert len(predictor.threads) == 2  # the second pass ran on the model thread
 
 
 def test_outside_gevent_everything_runs_in_the_caller():

@@ -10,6 +10,11 @@ goes through the model as one batch, which costs less per picture than one at a 
 (the bundled model on one thread: 136 pictures/s in batches, ~87/s singly).
 
 Grad-CAM runs on the same thread, so nothing touches the model while it holds hooks.
+A request alone in its worker (one open connection) runs its pass inline: with nobody
+to read or parse for, the hand-off to the model thread and back would only add its two
+wake-ups (~1-1.5 ms on a 2-core VM, docs/benchmarks.md). Connections, not requests,
+are counted: while a pass runs inline nothing else is read, so a count of requests
+would always say "alone".
 Outside gevent (the Flask debug server, tests) everything runs in the caller, as before.
 """
 
@@ -28,6 +33,15 @@ T = TypeVar("T")
 # The most pictures one merged pass takes (a request with more still goes whole, alone):
 # past this a CPU gains little throughput and the requests in it wait for all of it.
 MAX_BATCH_ROWS = 32
+
+
+class _Connections:
+    """Client connections this worker holds (``worker.DeadlineGeventWorker`` counts them)."""
+
+    open = 0
+
+
+connections = _Connections()
 
 
 def gevent_is_patched() -> bool:
@@ -85,7 +99,7 @@ class ForwardRunner:
 
     def probabilities(self, predictor: Predictor, batch: np.ndarray) -> np.ndarray:
         """``predictor.predict_proba(batch)``, merged with whatever else is waiting."""
-        if not self.cooperative:
+        if not self.cooperative or (connections.open <= 1 and not self._draining):
             self._count(len(batch))
             return predictor.predict_proba(batch)
         from gevent import spawn

@@ -5,7 +5,8 @@ send their headers a byte at a time hold both workers until the timeout kills th
 Here each connection is a greenlet: a slow client costs a few KB of memory, not a
 worker, and the worker keeps answering others (``/healthz`` included). Decoding runs on
 the event loop, bounded by the decode budget; the forward pass runs on the model's own
-thread, shared by the requests waiting for it (``web/forward.py``).
+thread, shared by the requests waiting for it, unless the connection is the worker's
+only one (``web/forward.py``; this worker counts its connections for that).
 
 Deadlines, so a slow client cannot hold a connection slot for ever:
 - headers: the whole request head within ``HEADER_TIMEOUT_S`` (gunicorn's keep-alive
@@ -28,6 +29,8 @@ import warnings
 
 from gunicorn.workers.ggevent import GeventWorker
 
+from .forward import connections
+
 IDLE_TIMEOUT_S = 15.0
 
 
@@ -42,7 +45,11 @@ class DeadlineGeventWorker(GeventWorker):
 
     def handle(self, listener, client, addr) -> None:
         client.settimeout(IDLE_TIMEOUT_S)  # gevent's base class would make it blocking
-        super(GeventWorker, self).handle(listener, client, addr)
+        connections.open += 1  # a lone connection's pass runs inline (web/forward.py)
+        try:
+            super(GeventWorker, self).handle(listener, client, addr)
+        finally:
+            connections.open -= 1
 
     def handle_request(self, listener_name, req, sock, addr):
         # Not while the client waits for "100 Continue": that line must leave at once.
