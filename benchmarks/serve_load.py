@@ -569,8 +569,7 @@ def main(argv: list[str] | None = None) -> None:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
             wait_ready(port, process)
-            children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
-            workers = len(children.read_text().split())
+            workers = len(worker_rss_mb(process.pid))
             for keepalive in (False, True):  # warm-up, not reported
                 run_level(
                     port, 4, 100, upload_requests(args.image.name, image, keepalive), keepalive
@@ -659,7 +658,7 @@ def main(argv: list[str] | None = None) -> None:
         "server": {
             "workers": workers,
             "threads": args.threads or "serve's default",
-            "plan": plan,  # serve's own line: workers x threads, and turns at the cores
+            "plan": plan,  # serve's own line: workers x threads
             "workers_booted": booted,
             "max_requests": os.environ.get("IMAGECLF_MAX_REQUESTS", "default (2000)"),
         },

@@ -120,7 +120,7 @@ class ForwardRunner:
                 group = self._next_group()
                 merged = np.concatenate([w.batch for w in group])
                 try:
-                    probs = self._thread().apply(group[0].predictor.predict_proba, (merged,))
+                    probs = self.call(group[0].predictor.predict_proba, merged)
                 except BaseException as exc:  # each request answers its own error
                     for waiting in group:
                         waiting.result.set_exception(exc)
