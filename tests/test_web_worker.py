@@ -1,16 +1,19 @@
-"""The gevent worker's response corking, against a recording socket (no server needed)."""
+"""The gevent worker's connection count and response corking, against recording sockets
+(no server needed)."""
 
 from __future__ import annotations
 
 import socket
 
 import pytest
+from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker
 
 from imageclf.web import worker as worker_module
-from imageclf.web.worker import DeadlineGeventWorker
+from imageclf.web.forward import connections
+from imageclf.web.worker import IDLE_TIMEOUT_S, DeadlineGeventWorker
 
-pytestmark = pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="TCP_CORK is Linux's")
+needs_cork = pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="TCP_CORK is Linux's")
 
 
 class RecordingSocket:
@@ -56,6 +59,7 @@ def handled(monkeypatch):
     return run
 
 
+@needs_cork
 def test_response_is_corked_while_handled_and_flushed_after(handled):
     sock = RecordingSocket()
     assert handled(FakeRequest([("HOST", "x")]), sock) is True
@@ -63,6 +67,7 @@ def test_response_is_corked_while_handled_and_flushed_after(handled):
     assert sock.calls == [1, 0] and not sock.corked  # kept-alive clients get it at once
 
 
+@needs_cork
 def test_cork_is_released_when_the_request_fails(handled):
     sock = RecordingSocket()
     req = FakeRequest([])
@@ -72,6 +77,7 @@ def test_cork_is_released_when_the_request_fails(handled):
     assert sock.calls == [1, 0] and not sock.corked
 
 
+@needs_cork
 def test_expect_100_continue_is_never_corked(handled):
     # The client waits for the interim "100 Continue" before it sends the body.
     sock = RecordingSocket()
@@ -79,12 +85,51 @@ def test_expect_100_continue_is_never_corked(handled):
     assert handled.seen == [False] and sock.calls == []
 
 
+@needs_cork
 def test_sockets_without_tcp_cork_are_served_as_they_are(handled):
     sock = RecordingSocket(refuse=True)  # a Unix socket: setsockopt fails
     assert handled(FakeRequest([]), sock) is True
     assert handled.seen == [False]
 
 
+@needs_cork
 def test_set_cork_reports_what_it_did():
     assert worker_module._set_cork(RecordingSocket(), True) is True
     assert worker_module._set_cork(RecordingSocket(refuse=True), True) is False
+
+
+class ClientSocket:
+    def __init__(self) -> None:
+        self.timeout: float | None = None
+
+    def settimeout(self, seconds: float) -> None:
+        self.timeout = seconds
+
+
+def test_the_worker_counts_its_open_connections(monkeypatch):
+    """What ``forward.ForwardRunner`` reads to run a lone connection's pass inline: each
+    connection counts while gunicorn serves it (its kept-alive requests included), and
+    stops counting when it ends, also when it ends with an error."""
+    seen: list[int] = []
+    worker = DeadlineGeventWorker.__new__(DeadlineGeventWorker)
+
+    def serve(self, listener, client, addr):
+        seen.append(connections.open)
+        if addr == "inner":  # a second client connects while the first is served
+            return
+        worker.handle("listener", ClientSocket(), "inner")
+        seen.append(connections.open)
+        if addr == "fails":
+            raise ConnectionResetError("the client went away")
+
+    monkeypatch.setattr(AsyncWorker, "handle", serve)
+    monkeypatch.setattr(connections, "open", 0)
+    client = ClientSocket()
+    worker.handle("listener", client, "outer")
+    assert seen == [1, 2, 1] and connections.open == 0
+    assert client.timeout == IDLE_TIMEOUT_S  # a silent client cannot hold the slot for ever
+
+    seen.clear()
+    with pytest.raises(ConnectionResetError):
+        worker.handle("listener", ClientSocket(), "fails")
+    assert seen == [1, 2, 1] and connections.open == 0
