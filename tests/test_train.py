@@ -112,6 +112,9 @@ def test_bad_hyperparameters_are_user_errors():
         ({"restore_best": 1}, "restore_best must be true or false"),
         ({"lr_rate": 0.1}, "unknown setting 'lr_rate'; did you mean 'lr'"),
         ({"batchsize": 8}, "unknown setting 'batchsize'; did you mean 'batch_size'"),
+        ({"low_res_scale": 0}, "low_res_scale must be above 0 and at most 1"),
+        ({"low_res_scale": 1.5}, "low_res_scale must be above 0 and at most 1"),
+        ({"low_res_fraction": 1.0}, "low_res_fraction must be from 0 to below 1"),
     ],
 )
 def test_config_is_checked_when_built(overrides, needle):
@@ -314,3 +317,86 @@ def test_muon_trains_the_fast_net_and_checkpoints_its_state(synthetic, tmp_path)
     assert history[-1]["val_acc"] > 0.6  # three colours: chance is 1/3
     groups = torch.load(result.run_dir / "last.pt", weights_only=True)["optimizer"]["param_groups"]
     assert [g.get("muon", False) for g in groups].count(True) == 1
+
+
+def test_progressive_resizing_keeps_the_last_epochs_at_full_size():
+    cfg = recipes.resolve("fast", epochs=14, low_res_scale=0.75, low_res_fraction=6 / 14)
+    assert cfg.low_res_epochs == 6
+    assert [cfg.image_size_at(e) for e in (0, 5, 6, 13)] == [24, 24, 32, 32]
+    # However few the epochs, the last one trains at the size the model is used at.
+    assert (
+        recipes.resolve("fast", epochs=2, low_res_scale=0.5, low_res_fraction=0.9).low_res_epochs
+        == 1
+    )
+    assert (
+        recipes.resolve("fast", epochs=1, low_res_scale=0.5, low_res_fraction=0.9).low_res_epochs
+        == 0
+    )
+    assert (
+        recipes.resolve("fast", epochs=8, low_res_scale=1.0, low_res_fraction=0.5).low_res_epochs
+        == 0
+    )
+    assert (
+        recipes.resolve(
+            "fast", image_size=64, epochs=4, low_res_scale=0.75, low_res_fraction=0.5
+        ).image_size_at(0)
+        == 48
+    )
+
+
+def test_progressive_resizing_trains_small_first_and_counts_those_flops(
+    synthetic, tmp_path, monkeypatch
+):
+    """The net sees 16 px batches for the first two of three epochs, then 32 px; the run's
+    compute counts each epoch at its own size."""
+    from imageclf import training
+    from imageclf.compute import training_flops_per_image
+    from imageclf.models import build
+    from imageclf.models.fast import FastNet
+
+    seen: list[tuple[bool, bool, int]] = []  # (in the training loop, train mode, side)
+    in_epoch = [False]
+    one_epoch = training.train_one_epoch
+
+    def epoch(*args, **kwargs):
+        in_epoch[0] = True
+        try:
+            return one_epoch(*args, **kwargs)
+        finally:
+            in_epoch[0] = False
+
+    def record(module, args):
+        if isinstance(module, FastNet):
+            seen.append((in_epoch[0], module.training, args[0].shape[-1]))
+
+    monkeypatch.setattr(training, "train_one_epoch", epoch)
+
+    cfg = _cfg(
+        synthetic, tmp_path / "prog", recipe="fast", epochs=3, low_res_scale=0.5,
+        low_res_fraction=0.67, restore_best=False,
+    )  # fmt: skip
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        result = train(cfg, progress=False)
+    finally:
+        handle.remove()
+    trained = [side for in_loop, _, side in seen if in_loop]
+    steps = len(trained) // 3
+    assert trained == [16] * 2 * steps + [32] * steps
+    start = next(i for i, (in_loop, _, _) in enumerate(seen) if in_loop)
+    # Scored at full size (validation, test); before training, the size check's one call.
+    assert {side for _, train_mode, side in seen[start:] if not train_mode} == {32}
+    assert [side for _, train_mode, side in seen[:start] if not train_mode] == [16]
+    compute = json.loads((result.run_dir / "metrics.json").read_text())["compute"]
+    net = build("fast", 3, 32, **cfg.arch_kwargs)
+    small, full = training_flops_per_image(net, 16), training_flops_per_image(net, 32)
+    n_train = compute["images_seen"] // 3
+    assert compute["flops_per_image"] == full
+    assert compute["training_flops"] == n_train * (2 * small + full)
+    assert small < full / 3
+
+
+def test_progressive_resizing_needs_a_model_that_takes_any_size(synthetic, tmp_path):
+    cfg = _cfg(synthetic, tmp_path / "flat", low_res_scale=0.75, low_res_fraction=0.5)
+    with pytest.raises(UserInputError, match="seed-a takes only 32x32 inputs"):
+        train(cfg, progress=False)

@@ -78,7 +78,7 @@ def gemm_peak_flops(
 class ComputeReport:
     """What a run spent and how well it used the machine; stored in config.json and metrics.json."""
 
-    flops_per_image: int
+    flops_per_image: int  # at the model's input size
     images_seen: int
     training_flops: float
     loop_seconds: float  # inside training epochs only (no data loading, no final scoring)
@@ -95,9 +95,11 @@ class ComputeReport:
         return {**asdict(self), "peak_fraction": self.peak_fraction}
 
     def summary(self) -> str:
+        # The mean: epochs at a reduced size (progressive resizing) cost less per image.
+        per_image = self.training_flops / max(self.images_seen, 1)
         return (
             f"compute {self.training_flops / 1e15:.3f} PFLOP "
-            f"({self.flops_per_image / 1e6:.0f} MFLOP/image x {self.images_seen:,} images), "
+            f"({per_image / 1e6:.0f} MFLOP/image x {self.images_seen:,} images), "
             f"{self.achieved_flops_per_s / 1e12:.3f} TFLOP/s = "
             f"{100 * self.peak_fraction:.0f}% of this machine's {self.precision} GEMM peak "
             f"({self.gemm_peak_flops_per_s / 1e12:.3f} TFLOP/s, {self.cpu_capability})"
@@ -110,9 +112,13 @@ def compute_report(
     loop_seconds: float,
     dtype: torch.dtype | None,
     device: torch.device,
+    training_flops: float | None = None,
 ) -> ComputeReport:
-    """Combine a run's counts with a GEMM probe (on CUDA the probe is skipped: peak unknown)."""
-    training_flops = float(flops_per_image) * images_seen
+    """Combine a run's counts with a GEMM probe (on CUDA the probe is skipped: peak unknown).
+
+    ``training_flops`` defaults to every image at ``flops_per_image``."""
+    if training_flops is None:
+        training_flops = float(flops_per_image) * images_seen
     achieved = training_flops / max(loop_seconds, 1e-9)
     if device.type == "cpu":
         peak = gemm_peak_flops(dtype)

@@ -73,6 +73,11 @@ class TrainConfig:
     lookahead: bool = False  # airbench-style lookahead EMA of the weights
     whiten_bias_epochs: int = 0  # fast net: train the whitening bias only this long
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Progressive resizing: the first low_res_fraction of the epochs see the training
+    # pictures shrunk to low_res_scale of image_size, for a fraction of the FLOPs (0.75:
+    # about half); the last epochs train at full size, the size the model is used at.
+    low_res_scale: float = 1.0
+    low_res_fraction: float = 0.0
     tta: bool = False  # also report test accuracy with flip/translate TTA
     # transfer learning (finetune.py)
     pretrained: str | None = None  # "efficientnet-lite0": ImageNet weights, new head
@@ -125,6 +130,23 @@ class TrainConfig:
             raise UserInputError(
                 f"image_size must be from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} pixels"
             )
+        if not 0 < self.low_res_scale <= 1:
+            raise UserInputError("low_res_scale must be above 0 and at most 1")
+        if not 0 <= self.low_res_fraction < 1:
+            raise UserInputError("low_res_fraction must be from 0 to below 1")
+
+    @property
+    def low_res_epochs(self) -> int:
+        """Epochs at the reduced size; at least the last epoch is always at full size."""
+        if self.low_res_scale == 1:
+            return 0
+        return min(self.epochs - 1, round(self.low_res_fraction * self.epochs))
+
+    def image_size_at(self, epoch: int) -> int:
+        """The side of the training pictures in ``epoch`` (0-based)."""
+        if epoch < self.low_res_epochs:
+            return max(MIN_INPUT_SIZE, round(self.low_res_scale * self.image_size))
+        return self.image_size
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

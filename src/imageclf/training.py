@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import finetune
-from .data.augment import augment_batch
+from .data.augment import augment_batch, shrink
 from .data.loader import batch_indices
 from .device import Runtime, autocast, setup_runtime
 from .errors import UserInputError
@@ -194,6 +194,7 @@ def train_one_epoch(
     correct = torch.zeros((), dtype=torch.int64)
     seen = 0
     steps = data.steps_per_epoch(cfg)
+    side = cfg.image_size_at(epoch)  # progressive resizing: smaller in the first epochs
     bar = tqdm(
         total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not show,
         unit="step", dynamic_ncols=True,
@@ -203,6 +204,8 @@ def train_one_epoch(
         idx = idx[rank::world]  # each process takes its share of the batch
         x = parts.normalizer(data.x_train[idx], rt.device)
         x = augment_batch(x, data.train_idx[idx], epoch, cfg.augment, gen, cfg.seed)
+        if side != x.shape[-1]:
+            x = shrink(x, side)
         y = data.y_train[idx].to(rt.device)
         set_learning_rate(
             parts.optimizer, cfg, schedule_multiplier(cfg, step, total_steps) * state.lr_factor

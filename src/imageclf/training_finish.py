@@ -82,10 +82,21 @@ def finish(
 def _compute(
     cfg: TrainConfig, parts: Parts, data: TrainData, rt: Runtime, state: RunState
 ) -> ComputeReport:
-    """FLOPs spent (machine-independent) and the share of this machine's GEMM peak reached."""
-    flops = training_flops_per_image(parts.model, cfg.image_size)
-    images_seen = state.epoch * len(data.x_train)
-    return compute_report(flops, images_seen, state.train_seconds, rt.amp_dtype, rt.device)
+    """FLOPs spent (machine-independent) and the share of this machine's GEMM peak reached;
+    epochs at a reduced size (progressive resizing) count at their own size."""
+    per_side = {cfg.image_size: training_flops_per_image(parts.model, cfg.image_size)}
+    sides = [cfg.image_size_at(epoch) for epoch in range(state.epoch)]
+    for side in set(sides) - set(per_side):
+        per_side[side] = training_flops_per_image(parts.model, side)
+    spent = float(sum(per_side[side] for side in sides) * len(data.x_train))
+    return compute_report(
+        per_side[cfg.image_size],
+        state.epoch * len(data.x_train),
+        state.train_seconds,
+        rt.amp_dtype,
+        rt.device,
+        training_flops=spent,
+    )
 
 
 def _calibrate(scored: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict | None:

@@ -19,6 +19,7 @@ from . import finetune
 from .data import Dataset, Split, load_dataset, make_split
 from .data.loader import Normalizer, channel_stats
 from .device import Runtime
+from .errors import UserInputError
 from .inference import evaluate_logits, predict_logits
 from .models import TrainingHooks, build, training_hooks
 from .optim import Lookahead, make_optimizer
@@ -94,6 +95,8 @@ class Parts:
             data.mean, data.std = norm["mean"], norm["std"]
         else:
             model = build(cfg.architecture, classes, cfg.image_size, **cfg.arch_kwargs)
+        if cfg.low_res_epochs:
+            _check_takes_size(model, cfg)
         normalizer = data.normalizer
         hooks = training_hooks(model)
         if not transfer:
@@ -135,3 +138,21 @@ class Parts:
     def evaluate(self, cfg, x: torch.Tensor, y: torch.Tensor, rt: Runtime, tta: bool = False):
         """Loss and accuracy of ``x``."""
         return evaluate_logits(self.logits(cfg, x, rt, tta), y)
+
+
+def _check_takes_size(model: nn.Module, cfg: TrainConfig) -> None:
+    """Progressive resizing needs a model that takes any input size (global pooling before
+    the head); a flattening head fails on its first small batch: say so before training."""
+    side = cfg.image_size_at(0)
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, 3, side, side))
+    except RuntimeError:
+        raise UserInputError(
+            f"{cfg.architecture} takes only {cfg.image_size}x{cfg.image_size} inputs, so it "
+            f"cannot train at {side} px first (low_res_scale {cfg.low_res_scale}); "
+            "leave low_res_scale at 1"
+        ) from None
+    finally:
+        model.train()

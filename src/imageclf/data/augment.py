@@ -117,6 +117,13 @@ def random_resized_crop(
     return out.contiguous(memory_format=torch.channels_last)
 
 
+def shrink(x: torch.Tensor, side: int) -> torch.Tensor:
+    """The batch at ``side`` x ``side`` (area-averaged, as a camera would see it smaller):
+    progressive resizing's early epochs."""
+    out = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
 def augment_batch(
     x: torch.Tensor,
     indices: torch.Tensor,
