@@ -8,7 +8,9 @@ One run measures, with the same model and the same picture:
    every core; before and after the server runs, averaged, since other work may change
    the load meanwhile;
 2. the per-stage latency budget of one API request, in-process: read body, parse
-   multipart, decode, resize, forward, encode JSON, and the whole Flask app;
+   multipart, decode, resize, forward, encode JSON, and the whole Flask app; and the
+   app's WSGI call against ``Predictor.predict`` with the forward pass stubbed in both
+   (what the app adds, the pass aside);
 3. the real server (gunicorn on 127.0.0.1) at each concurrency level, with clients
    that open a new connection per request and clients that keep it alive; and at
    concurrency 1 in rounds that alternate with in-process calls (``c1_rounds``), which
@@ -18,6 +20,7 @@ One run measures, with the same model and the same picture:
     python benchmarks/serve_load.py                        # the bundled model
     python benchmarks/serve_load.py --model tiny           # a random-weight seed-a bundle
     python benchmarks/serve_load.py --soak 10000
+    python benchmarks/serve_load.py --stages-only          # in-process budget, no server
     IMAGECLF_MAX_REQUESTS=0 python benchmarks/serve_load.py --workers 1 --soak 10000
 
 The clients are raw sockets sending one pre-built request, so the load generator
@@ -305,6 +308,50 @@ def stage_budget(model: str, body: bytes, ctype: str, repeats: int) -> dict:
     return budget
 
 
+def app_overhead(model: str, image: bytes, body: bytes, ctype: str, repeats: int) -> dict:
+    """Median microseconds of the app's own WSGI call (no HTTP server, no test client)
+    and of ``Predictor.predict``, both with the model's logits replaced by a constant:
+    what the app adds to an in-process call, apart from the forward pass itself."""
+    import io
+
+    from werkzeug.test import EnvironBuilder
+
+    from imageclf.web import create_app
+    from imageclf.web.extensions import get_service
+
+    app = create_app(model, IMAGECLF_MODEL_LOADING="eager", IMAGECLF_TORCH_THREADS=1)
+    predictor = get_service(app).predictor()
+    constant = predictor._logits(predictor.preprocess(image), False)
+    predictor._logits = lambda batch, tta: constant.expand(len(batch), -1)
+    environ = EnvironBuilder(
+        "/api/v1/predict", method="POST", data=body, content_type=ctype
+    ).get_environ()
+
+    def wsgi_call() -> None:
+        statuses: list[str] = []
+        answer = app.wsgi_app(
+            {**environ, "wsgi.input": io.BytesIO(body)}, lambda s, h, e=None: statuses.append(s)
+        )
+        b"".join(answer)
+        answer.close()
+        assert statuses[0].startswith("200"), statuses
+
+    def median_us(call) -> float:
+        for _ in range(50):
+            call()
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - started)
+        return round(statistics.median(times) * 1e6, 1)
+
+    return {
+        "Predictor.predict, logits stubbed": median_us(lambda: predictor.predict(image, top_k=5)),
+        "app WSGI call, logits stubbed": median_us(wsgi_call),
+    }
+
+
 # ---------------------------------------------------------------- 3. the real server
 class Client:
     """One client connection: sends pre-built requests in turn, reads one response each."""
@@ -544,6 +591,12 @@ def free_port() -> int:
 
 
 # ---------------------------------------------------------------- main
+def print_budget(budget: dict) -> None:
+    print("\nper-stage budget (median us, in-process, 1 thread):")
+    for name, value in budget.items():
+        print(f"  {name:<36}{value:>10}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="bundle or .onnx (default: bundled)")
@@ -554,11 +607,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--soak", type=int, default=0, help="then N more, sampling memory")
     parser.add_argument("--baseline-calls", type=int, default=2000, help="per process")
     parser.add_argument("--stage-repeats", type=int, default=500)
+    parser.add_argument(
+        "--stages-only", action="store_true", help="only the in-process stage budget"
+    )
     parser.add_argument("--c1-rounds", type=int, default=10, help="alternating c1 rounds")
     parser.add_argument("--c1-requests", type=int, default=200, help="per phase of a round")
     parser.add_argument("--image", type=Path, default=EXAMPLE, help="image to post")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "serve_load.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/serve_load*.json")
     args = parser.parse_args(argv)
+    suffix = "_stages" if args.stages_only else ""
+    args.out = args.out or HERE / "results" / f"serve_load{suffix}.json"
     levels = [int(level) for level in args.concurrency.split(",")]
     # The baseline is the issue's: one plain process per core, one thread each, whatever
     # the server runs; the server gets --workers only when asked (else serve's default).
@@ -577,10 +635,18 @@ def main(argv: list[str] | None = None) -> None:
         body, ctype = multipart(args.image.name, image)
         load_before = loadavg()
 
-        print("in-process Predictor.predict ...", flush=True)
-        before = baselines(str(model), image, cores, args.baseline_calls)
+        if not args.stages_only:
+            print("in-process Predictor.predict ...", flush=True)
+            before = baselines(str(model), image, cores, args.baseline_calls)
         print("per-stage budget ...", flush=True)
         budget = stage_budget(str(model), body, ctype, args.stage_repeats)
+        budget |= app_overhead(str(model), image, body, ctype, args.stage_repeats * 4)
+        if args.stages_only:
+            print_budget(budget)
+            report = {"machine": describe(), "model": MODEL_NAMES.get(args.model, str(model))}
+            report["stage_budget_us"] = budget
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
+            return
 
         port = free_port()
         command = [sys.executable, "-m", "imageclf", "serve", "--model", str(model)]
@@ -713,9 +779,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Predictor.predict, 1 process on all {cores} cores: p50 {all_cores['p50_ms']} ms "
         "(for reference; the goals read the 1-thread numbers)"
     )
-    print("\nper-stage budget (median us, in-process, 1 thread):")
-    for name, value in budget.items():
-        print(f"  {name:<26}{value:>10}")
+    print_budget(budget)
     for keepalive, label in ((False, "new"), (True, "kept alive")):
         us = floor[keepalive]["p50_ms"] * 1000
         print(f"  GET /healthz on the server, c1 p50, {label:<10} {us:>6.0f}")
