@@ -203,6 +203,9 @@ RECIPES: dict[str, dict] = {
     # batch 256 beat 512 in throughput. 11 epochs (0.058 PFLOP on 50k images, inside issue
     # #10's 0.06 budget) beat 9 on validation (+0.7 points with TTA) and on 3 seeds' test
     # (median 87.3% vs 86.6% with TTA); ~5 minutes on 2 AVX-512/bf16 cores, ~10.5 on AVX2.
+    # Progressive resizing (the first 6 of 14 epochs at 24 px, the same FLOPs) gained 0.5
+    # on validation but only ~0.2 on 3 test seeds, and ran 16% longer at 43% of the GEMM
+    # peak instead of 53%: not the default (low_res_scale / low_res_fraction to try it).
     "fast": dict(
         architecture="fast",
         arch_kwargs={"widths": [32, 64, 128]},
