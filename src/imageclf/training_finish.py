@@ -84,10 +84,8 @@ def _compute(
 ) -> ComputeReport:
     """FLOPs spent (machine-independent) and the share of this machine's GEMM peak reached;
     epochs at a reduced size (progressive resizing) count at their own size."""
-    per_side = {cfg.image_size: training_flops_per_image(parts.model, cfg.image_size)}
     sides = [cfg.image_size_at(epoch) for epoch in range(state.epoch)]
-    for side in set(sides) - set(per_side):
-        per_side[side] = training_flops_per_image(parts.model, side)
+    per_side = {s: training_flops_per_image(parts.model, s) for s in {cfg.image_size, *sides}}
     spent = float(sum(per_side[side] for side in sides) * len(data.x_train))
     return compute_report(
         per_side[cfg.image_size],
