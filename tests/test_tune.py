@@ -180,6 +180,50 @@ def test_two_processes_share_one_sqlite_study(data, space_file, tmp_path):
              study="shared", epochs=2, out=tmp_path / "intruder", progress=False)  # fmt: skip
 
 
+# Takes queued trials as fast as it can through imageclf's storage; prints their numbers.
+_TAKE_QUEUED = """
+import json, sys, optuna
+from imageclf.tuning_study import open_study
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+study = open_study(optuna, sys.argv[1], "queue", optuna.pruners.NopPruner())
+taken = []
+while True:
+    trial = study.ask()
+    if "queued" not in trial.user_attrs:  # the queue is empty: a fresh trial
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        break
+    taken.append(trial.number)
+    study.tell(trial, 1.0)
+print(json.dumps(taken))
+"""
+
+
+def test_two_workers_never_take_the_same_queued_trial(tmp_path):
+    """SQLite ignores optuna's row lock: without imageclf's IMMEDIATE transactions both
+    workers read a queued trial as waiting, both run it, and the second to finish crashes
+    ("Cannot tell a COMPLETE trial"); seen in CI with the baseline trial."""
+    storage = f"sqlite:///{tmp_path / 'queue.db'}"
+    study = optuna.create_study(storage=storage, study_name="queue", direction="maximize")
+    for i in range(60):
+        study.enqueue_trial({"x": i}, user_attrs={"queued": True})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _TAKE_QUEUED, storage],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [w.communicate(timeout=120) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [err[-600:] for _, err in results]
+    first, second = (json.loads(out) for out, _ in results)
+    assert not set(first) & set(second)
+    assert sorted(first + second) == list(range(60))
+
+
 def _fake_study(values: list[float]):
     """An in-memory study of finished trials: plots without training anything."""
     study = optuna.create_study(direction="maximize")

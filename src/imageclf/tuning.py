@@ -212,7 +212,8 @@ def _start_study(
     if first and not study_.get_trials(deepcopy=False):
         baseline = plan.space.current(plan.cfg)
         if baseline:
-            study_.enqueue_trial(baseline, user_attrs={"baseline": True})
+            # skip_if_exists: a second worker starting at the same moment may also be "first".
+            study_.enqueue_trial(baseline, user_attrs={"baseline": True}, skip_if_exists=True)
             log.info("the first trial runs the recipe's own settings (the baseline)")
     existing = len(study_.get_trials(deepcopy=False))
     # Seeded per start, so a resumed or second worker does not redraw the same settings.

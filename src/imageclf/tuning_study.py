@@ -92,7 +92,7 @@ def open_study(optuna, storage: str, name: str, pruner):
     for attempt in range(6):
         try:
             return optuna.create_study(
-                storage=storage,
+                storage=_storage(optuna, storage),
                 study_name=name,
                 direction="maximize",
                 pruner=pruner,
@@ -107,6 +107,32 @@ def open_study(optuna, storage: str, name: str, pruner):
     shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", storage)  # never print a password
     detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     raise UserInputError(f"cannot open the study storage {shown}: {detail}")
+
+
+def _storage(optuna, url: str):
+    """The storage behind ``url``; SQLite's takes its write lock when a transaction begins.
+
+    SQLite ignores the row lock optuna asks for when a worker takes a queued trial (the
+    baseline, a requeued one), so two workers could both read it as waiting and both run
+    it, and the second to finish fails. Beginning every transaction IMMEDIATE makes the
+    second worker wait for the first's commit and then see the trial taken.
+    """
+    if not url.startswith("sqlite"):
+        return url
+    from sqlalchemy import event
+
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+
+    def no_implicit_begin(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # the driver's own BEGIN is deferred
+
+    def begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(storage.engine, "connect", no_implicit_begin)
+    event.listen(storage.engine, "begin", begin_immediate)
+    storage.engine.dispose()  # connections opened before the listeners go
+    return storage
 
 
 def check_same_study(study, record: dict) -> bool:
