@@ -24,7 +24,8 @@ from imageclf.errors import UserInputError
 optuna = pytest.importorskip("optuna")
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")  # trials run with --threads 1
 
-from imageclf.tuning import tune  # noqa: E402 (needs the optuna skip above to be meaningful)
+from imageclf import tuning_study  # noqa: E402 (needs the optuna skip above to be meaningful)
+from imageclf.tuning import tune  # noqa: E402
 
 # Small and fast: batch 16 on 108 training images is 7 steps per epoch.
 SPACE = {
@@ -222,6 +223,44 @@ def test_two_workers_never_take_the_same_queued_trial(tmp_path):
     first, second = (json.loads(out) for out, _ in results)
     assert not set(first) & set(second)
     assert sorted(first + second) == list(range(60))
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("sqlite:::", "Could not parse"),
+        ("bogus://x", "bogus"),
+        ("sqlite:////nonexistent-imageclf/x.db", "folder /nonexistent-imageclf does not exist"),
+    ],
+)
+def test_a_storage_that_cannot_work_is_refused_without_retrying(url, says, monkeypatch):
+    waits: list[float] = []
+    monkeypatch.setattr(tuning_study.time, "sleep", waits.append)
+    with pytest.raises(UserInputError, match=f"cannot open the study storage .*{says}"):
+        tuning_study.open_study(optuna, url, "s", optuna.pruners.NopPruner())
+    assert waits == []  # another try cannot succeed: the error comes at once
+
+
+def test_a_busy_new_database_is_retried_and_a_memory_one_works(monkeypatch):
+    """Two workers creating one new database race on its tables: that is retried."""
+    from sqlalchemy.exc import OperationalError
+
+    waits: list[float] = []
+    monkeypatch.setattr(tuning_study.time, "sleep", waits.append)
+    real = optuna.create_study
+    failures = iter([OperationalError("CREATE TABLE", {}, Exception("already exists"))] * 2)
+
+    def racing_create(**kwargs):
+        for failure in failures:
+            raise failure
+        return real(**kwargs)
+
+    monkeypatch.setattr(optuna, "create_study", racing_create)
+    for url in ("sqlite://", "sqlite:///:memory:"):  # one process: no lock to take
+        study = tuning_study.open_study(optuna, url, "s", optuna.pruners.NopPruner())
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+        assert len(study.trials) == 2
+    assert waits == [0.5, 1.0]
 
 
 def _fake_study(values: list[float]):

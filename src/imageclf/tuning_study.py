@@ -87,7 +87,7 @@ def load_settings(resume, **given) -> tuple[Path, dict]:
 
 def open_study(optuna, storage: str, name: str, pruner):
     """Create or join the study; retries the race of two workers creating one new database."""
-    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
     for attempt in range(6):
         try:
@@ -98,12 +98,12 @@ def open_study(optuna, storage: str, name: str, pruner):
                 pruner=pruner,
                 load_if_exists=True,
             )
+        except (ArgumentError, ValueError, ImportError) as exc:
+            error = exc  # a malformed URL, an unknown database, a missing driver: final
+            break
         except SQLAlchemyError as exc:  # e.g. "table alembic_version already exists"
             error = exc
             time.sleep(0.5 * (attempt + 1))
-        except (ValueError, ImportError) as exc:  # a malformed URL, a missing driver
-            error = exc
-            break
     shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", storage)  # never print a password
     detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     raise UserInputError(f"cannot open the study storage {shown}: {detail}")
@@ -117,9 +117,15 @@ def _storage(optuna, url: str):
     it, and the second to finish fails. Beginning every transaction IMMEDIATE makes the
     second worker wait for the first's commit and then see the trial taken.
     """
-    if not url.startswith("sqlite"):
-        return url
     from sqlalchemy import event
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database if url.startswith("sqlite") else None
+    if database in (None, "", ":memory:"):
+        return url  # a server database honours the lock; a memory one has one process
+    folder = Path(database).parent
+    if not folder.is_dir():
+        raise ValueError(f"the folder {folder} does not exist")
 
     storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
 
