@@ -23,14 +23,14 @@ def free_port() -> int:
 
 
 class RunningServer:
-    def __init__(self, port: int, process: subprocess.Popen, log: Path) -> None:
-        self.port, self.process, self.log = port, process, log
+    def __init__(self, port: int, process: subprocess.Popen, log: Path, home: Path) -> None:
+        self.port, self.process, self.log, self.home = port, process, log, home
 
-    def request(self, method: str, path: str, body=None, headers=None):
+    def request(self, method: str, path: str, body=None, headers=None, chunked=False):
         """One request on a new connection: (status, headers, body)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
             response = conn.getresponse()
             return response.status, dict(response.getheaders()), response.read()
         finally:
@@ -40,13 +40,15 @@ class RunningServer:
         path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         return sorted(int(pid) for pid in path.read_text().split())
 
-    def wait_ready(self, timeout_s: float = STARTUP_S) -> None:
+    def wait_ready(self, workers: int, timeout_s: float = STARTUP_S) -> None:
+        """Until /readyz answers 200 and all ``workers`` have started."""
         deadline = time.monotonic() + timeout_s
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited ({self.process.returncode}):\n{self.text()}")
             with contextlib.suppress(OSError):
-                if self.request("GET", "/readyz")[0] == 200:
+                ready = self.request("GET", "/readyz")[0] == 200
+                if ready and len(self.worker_pids()) == workers:
                     return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server not ready after {timeout_s}s:\n{self.text()}")
@@ -73,19 +75,34 @@ def stop_process(process: subprocess.Popen) -> int:
 
 @contextlib.contextmanager
 def serving(
-    model: Path, folder: Path, *, workers: int = 2, env: dict[str, str] | None = None
+    model: Path,
+    folder: Path,
+    *,
+    workers: int = 2,
+    threads: int | None = None,
+    env: dict[str, str] | None = None,
+    server_class: type[RunningServer] = RunningServer,
 ) -> Iterator[RunningServer]:
-    """``imageclf serve --model MODEL`` until the block ends; its log is ``folder/server.log``."""
+    """``imageclf serve --model MODEL`` until the block ends, every worker ready; its log is
+    ``folder/server-<port>.log`` and its HOME ``folder/home`` (where gunicorn would put a
+    control socket), so servers in separate folders share nothing."""
+    folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log = folder / "server.log"
+    log = folder / f"server-{port}.log"
+    home = folder / "home"
+    home.mkdir(exist_ok=True)
+    environ = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(home), **(env or {})}
+    environ.pop("XDG_RUNTIME_DIR", None)
     command = [sys.executable, "-m", "imageclf", "serve", "--model", str(model)]
     command += ["--port", str(port), "--workers", str(workers)]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    command += ["--threads", str(threads)] if threads else []
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env)
-    server = RunningServer(port, process, log)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environ)
+    server = server_class(port, process, log, home)
     try:
-        server.wait_ready()
+        server.wait_ready(workers)
+        for _ in range(8):  # every worker answers (its model loaded) before anything is timed
+            server.request("GET", "/readyz")
         yield server
     finally:
         server.stop()

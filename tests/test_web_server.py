@@ -11,13 +11,9 @@ from the limits they guard.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import io
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,20 +25,13 @@ import numpy as np
 import pytest
 from crafted import animated_webp, bilevel_png, encode, noise, progressive_jpeg, rle4_bmp
 from helpers import make_tiny_bundle, png_bytes
-from realserver import stop_process
+from realserver import RunningServer, serving
 
 from imageclf.web.server import HEADER_TIMEOUT_S, TIMEOUT_S
 
-STARTUP_S = 90
 BODY_TIMEOUT_S = 4  # the module's server gets a short body deadline to test it quickly
 PEAK_LIMIT_MB = 500  # issue 12: what one request may add to a worker's peak
 HELD_LIMIT_MB = 50  # ...and what the worker may still hold afterwards
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def multipart(files: list[tuple[str, str, bytes]], fields: dict[str, str] | None = None):
@@ -72,27 +61,12 @@ def proc_status_kb(pid: int) -> dict[str, int]:
         }
 
 
-class Server:
-    def __init__(self, port: int, process: subprocess.Popen, log: Path, home: Path) -> None:
-        self.port, self.process, self.log, self.home = port, process, log, home
-
-    def request(self, method: str, path: str, body=None, headers=None, chunked=False):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            conn.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
-            response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            conn.close()
+class Server(RunningServer):
+    """The real server with this module's multipart uploads and /proc memory readings."""
 
     def predict(self, files: list[tuple[str, bytes]], field: str = "files"):
         body, content_type = multipart([(field, name, data) for name, data in files])
         return self.request("POST", "/api/v1/predict", body, {"Content-Type": content_type})
-
-    def worker_pids(self) -> list[int]:
-        pid = self.process.pid
-        with open(f"/proc/{pid}/task/{pid}/children") as children:
-            return sorted(int(p) for p in children.read().split())
 
     def reset_peaks(self) -> dict[int, dict[str, int]]:
         """Reset every worker's peak resident size; returns their status right after."""
@@ -103,46 +77,18 @@ class Server:
             before[pid] = proc_status_kb(pid)
         return before
 
-    def stop(self) -> int:
-        return stop_process(self.process)
-
 
 @contextlib.contextmanager
 def running_server(
     folder: Path, env: dict[str, str] | None = None, workers: int = 2, threads: int | None = None
 ) -> Iterator[Server]:
-    """``imageclf serve`` with ``workers`` on a free port, ready; stopped afterwards."""
+    """The tiny model served from ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     bundle = make_tiny_bundle(folder / "tiny.safetensors")
-    port = free_port()
-    log = folder / f"server-{port}.log"
-    home = folder / "home"  # gunicorn would put a control socket here
-    home.mkdir(exist_ok=True)
-    environ = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(home), **(env or {})}
-    environ.pop("XDG_RUNTIME_DIR", None)
-    command = [sys.executable, "-m", "imageclf", "serve", "--model", str(bundle)]
-    command += ["--port", str(port), "--workers", str(workers)]
-    command += ["--threads", str(threads)] if threads else []
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environ)
-    running = Server(port, process, log, home)
-    try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited early ({process.returncode}):\n{log.read_text()}")
-            with contextlib.suppress(OSError):
-                ready = running.request("GET", "/readyz")[0] == 200
-                if ready and len(running.worker_pids()) == workers:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after {STARTUP_S}s:\n{log.read_text()}")
-            time.sleep(0.2)
-        for _ in range(8):  # both workers answer (and have loaded their model) before timing
-            running.request("GET", "/readyz")
+    with serving(
+        bundle, folder, workers=workers, threads=threads, env=env, server_class=Server
+    ) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
