@@ -171,6 +171,9 @@ def test_two_processes_share_one_sqlite_study(data, space_file, tmp_path):
     assert 4 <= len(numbers) <= 5, listing  # each worker stops once 4 trials have finished
     ran = sorted(int(p.name) for i in range(2) for p in (tmp_path / f"worker{i}/trials").iterdir())
     assert ran == numbers, (listing, outputs)  # every trial ran in exactly one worker
+    drawn = [t.params["lr"] for t in finished.values() if not t.user_attrs.get("baseline")]
+    assert len(set(drawn)) == len(drawn), listing  # each worker draws settings of its own
+    assert sum(bool(t.user_attrs.get("baseline")) for t in study.get_trials()) == 1, listing
     for i in range(2):  # both see the whole study in their results
         best = json.loads((tmp_path / f"worker{i}" / "best.json").read_text())
         assert best["tuned"]["trial"] == study.best_trial.number
@@ -186,7 +189,7 @@ _TAKE_QUEUED = """
 import json, sys, optuna
 from imageclf.tuning_study import open_study
 optuna.logging.set_verbosity(optuna.logging.ERROR)
-study = open_study(optuna, sys.argv[1], "queue", optuna.pruners.NopPruner())
+study, _ = open_study(optuna, sys.argv[1], "queue", optuna.pruners.NopPruner())
 taken = []
 while True:
     trial = study.ask()
@@ -257,10 +260,41 @@ def test_a_busy_new_database_is_retried_and_a_memory_one_works(monkeypatch):
 
     monkeypatch.setattr(optuna, "create_study", racing_create)
     for url in ("sqlite://", "sqlite:///:memory:"):  # one process: no lock to take
-        study = tuning_study.open_study(optuna, url, "s", optuna.pruners.NopPruner())
+        study, created = tuning_study.open_study(optuna, url, "s", optuna.pruners.NopPruner())
+        assert created
         study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
         assert len(study.trials) == 2
     assert waits == [0.5, 1.0]
+
+
+def test_one_worker_creates_the_study_and_a_joiner_waits_for_its_record(tmp_path, monkeypatch):
+    """Workers starting together: exactly one creates the study and writes its record; one
+    that joins before the record is written waits for it, then is checked against it."""
+    import threading
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    pruner = optuna.pruners.NopPruner()
+    creator, created = tuning_study.open_study(optuna, storage, "s", pruner)
+    joiner, joined_created = tuning_study.open_study(optuna, storage, "s", pruner)
+    assert (created, joined_created) == (True, False)
+
+    record = {"base": "fast", "config": {}, "space": {"lr": 1}, "epochs_cap": 2,
+              "data": {"fingerprint": "abc"}, "split": "holdout"}  # fmt: skip
+    writer = threading.Timer(0.3, tuning_study.check_same_study, (creator, record, True))
+    writer.start()
+    with pytest.raises(UserInputError, match="created with a different space"):
+        tuning_study.check_same_study(joiner, {**record, "space": {"lr": 2}}, False)
+    writer.join()
+    assert tuning_study.check_same_study(joiner, record, False) is False  # same: joins
+
+    # A study made with optuna itself (trials, no record): adopted at once, no waiting.
+    outside = optuna.create_study(storage=storage, study_name="outside")
+    outside.enqueue_trial({"lr": 1e-3})
+    waits: list[float] = []
+    monkeypatch.setattr(tuning_study.time, "sleep", waits.append)
+    study, created = tuning_study.open_study(optuna, storage, "outside", pruner)
+    assert tuning_study.check_same_study(study, record, created) is True and waits == []
+    assert study.user_attrs["imageclf"] == record
 
 
 def _fake_study(values: list[float]):

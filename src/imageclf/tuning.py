@@ -196,7 +196,7 @@ def _start_study(
     run_dir.mkdir(parents=True, exist_ok=True)
     # ERROR: a Ctrl-C would otherwise print a failed-trial traceback before our one line.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study_ = open_study(optuna, settings["storage"], settings["study"], pruner)
+    study_, created = open_study(optuna, settings["storage"], settings["study"], pruner)
     first = check_same_study(
         study_,
         {
@@ -207,18 +207,20 @@ def _start_study(
             "data": data_record,
             "split": split_.describe(),
         },
+        created,
     )
     write_text_atomic(run_dir / SETTINGS_FILE, json.dumps(settings, indent=2))
     if first and not study_.get_trials(deepcopy=False):
         baseline = plan.space.current(plan.cfg)
         if baseline:
-            # skip_if_exists: a second worker starting at the same moment may also be "first".
-            study_.enqueue_trial(baseline, user_attrs={"baseline": True}, skip_if_exists=True)
+            study_.enqueue_trial(baseline, user_attrs={"baseline": True})
             log.info("the first trial runs the recipe's own settings (the baseline)")
     existing = len(study_.get_trials(deepcopy=False))
-    # Seeded per start, so a resumed or second worker does not redraw the same settings.
+    # The first worker draws from --seed. One that joins or resumes has a seed of its own:
+    # workers started together see the same history and would draw the same settings.
+    seed = settings["seed"] + existing if first else int.from_bytes(os.urandom(4), "little")
     study_.sampler = optuna.samplers.TPESampler(
-        seed=settings["seed"] + existing, n_startup_trials=max(3, min(10, settings["trials"] // 3))
+        seed=seed, n_startup_trials=max(3, min(10, settings["trials"] // 3))
     )
     if resume is not None:
         requeue_interrupted(optuna, study_)

@@ -86,18 +86,21 @@ def load_settings(resume, **given) -> tuple[Path, dict]:
 
 
 def open_study(optuna, storage: str, name: str, pruner):
-    """Create or join the study; retries the race of two workers creating one new database."""
+    """Create or join the study: (study, True when this call created it). Exactly one of
+    several workers starting together creates it (the name is unique in the storage); the
+    race of two creating one new database's tables is retried."""
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
     for attempt in range(6):
         try:
-            return optuna.create_study(
-                storage=_storage(optuna, storage),
-                study_name=name,
-                direction="maximize",
-                pruner=pruner,
-                load_if_exists=True,
-            )
+            backend = _storage(optuna, storage)
+            try:
+                study = optuna.create_study(
+                    storage=backend, study_name=name, direction="maximize", pruner=pruner
+                )
+                return study, True
+            except optuna.exceptions.DuplicatedStudyError:
+                return optuna.load_study(study_name=name, storage=backend, pruner=pruner), False
         except (ArgumentError, ValueError, ImportError) as exc:
             error = exc  # a malformed URL, an unknown database, a missing driver: final
             break
@@ -141,10 +144,10 @@ def _storage(optuna, url: str):
     return storage
 
 
-def check_same_study(study, record: dict) -> bool:
+def check_same_study(study, record: dict, created: bool) -> bool:
     """Workers sharing a study must search the same space on the same data; True when
-    this worker created the study's record (it is the first)."""
-    existing = study.user_attrs.get("imageclf")
+    this worker is the study's first (it wrote the record)."""
+    existing = None if created else _wait_for_record(study)
     if existing is None:
         study.set_user_attr("imageclf", record)
         return True
@@ -161,6 +164,18 @@ def check_same_study(study, record: dict) -> bool:
                 f"({json.dumps(existing.get(key))[:120]}); use another --study name"
             )
     return False
+
+
+def _wait_for_record(study, attempts: int = 50) -> dict | None:
+    """The study's record; a worker that joined a new study in the moment between its
+    creation and the creator's writing the record waits for it. A study that has trials
+    and no record was made outside imageclf: nothing to wait for."""
+    for _ in range(attempts):
+        existing = study.user_attrs.get("imageclf")
+        if existing is not None or study.get_trials(deepcopy=False):
+            return existing
+        time.sleep(0.1)
+    return None
 
 
 def requeue_interrupted(optuna, study) -> None:
