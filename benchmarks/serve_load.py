@@ -43,6 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -130,12 +131,12 @@ def _warm_predictor(model: str, image: bytes, threads: int = 1):
     return predictor
 
 
-def _time_calls(predictor, image: bytes, n: int) -> list[float]:
-    """Seconds of each of ``n`` back-to-back ``predict`` calls on the same picture."""
+def _time_calls(call: Callable[[], object], n: int) -> list[float]:
+    """Seconds of each of ``n`` back-to-back calls (a ``predict`` on the same picture)."""
     latencies = []
     for _ in range(n):
         t = time.perf_counter()
-        predictor.predict(image, top_k=5)
+        call()
         latencies.append(time.perf_counter() - t)
     return latencies
 
@@ -144,7 +145,7 @@ def _predictor_worker(model: str, image: bytes, n: int, threads: int, barrier, o
     predictor = _warm_predictor(model, image, threads)
     barrier.wait()
     started, cpu = time.perf_counter(), time.process_time()
-    latencies = _time_calls(predictor, image, n)
+    latencies = _time_calls(lambda: predictor.predict(image, top_k=5), n)
     out.put((time.perf_counter() - started, latencies, time.process_time() - cpu))
 
 
@@ -189,7 +190,7 @@ def _predictor_loop(model: str, image: bytes, pipe) -> None:
     is sent ``n``, until it is sent 0."""
     predictor = _warm_predictor(model, image)
     while n := pipe.recv():
-        pipe.send(_time_calls(predictor, image, n))
+        pipe.send(_time_calls(lambda: predictor.predict(image, top_k=5), n))
 
 
 def c1_rounds(port: int, model: str, image: bytes, name: str, rounds: int, n: int) -> dict:
@@ -339,12 +340,7 @@ def app_overhead(model: str, image: bytes, body: bytes, ctype: str, repeats: int
     def median_us(call) -> float:
         for _ in range(50):
             call()
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - started)
-        return round(statistics.median(times) * 1e6, 1)
+        return round(statistics.median(_time_calls(call, repeats)) * 1e6, 1)
 
     return {
         "Predictor.predict, logits stubbed": median_us(lambda: predictor.predict(image, top_k=5)),
