@@ -324,24 +324,15 @@ def test_progressive_resizing_keeps_the_last_epochs_at_full_size():
     assert cfg.low_res_epochs == 6
     assert [cfg.image_size_at(e) for e in (0, 5, 6, 13)] == [24, 24, 32, 32]
     # However few the epochs, the last one trains at the size the model is used at.
-    assert (
-        recipes.resolve("fast", epochs=2, low_res_scale=0.5, low_res_fraction=0.9).low_res_epochs
-        == 1
-    )
-    assert (
-        recipes.resolve("fast", epochs=1, low_res_scale=0.5, low_res_fraction=0.9).low_res_epochs
-        == 0
-    )
-    assert (
-        recipes.resolve("fast", epochs=8, low_res_scale=1.0, low_res_fraction=0.5).low_res_epochs
-        == 0
-    )
-    assert (
-        recipes.resolve(
-            "fast", image_size=64, epochs=4, low_res_scale=0.75, low_res_fraction=0.5
-        ).image_size_at(0)
-        == 48
-    )
+    for epochs, scale, fraction, low_res_epochs in [
+        (2, 0.5, 0.9, 1),
+        (1, 0.5, 0.9, 0),
+        (8, 1.0, 0.5, 0),
+    ]:
+        cfg = recipes.resolve("fast", epochs=epochs, low_res_scale=scale, low_res_fraction=fraction)
+        assert cfg.low_res_epochs == low_res_epochs, (epochs, scale, fraction)
+    cfg = recipes.resolve("fast", image_size=64, epochs=4, low_res_scale=0.75, low_res_fraction=0.5)
+    assert cfg.image_size_at(0) == 48
 
 
 def test_progressive_resizing_trains_small_first_and_counts_those_flops(
