@@ -36,7 +36,7 @@ def sample_images(data: str | None, n: int, size: int) -> np.ndarray:
 
         ds = load_dataset(data, progress=False)
         return ds.images[ds.partition == TEST][:n]
-    from imageclf.export import verification_images
+    from imageclf.prediction.export import verification_images
 
     return verification_images(size, n)
 
@@ -105,8 +105,8 @@ def main() -> None:
 
     import torch
 
-    from imageclf.export import export_onnx
-    from imageclf.predict import Predictor, default_model_path
+    from imageclf.prediction.export import export_onnx
+    from imageclf.prediction.predictor import Predictor, default_model_path
 
     cores = torch.get_num_threads()
     model = Path(args.model) if args.model else default_model_path()

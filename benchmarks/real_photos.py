@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe, loadavg
 
 from imageclf.imaging import WEB_FORMATS, decode_image
-from imageclf.predict import Predictor, collect_images, default_model_path
+from imageclf.prediction.predictor import Predictor, collect_images, default_model_path
 from imageclf.web.service import ModelService, unsure_threshold
 from imageclf.web.uploads import Upload
 

@@ -63,8 +63,8 @@ def tiny_bundle(folder: Path) -> Path:
     """The same random-weight 10-class seed-a bundle the tests use."""
     import torch
 
-    from imageclf.bundle import save_bundle
     from imageclf.models import build
+    from imageclf.models.bundle import save_bundle
 
     torch.manual_seed(0)
     model = build("seed-a", num_classes=10, input_size=32)
@@ -624,7 +624,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.model:
             model = Path(args.model)
         else:
-            from imageclf.predict import default_model_path
+            from imageclf.prediction.predictor import default_model_path
 
             model = default_model_path()
         image = args.image.read_bytes()

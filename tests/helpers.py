@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from imageclf.bundle import save_bundle
 from imageclf.models import build
+from imageclf.models.bundle import save_bundle
 
 SHARED_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 CLASSES = ["cat", "dog", "frog"]

@@ -9,9 +9,9 @@ from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 
 from imageclf import Predictor
-from imageclf.bundle import FORMAT, _digest, build_model, load_bundle, save_bundle
 from imageclf.errors import BundleError
 from imageclf.models import build
+from imageclf.models.bundle import FORMAT, _digest, build_model, load_bundle, save_bundle
 
 
 def test_round_trip_keeps_weights_and_metadata(tmp_path):

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from imageclf import Predictor
-from imageclf.bundle import load_bundle
 from imageclf.calibration import ece
 from imageclf.data import TEST, load_dataset
 from imageclf.data.readers import CIFAR10_CLASSES
-from imageclf.predict import default_model_path
+from imageclf.models.bundle import load_bundle
+from imageclf.prediction.predictor import default_model_path
 
 
 def test_bundled_model_metadata():

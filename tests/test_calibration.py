@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from helpers import write_image_folder
 
 import imageclf
-from imageclf import Predictor, recipes
+from imageclf import Predictor
 from imageclf.calibration import calibrate, choose_threshold, ece, fit_temperature, nll
-from imageclf.compute import training_flops_per_image
 from imageclf.models import build
-from imageclf.training import train
+from imageclf.training.compute import training_flops_per_image
+from imageclf.training.loop import train
+from imageclf.training.resolve import resolve
 
 
 def _synthetic(n: int = 4000, classes: int = 10, true_t: float = 2.5, seed: int = 0):
@@ -76,9 +77,7 @@ def test_training_records_compute_and_calibration(tmp_path):
     test ECE before/after plus its compute (FLOPs, rate, share of the GEMM peak)."""
     data = write_image_folder(tmp_path / "ds", per_class=80)
     result = train(
-        recipes.resolve(
-            "seed-a", data=str(data), out=str(tmp_path / "run"), epochs=2, seed=0, val_size=60
-        ),
+        resolve("seed-a", data=str(data), out=str(tmp_path / "run"), epochs=2, seed=0, val_size=60),
         progress=False,
     )
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
@@ -112,7 +111,7 @@ def test_a_run_kept_off_test_calibrates_without_reading_test(tmp_path):
     """``evaluate_test=False`` (every tuning trial): the calibration block names no test
     numbers, because the test split was never predicted."""
     data = write_image_folder(tmp_path / "ds", per_class=80)
-    cfg = recipes.resolve(
+    cfg = resolve(
         "seed-a", data=str(data), out=str(tmp_path / "run"), epochs=1, seed=0, val_size=60
     )
     result = train(cfg, progress=False, evaluate_test=False)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from imageclf.compute import compute_report, gemm_peak_flops, training_flops_per_image
 from imageclf.models import build
+from imageclf.training.compute import compute_report, gemm_peak_flops, training_flops_per_image
 
 
 def test_flops_of_a_linear_layer_are_forward_plus_two_backward_matmuls():

@@ -10,10 +10,10 @@ import torch
 from helpers import write_image_folder
 
 from imageclf import device as device_mod
-from imageclf import recipes
 from imageclf.device import cpu_has_fast_bf16, resolve_precision
 from imageclf.errors import UserInputError
-from imageclf.training import train
+from imageclf.training.loop import train
+from imageclf.training.resolve import resolve
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -62,6 +62,6 @@ def test_training_runs_at_the_chosen_precision(tmp_path, monkeypatch, native, re
     data = write_image_folder(tmp_path / "ds", per_class=4)
     run = tmp_path / "run"
     options = dict(epochs=1, batch_size=8, device="cpu", precision="auto")
-    cfg = recipes.resolve("seed-a", data=str(data), out=str(run), **options)
+    cfg = resolve("seed-a", data=str(data), out=str(run), **options)
     train(cfg, progress=False)
     assert json.loads((run / "config.json").read_text())["precision"] == recorded

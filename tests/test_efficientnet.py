@@ -90,8 +90,8 @@ def _photo(package: str, name: str) -> np.ndarray:
 
 def test_real_photos_get_plausible_imagenet_classes(imagenet_model, tmp_path):
     """Through the whole prediction path: a bundle, Predictor, NumPy arrays as input."""
-    from imageclf.bundle import save_bundle
-    from imageclf.predict import Predictor
+    from imageclf.models.bundle import save_bundle
+    from imageclf.prediction.predictor import Predictor
 
     path = save_bundle(
         tmp_path / "imagenet.safetensors",
@@ -144,9 +144,9 @@ def _cifar_subset(archive, classes, per_class):
 
 @pytest.mark.slow
 def test_linear_probe_beats_random_backbone_by_a_wide_margin(imagenet_model, shared_archive):
-    from imageclf.data.loader import Normalizer
-    from imageclf.finetune import embed, fit_linear
     from imageclf.imaging import resize_for_model
+    from imageclf.prediction.inference import Normalizer
+    from imageclf.training.finetune import embed, fit_linear
 
     classes = ["airplane", "frog", "truck"]
     data = _cifar_subset(shared_archive, classes, {"train": 40, "test": 20})

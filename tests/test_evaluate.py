@@ -13,14 +13,20 @@ import numpy as np
 import pytest
 from helpers import make_tiny_bundle, run_cli, write_image_folder
 
-from imageclf import Predictor, recipes
+from imageclf import Predictor
 from imageclf.cli import main
 from imageclf.errors import UserInputError
-from imageclf.evaluation import ensemble_log_probs, evaluate, load_predictors, parse_splits
-from imageclf.interpretation import Interpretation
-from imageclf.metrics import fmt, report_rows
-from imageclf.report import write_report
-from imageclf.training import train
+from imageclf.evaluation.evaluator import (
+    ensemble_log_probs,
+    evaluate,
+    load_predictors,
+    parse_splits,
+)
+from imageclf.evaluation.interpretation import Interpretation
+from imageclf.evaluation.report import write_report
+from imageclf.evaluation.report_metrics import fmt, report_rows
+from imageclf.training.loop import train
+from imageclf.training.resolve import resolve
 
 # ---------------------------------------------------------------- hand-computed metrics
 PROBS = [
@@ -111,7 +117,7 @@ def test_ensemble_with_different_classes_is_a_clear_error(tmp_path, capsys):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalrun")
     data = write_image_folder(root / "ds", per_class=12)  # train 12 + test 6 per class
-    cfg = recipes.resolve(
+    cfg = resolve(
         "seed-a",
         data=str(data),
         out=str(root / "run"),

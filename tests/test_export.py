@@ -15,24 +15,23 @@ import torch
 from helpers import make_tiny_bundle, png_bytes
 
 from imageclf.cli import main
-from imageclf.data.loader import Normalizer
 from imageclf.errors import BundleError, UserInputError
-from imageclf.export import (
+from imageclf.models.registry import names
+from imageclf.prediction.export import (
     ExportError,
     _PixelsToLogits,
     export_onnx,
     require_onnx_extra,
     verification_images,
 )
-from imageclf.inference import predict_logits
-from imageclf.models.registry import names
-from imageclf.predict import Predictor
+from imageclf.prediction.inference import Normalizer, predict_logits
+from imageclf.prediction.predictor import Predictor
 
 onnx = pytest.importorskip("onnx", reason="needs the onnx extra: pip install 'imageclf[onnx]'")
 pytest.importorskip("onnxscript", reason="needs the onnx extra")
 pytest.importorskip("onnxruntime", reason="needs the onnx extra")
 
-from imageclf.onnx_backend import OnnxPredictor  # noqa: E402
+from imageclf.prediction.onnx_backend import OnnxPredictor  # noqa: E402
 
 
 def run(argv, capsys):
@@ -126,7 +125,7 @@ def test_temperature_is_carried_and_applied(tmp_path):
     """A calibrated bundle's temperature goes into the file and divides the logits on
     onnxruntime exactly as on torch (with and without TTA)."""
     bundle = make_tiny_bundle(tmp_path / "t.safetensors")
-    from imageclf.bundle import load_bundle, save_bundle
+    from imageclf.models.bundle import load_bundle, save_bundle
 
     loaded = load_bundle(bundle)
     hot = save_bundle(

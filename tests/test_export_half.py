@@ -8,16 +8,16 @@ import pytest
 import torch
 from helpers import make_tiny_bundle
 
-from imageclf.bundle import load_bundle, save_bundle
 from imageclf.cli import main
 from imageclf.errors import UserInputError
-from imageclf.export import (
+from imageclf.models.bundle import load_bundle, save_bundle
+from imageclf.prediction.export import (
     HALF_MAX_PROB_DIFF,
     ExportError,
     export_half,
     verification_images,
 )
-from imageclf.predict import Predictor
+from imageclf.prediction.predictor import Predictor
 
 
 def run(argv, capsys):

@@ -22,12 +22,20 @@ from helpers import (
 )
 from PIL import Image
 
-from imageclf import Predictor, recipes
-from imageclf.bundle import load_bundle
+from imageclf import Predictor
 from imageclf.errors import UserInputError
 from imageclf.fileio import RunLock
-from imageclf.finetune import HEAD_L2, HEAD_L2_GRID, choose_head_l2, class_weights, describe_counts
-from imageclf.training import train
+from imageclf.models.bundle import load_bundle
+from imageclf.training.adapt import MIN_STEPS, adapt_to_data
+from imageclf.training.finetune import (
+    HEAD_L2,
+    HEAD_L2_GRID,
+    choose_head_l2,
+    class_weights,
+    describe_counts,
+)
+from imageclf.training.loop import train
+from imageclf.training.resolve import resolve
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +51,7 @@ def finetuned(folder, tmp_path_factory):
     """A short --pretrained fine-tune: 1 epoch at 48 px, batch 8."""
     require_pretrained_extra()
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    cfg = recipes.resolve(
+    cfg = resolve(
         "finetune", pretrained="efficientnet-lite0", data=str(folder), image_size=48,
         epochs=1, batch_size=8, out=str(tmp_path_factory.mktemp("ft-run") / "run"),
     )  # fmt: skip
@@ -99,7 +107,7 @@ def test_finetuned_bundle_predicts_evaluates_and_serves(finetuned, folder, tmp_p
 
 def test_freeze_backbone_is_a_linear_probe(folder, tmp_path):
     require_pretrained_extra()
-    cfg = recipes.resolve(
+    cfg = resolve(
         "finetune", pretrained="efficientnet-lite0", data=str(folder), image_size=48,
         freeze_backbone=True, out=str(tmp_path / "probe"),
     )  # fmt: skip
@@ -116,7 +124,7 @@ def test_freeze_backbone_is_a_linear_probe(folder, tmp_path):
 
 def test_init_from_a_bundle_with_other_classes_gets_a_new_head(folder, tmp_path):
     start = make_tiny_bundle(tmp_path / "start.safetensors", "seed-a")  # 10 classes, 32 px
-    cfg = recipes.resolve(
+    cfg = resolve(
         "finetune", init=str(start), data=str(folder), freeze_backbone=True,
         out=str(tmp_path / "init"),
     )  # fmt: skip
@@ -130,7 +138,7 @@ def test_init_from_a_bundle_with_other_classes_gets_a_new_head(folder, tmp_path)
     assert after["classifier.2.weight"].shape == (3, 34)
     assert torch.equal(before["features.0.weight"], after["features.0.weight"])
     # and a full fine-tune from it trains
-    cfg = recipes.resolve(
+    cfg = resolve(
         "finetune", init=str(start), data=str(folder), epochs=2, out=str(tmp_path / "init2")
     )
     result = train(cfg, progress=False)
@@ -140,9 +148,9 @@ def test_init_from_a_bundle_with_other_classes_gets_a_new_head(folder, tmp_path)
 
 def test_transfer_option_errors(folder, tmp_path, capsys, monkeypatch):
     with pytest.raises(UserInputError, match="not both"):
-        recipes.resolve("finetune", init="x.safetensors", pretrained="efficientnet-lite0")
+        resolve("finetune", init="x.safetensors", pretrained="efficientnet-lite0")
     with pytest.raises(UserInputError, match="--freeze-backbone needs"):
-        recipes.resolve("fast", freeze_backbone=True)
+        resolve("fast", freeze_backbone=True)
     start = make_tiny_bundle(tmp_path / "s.safetensors")
     code, _, err = run_cli(
         ["train", "--data", str(folder), "--init", str(start), "--image-size", "64"], capsys
@@ -176,7 +184,7 @@ def test_class_weights_and_counts():
 
 
 def test_weighted_loss_trains(folder, tmp_path):
-    cfg = recipes.resolve(
+    cfg = resolve(
         "seed-a", data=str(folder), epochs=1, batch_size=8, class_weights="auto",
         out=str(tmp_path / "w"),
     )  # fmt: skip
@@ -184,18 +192,18 @@ def test_weighted_loss_trains(folder, tmp_path):
 
 
 def test_small_data_defaults_adapt_and_say_why():
-    cfg = recipes.resolve("fast")  # batch 256, 11 epochs: one step per epoch on 220 images
-    adapted, notes = recipes.adapt_to_data(cfg, 220)
+    cfg = resolve("fast")  # batch 256, 11 epochs: one step per epoch on 220 images
+    adapted, notes = adapt_to_data(cfg, 220)
     assert adapted.batch_size == 16 and adapted.batch_size < cfg.batch_size
     steps = -(-220 // adapted.batch_size) * adapted.epochs
-    assert steps >= recipes.MIN_STEPS and len(notes) == 2
+    assert steps >= MIN_STEPS and len(notes) == 2
     assert "batch size 256 -> 16" in notes[0] and f"epochs {cfg.epochs} ->" in notes[1]
     # what the user chose is kept; CIFAR-sized data is left alone
-    mine, notes = recipes.adapt_to_data(recipes.resolve("fast", batch_size=256, epochs=9), 220)
+    mine, notes = adapt_to_data(resolve("fast", batch_size=256, epochs=9), 220)
     assert (mine.batch_size, mine.epochs, notes) == (256, 9, [])
-    assert recipes.adapt_to_data(cfg, 45000) == (cfg, [])
+    assert adapt_to_data(cfg, 45000) == (cfg, [])
     # a 32 px translation becomes the same share of a bigger image
-    big, notes = recipes.adapt_to_data(recipes.resolve("fast", image_size=128), 45000)
+    big, notes = adapt_to_data(resolve("fast", image_size=128), 45000)
     assert big.augment.translate == 8 and "translate" in notes[0]
 
 

@@ -10,9 +10,9 @@ from PIL import Image
 from torch import nn
 
 from imageclf import Predictor
-from imageclf.bundle import save_bundle
 from imageclf.errors import UserInputError
 from imageclf.models import register
+from imageclf.models.bundle import save_bundle
 
 
 class BrightSpot(nn.Module):

@@ -5,13 +5,14 @@ import tarfile
 
 import pytest
 
-from imageclf import Predictor, recipes
-from imageclf.training import train
+from imageclf import Predictor
+from imageclf.training.loop import train
+from imageclf.training.resolve import resolve
 
 
 @pytest.mark.slow
 def test_seed_a_one_epoch_on_2000_images_then_predict(shared_archive, tmp_path):
-    cfg = recipes.resolve(
+    cfg = resolve(
         "seed-a", data=str(shared_archive), subset=2000, epochs=1, out=str(tmp_path / "run")
     )
     result = train(cfg, progress=False)

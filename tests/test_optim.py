@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from imageclf import recipes
-from imageclf.optim import MuonSGD, make_optimizer, orthogonalize
+from imageclf.training.optim import MuonSGD, make_optimizer, orthogonalize
+from imageclf.training.resolve import resolve
 
 
 def _net() -> nn.Module:
@@ -46,7 +46,7 @@ def test_orthogonalize_equalises_singular_values(shape):
 
 
 def test_muon_recipe_steps_filters_by_muon_and_the_rest_as_sgd():
-    cfg = recipes.resolve("fast", optimizer="muon", weight_decay=0.01, lr=0.05)
+    cfg = resolve("fast", optimizer="muon", weight_decay=0.01, lr=0.05)
     net, reference = _net(), _net()
     optimizer = make_optimizer(net, cfg)
     assert isinstance(optimizer, MuonSGD)
@@ -54,11 +54,11 @@ def test_muon_recipe_steps_filters_by_muon_and_the_rest_as_sgd():
     assert [p.ndim for g in muon_groups for p in g["params"]] == [4]
     assert muon_groups[0]["lr"] == cfg.muon_lr  # the recipe's batch, 256: as given
     # Per 256 images: a batch of 1024 takes a quarter of the steps, each 4x as long.
-    big = make_optimizer(_net(), recipes.resolve("fast", optimizer="muon", batch_size=1024))
+    big = make_optimizer(_net(), resolve("fast", optimizer="muon", batch_size=1024))
     assert [g["lr"] for g in big.param_groups if g.get("muon")] == [pytest.approx(4 * cfg.muon_lr)]
 
     # The head and BatchNorm biases follow torch's nesterov SGD exactly.
-    sgd_cfg = recipes.resolve("fast", optimizer="sgd", weight_decay=0.01, lr=0.05)
+    sgd_cfg = resolve("fast", optimizer="sgd", weight_decay=0.01, lr=0.05)
     plain = make_optimizer(reference, sgd_cfg)
     for seed in range(3):
         for model, opt in ((net, optimizer), (reference, plain)):
@@ -100,7 +100,7 @@ def test_muon_step_is_orthogonal_and_keeps_the_filter_norm():
 
 
 def test_muon_state_survives_a_checkpoint():
-    cfg = recipes.resolve("fast", optimizer="muon")
+    cfg = resolve("fast", optimizer="muon")
     net = _net()
     optimizer = make_optimizer(net, cfg)
     _gradients(net)

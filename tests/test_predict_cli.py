@@ -12,7 +12,7 @@ from helpers import make_tiny_bundle, run_cli, write_image_folder
 from PIL import Image
 
 from imageclf import Predictor
-from imageclf import predict as predict_module
+from imageclf.prediction import predictor as predict_module
 
 
 def _run(argv, capsys):

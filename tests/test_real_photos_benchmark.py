@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from helpers import make_tiny_bundle, write_image_folder
 
-from imageclf.predict import Predictor
+from imageclf.prediction.predictor import Predictor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import real_photos

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from helpers import write_image_folder
 
-from imageclf import recipes
 from imageclf.cli import main
 from imageclf.errors import UserInputError
-from imageclf.search_space import SPACES, validate
+from imageclf.training.recipe_files import write_recipe_file
+from imageclf.training.recipes import RECIPES
+from imageclf.training.resolve import resolve
+from imageclf.tuning.space import SPACES, validate
 
 
 def run(argv, capsys):
@@ -26,9 +28,9 @@ def run(argv, capsys):
 
 @pytest.mark.parametrize("recipe", sorted(SPACES))
 def test_every_built_in_space_is_valid(recipe):
-    cfg = recipes.resolve(recipe)
+    cfg = resolve(recipe)
     space = validate(SPACES[recipe], cfg, cfg.epochs)
-    assert space.searched and set(SPACES) == set(recipes.RECIPES)
+    assert space.searched and set(SPACES) == set(RECIPES)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +60,7 @@ def test_every_built_in_space_is_valid(recipe):
     ],
 )
 def test_bad_spaces_are_clear_errors(space, needle):
-    cfg = recipes.resolve("fast")
+    cfg = resolve("fast")
     with pytest.raises(UserInputError) as exc:
         validate(space, cfg, cfg.epochs, "test.json")
     assert str(exc.value).startswith("bad search space in test.json: ")
@@ -66,20 +68,20 @@ def test_bad_spaces_are_clear_errors(space, needle):
 
 
 def test_all_problems_reported_at_once():
-    cfg = recipes.resolve("fast")
+    cfg = resolve("fast")
     with pytest.raises(UserInputError) as exc:
         validate({"nope": 1, "lr": {"low": 1.0, "high": 0.5}}, cfg, 9)
     assert "unknown parameter 'nope'" in str(exc.value) and "lr: empty range" in str(exc.value)
 
 
 def test_widths_only_where_the_architecture_has_them():
-    cfg = recipes.resolve("seed-a")
+    cfg = resolve("seed-a")
     with pytest.raises(UserInputError, match="seed-a architecture has no widths"):
         validate({"widths": {"choices": [[8, 16]]}}, cfg, 5)
 
 
 def test_epochs_are_capped_and_params_land_in_the_config():
-    cfg = recipes.resolve("fast")
+    cfg = resolve("fast")
     space = validate(
         {
             "epochs": {"low": 4, "high": 20},
@@ -101,7 +103,7 @@ def test_epochs_are_capped_and_params_land_in_the_config():
 
 
 def test_current_values_are_the_baseline_inside_the_space():
-    cfg = recipes.resolve("fast", epochs=8)
+    cfg = resolve("fast", epochs=8)
     space = validate(SPACES["fast"], cfg, cfg.epochs)
     baseline = space.current(cfg)
     assert baseline == {
@@ -117,14 +119,14 @@ def test_current_values_are_the_baseline_inside_the_space():
 
 # ---------------------------------------------------------------- recipe files
 def test_recipe_file_round_trip_and_train(tmp_path, capsys):
-    path = recipes.write_recipe_file(
+    path = write_recipe_file(
         tmp_path / "mine.json",
         name="fast-mine",
         base="fast",
         config={"lr": 0.002, "arch_kwargs": {"widths": [8, 16, 16]}, "augment": {"translate": 1}},
         tuned={"note": "kept for people, ignored by train"},
     )
-    cfg = recipes.resolve(str(path), epochs=1)
+    cfg = resolve(str(path), epochs=1)
     assert (cfg.recipe, cfg.lr, cfg.arch_kwargs, cfg.epochs) == (
         "fast-mine",
         0.002,
@@ -175,7 +177,8 @@ def test_tune_without_optuna_names_the_extra(tmp_path, capsys, monkeypatch):
     code, _, err = run(["tune", "--data", str(tmp_path), "--out", str(out)], capsys)
     assert code == 2
     assert (
-        err.strip() == "imageclf: error: imageclf tune needs Optuna: pip install 'imageclf[tune]'"
+        err.strip()
+        == "imageclf: error: imageclf tune needs the optional tune extra: pip install 'imageclf[tune]'"
     )
     assert not out.exists()
 
@@ -185,5 +188,5 @@ def test_the_readme_space_example_is_valid():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## Tuning hyperparameters", 1)[1]
     example = re.search(r"```json\n(.*?)```", section, re.S).group(1)
-    space = validate(json.loads(example), recipes.resolve("fast"), 9)
+    space = validate(json.loads(example), resolve("fast"), 9)
     assert {"lr", "epochs", "widths"} <= set(space.searched)

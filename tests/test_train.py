@@ -13,12 +13,14 @@ import torch
 from helpers import write_image_folder, write_noise_folder
 
 import imageclf
-from imageclf import Predictor, recipes
-from imageclf.bundle import build_model, load_bundle
+from imageclf import Predictor
 from imageclf.data import load_dataset
 from imageclf.errors import UserInputError
-from imageclf.runs import RunState
-from imageclf.training import after_epoch, resume, train
+from imageclf.models.bundle import build_model, load_bundle
+from imageclf.training.loop import after_epoch, resume, train
+from imageclf.training.recipes import RECIPES
+from imageclf.training.resolve import resolve
+from imageclf.training.runs import RunState
 
 COMPARED = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
 
@@ -31,7 +33,7 @@ def synthetic(tmp_path_factory):
 def _cfg(data, out, recipe="seed-a", **kw):
     base = dict(data=str(data), out=str(out), epochs=3, batch_size=16, seed=0)
     base.update(kw)
-    return recipes.resolve(recipe, **base)
+    return resolve(recipe, **base)
 
 
 def test_run_folder_contents_and_bundle(synthetic, tmp_path):
@@ -73,7 +75,7 @@ def test_same_seed_same_history(synthetic, tmp_path):
 
 
 def test_every_recipe_runs_one_short_epoch(synthetic, tmp_path):
-    for name in recipes.RECIPES:
+    for name in RECIPES:
         cfg = _cfg(synthetic, tmp_path / name, recipe=name, epochs=1, batch_size=32)
         if cfg.architecture == "fast":
             cfg.arch_kwargs = {"widths": [16, 32, 32]}
@@ -92,9 +94,9 @@ def test_early_stopping_restores_best(synthetic, tmp_path):
 
 def test_bad_hyperparameters_are_user_errors():
     with pytest.raises(UserInputError, match="unknown recipe"):
-        recipes.resolve("seed-z")
+        resolve("seed-z")
     with pytest.raises(UserInputError, match="epochs"):
-        recipes.resolve("seed-a", epochs=0)
+        resolve("seed-a", epochs=0)
 
 
 @pytest.mark.parametrize(
@@ -119,7 +121,7 @@ def test_bad_hyperparameters_are_user_errors():
 )
 def test_config_is_checked_when_built(overrides, needle):
     with pytest.raises(UserInputError, match=needle):
-        recipes.resolve("seed-a", **overrides)
+        resolve("seed-a", **overrides)
 
 
 def _state(**kw) -> RunState:
@@ -127,7 +129,7 @@ def _state(**kw) -> RunState:
 
 
 def test_after_epoch_is_keras_plateau_and_early_stopping():
-    cfg = recipes.resolve(
+    cfg = resolve(
         "seed-d", plateau_patience=2, plateau_factor=0.5, early_stopping=3, lr=1e-3, min_lr=3e-4
     )
     state, improved = after_epoch(_state(), 1.0, cfg)
@@ -146,7 +148,7 @@ def test_after_epoch_is_keras_plateau_and_early_stopping():
 
 
 def test_after_epoch_plateau_needs_the_plateau_schedule():
-    cfg = recipes.resolve("seed-a", early_stopping=None)
+    cfg = resolve("seed-a", early_stopping=None)
     state, _ = after_epoch(_state(), 1.0, cfg)
     for loss in (2.0, 3.0, 4.0):
         state, _ = after_epoch(state, loss, cfg)
@@ -320,7 +322,7 @@ def test_muon_trains_the_fast_net_and_checkpoints_its_state(synthetic, tmp_path)
 
 
 def test_progressive_resizing_keeps_the_last_epochs_at_full_size():
-    cfg = recipes.resolve("fast", epochs=14, low_res_scale=0.75, low_res_fraction=6 / 14)
+    cfg = resolve("fast", epochs=14, low_res_scale=0.75, low_res_fraction=6 / 14)
     assert cfg.low_res_epochs == 6
     assert [cfg.image_size_at(e) for e in (0, 5, 6, 13)] == [24, 24, 32, 32]
     # However few the epochs, the last one trains at the size the model is used at.
@@ -329,9 +331,9 @@ def test_progressive_resizing_keeps_the_last_epochs_at_full_size():
         (1, 0.5, 0.9, 0),
         (8, 1.0, 0.5, 0),
     ]:
-        cfg = recipes.resolve("fast", epochs=epochs, low_res_scale=scale, low_res_fraction=fraction)
+        cfg = resolve("fast", epochs=epochs, low_res_scale=scale, low_res_fraction=fraction)
         assert cfg.low_res_epochs == low_res_epochs, (epochs, scale, fraction)
-    cfg = recipes.resolve("fast", image_size=64, epochs=4, low_res_scale=0.75, low_res_fraction=0.5)
+    cfg = resolve("fast", image_size=64, epochs=4, low_res_scale=0.75, low_res_fraction=0.5)
     assert cfg.image_size_at(0) == 48
 
 
@@ -340,14 +342,14 @@ def test_progressive_resizing_trains_small_first_and_counts_those_flops(
 ):
     """The net sees 16 px batches for the first two of three epochs, then 32 px; the run's
     compute counts each epoch at its own size."""
-    from imageclf import training
-    from imageclf.compute import training_flops_per_image
     from imageclf.models import build
     from imageclf.models.fast import FastNet
+    from imageclf.training import loop
+    from imageclf.training.compute import training_flops_per_image
 
     seen: list[tuple[bool, bool, int]] = []  # (in the training loop, train mode, side)
     in_epoch = [False]
-    one_epoch = training.train_one_epoch
+    one_epoch = loop.train_one_epoch
 
     def epoch(*args, **kwargs):
         in_epoch[0] = True
@@ -360,7 +362,7 @@ def test_progressive_resizing_trains_small_first_and_counts_those_flops(
         if isinstance(module, FastNet):
             seen.append((in_epoch[0], module.training, args[0].shape[-1]))
 
-    monkeypatch.setattr(training, "train_one_epoch", epoch)
+    monkeypatch.setattr(loop, "train_one_epoch", epoch)
 
     cfg = _cfg(
         synthetic, tmp_path / "prog", recipe="fast", epochs=3, low_res_scale=0.5,

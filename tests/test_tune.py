@@ -24,8 +24,8 @@ from imageclf.errors import UserInputError
 optuna = pytest.importorskip("optuna")
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")  # trials run with --threads 1
 
-from imageclf import tuning_study  # noqa: E402 (needs the optuna skip above to be meaningful)
-from imageclf.tuning import tune  # noqa: E402
+from imageclf.tuning import study as tuning_study  # noqa: E402 (needs the optuna skip above to be meaningful)
+from imageclf.tuning.tuner import tune  # noqa: E402
 
 # Small and fast: batch 16 on 108 training images is 7 steps per epoch.
 SPACE = {
@@ -120,7 +120,7 @@ def test_study_prunes_resumes_and_writes_a_recipe(data, space_file, tmp_path, ca
 
 
 def test_interrupted_trial_runs_again_on_resume(data, tmp_path, monkeypatch):
-    train_module = importlib.import_module("imageclf.training")
+    train_module = importlib.import_module("imageclf.tuning.tuner")  # where trials find train()
     real_train, calls = train_module.train, []
 
     def train_then_ctrl_c(*args, **kwargs):
@@ -187,7 +187,7 @@ def test_two_processes_share_one_sqlite_study(data, space_file, tmp_path):
 # Takes queued trials as fast as it can through imageclf's storage; prints their numbers.
 _TAKE_QUEUED = """
 import json, sys, optuna
-from imageclf.tuning_study import open_study
+from imageclf.tuning.study import open_study
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 study, _ = open_study(optuna, sys.argv[1], "queue", optuna.pruners.NopPruner())
 taken = []
@@ -319,8 +319,8 @@ def _fake_study(values: list[float]):
 
 
 def test_plots_history_and_importances(tmp_path):
-    from imageclf.tuning_results import trial_rows
-    from imageclf.tuning_results import write_plots as _write_plots
+    from imageclf.tuning.results import trial_rows
+    from imageclf.tuning.results import write_plots as _write_plots
 
     study = _fake_study([0.5, 0.6, 0.55, 0.7, 0.65])
     rows = trial_rows(study)
@@ -376,7 +376,7 @@ def test_existing_study_folder_needs_resume(data, tmp_path):
 
 
 def test_trials_report_at_their_schedule_position():
-    from imageclf.tuning import schedule_step
+    from imageclf.tuning.tuner import schedule_step
 
     # Epoch 2 of 4 is as far through its (stretched) schedule as epoch 4 of 8.
     assert schedule_step(2, 4, 8) == schedule_step(4, 8, 8) == 4
@@ -387,7 +387,7 @@ def test_trials_report_at_their_schedule_position():
 
 
 def test_pruner_choices():
-    from imageclf.tuning_study import make_pruner as _make_pruner
+    from imageclf.tuning.study import make_pruner as _make_pruner
 
     assert isinstance(_make_pruner(optuna, "median", 12), optuna.pruners.MedianPruner)
     halving = _make_pruner(optuna, "halving", 12)

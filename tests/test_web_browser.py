@@ -127,7 +127,7 @@ def expect_result(page) -> None:
     assert page.locator("#top li").count() == 5
     assert page.locator("#uploaded").evaluate("img => img.naturalWidth") > 0
     try:
-        import imageclf.gradcam  # noqa: F401
+        import imageclf.prediction.gradcam  # noqa: F401
     except ImportError:
         return
     assert page.locator("#overlay").evaluate("img => img.naturalWidth") > 0

@@ -9,14 +9,11 @@ The public Python API (the CLI is built on exactly these)::
     study = imageclf.tune(recipe="fast", data="images/", trials=12)  # -> TuneResult ([tune])
 """
 
-__version__ = "0.1.0"
-
 from .evaluation import EvalResult, evaluate
-from .predict import Predictor
-from .recipes import RECIPES, TrainConfig
-from .runs import Run
-from .training import resume, train
+from .prediction import Predictor
+from .training import RECIPES, Run, TrainConfig, resume, train
 from .tuning import TuneResult, tune
+from .version import __version__
 
 __all__ = [
     "RECIPES",

@@ -6,6 +6,9 @@ app maps ``http_status`` to its response. Anything else escaping is a bug.
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class ImageclfError(Exception):
     """A failure explained to the user (exit code 1)."""
@@ -19,6 +22,32 @@ class UserInputError(ImageclfError):
 
     exit_code = 2
     http_status = 400
+
+
+class MissingExtraError(UserInputError):
+    """An optional extra is needed for this (exit code 2). Every missing extra is said the
+    same way: what needs it, and the one command that installs it."""
+
+    def __init__(self, purpose: str, extra: str) -> None:
+        install = f"pip install 'imageclf[{extra}]'"
+        super().__init__(f"{purpose} needs the optional {extra} extra: {install}")
+        self.extra = extra
+
+
+def import_extra(module: str, extra: str, purpose: str) -> ModuleType:
+    """``module``, or a ``MissingExtraError`` naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(purpose, extra) from None
+
+
+class TrainingDiverged(UserInputError):
+    """The loss became NaN/inf: bad settings, not a bug (the tuner prunes such trials)."""
+
+
+class ExportError(ImageclfError):
+    """The exported model does not reproduce the original (exit code 1)."""
 
 
 class DataError(UserInputError):

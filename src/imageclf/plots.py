@@ -23,7 +23,7 @@ RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red that stay readable on white
 TRAIN_COLOR, VAL_COLOR = "#1f77b4", "#ff7f0e"
 
 
-def _figure(width: float, height: float) -> Figure:
+def figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -53,7 +53,7 @@ def training_curves(
     sits above the validation loss for reasons that are not overfitting: say so.
     """
     epochs = [h["epoch"] for h in history]
-    fig = _figure(10, 4)
+    fig = figure(10, 4)
     axes = fig.subplots(1, 2)
     best = None
     val_losses = [(h.get("val_loss"), h["epoch"]) for h in history if h.get("val_loss") is not None]
@@ -112,7 +112,7 @@ def confusion_heatmap(
     matrix = np.asarray(matrix, dtype=np.float64)
     n = len(classes)
     side = min(max(5.0, 0.6 * n + 2.5), 24.0)
-    fig = _figure(side + 1.2, side)
+    fig = figure(side + 1.2, side)
     ax = fig.subplots()
     vmax = 1.0 if normalized else max(float(matrix.max()), 1.0)
     image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=vmax)
@@ -151,7 +151,7 @@ def image_grid(
     ncols = max(1, min(ncols, n))
     nrows = max(1, math.ceil(n / ncols))
     lines = max((t.count("\n") + 1 for t in titles), default=1)  # caption height per row
-    fig = _figure(cell * ncols, (cell + 0.15 * lines) * nrows + (0.4 if title else 0))
+    fig = figure(cell * ncols, (cell + 0.15 * lines) * nrows + (0.4 if title else 0))
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
     for k, ax in enumerate(axes):
         ax.set_xticks([])
@@ -185,7 +185,7 @@ def reliability_diagram(
     conf = np.array([np.nan if b["confidence"] is None else b["confidence"] for b in bins])
     width = upper - lower
     centers = (lower + upper) / 2
-    fig = _figure(6, 6.5)
+    fig = figure(6, 6.5)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     top.plot([0, 1], [0, 1], "--", color="0.5", label="perfect calibration", zorder=2.5)
     top.bar(

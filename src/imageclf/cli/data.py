@@ -7,12 +7,12 @@ from pathlib import Path
 import click
 
 
-@click.group()
-def data() -> None:
+@click.group("data")
+def data_command() -> None:
     """Download and inspect datasets."""
 
 
-@data.command("download")
+@data_command.command("download")
 @click.option(
     "--dir",
     "directory",
@@ -31,7 +31,7 @@ def data_download(ctx: click.Context, directory: Path | None) -> None:
     click.echo(f"CIFAR-10 ready: {path}")
 
 
-@data.command("info")
+@data_command.command("info")
 @click.argument("path", required=False)
 @click.pass_context
 def data_info(ctx: click.Context, path: str | None) -> None:
@@ -49,7 +49,7 @@ def data_info(ctx: click.Context, path: str | None) -> None:
         click.echo(f"{name:<16}" + "".join(f"{c[name]:>8}" for c in counts.values()))
 
 
-@data.command("inspect")
+@data_command.command("inspect")
 @click.argument("path", type=click.Path(exists=True))
 @click.pass_context
 def data_inspect(ctx: click.Context, path: str) -> None:

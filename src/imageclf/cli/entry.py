@@ -10,17 +10,17 @@ import sys
 
 import click
 
-from .. import __version__
 from ..errors import ImageclfError
-from .data import data
-from .evaluate import evaluate_cmd
-from .export import export_cmd
-from .info import info
+from ..version import __version__
+from .data import data_command
+from .evaluate import evaluate_command
+from .export import export_command
+from .info import info_command
 from .logs import configure_logging
-from .predict import predict_cmd
-from .serve import serve
-from .train import train
-from .tune import tune
+from .predict import predict_command
+from .serve import serve_command
+from .train import train_command
+from .tune import tune_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,7 +40,10 @@ def cli(ctx: click.Context, quiet: bool, log_format: str) -> None:
     configure_logging(quiet, log_format)
 
 
-for command in (data, train, tune, info, evaluate_cmd, predict_cmd, export_cmd, serve):
+for command in (
+    data_command, train_command, tune_command, info_command, evaluate_command,
+    predict_command, export_command, serve_command,
+):  # fmt: skip
     cli.add_command(command)
 
 

@@ -51,11 +51,13 @@ from ..data.splits import SPLITS
     help="Report folder (default runs/eval-<model>-<timestamp>).",
 )
 @click.pass_context
-def evaluate_cmd(ctx: click.Context, models, data_path, split, splits, tta, gradcam, device, out):
+def evaluate_command(
+    ctx: click.Context, models, data_path, split, splits, tta, gradcam, device, out
+):
     """Evaluate a model, or an ensemble of several (probabilities averaged): metrics,
     plots, Grad-CAM and one self-contained report.html."""
-    from ..evaluation import default_out_dir, evaluate, parse_splits
-    from ..report import console_report, write_report
+    from ..evaluation.evaluator import default_out_dir, evaluate, parse_splits
+    from ..evaluation.report import console_report, write_report
 
     result = evaluate(
         list(models) or None, data_path, split=split, splits=parse_splits(splits), tta=tta,

@@ -24,11 +24,11 @@ import click
     "NAME.onnx or NAME.fp16.safetensors).",
 )
 @click.option("--opset", type=click.IntRange(min=1), default=None, help="ONNX opset (default 18).")
-def export_cmd(model: str | None, fmt: str, out: str | None, opset: int | None) -> None:
+def export_command(model: str | None, fmt: str, out: str | None, opset: int | None) -> None:
     """Export a model bundle (default: the bundled model), checked against the original on
     1,000 images before the file is kept."""
     from ..errors import UserInputError
-    from ..export import DEFAULT_OPSET, export_half, export_onnx
+    from ..prediction.export import DEFAULT_OPSET, export_half, export_onnx
 
     if fmt == "fp16":
         if opset is not None:

@@ -24,13 +24,13 @@ def _format_metrics(metrics: dict) -> list[str]:
     return lines
 
 
-@click.command()
+@click.command("info")
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the raw metadata as JSON.")
-def info(model: str | None, as_json: bool) -> None:
+def info_command(model: str | None, as_json: bool) -> None:
     """Show what a model bundle contains (default: the bundled model)."""
-    from ..bundle import load_bundle
-    from ..predict import default_model_path
+    from ..models.bundle import load_bundle
+    from ..prediction.predictor import default_model_path
 
     path = Path(model) if model else default_model_path()
     bundle = load_bundle(path)

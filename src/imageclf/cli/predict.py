@@ -30,13 +30,13 @@ from ..errors import UserInputError
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda.")
 @click.pass_context
-def predict_cmd(
+def predict_command(
     ctx: click.Context, inputs, top_k, out_format, explain_dir, tta, batch_size, device
 ):
     """Classify image files and folders (recursively). MODEL (a .safetensors bundle or an
     exported .onnx file) is optional; without it the bundled model is used. Exit code 2
     if any file failed."""
-    from ..predict import Predictor, format_results, predict_files
+    from ..prediction.predictor import Predictor, format_results, predict_files
 
     model = inputs[0] if inputs[0].lower().endswith((".safetensors", ".onnx")) else None
     paths = inputs[1:] if model else inputs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 
-@click.command()
+@click.command("serve")
 @click.option(
     "--model",
     type=click.Path(dir_okay=False),
@@ -38,7 +38,7 @@ import click
     help="One line per request on stdout (off by default: it costs about a tenth of a "
     "request's CPU, and a front proxy usually logs requests).",
 )
-def serve(
+def serve_command(
     model: str | None,
     host: str,
     port: int,
@@ -49,9 +49,9 @@ def serve(
 ) -> None:
     """Serve the upload page and the JSON API (gunicorn). MODEL may be a .safetensors
     bundle or an exported .onnx file."""
-    from ..web.server import serve as run_server
+    from ..web.server import serve
 
-    run_server(
+    serve(
         model,
         host=host,
         port=port,

@@ -9,12 +9,13 @@ import click
 from ..data.splits import SPLITS
 from ..device import PRECISIONS
 from ..errors import UserInputError
-from ..recipes import OPTIMIZERS, RECIPES, SCHEDULES
+from ..training.config import OPTIMIZERS, SCHEDULES
+from ..training.recipes import RECIPES
 
 
 def _parse_set(values: tuple[str, ...]) -> dict:
     """``KEY=VALUE`` pairs; VALUE is JSON when it parses, else a string."""
-    from ..recipes import check_keys, field_names
+    from ..training.config import check_keys, field_names
 
     overrides = {}
     for item in values:
@@ -35,7 +36,7 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 RECIPE_HELP = f"One of: {', '.join(RECIPES)}; or a recipe .json file (imageclf tune writes one)."
 
 
-@click.command()
+@click.command("train")
 @click.option(
     "--recipe",
     default=None,
@@ -144,20 +145,23 @@ RECIPE_HELP = f"One of: {', '.join(RECIPES)}; or a recipe .json file (imageclf t
     help="Override any recipe field, e.g. --set arch_kwargs='{\"widths\":[64,128,256]}'.",
 )
 @click.pass_context
-def train(ctx: click.Context, recipe, data_path, resume_dir, sets, early_stopping, **options):
+def train_command(
+    ctx: click.Context, recipe, data_path, resume_dir, sets, early_stopping, **options
+):
     """Train a model and write a run folder with checkpoints and a model bundle."""
-    from .. import recipes, training
+    from ..training import resume, train
+    from ..training.resolve import resolve
 
     progress = ctx.obj["progress"]
     if recipe is None:
         recipe = "finetune" if options.get("pretrained") or options.get("init") else "fast"
     if resume_dir:
-        result = training.resume(resume_dir, progress=progress)
+        result = resume(resume_dir, progress=progress)
     else:
         overrides = {**options, "data": data_path, **_parse_set(sets)}
         if early_stopping is not None:
             overrides["early_stopping"] = early_stopping or None
-        result = training.train(recipes.resolve(recipe, **overrides), progress=progress)
+        result = train(resolve(recipe, **overrides), progress=progress)
     if result is None:
         return  # a non-zero DDP rank: rank 0 reports
     m = result.metrics

@@ -11,7 +11,7 @@ from ..errors import UserInputError
 from .train import RECIPE_HELP
 
 
-@click.command()
+@click.command("tune")
 @click.option("--recipe", default="fast", show_default=True, help=RECIPE_HELP)
 @click.option("--data", "data_path", default=None, help="Dataset, as for train.")
 @click.option("--split", type=click.Choice(SPLITS), default=None)
@@ -66,10 +66,10 @@ from .train import RECIPE_HELP
     help="Continue the study in this run folder (only --trials/--timeout may change).",
 )
 @click.pass_context
-def tune(ctx: click.Context, data_path, resume, **options):
+def tune_command(ctx: click.Context, data_path, resume, **options):
     """Search hyperparameters on the validation set (needs imageclf[tune]); writes
     best.json, a recipe for `imageclf train --recipe`."""
-    from ..tuning import tune as run_tune
+    from ..tuning import tune
 
     if resume:
         fixed = {"data": data_path, **options}
@@ -79,7 +79,7 @@ def tune(ctx: click.Context, data_path, resume, **options):
             raise UserInputError(
                 f"--resume takes its settings from {resume}/tune.json; drop {', '.join(changed)}"
             )
-    result = run_tune(data=data_path, resume=resume, progress=ctx.obj["progress"], **options)
+    result = tune(data=data_path, resume=resume, progress=ctx.obj["progress"], **options)
     if result.best_recipe is None:
         raise click.ClickException("no trial completed, so there is no best recipe")
     counts = ", ".join(

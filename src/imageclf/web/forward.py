@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..predict import Predictor
+from ..prediction.predictor import Predictor
 
 T = TypeVar("T")
 

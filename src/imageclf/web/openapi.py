@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .. import __version__
 from ..imaging import WEB_FORMATS
+from ..version import __version__
 
 _ERROR_REF = {"$ref": "#/components/responses/Error"}
 

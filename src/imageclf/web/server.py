@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError
-from ..predict import default_model_path
+from ..prediction.predictor import default_model_path
 
 log = logging.getLogger("imageclf.web")
 
@@ -53,7 +53,7 @@ def check_model(model: str | os.PathLike | None) -> Path:
     """Resolve and fully load the model once; raises ``BundleError`` (exit 2) if unusable."""
     import torch
 
-    from ..predict import Predictor
+    from ..prediction.predictor import Predictor
 
     path = Path(model) if model else default_model_path()
     # One thread in the parent: a forked worker must never inherit a started OpenMP pool.

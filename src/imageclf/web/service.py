@@ -21,7 +21,6 @@ from PIL import Image
 
 from ..calibration import UNCALIBRATED_UNSURE_BELOW
 from ..errors import ImageclfError
-from ..gradcam import overlay
 from ..imaging import (
     DECODE_SECONDS,
     MAX_PIXELS,
@@ -31,7 +30,8 @@ from ..imaging import (
     Decoded,
     decode_image,
 )
-from ..predict import Predictor
+from ..prediction.gradcam import overlay
+from ..prediction.predictor import Predictor
 from .forward import ForwardRunner
 from .memory import release_free_memory
 from .pictures import DISPLAY_SIZE

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .data import Dataset
+from ..data import Dataset
+from ..prediction.predictor import Predictor
 from .interpretation import Interpretation
-from .predict import Predictor
 
 DIGITS = 4
 SAMPLE_GRID = 25

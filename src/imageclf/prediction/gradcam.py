@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .data.loader import Normalizer
-from .errors import UserInputError
+from ..errors import UserInputError
+from .inference import Normalizer
 
 DEFAULT_SIZE = 256
 # The overlay blends the picture with a colour map; warm = evidence for the class.

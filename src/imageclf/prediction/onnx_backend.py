@@ -20,32 +20,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bundle import Bundle, BundleMetadata
-from .errors import BundleError, UserInputError
+from ..errors import BundleError, UserInputError, import_extra
+from ..models.bundle import Bundle, BundleMetadata
 from .inference import tta_views
-from .predict import Predictor
+from .predictor import Predictor
 
 ONNX_FORMAT = "imageclf-onnx/1"
 METADATA_KEY = "imageclf"  # the bundle's metadata, JSON
 FORMAT_KEY = "format"
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
-ONNX_EXTRA = "pip install 'imageclf[onnx]'"
 EXPLAIN_UNAVAILABLE = (
     "Grad-CAM needs the PyTorch model's gradients: use the .safetensors bundle, not the ONNX export"
 )
 
 
-class MissingExtraError(UserInputError):
-    """An optional extra is needed for this (exit code 2)."""
-
-
 def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingExtraError(f"ONNX models need the optional onnx extra: {ONNX_EXTRA}") from None
-    return onnxruntime
+    return import_extra("onnxruntime", "onnx", "ONNX models")
 
 
 def read_onnx_metadata(session) -> BundleMetadata:

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .bundle import BundleMetadata
-from .data import Dataset, Split, load_dataset, make_split
-from .data.splits import SPLITS
-from .errors import DataError, UserInputError
+from ..data import Dataset, Split, load_dataset, make_split
+from ..data.splits import SPLITS
+from ..errors import DataError, UserInputError
+from ..models.bundle import BundleMetadata
+from ..prediction.predictor import Predictor
 from .interpretation import Interpretation
-from .metrics import build_metrics
-from .predict import Predictor
+from .report_metrics import build_metrics
 
 log = logging.getLogger("imageclf.evaluate")
 

@@ -15,15 +15,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data import Dataset, Split, load_dataset, make_split
+from ..data.loader import channel_stats
+from ..device import Runtime
+from ..errors import UserInputError
+from ..models import TrainingHooks, build, training_hooks
+from ..prediction.inference import Normalizer, evaluate_logits, predict_logits
 from . import finetune
-from .data import Dataset, Split, load_dataset, make_split
-from .data.loader import Normalizer, channel_stats
-from .device import Runtime
-from .errors import UserInputError
-from .inference import evaluate_logits, predict_logits
-from .models import TrainingHooks, build, training_hooks
+from .config import TrainConfig
 from .optim import Lookahead, make_optimizer
-from .recipes import TrainConfig
 from .runs import Checkpoint, RunState, load_best
 
 

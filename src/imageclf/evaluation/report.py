@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import plots
-from .evaluation import EvalResult
-from .fileio import write_text_atomic
-from .gradcam import ensemble_gradcam, overlay
-from .metrics import fmt
+from .. import plots
+from ..fileio import write_text_atomic
+from ..prediction.gradcam import ensemble_gradcam, overlay
+from .evaluator import EvalResult
+from .report_metrics import fmt
 
 log = logging.getLogger("imageclf.report")
 
@@ -259,7 +259,7 @@ def _environment():
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(
-        loader=PackageLoader("imageclf", "templates"),
+        loader=PackageLoader("imageclf.evaluation", "templates"),
         autoescape=select_autoescape(["html"]),
         trim_blocks=True,
         lstrip_blocks=True,

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import torch
 
+from ..calibration import MIN_IMAGES, calibrate, calibration_effect
+from ..device import Runtime
+from ..fileio import write_text_atomic
+from ..models.bundle import save_bundle
+from ..prediction.inference import evaluate_logits
 from . import finetune
-from .bundle import save_bundle
-from .calibration import MIN_IMAGES, calibrate, calibration_effect
 from .compute import ComputeReport, compute_report, training_flops_per_image
-from .device import Runtime
-from .fileio import write_text_atomic
-from .inference import evaluate_logits
-from .recipes import TrainConfig
+from .config import TrainConfig
+from .parts import Parts, TrainData
 from .runs import Run, RunState, data_record, plot_curves
-from .training_parts import Parts, TrainData
 
 log = logging.getLogger("imageclf.train")  # the training logger: the tuner quiets it
 

@@ -10,7 +10,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .calibration import ECE_BINS, reliability_bins
+from ..calibration import ECE_BINS, reliability_bins
 
 CALIBRATION_BINS = ECE_BINS
 TOP_LOSSES = 20

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from .device import autocast
+from ..device import autocast
 
 PROBE_SECONDS = 2.0
 PROBE_SIZE = 1024  # big enough to reach the BLAS peak, small enough for a quick probe

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import Dataset, Split
-from .device import Runtime
-from .errors import UserInputError
-from .fileio import atomic_write, write_text_atomic
-from .recipes import TrainConfig
+from ..data import Dataset, Split
+from ..device import Runtime
+from ..errors import UserInputError
+from ..fileio import atomic_write, write_text_atomic
+from .config import TrainConfig
 
 log = logging.getLogger("imageclf.train")
 
@@ -181,7 +181,7 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
 def plot_curves(run_dir: Path, history: list[dict], cfg: TrainConfig) -> None:
     """curves.png in the run folder; a plotting failure must never lose a finished run."""
     try:
-        from .plots import save_training_curves
+        from ..plots import save_training_curves
 
         title = f"{cfg.recipe}: {run_dir.name}"
         save_training_curves(history, run_dir / "curves.png", title, cfg.label_smoothing)

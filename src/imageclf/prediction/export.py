@@ -30,31 +30,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bundle import BundleMetadata, save_bundle
-from .data.loader import Normalizer
-from .errors import ImageclfError, UserInputError
-from .inference import predict_logits
+from ..errors import ExportError, UserInputError, import_extra
+from ..models.bundle import BundleMetadata, save_bundle
+from .inference import Normalizer, predict_logits
 from .onnx_backend import (
     FORMAT_KEY,
     INPUT_NAME,
     METADATA_KEY,
-    ONNX_EXTRA,
     ONNX_FORMAT,
     OUTPUT_NAME,
-    MissingExtraError,
     OnnxPredictor,
 )
-from .predict import DEFAULT_BUNDLE, Predictor, default_model_path, is_onnx_path
+from .predictor import DEFAULT_BUNDLE, Predictor, default_model_path, is_onnx_path
 
 DEFAULT_OPSET = 18  # the dynamo exporter's own; others go through onnx's version converter
 VERIFY_IMAGES = 1000
 MAX_PROB_DIFF = 1e-4
 HALF_MAX_PROB_DIFF = 0.01
 HALF_MAX_FLIPS = 0.01  # of the verification images whose top-1 may change
-
-
-class ExportError(ImageclfError):
-    """The exported model does not reproduce the original (exit code 1)."""
 
 
 @dataclass
@@ -70,16 +63,8 @@ class ExportResult:
 
 def require_onnx_extra() -> None:
     """One clear line when the optional packages are missing (exit code 2)."""
-    missing = []
     for module in ("onnx", "onnxscript", "onnxruntime"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
-    if missing:
-        raise MissingExtraError(
-            f"ONNX export needs {', '.join(missing)}: install the onnx extra ({ONNX_EXTRA})"
-        )
+        import_extra(module, "onnx", "ONNX export")
 
 
 def _normalizer(metadata) -> Normalizer:

@@ -25,13 +25,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import recipes, search_space
-from .data import Dataset, Split
-from .errors import UserInputError
-from .fileio import write_text_atomic
-from .recipes import TrainConfig
-from .search_space import Space
-from .tuning_results import (
+from ..data import Dataset, Split
+from ..errors import TrainingDiverged, UserInputError, import_extra
+from ..fileio import write_text_atomic
+from ..training import train
+from ..training.config import TrainConfig
+from ..training.resolve import resolve
+from .results import (
     TuneResult,
     has_complete,
     table_header,
@@ -39,7 +39,8 @@ from .tuning_results import (
     trial_row,
     write_results,
 )
-from .tuning_study import (
+from .space import SPACES, Space, validate
+from .study import (
     SETTINGS_FILE,
     base_recipe,
     check_same_study,
@@ -52,16 +53,10 @@ from .tuning_study import (
 
 log = logging.getLogger("imageclf.tune")
 
-EXTRA_HINT = "imageclf tune needs Optuna: pip install 'imageclf[tune]'"
-
 
 def _optuna():
     """Optuna, or one line naming the extra that installs it."""
-    try:
-        import optuna
-    except ImportError:
-        raise UserInputError(EXTRA_HINT) from None
-    return optuna
+    return import_extra("optuna", "tune", "imageclf tune")
 
 
 @contextlib.contextmanager
@@ -157,7 +152,7 @@ class _Plan:
 def _plan(settings: dict) -> _Plan:
     """The recipe's config and its validated space; a bad space fails before any data loads."""
     base, recipe_space = base_recipe(settings["recipe"])
-    cfg = recipes.resolve(
+    cfg = resolve(
         settings["recipe"], data=settings["data"], split=settings["split"],
         val_size=settings["val_size"], subset=settings["subset"], seed=settings["seed"],
         device=settings["device"], threads=settings["threads"], epochs=settings["epochs"],
@@ -165,11 +160,11 @@ def _plan(settings: dict) -> _Plan:
     epochs_cap = cfg.epochs
     # --epochs is the cap by definition: the small-data adaptation must not raise it.
     cfg = dataclasses.replace(cfg, user_set=sorted({*cfg.user_set, "epochs"}))
-    declared = settings["space"] or recipe_space or search_space.SPACES.get(base)
+    declared = settings["space"] or recipe_space or SPACES.get(base)
     if declared is None:
         raise UserInputError(f"the {base} recipe declares no search space: pass --space FILE")
     source = "--space" if settings["space"] else "the recipe's space"
-    space_ = search_space.validate(declared, cfg, epochs_cap, source)
+    space_ = validate(declared, cfg, epochs_cap, source)
     if not space_.searched:
         raise UserInputError(f"bad search space in {source}: every value is fixed")
     return _Plan(base, cfg, epochs_cap, declared, space_)
@@ -177,7 +172,7 @@ def _plan(settings: dict) -> _Plan:
 
 def _load_data(cfg: TrainConfig, progress: bool) -> tuple[Dataset, Split]:
     """Load the data once up front: a bad path or split fails before any trial."""
-    from .data import load_dataset, make_split
+    from ..data import load_dataset, make_split
 
     dataset = load_dataset(cfg.data, image_size=cfg.image_size, progress=progress)
     split_ = make_split(dataset, cfg.split, cfg.seed, cfg.val_size, cfg.subset)
@@ -276,8 +271,6 @@ def _run_trials(
 
 def _run_trial(optuna, trial, cfg: TrainConfig, epochs_cap: int, progress: bool) -> float:
     """One training run that reports val accuracy per epoch and stops when pruned."""
-    from .training import TrainingDiverged, train
-
     bar = tqdm(
         total=cfg.epochs,
         desc=f"trial {trial.number}",

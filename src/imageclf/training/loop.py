@@ -28,14 +28,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..data.augment import augment_batch, shrink
+from ..data.loader import batch_indices
+from ..device import Runtime, autocast, setup_runtime
+from ..errors import TrainingDiverged
+from ..fileio import RunLock
 from . import finetune
-from .data.augment import augment_batch, shrink
-from .data.loader import batch_indices
-from .device import Runtime, autocast, setup_runtime
-from .errors import UserInputError
-from .fileio import RunLock
+from .adapt import adapt_to_data
+from .config import TrainConfig
+from .finish import finish
 from .optim import schedule_multiplier, set_learning_rate
-from .recipes import TrainConfig, adapt_to_data, resolve
+from .parts import Parts, TrainData
+from .resolve import resolve
 from .runs import (
     Checkpoint,
     Run,
@@ -46,15 +50,9 @@ from .runs import (
     write_history,
     write_run_record,
 )
-from .training_finish import finish
-from .training_parts import Parts, TrainData
 
 log = logging.getLogger("imageclf.train")
 EpochHook = Callable[[dict], None]
-
-
-class TrainingDiverged(UserInputError):
-    """The loss became NaN/inf: bad settings, not a bug (the tuner prunes such trials)."""
 
 
 # ---------------------------------------------------------------- public entry points

@@ -27,13 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bundle import build_model, load_bundle
-from .data.loader import Normalizer
-from .device import autocast
-from .errors import UserInputError
-from .inference import evaluate_logits
-from .models import build
-from .models import efficientnet as effnet
+from ..device import autocast
+from ..errors import UserInputError
+from ..models import build
+from ..models import efficientnet as effnet
+from ..models.bundle import build_model, load_bundle
+from ..prediction.inference import Normalizer, evaluate_logits
 from .runs import history_record
 
 log = logging.getLogger("imageclf.train")

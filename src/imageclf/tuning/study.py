@@ -14,9 +14,12 @@ import re
 import time
 from pathlib import Path
 
-from . import recipes, search_space
-from .errors import UserInputError
-from .recipes import TrainConfig
+from ..errors import UserInputError
+from ..training.config import TrainConfig
+from ..training.recipe_files import read_recipe_file
+from ..training.recipes import RECIPES
+from ..training.resolve import recipe_values, resolve
+from .space import read_space_file
 
 log = logging.getLogger("imageclf.tune")
 
@@ -31,10 +34,10 @@ RUN_FIELDS = {
 
 def base_recipe(recipe: str) -> tuple[str, dict | None]:
     """The built-in recipe under ``recipe`` and the space a recipe file declares, if any."""
-    recipes.recipe_values(recipe)  # an unknown name or a bad file fails here, clearly
-    if recipe in recipes.RECIPES:
+    recipe_values(recipe)  # an unknown name or a bad file fails here, clearly
+    if recipe in RECIPES:
         return recipe, None
-    doc = recipes.read_recipe_file(recipe)
+    doc = read_recipe_file(recipe)
     return doc["base"], doc.get("space")
 
 
@@ -77,7 +80,7 @@ def load_settings(resume, **given) -> tuple[Path, dict]:
             settings[key] = str(Path(value).resolve())
     space = settings["space"]
     if isinstance(space, str | os.PathLike):
-        settings["space"] = search_space.read_space_file(space)
+        settings["space"] = read_space_file(space)
     if settings["storage"] is None:
         settings["storage"] = f"sqlite:///{(run_dir / 'study.db').resolve()}"
     if settings["study"] is None:
@@ -192,5 +195,5 @@ def requeue_interrupted(optuna, study) -> None:
 
 def recipe_changes(cfg: TrainConfig, base: str) -> dict:
     """The recipe fields where ``cfg`` differs from the built-in ``base``."""
-    reference = recipes.resolve(base).to_dict()
+    reference = resolve(base).to_dict()
     return {k: v for k, v in cfg.to_dict().items() if k not in RUN_FIELDS and reference[k] != v}

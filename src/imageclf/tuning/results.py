@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import recipes
-from .fileio import write_text_atomic
-from .recipes import TrainConfig
-from .search_space import Space
-from .tuning_study import recipe_changes
+from ..fileio import write_text_atomic
+from ..training.config import TrainConfig
+from ..training.recipe_files import write_recipe_file
+from .space import Space
+from .study import recipe_changes
 
 log = logging.getLogger("imageclf.tune")
 
@@ -114,9 +114,9 @@ def _write_trials_csv(path: Path, rows: list[dict], names: list[str]) -> None:
 # ---------------------------------------------------------------- plots
 def _plot_history(rows: list[dict], path: Path) -> Path:
     """Validation accuracy per trial, pruned ones at their last epoch, best so far."""
-    from .plots import _figure, save
+    from ..plots import figure, save
 
-    fig = _figure(7, 4)
+    fig = figure(7, 4)
     ax = fig.subplots()
     done = [r for r in rows if r["state"] == "complete"]
     ax.scatter([r["trial"] for r in done], [r["val_acc"] for r in done], label="complete", zorder=3)
@@ -155,10 +155,10 @@ def _plot_history(rows: list[dict], path: Path) -> Path:
 
 
 def _plot_importances(importances: dict[str, float], n_trials: int, path: Path) -> Path:
-    from .plots import _figure, save
+    from ..plots import figure, save
 
     names = list(importances)[::-1]  # most important on top
-    fig = _figure(7, 0.5 * len(names) + 1.5)
+    fig = figure(7, 0.5 * len(names) + 1.5)
     ax = fig.subplots()
     ax.barh(names, [importances[n] for n in names], color="#1f77b4")
     ax.set_xlabel("importance for validation accuracy (fANOVA, sums to 1)")
@@ -204,7 +204,7 @@ def write_results(
         best_trial, best_value, best_params = best.number, best.value, dict(best.params)
         tuned = space_.apply(cfg, best.params)
         counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "diverged")}
-        best_recipe = recipes.write_recipe_file(
+        best_recipe = write_recipe_file(
             run_dir / "best.json",
             name=f"{base}-tuned",
             base=base,

@@ -21,14 +21,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .bundle import Bundle, BundleMetadata, build_model, load_bundle
-from .data.loader import Normalizer
-from .device import resolve_device, resolve_precision
-from .errors import BundleError, ImageError, UserInputError
-from .fileio import unreadable_reason
+from ..device import resolve_device, resolve_precision
+from ..errors import BundleError, ImageError, UserInputError
+from ..fileio import unreadable_reason
+from ..imaging import IMAGE_EXTENSIONS, ImageSource, open_image, resize_for_model
+from ..models.bundle import Bundle, BundleMetadata, build_model, load_bundle
 from .gradcam import DEFAULT_SIZE, Explanation, GradCAM, gradcam_batch, overlay
-from .imaging import IMAGE_EXTENSIONS, ImageSource, open_image, resize_for_model
-from .inference import predict_logits
+from .inference import Normalizer, predict_logits
 
 DEFAULT_BUNDLE = "default.safetensors"
 Picture = ImageSource | np.ndarray  # a file, bytes, PIL image, or an HxWx3 array (see _from_array)

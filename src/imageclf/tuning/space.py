@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data.augment import FLIP_MODES
-from .errors import UserInputError
-from .recipes import TrainConfig
+from ..data.augment import FLIP_MODES
+from ..errors import UserInputError
+from ..training.config import TrainConfig
 
 
 @dataclass(frozen=True)

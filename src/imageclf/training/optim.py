@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .recipes import TrainConfig
+from .config import TrainConfig
 
 LOOKAHEAD_EVERY = 5  # steps between lookahead syncs
 # Newton-Schulz: a quintic whose coefficients maximise the slope at zero; 3 steps map the

@@ -1,14 +1,29 @@
 """Batched forward passes with optional test-time augmentation: the one prediction
-path shared by training-time evaluation, ``Predictor`` and the reports."""
+path shared by training-time evaluation, ``Predictor`` and the reports; and the
+``Normalizer`` that turns uint8 pictures into the model's input."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.loader import Normalizer
-from .device import autocast
+from ..device import autocast
+
+
+class Normalizer:
+    """uint8 NHWC -> float NCHW (channels_last memory), standardised per channel."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(1, 3, 1, 1)
+        self.shift = (torch.tensor(mean, dtype=torch.float32) / torch.tensor(std)).view(1, 3, 1, 1)
+
+    def __call__(self, batch: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+        # An NHWC tensor permuted to NCHW *is* channels_last in memory: no copy needed.
+        x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+        return x * self.scale.to(x.device) - self.shift.to(x.device)
 
 
 def tta_views(x: torch.Tensor) -> list[tuple[float, torch.Tensor]]:

@@ -26,8 +26,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as _st_save
 
-from .errors import BundleError
-from .fileio import atomic_write
+from ..errors import BundleError
+from ..fileio import atomic_write
+from ..version import __version__
+from .registry import build, names
 
 FORMAT = "imageclf-bundle/1"
 REQUIRED_KEYS = ("architecture", "arch_kwargs", "classes", "input_size", "normalization")
@@ -212,8 +214,6 @@ def versions() -> dict[str, str]:
     import numpy
     import PIL
 
-    from . import __version__
-
     return {
         "imageclf": __version__,
         "torch": torch.__version__,
@@ -284,8 +284,6 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
 
 
 def _build(meta: BundleMetadata) -> torch.nn.Module:
-    from .models import build
-
     return build(
         meta.architecture,
         num_classes=len(meta.classes),
@@ -297,8 +295,6 @@ def _build(meta: BundleMetadata) -> torch.nn.Module:
 def _check_shapes(bundle: Bundle, path: Path) -> None:
     """Build the architecture on the meta device (shapes only, no memory) and compare it
     with the stored tensors: absurd or wrong ``arch_kwargs`` never allocate anything."""
-    from .models import names
-
     meta = bundle.metadata
     if meta.architecture not in names():
         return  # e.g. an optional extra not installed here: build_model says so if used

@@ -1,0 +1,173 @@
+"""TrainConfig: every setting of a training run, as one dataclass checked when built.
+
+Types and choices are checked in ``__post_init__``, so a typo or a bad value fails
+before any data loads; unknown keys name the nearest valid field (``check_keys``).
+The built-in recipes are in ``recipes.py``, recipe files in ``recipe_files.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+
+from ..data.augment import FLIP_MODES, AugmentConfig
+from ..data.splits import SPLITS
+from ..device import PRECISIONS, check_device_name
+from ..errors import UserInputError
+from ..models.bundle import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "muon")
+SCHEDULES = ("constant", "plateau", "warmup-linear")
+LOSS_REDUCTIONS = ("mean", "sum")
+# Field annotation -> the Python types a value may have (bool is not an int here), and
+# how an error message names them.
+_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "str": ((str,), "a string"),
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "dict": ((dict,), "a JSON object"),
+    "int | None": ((int, type(None)), "an integer or null"),
+    "str | None": ((str, type(None)), "a string or null"),
+    "AugmentConfig": ((AugmentConfig,), "augmentation settings"),
+    "list[str]": ((list,), "a list of names"),
+}
+
+
+@dataclass
+class TrainConfig:
+    recipe: str = "fast"
+    architecture: str = "fast"
+    arch_kwargs: dict = field(default_factory=dict)
+    # optimisation
+    optimizer: str = "adam"  # adam, adamw, sgd (nesterov, decoupled-style decay) or muon
+    # "muon": sgd, with the conv filters stepped by Muon (orthogonalised momentum). A Muon
+    # step has the same size whatever the batch, so fewer, bigger batches need bigger steps
+    # to travel as far per epoch: muon_lr is per 256-image batch and scales linearly.
+    # airbench's 0.24 at batch 2000 is ~0.03 here; validation picked 0.04 (0.06 was worse).
+    muon_lr: float = 0.04  # muon: step size (per 256 images) of a filter of norm sqrt(outputs)
+    muon_momentum: float = 0.85
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0  # sgd: decay per step for a 1024-image batch, scaled by batch
+    adam_eps: float = 1e-7  # Keras' default (PyTorch uses 1e-8)
+    bias_lr_scale: float = 1.0  # sgd: BatchNorm biases learn this much faster
+    loss_reduction: str = "mean"  # "sum" makes lr per-example (batch-size independent)
+    label_smoothing: float = 0.0
+    batch_size: int = 64
+    epochs: int = 40
+    schedule: str = "constant"  # "constant" | "plateau" | "warmup-linear"
+    warmup: float = 0.2  # warmup-linear: fraction of steps spent rising from 0.2x to 1x
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    min_lr: float = 1e-5
+    early_stopping: int | None = None  # patience in epochs on val_loss; None = off
+    restore_best: bool = True
+    lookahead: bool = False  # airbench-style lookahead EMA of the weights
+    whiten_bias_epochs: int = 0  # fast net: train the whitening bias only this long
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Progressive resizing: the first low_res_fraction of the epochs see the training
+    # pictures shrunk to low_res_scale of image_size, for a fraction of the FLOPs (0.75:
+    # about half); the last epochs train at full size, the size the model is used at.
+    low_res_scale: float = 1.0
+    low_res_fraction: float = 0.0
+    tta: bool = False  # also report test accuracy with flip/translate TTA
+    # transfer learning (finetune.py)
+    pretrained: str | None = None  # "efficientnet-lite0": ImageNet weights, new head
+    init: str | None = None  # an imageclf bundle to start from (new head if classes differ)
+    freeze_backbone: bool = False  # linear probe: fit the head on fixed embeddings only
+    freeze_groups: int = 1  # fine-tuning: earliest layer groups kept frozen (0 = train all)
+    freeze_bn: bool = True  # --pretrained: keep ImageNet's BatchNorm statistics (small batches)
+    class_weights: str | None = None  # "auto": loss weights n / (classes * n_c)
+    adapt: bool = True  # adapt batch size, epochs and augmentation to small datasets
+    user_set: list[str] = field(default_factory=list)  # fields the user chose explicitly
+    # data
+    data: str | None = None
+    split: str = "auto"
+    val_size: int | None = None
+    subset: int | None = None
+    image_size: int = 32
+    seed: int = 0
+    # execution
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None
+    eval_batch_size: int = 500
+    out: str | None = None
+
+    def __post_init__(self) -> None:
+        """Checked when built, so a typo fails before any data loads."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            allowed, kind = _TYPES[str(f.type)]
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                raise UserInputError(f"{f.name} must be {kind}, got {value!r}")
+        _choose("optimizer", self.optimizer, OPTIMIZERS)
+        _choose("schedule", self.schedule, SCHEDULES)
+        _choose("loss_reduction", self.loss_reduction, LOSS_REDUCTIONS)
+        _choose("split", self.split, SPLITS)
+        _choose("precision", self.precision, PRECISIONS)
+        _choose("augment.flip", self.augment.flip, FLIP_MODES)
+        check_device_name(self.device)
+        if self.class_weights is not None:
+            _choose("class_weights", self.class_weights, ("auto",))
+        if self.freeze_backbone and not (self.pretrained or self.init):
+            raise UserInputError("--freeze-backbone needs --pretrained NAME or --init MODEL")
+        if self.epochs < 1:
+            raise UserInputError("--epochs must be at least 1")
+        if self.batch_size < 1:
+            raise UserInputError("--batch-size must be at least 1")
+        if self.lr <= 0:
+            raise UserInputError("--lr must be positive")
+        if not MIN_INPUT_SIZE <= self.image_size <= MAX_INPUT_SIZE:  # what a bundle may hold
+            raise UserInputError(
+                f"image_size must be from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} pixels"
+            )
+        if not 0 < self.low_res_scale <= 1:
+            raise UserInputError("low_res_scale must be above 0 and at most 1")
+        if not 0 <= self.low_res_fraction < 1:
+            raise UserInputError("low_res_fraction must be from 0 to below 1")
+
+    @property
+    def low_res_epochs(self) -> int:
+        """Epochs at the reduced size; at least the last epoch is always at full size."""
+        if self.low_res_scale == 1:
+            return 0
+        return min(self.epochs - 1, round(self.low_res_fraction * self.epochs))
+
+    def image_size_at(self, epoch: int) -> int:
+        """The side of the training pictures in ``epoch`` (0-based)."""
+        if epoch < self.low_res_epochs:
+            return max(MIN_INPUT_SIZE, round(self.low_res_scale * self.image_size))
+        return self.image_size
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """From ``to_dict()`` output (a checkpoint); keys of older versions are ignored."""
+        data = dict(data)
+        data["augment"] = AugmentConfig(**data.get("augment", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _choose(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserInputError(f"unknown {name} {value!r}; choose {', '.join(choices)}")
+
+
+def check_keys(keys, known, what: str = "setting") -> None:
+    """Unknown keys are an error that names the nearest valid one."""
+    for key in keys:
+        if key not in known:
+            prefixes = sorted((k for k in known if key.startswith(k) or k.startswith(key)), key=len)
+            close = difflib.get_close_matches(key, known, n=1) or prefixes[-1:]
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
+            raise UserInputError(f"unknown {what} {key!r}{hint}")
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
