@@ -176,10 +176,8 @@ def test_tune_without_optuna_names_the_extra(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     code, _, err = run(["tune", "--data", str(tmp_path), "--out", str(out)], capsys)
     assert code == 2
-    assert (
-        err.strip()
-        == "imageclf: error: imageclf tune needs the optional tune extra: pip install 'imageclf[tune]'"
-    )
+    install = "pip install 'imageclf[tune]'"
+    assert err.strip() == f"imageclf: error: imageclf tune needs the optional tune extra: {install}"
     assert not out.exists()
 
 

@@ -519,8 +519,8 @@ def test_max_requests_can_be_turned_off(monkeypatch):
 
 
 def test_serve_without_bundled_model_is_a_clear_error(monkeypatch, capsys, keep_torch_threads):
-    from imageclf.prediction import predictor as predict
     from imageclf.cli import main
+    from imageclf.prediction import predictor as predict
 
     monkeypatch.setattr(predict.resources, "files", lambda _: Path("/nonexistent/imageclf"))
     with pytest.raises(SystemExit) as exit_info:
