@@ -4,6 +4,10 @@ reliability diagrams.
 Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas directly,
 never through ``pyplot``: no global backend or figure state, so the web app and
 several threads can draw at once and nothing needs a display.
+
+Every string from outside (class names, file names, titles) is drawn as text, never as
+mathtext: a class folder named ``cost $5 and $`` would otherwise be parsed as a formula
+and fail the whole report. ``literal`` escapes it at the point it enters a figure.
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ from matplotlib.figure import Figure
 DPI = 110
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red that stay readable on white
 TRAIN_COLOR, VAL_COLOR = "#1f77b4", "#ff7f0e"
+
+
+def literal(text: str | None) -> str | None:
+    """``text`` drawn as written: escaped dollar signs are shown as plain dollars."""
+    return None if text is None else str(text).replace("$", r"\$")
 
 
 def figure(width: float, height: float) -> Figure:
@@ -88,7 +97,7 @@ def training_curves(
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=9)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(literal(title))
     return fig
 
 
@@ -118,11 +127,12 @@ def confusion_heatmap(
     image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=vmax)
     cbar = fig.colorbar(image, ax=ax, shrink=0.8)
     cbar.set_label("share of the true class" if normalized else "images")
-    ax.set_xticks(range(n), classes, rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(n), classes)
+    labels = [literal(c) for c in classes]
+    ax.set_xticks(range(n), labels, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(title)
+    ax.set_title(literal(title))
     if n <= 30:
         size = 9 if n <= 12 else 7
         for i in range(n):
@@ -162,12 +172,12 @@ def image_grid(
         ax.imshow(images[k], interpolation="bicubic" if images[k].shape[0] < 64 else "antialiased")
         ok = True if correct is None else bool(correct[k])
         color = "black" if correct is None else (RIGHT if ok else WRONG)
-        ax.set_title(titles[k], fontsize=8.5, color=color, linespacing=1.2)
+        ax.set_title(literal(titles[k]), fontsize=8.5, color=color, linespacing=1.2)
         for spine in ax.spines.values():
             spine.set_color(color if not ok else "0.8")
             spine.set_linewidth(3 if not ok else 0.8)
     if title:
-        fig.suptitle(title, fontsize=12)
+        fig.suptitle(literal(title), fontsize=12)
     return fig
 
 
@@ -217,7 +227,7 @@ def reliability_diagram(
         label="mean confidence",
         zorder=4,
     )
-    heading = f"{title}\nECE = {ece:.4f}"
+    heading = f"{literal(title)}\nECE = {ece:.4f}"
     if before is not None:
         raw = [b for b in before["bins"] if b["accuracy"] is not None]
         top.plot(
@@ -231,7 +241,7 @@ def reliability_diagram(
             label="before temperature scaling (accuracy vs confidence)",
             zorder=4,
         )
-        heading = f"{title}\nECE = {ece:.4f} calibrated, {before['ece']:.4f} before"
+        heading = f"{literal(title)}\nECE = {ece:.4f} calibrated, {before['ece']:.4f} before"
     top.set_ylim(0, 1)
     top.set_xlim(0, 1)
     top.set_ylabel("accuracy in bin")
