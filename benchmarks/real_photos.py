@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import describe, loadavg
 
 from imageclf.imaging import WEB_FORMATS, decode_image
-from imageclf.prediction.predictor import Predictor, collect_images, default_model_path
+from imageclf.prediction.files import collect_images
+from imageclf.prediction.predictor import Predictor, default_model_path
 from imageclf.web.service import ModelService, unsure_threshold
 from imageclf.web.uploads import Upload
 

@@ -1,12 +1,15 @@
-"""Helpers the tests share: small images, a tiny model bundle, synthetic image folders.
+"""Helpers the tests share: small images, a tiny model bundle, synthetic image folders,
+posting to the web app's upload API.
 
 Import them (``from helpers import make_tiny_bundle``); fixtures live in conftest.py.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +102,24 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
         main(argv)
     out, err = capsys.readouterr()
     return exc.value.code, out, err
+
+
+# ---------------------------------------------------------------- the web app's upload API
+def post(client, data: bytes, name: str = "image.png", content_type: str | None = None, **extra):
+    """POST one file (and ``extra`` form fields) to /api/v1/predict with a test client."""
+    file = (io.BytesIO(data), name, content_type) if content_type else (io.BytesIO(data), name)
+    return client.post("/api/v1/predict", data={"file": file, **extra})
+
+
+def probabilities(client, data: bytes) -> dict[str, float]:
+    """Every class's probability for one picture posted to the API (which must accept it)."""
+    response = post(client, data, top_k="10")
+    assert response.status_code == 200, response.get_json()
+    return {t["label"]: t["probability"] for t in response.get_json()["predictions"][0]["top"]}
+
+
+def decode_data_url(html: str, element_id: str) -> Image.Image:
+    """The PNG a page shows inline (``<img id=element_id src="data:image/png;base64,...">``)."""
+    match = re.search(rf'id="{element_id}"[^>]*src="data:image/png;base64,([^"]+)"', html)
+    assert match, f"no PNG data URL on #{element_id}"
+    return Image.open(io.BytesIO(base64.b64decode(match.group(1))))

@@ -3,7 +3,7 @@ process's peak resident memory, and how much it still holds afterwards.
 
 ``python memory_probe.py BUNDLE CASE...`` prints one JSON line per case. The peak is
 reset before each request (``/proc/self/clear_refs``), so earlier work in the process
-never hides a request's own peak. Used by test_web_hostile.py; a real worker is
+never hides a request's own peak. Used by test_web_hostile_budgets.py; a real worker is
 measured the same way in test_web_server.py.
 """
 

@@ -192,6 +192,19 @@ HOSTILE = [
     ("metrics", [0.9], "seed-a", "metrics must be an object"),
     ("config", "fast", "seed-a", "config must be an object"),
     ("versions", "1.0", "seed-a", "versions must be an object"),
+    # Sections that evaluate, info and the web app read are checked in depth at load.
+    ("metrics", {"test": "x"}, "seed-a", "metrics.test must be an object"),
+    ("metrics", {"test": {"accuracy": 2}}, "seed-a", "metrics.test.accuracy must be a number"),
+    ("metrics", {"val": {"loss": "low"}}, "seed-a", "metrics.val.loss must be a number"),
+    ("config", {"label_smoothing": "x"}, "seed-a", "config.label_smoothing must be"),
+    ("config", {"val_size": -5}, "seed-a", "config.val_size must be"),
+    ("config", {"subset": 2.5}, "seed-a", "config.subset must be"),
+    (
+        "split",
+        {"name": "official", "seed": -1, "sizes": {}, "digest": ""},
+        "seed-a",
+        "integer seed from 0 to 2^32-1",
+    ),
 ]
 
 
@@ -211,13 +224,43 @@ def test_metadata_that_is_not_an_object(tmp_path):
         load_bundle(path)
 
 
+@pytest.mark.parametrize(
+    ("metadata_json", "needle"),
+    [
+        ('{"metrics": {"test": {"accuracy": NaN}}}', "holds NaN, which is not a JSON number"),
+        ('{"x": -Infinity}', "holds -Infinity, which is not a JSON number"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"a": ' * 65 + "1" + "}" * 65, "nested too deeply"),
+        ("{", "is not valid JSON"),
+    ],
+)
+def test_unparsable_or_non_json_metadata_is_one_bundle_error(tmp_path, metadata_json, needle):
+    path = tmp_path / "m.safetensors"
+    _write_raw(path, {"w": torch.zeros(2)}, metadata_json)
+    with pytest.raises(BundleError) as caught:
+        load_bundle(path)
+    message = str(caught.value)
+    assert needle in message and str(path) in message and "\n" not in message
+
+
+def test_save_writes_nan_metrics_as_null_so_the_bundle_loads(tmp_path):
+    path = make_tiny_bundle(tmp_path / "m.safetensors", "seed-a")
+    bundle = load_bundle(path)
+    meta = {**bundle.metadata, "metrics": {"val": {"loss": float("nan"), "accuracy": 0.5}}}
+    meta["extra"] = [float("inf"), 1.0]
+    save_bundle(path, bundle.state_dict, meta)
+    again = load_bundle(path).metadata
+    assert again.metrics["val"] == {"loss": None, "accuracy": 0.5}
+    assert again["extra"] == [None, 1.0]
+
+
 def _cli(argv, capsys):
     """``imageclf -q ...``: (exit code, stdout, stderr)."""
     return run_cli(["-q", *argv], capsys)
 
 
 # A sample of HOSTILE (each field kind once) through every command that opens a bundle.
-CLI_CASES = [HOSTILE[i] for i in (0, 1, 5, 9, 10, 16, 22, 25, 33, 35)]
+CLI_CASES = [HOSTILE[i] for i in (0, 1, 5, 9, 10, 16, 22, 25, 33, 35, 40, 43)]
 
 
 @pytest.mark.parametrize("key,value,architecture,needle", CLI_CASES)

@@ -8,7 +8,7 @@ import torch
 from imageclf import Predictor
 from imageclf.calibration import ece
 from imageclf.data import TEST, load_dataset
-from imageclf.data.readers import CIFAR10_CLASSES
+from imageclf.data.cifar import CIFAR10_CLASSES
 from imageclf.models.bundle import load_bundle
 from imageclf.prediction.predictor import default_model_path
 

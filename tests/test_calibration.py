@@ -95,7 +95,8 @@ def test_training_records_compute_and_calibration(tmp_path):
     # The prediction path divides by the temperature: probabilities are softmax(z / T).
     predictor = Predictor.load(result.bundle_path)
     batch = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-    raw = predictor.model(predictor._normalizer(torch.from_numpy(batch), predictor.device)).detach()
+    engine = predictor.engine  # the torch backend: its model and normaliser
+    raw = engine.model(engine.normalizer(torch.from_numpy(batch), engine.device)).detach()
     expected = F.softmax(raw / cal["temperature"], -1).numpy()
     assert np.allclose(predictor.predict_proba(batch), expected, atol=1e-5)
     # evaluate reports ECE and NLL before and after, on the test split.

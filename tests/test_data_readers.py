@@ -12,7 +12,8 @@ from PIL import Image
 
 from imageclf import data as data_mod
 from imageclf.data import TEST, TRAIN, VAL, load_dataset, make_split
-from imageclf.data import readers as readers_mod
+from imageclf.data import cifar as cifar_mod
+from imageclf.data import memory as memory_mod
 from imageclf.errors import DataError
 
 
@@ -221,7 +222,7 @@ def test_cifar_batch_refuses_arbitrary_code(tmp_path):
 
     blob = pickle.dumps({b"data": Evil(), b"labels": []})
     with pytest.raises(DataError, match="refusing"):
-        readers_mod._load_cifar_batch(blob, "data_batch_1")
+        cifar_mod._load_cifar_batch(blob, "data_batch_1")
 
 
 def test_corrupt_cifar_batch(tmp_path):
@@ -351,10 +352,10 @@ def test_symlinks_are_followed_and_loops_do_not_hang(tmp_path):
 
 
 def test_memory_check_refuses_what_cannot_fit(monkeypatch):
-    monkeypatch.setattr(readers_mod, "_memory_available", lambda: 4_000_000_000)
-    readers_mod.check_memory(10_000, 224, "src")  # 1.5 GB fits in 4 GB
+    monkeypatch.setattr(memory_mod, "_memory_available", lambda: 4_000_000_000)
+    memory_mod.check_memory(10_000, 224, "src")  # 1.5 GB fits in 4 GB
     with pytest.raises(DataError, match=r"50,000 images at 224x224 need 7\.5 GB"):
-        readers_mod.check_memory(50_000, 224, "src")
+        memory_mod.check_memory(50_000, 224, "src")
 
 
 def test_empty_class_folder(tmp_path):

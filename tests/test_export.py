@@ -31,7 +31,7 @@ onnx = pytest.importorskip("onnx", reason="needs the onnx extra: pip install 'im
 pytest.importorskip("onnxscript", reason="needs the onnx extra")
 pytest.importorskip("onnxruntime", reason="needs the onnx extra")
 
-from imageclf.prediction.onnx_backend import OnnxPredictor  # noqa: E402
+from imageclf.prediction.onnx_backend import OnnxBackend  # noqa: E402
 
 
 def run(argv, capsys):
@@ -85,13 +85,28 @@ def test_export_reports_its_parity_check(exported):
 def test_onnx_predictor_matches_torch_for_any_batch_size(exported, batch):
     bundle, result = exported
     torch_p, onnx_p = Predictor.load(bundle), Predictor.load(result.path)
-    assert isinstance(onnx_p, OnnxPredictor) and not onnx_p.explainable
+    assert isinstance(onnx_p.engine, OnnxBackend) and not onnx_p.explainable
     images = verification_images(32, batch, seed=batch)
     expected = torch_p.predict_proba(images)
     got = onnx_p.predict_proba(images)
     assert got.shape == (batch, 10) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, atol=1e-5)
     np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
+
+
+def test_onnx_predictor_refuses_gradcam_with_one_clear_message(exported):
+    """The backend says it cannot explain; ``Predictor`` refuses, before decoding anything."""
+    onnx_p = Predictor.load(exported[1].path)
+    assert onnx_p.backend == "onnxruntime" and onnx_p.model is None
+    with pytest.raises(UserInputError, match="Grad-CAM needs the PyTorch model's gradients"):
+        onnx_p.gradcam(verification_images(32, 2))
+    with pytest.raises(UserInputError, match="Grad-CAM needs the PyTorch model's gradients"):
+        onnx_p.explain(b"not even an image")
+
+
+def test_exporting_an_onnx_file_is_refused(exported):
+    with pytest.raises(UserInputError, match="not an ONNX file"):
+        export_onnx(exported[1].path)
 
 
 def test_onnx_predictor_has_the_same_api_and_preprocessing(exported, tmp_path):

@@ -26,16 +26,12 @@ from imageclf import Predictor
 from imageclf.errors import UserInputError
 from imageclf.fileio import RunLock
 from imageclf.models.bundle import load_bundle
-from imageclf.training.adapt import MIN_STEPS, adapt_to_data
-from imageclf.training.finetune import (
-    HEAD_L2,
-    HEAD_L2_GRID,
-    choose_head_l2,
-    class_weights,
-    describe_counts,
-)
+from imageclf.training.adapt import adapt_to_data
+from imageclf.training.finetune import HEAD_L2, HEAD_L2_GRID, choose_head_l2
 from imageclf.training.loop import train
+from imageclf.training.parts import class_weights, describe_counts
 from imageclf.training.resolve import resolve
+from imageclf.training.start import FromBundle, Pretrained, Scratch, start_for
 
 
 @pytest.fixture(scope="module")
@@ -191,19 +187,32 @@ def test_weighted_loss_trains(folder, tmp_path):
     assert train(cfg, progress=False).metrics["val"]["loss"] > 0
 
 
+def test_one_start_per_run():
+    """The start is chosen from the config alone: --pretrained, else --init, else scratch;
+    only the transfer starts fit the head first, and they need fewer steps."""
+    scratch = start_for(resolve("fast"))
+    pretrained = start_for(resolve("finetune"))
+    from_bundle = start_for(resolve("finetune", init="x.safetensors"))
+    assert (type(scratch), type(pretrained), type(from_bundle)) == (Scratch, Pretrained, FromBundle)
+    assert not scratch.fits_head_first and pretrained.fits_head_first
+    assert from_bundle.fits_head_first and from_bundle.min_steps < scratch.min_steps
+    assert scratch.origin(resolve("fast"), ["a", "b"]) is None
+
+
 def test_small_data_defaults_adapt_and_say_why():
     cfg = resolve("fast")  # batch 256, 11 epochs: one step per epoch on 220 images
-    adapted, notes = adapt_to_data(cfg, 220)
+    min_steps = Scratch.min_steps
+    adapted, notes = adapt_to_data(cfg, 220, min_steps)
     assert adapted.batch_size == 16 and adapted.batch_size < cfg.batch_size
     steps = -(-220 // adapted.batch_size) * adapted.epochs
-    assert steps >= MIN_STEPS and len(notes) == 2
+    assert steps >= min_steps and len(notes) == 2
     assert "batch size 256 -> 16" in notes[0] and f"epochs {cfg.epochs} ->" in notes[1]
     # what the user chose is kept; CIFAR-sized data is left alone
-    mine, notes = adapt_to_data(resolve("fast", batch_size=256, epochs=9), 220)
+    mine, notes = adapt_to_data(resolve("fast", batch_size=256, epochs=9), 220, min_steps)
     assert (mine.batch_size, mine.epochs, notes) == (256, 9, [])
-    assert adapt_to_data(cfg, 45000) == (cfg, [])
+    assert adapt_to_data(cfg, 45000, min_steps) == (cfg, [])
     # a 32 px translation becomes the same share of a bigger image
-    big, notes = adapt_to_data(resolve("fast", image_size=128), 45000)
+    big, notes = adapt_to_data(resolve("fast", image_size=128), 45000, min_steps)
     assert big.augment.translate == 8 and "translate" in notes[0]
 
 

@@ -12,9 +12,10 @@ import pytest
 from helpers import png_bytes
 from PIL import Image
 
-from imageclf.errors import ImageTooLargeError, UnsupportedFormatError
+from imageclf.errors import ImageTooLargeError, InvalidImageError, UnsupportedFormatError
 from imageclf.imaging import (
     WEB_FORMATS,
+    decode_image,
     format_extensions,
     format_mime_type,
     jpeg_scan_count,
@@ -161,3 +162,60 @@ def test_format_extensions_and_mime_types():
         "image/jpeg",
         "image/gif",
     ]
+
+
+# ---------------------------------------------------------------- arrays as pictures
+def test_a_float_array_is_the_same_picture_through_every_entry_point(tiny_bundle):
+    """One rule for arrays (``imaging.picture_from_array``): floats in 0..1 are scaled, so
+    ``open_image``, ``decode_image`` and every ``Predictor`` method give the answer the
+    uint8 array gives, whichever of them the array is handed to."""
+    from imageclf import Predictor
+
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    floats = pixels / 255.0
+    expected = np.asarray(open_image(pixels))
+    np.testing.assert_array_equal(expected, pixels)
+    np.testing.assert_array_equal(np.asarray(open_image(floats)), expected)
+    np.testing.assert_array_equal(np.asarray(decode_image(floats).picture), expected)
+    predictor = Predictor.load(tiny_bundle)
+    answer = predictor.predict(pixels)
+    assert predictor.predict(floats) == answer
+    assert predictor.predict(open_image(floats)) == answer
+    assert predictor.predict(floats[None]) == answer  # a batch of one
+    prepared = predictor.prepare(pixels)
+    np.testing.assert_array_equal(predictor.prepare(floats), prepared)
+    np.testing.assert_array_equal(predictor.preprocess(floats)[0], prepared)
+    heat = predictor.explain(pixels).heatmap
+    np.testing.assert_array_equal(predictor.explain(floats).heatmap, heat)
+
+
+def test_an_array_with_alpha_is_composited_like_a_file_with_alpha():
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 0  # red, but entirely transparent
+    rgba[:4, :, 3] = 255  # the top half opaque
+    buffer = io.BytesIO()
+    Image.fromarray(rgba).save(buffer, "PNG")
+    from_array = np.asarray(open_image(rgba))
+    np.testing.assert_array_equal(from_array, np.asarray(open_image(buffer.getvalue())))
+    assert from_array[0, 0].tolist() == [200, 0, 0] and from_array[7, 0].tolist() == [255] * 3
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.full((8, 8, 3), 300.0), r"0\.\.255"),
+        (np.full((8, 8, 3), np.inf), "NaN or infinity"),
+        (np.zeros((8, 8, 3), bool), "numbers"),
+        (np.zeros((8, 8, 2), np.uint8), "channels"),
+    ],
+)
+def test_open_image_refuses_arrays_that_are_not_pictures(array, message):
+    with pytest.raises(InvalidImageError, match=message):
+        open_image(array)
+
+
+def test_arrays_meet_the_same_geometry_limits_as_files():
+    with pytest.raises(ImageTooLargeError, match="limit is 100 pixels"):
+        open_image(np.zeros((32, 32), np.float32), max_pixels=100)
+    with pytest.raises(ImageTooLargeError, match="aspect ratios"):
+        open_image(np.zeros((1, 40, 3), np.uint8))

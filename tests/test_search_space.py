@@ -188,3 +188,40 @@ def test_the_readme_space_example_is_valid():
     example = re.search(r"```json\n(.*?)```", section, re.S).group(1)
     space = validate(json.loads(example), resolve("fast"), 9)
     assert {"lr", "epochs", "widths"} <= set(space.searched)
+
+
+# ---------------------------------------------------------------- hostile JSON files
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (DEEP, "nested too deeply"),
+        ('{"lr": {"low": NaN, "high": 1}}', "NaN, which is not a JSON number"),
+        ('{"lr": {"low": 1e-4, "high": Infinity}}', "Infinity, which is not a JSON number"),
+        ("{", "is not valid JSON"),
+    ],
+)
+def test_hostile_space_file_is_one_line(tmp_path, capsys, content, needle):
+    path = tmp_path / "space.json"
+    path.write_text(content)
+    code, _, err = run(["tune", "--space", str(path), "--data", str(tmp_path)], capsys)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_space_file_size_is_capped(tmp_path, capsys):
+    path = tmp_path / "space.json"
+    path.write_text(" " * (2 * 1024 * 1024) + "{}")
+    code, _, err = run(["tune", "--space", str(path), "--data", str(tmp_path)], capsys)
+    assert code == 2 and "at most 1 MB" in err
+
+
+@pytest.mark.parametrize(
+    "content",
+    [DEEP, "not json", "[]", '{"recipe": "fast"}', '{"trials": NaN}'],
+)
+def test_damaged_tune_settings_are_one_line_on_resume(tmp_path, capsys, content):
+    (tmp_path / "tune.json").write_text(content)
+    code, _, err = run(["tune", "--resume", str(tmp_path)], capsys)
+    assert code == 2 and str(tmp_path) in err and len(err.strip().splitlines()) == 1

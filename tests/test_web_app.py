@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_tiny_bundle, png_bytes
+from helpers import decode_data_url, make_tiny_bundle, png_bytes
 from PIL import Image
 
 from imageclf.errors import UserInputError
@@ -49,12 +49,6 @@ def client(app):
 
 def upload(data: bytes, name: str = "image.png", field: str = "file", **fields):
     return {field: (io.BytesIO(data), name), **fields}
-
-
-def decode_data_url(html: str, element_id: str) -> Image.Image:
-    match = re.search(rf'id="{element_id}"[^>]*src="data:image/png;base64,([^"]+)"', html)
-    assert match, f"no PNG data URL on #{element_id}"
-    return Image.open(io.BytesIO(base64.b64decode(match.group(1))))
 
 
 # ---------------------------------------------------------------- pages

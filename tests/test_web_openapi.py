@@ -75,7 +75,7 @@ def _judged_image_content(response) -> bool:
         return False
     message = response.json()["error"]["message"]
     # "file plus files together" is stated in the description; OpenAPI 3.0 cannot
-    # express a limit across two fields (test_web_hostile pins it).
+    # express a limit across two fields (test_web_hostile_uploads pins it).
     refusals = ("not a valid image", "the file is empty", "together")
     return any(text in message for text in refusals)
 
@@ -100,7 +100,7 @@ def test_api_conforms_to_openapi(case):
         excluded.append(schemathesis.checks.negative_data_rejection)
     if _judged_image_content(response):
         # A schema can say "binary" but not "bytes that decode as an image": refusing
-        # random bytes is right (test_web_hostile pins each refusal), every other check
+        # random bytes is right (the test_web_hostile_* files pin each refusal), every other check
         # (status codes, content type, response schema, no 5xx) still applies.
         excluded.append(schemathesis.checks.positive_data_acceptance)
     case.validate_response(response, excluded_checks=excluded)

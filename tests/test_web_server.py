@@ -98,7 +98,7 @@ def server(tmp_path_factory):
         "IMAGECLF_MAX_REQUESTS": "0",  # no recycling: memory is measured on the same workers
         # Memory is measured with requests that decode for a few seconds: a shared, busy
         # machine must not turn them into budget refusals. The default (5 s) is proved
-        # with a counted clock in test_web_hostile.py.
+        # with a counted clock in test_web_hostile_budgets.py.
         "IMAGECLF_DECODE_SECONDS": "10",
     }
     with running_server(tmp_path_factory.mktemp("serve"), env) as running:

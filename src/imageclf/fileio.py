@@ -5,16 +5,20 @@ error, never a hang or a MemoryError)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import UserInputError
 
 MB = 1024 * 1024
+# Nesting deeper than this in a metadata, recipe, space or settings file is no real
+# document: Python's parser recurses, so 100,000 levels were a RecursionError traceback.
+MAX_JSON_DEPTH = 64
 
 
 @contextlib.contextmanager
@@ -146,3 +150,35 @@ class RunLock:
 
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
+
+
+# ---------------------------------------------------------------- untrusted JSON
+def parse_json(text: str | bytes, what: str, error: type[UserInputError] = UserInputError) -> Any:
+    """JSON from a file we did not write ourselves, or one line of ``error`` naming
+    ``what``: bad syntax, nesting deeper than ``MAX_JSON_DEPTH``, and NaN or Infinity
+    (not JSON: they would come back out as invalid JSON in our own answers)."""
+
+    def refuse_constant(name: str) -> float:
+        raise error(f"{what} holds {name}, which is not a JSON number")
+
+    try:
+        value = json.loads(text, parse_constant=refuse_constant)
+    except RecursionError:
+        raise error(f"{what} is nested too deeply (more than {MAX_JSON_DEPTH} levels)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{what} is not valid JSON ({exc})") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise error(f"{what} is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest

@@ -1,7 +1,10 @@
-"""Turn untrusted image bytes into a clean RGB picture, safely and the same way everywhere.
+"""Turn untrusted image bytes (or an in-memory picture) into a clean RGB picture, safely
+and the same way everywhere.
 
-Training data readers, ``Predictor`` and the web app all go through here, so a
-photo uploaded to the server is preprocessed exactly like the training images.
+Training data readers, ``Predictor`` and the web app all go through here, so a photo
+uploaded to the server is preprocessed exactly like the training images, and a NumPy
+array means the same picture whichever of them it is handed to (``picture_from_array``).
+Checks that read only the file's bytes live in ``image_headers``.
 """
 
 from __future__ import annotations
@@ -9,10 +12,8 @@ from __future__ import annotations
 import io
 import math
 import os
-import re
 import time
 import warnings
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -29,6 +30,12 @@ from .errors import (
     UserInputError,
 )
 from .fileio import read_file_capped
+from .image_headers import (  # MAX_JPEG_SCANS, jpeg_scan_count: public here too
+    MAX_JPEG_SCANS,
+    describe_unsupported,
+    jpeg_scan_count,
+    verify_png_checksums,
+)
 
 # File extensions worth trying when walking folders (datasets, `imageclf predict`).
 IMAGE_EXTENSIONS = frozenset(Image.registered_extensions())
@@ -40,10 +47,6 @@ WEB_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 MAX_PIXELS = 25_000_000
 # A 1x10000 strip squashed to 32x32 is noise, not a picture: refuse it rather than guess.
 MAX_ASPECT_RATIO = 20.0
-# Each scan of a progressive JPEG is one more pass over every block of the picture: a
-# ~1 MB file with thousands of empty scans keeps a core busy for minutes. Encoders write
-# about 10 (libjpeg's progressive script) and rarely more than 20.
-MAX_JPEG_SCANS = 64
 # A local file bigger than this is not an image we can use (a 25 MP picture stored
 # uncompressed at 16 bits x 4 channels is 200 MB); checked before reading anything.
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -70,77 +73,6 @@ def format_mime_type(fmt: str) -> str | None:
 
 
 ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
-
-_MARKUP_PREFIXES = (b"<?xml", b"<svg", b"<!doctype", b"<html", b"<!--")
-
-
-def _describe_unsupported(head: bytes) -> str | None:
-    """Name a recognisable non-allowed format from its first bytes, if any."""
-    stripped = head.lstrip().lower()
-    if stripped.startswith(b"%pdf"):
-        return "PDF"
-    if stripped.startswith(_MARKUP_PREFIXES):
-        return "SVG/HTML/XML"
-    try:
-        with Image.open(io.BytesIO(head + b"\0" * 64)) as probe:  # header parse only
-            return probe.format
-    except Exception:
-        return None
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _verify_png_checksums(data: bytes) -> None:
-    """Refuse a PNG whose chunk CRCs do not match: Pillow checks them only for the header
-    chunks, so a corrupted IDAT would otherwise decode into silently wrong pixels."""
-    if not data.startswith(PNG_SIGNATURE):
-        return
-    view = memoryview(data)
-    pos = len(PNG_SIGNATURE)
-    while pos + 12 <= len(data):
-        length = int.from_bytes(view[pos : pos + 4], "big")
-        end = pos + 8 + length
-        if end + 4 > len(data):
-            return  # truncated: the decoder reports that itself
-        if zlib.crc32(view[pos + 4 : end]) != int.from_bytes(view[end : end + 4], "big"):
-            kind = bytes(view[pos + 4 : pos + 8]).decode("latin-1")
-            raise InvalidImageError(f"not a valid image (PNG chunk {kind!r} fails its checksum)")
-        if view[pos + 4 : pos + 8] == b"IEND":
-            return
-        pos = end + 4
-
-
-# In entropy-coded data 0xFF is followed by 0x00 (a stuffed byte) or a restart marker;
-# anything else (after optional 0xFF fill bytes) is the next marker.
-_JPEG_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
-
-
-def jpeg_scan_count(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> int:
-    """How many scans (SOS markers) a JPEG holds, found by walking its segments without
-    decoding anything; counting stops once it passes ``stop_after``. Metadata segments
-    (an EXIF thumbnail's own scans included) are skipped by their length."""
-    scans, pos, end = 0, 2, len(data)
-    while pos + 4 <= end and scans <= stop_after:
-        if data[pos] != 0xFF:
-            return scans  # not a marker where one must be: the decoder will say so
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0xD9:  # end of image
-            break
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
-            pos += 2
-            continue
-        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if marker == 0xDA:  # start of scan: skip its entropy-coded data
-            scans += 1
-            found = _JPEG_MARKER.search(data, pos)
-            if found is None:
-                break
-            pos = found.end() - 2
-    return scans
 
 
 @dataclass
@@ -283,20 +215,41 @@ def _read_source(source: ImageSource) -> bytes:
     return source.read()
 
 
-def _from_array(array: np.ndarray, max_pixels: int) -> Image.Image:
-    """A notebook's picture: HxW (grey) or HxWx3/4 uint8, as NumPy/Pillow/matplotlib give."""
+def picture_from_array(array: np.ndarray, max_pixels: int | None = None) -> Image.Image:
+    """The one rule for arrays as pictures, wherever one is handed in (``Predictor``,
+    ``open_image``): HxW, HxWx1, HxWx3 or HxWx4; uint8 as it is; floats in 0..1 (the
+    scikit-image and matplotlib convention) scaled to 0..255; any other numbers must
+    already lie in 0..255. A plain cast would wrap or truncate them into a picture of
+    noise (0.7 -> 0) and give a confident answer about it. RGB out, alpha composited
+    like a file's; ``max_pixels`` also applies the geometry limits of a decoded file."""
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise InvalidImageError(
+            f"an image array must be HxW or HxWxC with 1, 3 or 4 channels, got shape {array.shape}"
+        )
+    if max_pixels is not None:
+        _check_geometry((array.shape[1], array.shape[0]), max_pixels)
     if array.dtype != np.uint8:
-        raise InvalidImageError(
-            f"image arrays must be uint8 (0-255), got {array.dtype}; e.g. (x * 255).astype('uint8')"
-        )
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))):
-        raise InvalidImageError(
-            f"image arrays must be HxW, HxWx3 or HxWx4 (channels last), got shape {array.shape}"
-        )
-    _check_geometry((array.shape[1], array.shape[0]), max_pixels)
+        array = _array_to_uint8(array)
     if array.ndim == 3 and array.shape[2] == 1:
-        array = array[..., 0]
-    return Image.fromarray(np.ascontiguousarray(array))
+        array = array[:, :, 0]
+    return _to_rgb(Image.fromarray(np.ascontiguousarray(array)))
+
+
+def _array_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Numbers -> uint8 by ``picture_from_array``'s rule, or an ``InvalidImageError``."""
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
+        raise InvalidImageError(f"an image array must hold numbers, got {array.dtype}")
+    values = np.asarray(array, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise InvalidImageError("an image array must not hold NaN or infinity")
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if np.issubdtype(array.dtype, np.floating) and low >= 0 and high <= 1:
+        values = values * 255.0
+    elif low < 0 or high > 255:
+        raise InvalidImageError(
+            f"image array values must lie in 0..255 (or 0..1 for floats), got {low:g}..{high:g}"
+        )
+    return np.rint(values).astype(np.uint8)
 
 
 def decode_image(
@@ -316,75 +269,97 @@ def decode_image(
     while decoding. Everything is checked from the header first: dimensions, aspect
     ratio, JPEG scan count.
     """
-    if isinstance(source, np.ndarray):
-        picture = _reduce(_to_rgb(_from_array(source, max_pixels)), reduce_to)
-        return Decoded(picture, picture.size, None)
-    if isinstance(source, Image.Image):
-        _check_geometry(source.size, max_pixels)
-        picture = _reduce(_to_rgb(_upright(source.copy())), reduce_to)  # never edit theirs
-        return Decoded(picture, picture.size, source.format)
+    if isinstance(source, (np.ndarray, Image.Image)):
+        return _from_memory(source, max_pixels, reduce_to)
     data = _read_source(source)
     if not data:
         raise InvalidImageError("the file is empty")
-    _verify_png_checksums(data)
-
+    verify_png_checksums(data)
     with warnings.catch_warnings():
         # Pillow only *warns* past MAX_IMAGE_PIXELS; a warning here is a refusal.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = _open(data, formats, budget)
         try:
-            image = Image.open(
-                _BudgetedReader(data, budget), formats=list(formats) if formats else None
-            )
-        except UnidentifiedImageError:
-            found = _describe_unsupported(data[:4096]) if formats else None
-            if found and found.upper() not in formats:
-                allowed = ", ".join(formats)
-                raise UnsupportedFormatError(
-                    f"{found} files are not accepted; allowed formats: {allowed}"
-                ) from None
-            raise InvalidImageError("not a valid image (the data could not be decoded)") from None
+            _check_header(image, data, max_pixels, budget)
+            picture, size = _load(image, reduce_to)
         except ImageError:
             raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageTooLargeError("the image dimensions are too large") from None
         except Exception as exc:
-            raise InvalidImageError(f"not a valid image ({exc})") from None
-
-        try:
-            _check_geometry(image.size, max_pixels)
-            if image.format in ("JPEG", "MPO"):
-                scans = jpeg_scan_count(data)
-                if scans > MAX_JPEG_SCANS:
-                    raise ImageTooLargeError(
-                        f"the JPEG has more than {MAX_JPEG_SCANS} scans; "
-                        "no real encoder writes that many"
-                    )
-            width, height = image.size
-            if budget is not None:
-                budget.charge(width * height)
-            if reduce_to and image.format in ("JPEG", "MPO"):
-                # DCT scaling (1/2 .. 1/8) while the longest side stays >= reduce_to.
-                scale = reduce_to / max(width, height)
-                image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
-            image.seek(0)  # animated GIF/WebP: frame 0 only, never iterate frames
-            image.load()
-            decoded_size = image.size
-            picture = _upright(image)
-            # The size the user sees: full resolution, turned like the picture was.
-            turned = picture.size != decoded_size
-            size = (height, width) if turned else (width, height)
-            picture = _reduce(_to_rgb(picture), reduce_to)
-        except ImageError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageTooLargeError("the image dimensions are too large") from None
-        except MemoryError:
-            raise ImageTooLargeError("there is not enough memory to decode this image") from None
-        except Exception as exc:
-            raise InvalidImageError(f"not a valid image: {exc}") from None
+            raise _decoder_failure(exc, "not a valid image: {}") from None
     if budget is not None:
         budget.check_time()
     return Decoded(picture, size, image.format)
+
+
+def _from_memory(
+    source: np.ndarray | Image.Image, max_pixels: int, reduce_to: int | None
+) -> Decoded:
+    """A picture already in memory: an array (``picture_from_array``) or a PIL image,
+    checked and converted like a file's, never edited in place."""
+    if isinstance(source, np.ndarray):
+        picture = _reduce(picture_from_array(source, max_pixels), reduce_to)
+        return Decoded(picture, picture.size, None)
+    _check_geometry(source.size, max_pixels)
+    picture = _reduce(_to_rgb(_upright(source.copy())), reduce_to)  # never edit theirs
+    return Decoded(picture, picture.size, source.format)
+
+
+def _open(data: bytes, formats: tuple[str, ...] | None, budget: DecodeBudget | None) -> Image.Image:
+    """Parse the header with the allowed decoders only; no pixel is decoded yet."""
+    try:
+        return Image.open(_BudgetedReader(data, budget), formats=list(formats) if formats else None)
+    except UnidentifiedImageError:
+        found = describe_unsupported(data[:4096]) if formats else None
+        if found and formats and found.upper() not in formats:
+            allowed = ", ".join(formats)
+            raise UnsupportedFormatError(
+                f"{found} files are not accepted; allowed formats: {allowed}"
+            ) from None
+        raise InvalidImageError("not a valid image (the data could not be decoded)") from None
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise _decoder_failure(exc, "not a valid image ({})") from None
+
+
+def _check_header(
+    image: Image.Image, data: bytes, max_pixels: int, budget: DecodeBudget | None
+) -> None:
+    """Everything refused from the header alone, before a pixel is decoded: geometry,
+    the JPEG scan count, the request's pixel budget."""
+    _check_geometry(image.size, max_pixels)
+    if image.format in ("JPEG", "MPO") and jpeg_scan_count(data) > MAX_JPEG_SCANS:
+        raise ImageTooLargeError(
+            f"the JPEG has more than {MAX_JPEG_SCANS} scans; no real encoder writes that many"
+        )
+    if budget is not None:
+        budget.charge(image.size[0] * image.size[1])
+
+
+def _load(image: Image.Image, reduce_to: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode frame 0 (a JPEG straight at a reduced scale when ``reduce_to`` allows),
+    upright and RGB; with the size the user sees: full resolution, turned like the
+    picture was."""
+    width, height = image.size
+    if reduce_to and image.format in ("JPEG", "MPO"):
+        # DCT scaling (1/2 .. 1/8) while the longest side stays >= reduce_to.
+        scale = reduce_to / max(width, height)
+        image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+    image.seek(0)  # animated GIF/WebP: frame 0 only, never iterate frames
+    image.load()
+    decoded_size = image.size
+    picture = _upright(image)
+    size = (height, width) if picture.size != decoded_size else (width, height)
+    return _reduce(_to_rgb(picture), reduce_to), size
+
+
+def _decoder_failure(exc: Exception, message: str) -> ImageError:
+    """What a decoder's own exception means to the user (``message`` takes its text)."""
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return ImageTooLargeError("the image dimensions are too large")
+    if isinstance(exc, MemoryError):
+        return ImageTooLargeError("there is not enough memory to decode this image")
+    return InvalidImageError(message.format(exc))
 
 
 def open_image(

@@ -36,7 +36,8 @@ def predict_command(
     """Classify image files and folders (recursively). MODEL (a .safetensors bundle or an
     exported .onnx file) is optional; without it the bundled model is used. Exit code 2
     if any file failed."""
-    from ..prediction.predictor import Predictor, format_results, predict_files
+    from ..prediction.files import format_results, predict_files
+    from ..prediction.predictor import Predictor
 
     model = inputs[0] if inputs[0].lower().endswith((".safetensors", ".onnx")) else None
     paths = inputs[1:] if model else inputs

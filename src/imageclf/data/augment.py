@@ -29,10 +29,6 @@ class AugmentConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @property
-    def active(self) -> bool:
-        return self != AugmentConfig()
-
 
 def flip_mask(indices: torch.Tensor, epoch: int, mode: str, gen: torch.Generator, seed: int):
     """Which images of the batch to mirror.

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..fileio import atomic_write
 from .dataset import Dataset
-from .readers import walk_folder
+from .folders import walk_folder
 
 # Bump when the decoded result for the same source bytes would change.
 DECODER_VERSION = 2  # 2: val/ partitions, file names, skipped files

@@ -1,8 +1,9 @@
 """``imageclf data inspect DIR``: what a folder holds, before any training.
 
-The same layout rules and decoder as training (``readers.scan_layout``,
-``imaging.open_image``), so what this reports is what training will see: classes,
-images per class and split, image sizes, and every file that would be skipped.
+The same listing, layout rules and decoder as training (``readers.list_entries``,
+``layout.scan_layout``, ``imaging.open_image``), so what this reports is what training
+will see: classes, images per class and split, image sizes, and every file that would
+be skipped.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from tqdm.auto import tqdm
 from ..errors import ImageError
 from ..imaging import open_image
 from .dataset import PARTITION_NAMES
-from .readers import SHOW_NAMES, list_entries, read_payload, scan_layout
+from .layout import read_payload, scan_layout, summarize_names
+from .readers import list_entries
 
 
 @dataclass
@@ -70,11 +72,6 @@ def inspect(path: str | Path, *, progress: bool = True) -> Inspection:
     )
 
 
-def _names(items: list[str]) -> str:
-    more = f" and {len(items) - SHOW_NAMES} more" if len(items) > SHOW_NAMES else ""
-    return ", ".join(items[:SHOW_NAMES]) + more
-
-
 def format_inspection(ins: Inspection) -> str:
     splits = list(ins.counts)
     width = max(len(c) for c in [*ins.classes, "class", "total"])
@@ -101,10 +98,10 @@ def format_inspection(ins: Inspection) -> str:
         ]
     if ins.unreadable:
         lines.append(f"unreadable images (skipped in training): {len(ins.unreadable)}: "
-                     f"{_names(ins.unreadable)}")  # fmt: skip
+                     f"{summarize_names(ins.unreadable)}")  # fmt: skip
     if ins.not_images:
         lines.append(f"files that are not images (skipped): {len(ins.not_images)}: "
-                     f"{_names(ins.not_images)}")  # fmt: skip
+                     f"{summarize_names(ins.not_images)}")  # fmt: skip
     for problem in ins.problems:
         lines.append(f"problem: {problem}; training will refuse this folder")
     return "\n".join(lines) + "\n"

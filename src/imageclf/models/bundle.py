@@ -27,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as _st_save
 
 from ..errors import BundleError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, parse_json
 from ..version import __version__
 from .registry import build, names
 
@@ -181,11 +181,55 @@ class BundleMetadata(dict):
                 isinstance(split, dict)
                 and isinstance(split.get("name"), str)
                 and type(split.get("seed")) is int
+                and 0 <= split["seed"] < 2**32
                 and isinstance(split.get("sizes", {}), dict)
                 and isinstance(split.get("digest", ""), str),
-                "split must be an object with a name, an integer seed, sizes and a digest",
+                "split must be an object with a name, an integer seed from 0 to 2^32-1, "
+                "sizes and a digest",
             )
+        _check_read_fields(raw)
         return cls(raw)
+
+
+# The parts of ``metrics`` and ``config`` that evaluate, info and the web app read: each
+# checked at load, so a bundle that loads can be described and evaluated (a metrics.test
+# of "x" used to let serve say ready while every page was a 500).
+METRIC_SPLITS = ("train", "val", "test", "val_tta", "test_tta")
+CONFIG_FIELDS = {  # field -> (check, what it must be)
+    "val_size": (lambda v: v is None or (type(v) is int and v >= 0), "null or an integer >= 0"),
+    "subset": (lambda v: v is None or (type(v) is int and v >= 1), "null or an integer >= 1"),
+    "label_smoothing": (lambda v: v is None or (_is_number(v) and 0 <= v < 1), "a number 0-1"),
+}
+
+
+def _check_read_fields(raw: dict) -> None:
+    metrics = raw.get("metrics") or {}
+    for split in METRIC_SPLITS:
+        entry = metrics.get(split)
+        if entry is None:
+            continue
+        _expect(isinstance(entry, dict), f"metrics.{split} must be an object")
+        for key, high in (("accuracy", 1.0), ("loss", math.inf)):
+            value = entry.get(key)
+            _expect(
+                value is None or (_is_number(value) and 0 <= value <= high),
+                f"metrics.{split}.{key} must be a number from 0 to {high:g}",
+            )
+    config = raw.get("config") or {}
+    for key, (ok, what) in CONFIG_FIELDS.items():
+        _expect(ok(config.get(key)), f"config.{key} must be {what}")
+
+
+def finite_or_null(value: Any) -> Any:
+    """Metadata as JSON can hold it: NaN and infinity (which ``json.dumps`` writes as
+    bare ``NaN``, invalid JSON) become null, so every bundle we write loads again."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 def _is_number(value: Any) -> bool:
@@ -235,6 +279,7 @@ def _digest(metadata_json: str, tensors: dict[str, torch.Tensor]) -> str:
 def save_bundle(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict):
     """Write atomically; ``metadata`` must hold at least ``REQUIRED_KEYS`` and pass the
     schema (a ``ValueError`` otherwise: writing a bundle nobody can load is a bug)."""
+    metadata = finite_or_null(metadata)
     BundleMetadata.check(json.loads(json.dumps(metadata)))
     meta = {
         "format": FORMAT,
@@ -272,10 +317,9 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         raise BundleError(
             f"{path} is corrupt or was modified after it was written (digest mismatch)"
         )
+    raw = parse_json(header["imageclf"], f"{path}: the metadata", BundleError)
     try:
-        metadata = BundleMetadata.check(json.loads(header["imageclf"]))
-    except json.JSONDecodeError:
-        raise BundleError(f"{path} has unreadable metadata") from None
+        metadata = BundleMetadata.check(raw)
     except ValueError as exc:
         raise BundleError(f"{path} has bad metadata: {exc}") from None
     bundle = Bundle(tensors, metadata)

@@ -3,7 +3,8 @@ half-precision weights; either verified against the original before it is kept.
 
 The exported graph takes decoded pixels (uint8 NHWC, the model's input size) and
 returns logits, with the bundle's normalisation folded in and a dynamic batch size;
-the bundle's metadata goes into the file's metadata props (see ``onnx_backend``).
+the bundle's metadata goes into the file's metadata props (see ``onnx_backend``), and
+the reference is the bundle's own ``TorchBackend``.
 Before the file is kept, the same images run through torch and onnxruntime: top-1 must
 agree on every one and probabilities may differ by at most ``MAX_PROB_DIFF``.
 
@@ -31,17 +32,17 @@ import torch
 from torch import nn
 
 from ..errors import ExportError, UserInputError, import_extra
-from ..models.bundle import BundleMetadata, save_bundle
-from .inference import Normalizer, predict_logits
+from ..models.bundle import BundleMetadata, load_bundle, save_bundle
 from .onnx_backend import (
     FORMAT_KEY,
     INPUT_NAME,
     METADATA_KEY,
     ONNX_FORMAT,
     OUTPUT_NAME,
-    OnnxPredictor,
+    OnnxBackend,
 )
-from .predictor import DEFAULT_BUNDLE, Predictor, default_model_path, is_onnx_path
+from .predictor import DEFAULT_BUNDLE, default_model_path, is_onnx_path
+from .torch_backend import TorchBackend
 
 DEFAULT_OPSET = 18  # the dynamo exporter's own; others go through onnx's version converter
 VERIFY_IMAGES = 1000
@@ -62,25 +63,19 @@ class ExportResult:
 
 
 def require_onnx_extra() -> None:
-    """One clear line when the optional packages are missing (exit code 2)."""
+    """One clear line naming the first optional package missing (exit code 2)."""
     for module in ("onnx", "onnxscript", "onnxruntime"):
-        import_extra(module, "onnx", "ONNX export")
-
-
-def _normalizer(metadata) -> Normalizer:
-    norm = metadata["normalization"]
-    return Normalizer(norm["mean"], norm["std"])
+        import_extra(module, "onnx", f"ONNX export ({module})")
 
 
 class _PixelsToLogits(nn.Module):
     """uint8 NHWC pixels -> logits: the model with the bundle's normalisation in front."""
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, reference: TorchBackend) -> None:
         super().__init__()
-        self.model = predictor.model
-        normalizer = _normalizer(predictor.metadata)
-        self.register_buffer("scale", normalizer.scale.clone())
-        self.register_buffer("shift", normalizer.shift.clone())
+        self.model = reference.model
+        self.register_buffer("scale", reference.normalizer.scale.clone())
+        self.register_buffer("shift", reference.normalizer.shift.clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float() * self.scale - self.shift
@@ -135,14 +130,14 @@ def onnx_metadata(metadata: BundleMetadata) -> dict[str, str]:
     return props
 
 
-def _build_onnx(predictor: Predictor, opset: int):
-    """The ONNX ModelProto for the predictor's model (eval mode, dynamic batch)."""
+def _build_onnx(reference: TorchBackend, opset: int):
+    """The ONNX ModelProto for the bundle's model (eval mode, dynamic batch)."""
     import onnx
 
-    wrapper = _PixelsToLogits(predictor).eval()
+    wrapper = _PixelsToLogits(reference).eval()
     if any(module.training for module in wrapper.modules()):
         raise ExportError("the model is not in eval mode; refusing to export")
-    size = predictor.input_size
+    size = reference.metadata.input_size
     example = torch.zeros((2, size, size, 3), dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=65536)
     with _quiet():
@@ -166,22 +161,28 @@ def _build_onnx(predictor: Predictor, opset: int):
     if got != opset:
         # The exporter falls back to its own opset when the converter cannot go there.
         raise UserInputError(f"cannot export to opset {opset} (the converter produced {got})")
-    for key, value in onnx_metadata(predictor.metadata).items():
+    for key, value in onnx_metadata(reference.metadata).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.doc_string = f"imageclf model {predictor.name}: uint8 NHWC pixels in, logits out"
+    proto.doc_string = f"imageclf model {reference.metadata.name}: uint8 NHWC pixels in, logits out"
     onnx.checker.check_model(proto)
     return proto
 
 
-def raw_logits(predictor: Predictor, images: np.ndarray) -> np.ndarray:
+def raw_logits(reference: TorchBackend, images: np.ndarray) -> np.ndarray:
     """The torch model's uncalibrated logits for prepared uint8 images."""
-    normalizer = _normalizer(predictor.metadata)
-    return predict_logits(predictor.model, torch.from_numpy(images), normalizer).numpy()
+    return reference.logits(images).numpy()
+
+
+def _reference(model: str | os.PathLike | None, refusal: str) -> TorchBackend:
+    """The bundle to export, on the CPU in fp32: what the export must reproduce."""
+    if is_onnx_path(model):
+        raise UserInputError(refusal)
+    return TorchBackend(load_bundle(model or default_model_path()))
 
 
 def verify(
-    reference: Predictor, exported_logits: Callable[[np.ndarray], np.ndarray], images: np.ndarray
+    reference: TorchBackend, exported_logits: Callable[[np.ndarray], np.ndarray], images: np.ndarray
 ) -> tuple[int, float]:
     """(images whose top-1 agrees, largest probability difference) between the original
     and the exported model, both from raw logits (a temperature scales both alike)."""
@@ -208,7 +209,7 @@ def _output_path(model, out, ending: str) -> Path:
 
 
 def _write_verified(
-    reference: Predictor,
+    reference: TorchBackend,
     target: Path,
     write: Callable[[Path], Callable[[np.ndarray], np.ndarray]],
     images: np.ndarray | None,
@@ -221,7 +222,7 @@ def _write_verified(
     """``write`` the export to a partial file and return its logits function; keep the
     file only if it reproduces ``reference``."""
     if images is None:
-        images = verification_images(reference.input_size)
+        images = verification_images(reference.metadata.input_size)
     limits = f"limits {max_changed:.0%} changed, " if max_changed else "limit "
     limits += f"{max_diff:g}"
     draft = target.with_name(f".{target.name}.partial")
@@ -249,13 +250,13 @@ def export_onnx(
     require_onnx_extra()
     import onnx
 
-    reference = Predictor.load(model)
+    reference = _reference(model, "export takes a .safetensors bundle, not an ONNX file")
     target = _output_path(model, out, ".onnx")
     proto = _build_onnx(reference, opset)
 
     def write(path: Path):
         onnx.save_model(proto, str(path), save_as_external_data=False)
-        return OnnxPredictor(path, threads=torch.get_num_threads()).logits
+        return OnnxBackend(path, threads=torch.get_num_threads()).graph_logits
 
     return _write_verified(
         reference,
@@ -277,16 +278,14 @@ def export_half(
 ) -> ExportResult:
     """Write the bundle with float16 weights, verify it against the original, then move it
     into place (a failed check leaves nothing)."""
-    if is_onnx_path(model):
-        raise UserInputError("--format fp16 takes a .safetensors bundle, not an ONNX file")
-    reference = Predictor.load(model)
+    reference = _reference(model, "--format fp16 takes a .safetensors bundle, not an ONNX file")
     target = _output_path(model, out, ".fp16.safetensors")
     bundle = reference.bundle
     half = {k: v.half() if v.is_floating_point() else v for k, v in bundle.state_dict.items()}
 
     def write(path: Path):
         save_bundle(path, half, dict(bundle.metadata))
-        return partial(raw_logits, Predictor.load(path))
+        return partial(raw_logits, TorchBackend(load_bundle(path)))
 
     return _write_verified(
         reference,

@@ -69,7 +69,7 @@ def predict_logits(
     return torch.cat(outputs)
 
 
-def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     if len(labels) == 0:
         return {"loss": float("nan"), "accuracy": float("nan")}
     loss = F.cross_entropy(logits, labels).item()

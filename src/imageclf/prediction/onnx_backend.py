@@ -1,4 +1,4 @@
-"""Serving an exported ``.onnx`` model on onnxruntime, behind the ``Predictor`` API.
+"""The onnxruntime backend: an exported ``.onnx`` model behind the ``Backend`` protocol.
 
 The graph ``imageclf export`` writes takes the model's input as decoded pixels
 (``images``: uint8, N x S x S x 3, RGB) and returns ``logits`` (float32, N x classes);
@@ -6,9 +6,9 @@ normalisation is inside the graph, so any onnxruntime client only resizes and fe
 pixels. The bundle's metadata travels in the file's metadata props (``imageclf`` key,
 the same JSON a bundle holds), so the file alone is enough to serve.
 
-Decoding and resizing stay the ``Predictor``'s own (one preprocessing path for both
-backends); only the forward pass differs. Grad-CAM needs gradients,
-which onnxruntime does not give: ``explainable`` is False here.
+Decoding and resizing stay ``Predictor``'s (one preprocessing path for both backends);
+only the forward pass differs, TTA views included (made in numpy here). onnxruntime
+gives no gradients, so ``can_explain`` is False: no Grad-CAM.
 """
 
 from __future__ import annotations
@@ -21,22 +21,19 @@ import numpy as np
 import torch
 
 from ..errors import BundleError, UserInputError, import_extra
-from ..models.bundle import Bundle, BundleMetadata
+from ..models.bundle import BundleMetadata
 from .inference import tta_views
-from .predictor import Predictor
 
 ONNX_FORMAT = "imageclf-onnx/1"
 METADATA_KEY = "imageclf"  # the bundle's metadata, JSON
 FORMAT_KEY = "format"
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
-EXPLAIN_UNAVAILABLE = (
-    "Grad-CAM needs the PyTorch model's gradients: use the .safetensors bundle, not the ONNX export"
-)
 
 
 def import_onnxruntime():
-    return import_extra("onnxruntime", "onnx", "ONNX models")
+    """onnxruntime, or the one ``MissingExtraError`` for the onnx extra."""
+    return import_extra("onnxruntime", "onnx", "running an ONNX model (onnxruntime)")
 
 
 def read_onnx_metadata(session) -> BundleMetadata:
@@ -55,11 +52,11 @@ def read_onnx_metadata(session) -> BundleMetadata:
     return metadata
 
 
-class OnnxPredictor(Predictor):
-    """``Predictor`` on onnxruntime: same preprocessing, outputs and API, no torch model."""
+class OnnxBackend:
+    """An onnxruntime session on one exported file (a ``Backend``; no Grad-CAM)."""
 
-    explainable = False
-    backend = "onnxruntime"
+    name = "onnxruntime"
+    can_explain = False
 
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: int = 1) -> None:
         ort = import_onnxruntime()
@@ -81,65 +78,55 @@ class OnnxPredictor(Predictor):
         except Exception as exc:  # onnxruntime raises its own types for bad files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BundleError(f"{path} is not a readable ONNX model ({first})") from None
-        self.bundle = Bundle(state_dict={}, metadata=read_onnx_metadata(self.session))
+        self.metadata = read_onnx_metadata(self.session)
         self.device = torch.device("cpu")
-        self.model = None  # no torch model: Grad-CAM is not available
         self._check_signature(path)
 
-    def _check_signature(self, path: Path) -> None:
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        ok = (
-            len(inputs) == 1
-            and inputs[0].name == INPUT_NAME
-            and inputs[0].type == "tensor(uint8)"
-            and list(inputs[0].shape[1:]) == [self.input_size, self.input_size, 3]
-            and outputs
-            and outputs[0].name == OUTPUT_NAME
-            and outputs[0].shape[-1] == len(self.classes)
-        )
-        if not ok:
-            raise BundleError(
-                f"{path}: the graph's inputs/outputs do not match its metadata "
-                f"(expected {INPUT_NAME} uint8 Nx{self.input_size}x{self.input_size}x3 -> "
-                f"{OUTPUT_NAME} Nx{len(self.classes)})"
-            )
-
     @classmethod
-    def load(
-        cls, path: str | os.PathLike | None = None, device: str = "cpu", precision: str = "fp32"
-    ) -> OnnxPredictor:
-        if path is None:
-            raise UserInputError("an ONNX model path is required")
+    def open(
+        cls, path: str | os.PathLike, *, device: str = "cpu", precision: str = "fp32"
+    ) -> OnnxBackend:
+        """``Predictor.load``'s settings, checked for what onnxruntime can do here."""
         if precision not in ("fp32", "auto"):
             raise UserInputError("ONNX models run in fp32; use --precision fp32")
         # One thread knob for both backends: the server sets torch's per worker.
         return cls(path, device=device, threads=torch.get_num_threads())
 
-    def logits(self, batch_u8: np.ndarray) -> np.ndarray:
+    def _check_signature(self, path: Path) -> None:
+        size, classes = self.metadata.input_size, len(self.metadata.classes)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        ok = (
+            len(inputs) == 1
+            and inputs[0].name == INPUT_NAME
+            and inputs[0].type == "tensor(uint8)"
+            and list(inputs[0].shape[1:]) == [size, size, 3]
+            and outputs
+            and outputs[0].name == OUTPUT_NAME
+            and outputs[0].shape[-1] == classes
+        )
+        if not ok:
+            raise BundleError(
+                f"{path}: the graph's inputs/outputs do not match its metadata "
+                f"(expected {INPUT_NAME} uint8 Nx{size}x{size}x3 -> {OUTPUT_NAME} Nx{classes})"
+            )
+
+    def graph_logits(self, batch_u8: np.ndarray) -> np.ndarray:
         """The graph's raw logits (N, classes) for prepared uint8 NHWC images."""
         batch = np.ascontiguousarray(batch_u8, dtype=np.uint8)
         if len(batch) == 0:
-            return np.zeros((0, len(self.classes)), np.float32)
+            return np.zeros((0, len(self.metadata.classes)), np.float32)
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
 
-    def _logits(self, batch_u8: np.ndarray, tta: bool) -> torch.Tensor:
-        """Calibrated logits, as the torch path makes them: the graph's logits (with TTA,
-        the views' weighted log-probabilities) divided by the bundle's temperature."""
-        if tta:
-            pixels = torch.from_numpy(np.ascontiguousarray(batch_u8)).permute(0, 3, 1, 2)
-            scores = sum(
-                weight * torch.log_softmax(torch.from_numpy(self.logits(_pixels(view))), 1)
-                for weight, view in tta_views(pixels.float())
-            )
-        else:
-            scores = torch.from_numpy(self.logits(batch_u8))
-        return scores / self.temperature
-
-    def gradcam(self, *args, **kwargs):
-        raise UserInputError(EXPLAIN_UNAVAILABLE)
-
-    def explain(self, *args, **kwargs):
-        raise UserInputError(EXPLAIN_UNAVAILABLE)
+    def logits(self, batch_u8: np.ndarray, *, tta: bool = False) -> torch.Tensor:
+        """Uncalibrated logits as the torch backend makes them: the graph's, or with TTA
+        the views' weighted log-probabilities (the views shifted as uint8 pictures)."""
+        if not tta:
+            return torch.from_numpy(self.graph_logits(batch_u8))
+        pixels = torch.from_numpy(np.ascontiguousarray(batch_u8)).permute(0, 3, 1, 2)
+        return sum(
+            weight * torch.log_softmax(torch.from_numpy(self.graph_logits(_pixels(view))), 1)
+            for weight, view in tta_views(pixels.float())
+        )
 
 
 def _pixels(view: torch.Tensor) -> np.ndarray:

@@ -9,16 +9,15 @@ import math
 
 from .config import TrainConfig
 
-MIN_STEPS = 300  # from scratch: fewer optimiser steps than this rarely learns anything
-MIN_STEPS_TRANSFER = 20  # fine-tuning starts from a fitted head and moves little
 MIN_BATCHES_PER_EPOCH = 8
 MAX_EPOCHS = 100
 
 
-def adapt_to_data(cfg: TrainConfig, n_train: int) -> tuple[TrainConfig, list[str]]:
+def adapt_to_data(cfg: TrainConfig, n_train: int, min_steps: int) -> tuple[TrainConfig, list[str]]:
     """Defaults sized for CIFAR's 45,000 training images fail silently on a user's 200:
     batch 256 gives one step per epoch. Adjust what the user did not set explicitly and
-    say why (the notes are logged at the start of the run)."""
+    say why (the notes are logged at the start of the run). ``min_steps``: the fewest
+    optimiser steps the run's start needs (``Start.min_steps``)."""
     if not cfg.adapt:
         return cfg, []
     notes = []
@@ -32,7 +31,6 @@ def adapt_to_data(cfg: TrainConfig, n_train: int) -> tuple[TrainConfig, list[str
                 f"batch size {cfg.batch_size} -> {batch}: {n_train} training images would "
                 f"make {math.ceil(n_train / cfg.batch_size)} step(s) per epoch"
             )
-    min_steps = MIN_STEPS_TRANSFER if (cfg.pretrained or cfg.init) else MIN_STEPS
     steps = math.ceil(n_train / batch) * cfg.epochs
     if "epochs" not in cfg.user_set and steps < min_steps and not cfg.freeze_backbone:
         epochs = min(MAX_EPOCHS, math.ceil(min_steps / math.ceil(n_train / batch)))

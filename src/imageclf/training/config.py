@@ -2,7 +2,6 @@
 
 Types and choices are checked in ``__post_init__``, so a typo or a bad value fails
 before any data loads; unknown keys name the nearest valid field (``check_keys``).
-The built-in recipes are in ``recipes.py``, recipe files in ``recipe_files.py``.
 """
 
 from __future__ import annotations
@@ -73,7 +72,7 @@ class TrainConfig:
     low_res_scale: float = 1.0
     low_res_fraction: float = 0.0
     tta: bool = False  # also report test accuracy with flip/translate TTA
-    # transfer learning (finetune.py)
+    # transfer learning: where a run starts (start.py) and how it fine-tunes (finetune.py)
     pretrained: str | None = None  # "efficientnet-lite0": ImageNet weights, new head
     init: str | None = None  # an imageclf bundle to start from (new head if classes differ)
     freeze_backbone: bool = False  # linear probe: fit the head on fixed embeddings only

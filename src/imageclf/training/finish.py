@@ -11,88 +11,74 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 
 import torch
 
 from ..calibration import MIN_IMAGES, calibrate, calibration_effect
-from ..device import Runtime
 from ..fileio import write_text_atomic
 from ..models.bundle import save_bundle
-from ..prediction.inference import evaluate_logits
-from . import finetune
+from ..prediction.inference import loss_and_accuracy
 from .compute import ComputeReport, compute_report, training_flops_per_image
-from .config import TrainConfig
-from .parts import Parts, TrainData
-from .runs import Run, RunState, data_record, plot_curves
+from .job import Job
+from .runs import Run, data_record, plot_curves
 
 log = logging.getLogger("imageclf.train")  # the training logger: the tuner quiets it
 
 
-def finish(
-    cfg: TrainConfig,
-    run_dir: Path,
-    parts: Parts,
-    data: TrainData,
-    rt: Runtime,
-    state: RunState,
-    best: dict | None,
-    started: float,
-    evaluate_test: bool = True,
-) -> Run | None:
+def finish(job: Job) -> Run | None:
     """Restore the best weights, score val/test once, write the bundle and metrics."""
+    cfg, parts, data, rt, state = job.cfg, job.parts, job.data, job.rt, job.state
     if parts.lookahead is not None:
         parts.lookahead.sync(1.0)  # end on the slow weights
-    if cfg.restore_best and best is not None:
-        parts.model.load_state_dict(best)
-    train_seconds = time.perf_counter() - started
+    if cfg.restore_best and job.best is not None:
+        parts.model.load_state_dict(job.best)
+    train_seconds = time.perf_counter() - job.started
     result = None
     if rt.dist.is_main:
         metrics: dict = {"train_seconds": round(train_seconds, 2)}
-        x_test, y_test = data.test_set() if evaluate_test else (data.x_val[:0], data.y_val[:0])
+        x_test, y_test = data.test_set() if job.evaluate_test else (data.x_val[:0], data.y_val[:0])
         scored: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # plain logits, labels
         for name, x, y in (("val", data.x_val, data.y_val), ("test", x_test, y_test)):
             if len(x):
                 scored[name] = (parts.logits(cfg, x, rt), y)
-                metrics[name] = evaluate_logits(*scored[name])
+                metrics[name] = loss_and_accuracy(*scored[name])
                 if cfg.tta:  # tuning decisions read val (with TTA); test is only reported
-                    metrics[f"{name}_tta"] = parts.evaluate(cfg, x, y, rt, tta=True)
+                    metrics[f"{name}_tta"] = parts.score(cfg, x, y, rt, tta=True)
         metrics["epochs_run"] = state.epoch
         metrics["best_epoch"] = state.best_epoch or state.epoch
-        compute = _compute(cfg, parts, data, rt, state)
+        compute = _compute(job)
         metrics["compute"] = compute.to_dict()
         calibration = _calibrate(scored)
         if calibration is not None:
             metrics["calibration"] = calibration
-        bundle_path = run_dir / "model.safetensors"
-        meta = _bundle_metadata(cfg, data, metrics)
+        bundle_path = job.run_dir / "model.safetensors"
+        meta = _bundle_metadata(job, metrics)
         if calibration is not None:
             meta["calibration"] = calibration
         save_bundle(bundle_path, parts.model.state_dict(), meta)
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - job.started
         metrics["wall_seconds"] = round(seconds, 2)
-        write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-        plot_curves(run_dir, state.history, cfg)
+        write_text_atomic(job.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        plot_curves(job.run_dir, state.history, cfg)
         log.info("%s", compute.summary())
-        result = Run(run_dir, bundle_path, state.history, metrics, seconds)
+        result = Run(job.run_dir, bundle_path, state.history, metrics, seconds)
     rt.dist.barrier()
     return result
 
 
-def _compute(
-    cfg: TrainConfig, parts: Parts, data: TrainData, rt: Runtime, state: RunState
-) -> ComputeReport:
+def _compute(job: Job) -> ComputeReport:
     """FLOPs spent (machine-independent) and the share of this machine's GEMM peak reached;
     epochs at a reduced size (progressive resizing) count at their own size."""
+    cfg, model, n_train, state = job.cfg, job.parts.model, len(job.data.x_train), job.state
     sides = [cfg.image_size_at(epoch) for epoch in range(state.epoch)]
-    per_side = {s: training_flops_per_image(parts.model, s) for s in {cfg.image_size, *sides}}
-    spent = float(sum(per_side[side] for side in sides) * len(data.x_train))
+    per_side = {s: training_flops_per_image(model, s) for s in {cfg.image_size, *sides}}
+    spent = float(sum(per_side[side] for side in sides) * n_train)
     return compute_report(
         per_side[cfg.image_size],
-        state.epoch * len(data.x_train),
+        state.epoch * n_train,
         state.train_seconds,
-        rt.amp_dtype,
-        rt.device,
+        job.rt.amp_dtype,
+        job.rt.device,
         training_flops=spent,
     )
 
@@ -118,7 +104,8 @@ def _calibrate(scored: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict | N
     return fitted
 
 
-def _bundle_metadata(cfg: TrainConfig, data: TrainData, metrics: dict) -> dict:
+def _bundle_metadata(job: Job, metrics: dict) -> dict:
+    cfg, data = job.cfg, job.data
     return {
         "name": f"{cfg.recipe}",
         "architecture": cfg.architecture,
@@ -127,7 +114,7 @@ def _bundle_metadata(cfg: TrainConfig, data: TrainData, metrics: dict) -> dict:
         "input_size": cfg.image_size,
         "normalization": {"mean": data.mean, "std": data.std},
         "preprocessing": {"resize": "whole frame squashed to the input size"},
-        "start": finetune.origin(cfg, data.dataset.classes),
+        "start": job.start.origin(cfg, data.dataset.classes),
         "recipe": cfg.recipe,
         "config": cfg.to_dict(),
         "data": data_record(data.dataset),

@@ -1,16 +1,13 @@
 """Training: a driver that reads top to bottom, calling one named step at a time.
 
-    runtime -> data -> model -> (resume) -> epochs: [one epoch -> validate ->
-    decide (plateau / early stop) -> checkpoint] -> finish (test, bundle)
+    runtime -> data -> start (scratch / pretrained / bundle) -> parts -> (resume, or the
+    head first) -> epochs: [one epoch -> validate -> decide (plateau / early stop) ->
+    checkpoint] -> finish (test, bundle)
 
 Every epoch draws its randomness from ``(seed, epoch)``, and a checkpoint is
 written atomically after each epoch, so ``resume(run_dir)`` after a crash or
 Ctrl-C replays the remaining epochs exactly as an uninterrupted run would.
 Under ``torchrun`` it trains data-parallel (DDP); only rank 0 writes files.
-
-This module is the driver and the per-epoch steps; what a run is built from
-(``TrainData``, ``Parts``) is in ``training_parts.py``, the end of a run (scoring,
-calibration, bundle) in ``training_finish.py``, transfer learning in ``finetune.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,8 +33,9 @@ from . import finetune
 from .adapt import adapt_to_data
 from .config import TrainConfig
 from .finish import finish
+from .job import EpochHook, Job
 from .optim import schedule_multiplier, set_learning_rate
-from .parts import Parts, TrainData
+from .parts import Parts, describe_counts
 from .resolve import resolve
 from .runs import (
     Checkpoint,
@@ -50,9 +47,10 @@ from .runs import (
     write_history,
     write_run_record,
 )
+from .start import Start, start_for
+from .train_data import TrainData
 
 log = logging.getLogger("imageclf.train")
-EpochHook = Callable[[dict], None]
 
 
 # ---------------------------------------------------------------- public entry points
@@ -77,22 +75,23 @@ def train(
     elif overrides:
         raise TypeError("pass a TrainConfig or keyword overrides of a recipe, not both")
     run_dir = Path(config.out or default_run_dir(config.recipe))
-    if finetune.is_transfer(config):
-        config = finetune.prepare_config(config)  # the architecture the weights belong to
-    return _run(config, run_dir, None, progress, on_epoch_end, evaluate_test)
+    start = start_for(config)
+    config = start.prepare(config)  # e.g. the architecture the weights belong to
+    return _run(config, start, run_dir, None, progress, on_epoch_end, evaluate_test)
 
 
 def resume(run_dir: str | os.PathLike, *, progress: bool = True) -> Run | None:
     """Continue an interrupted run from its ``last.pt``, with the config it was started with."""
     checkpoint = Checkpoint.load(run_dir)
-    config = TrainConfig.from_dict(checkpoint.config)
+    config = TrainConfig.from_dict(checkpoint.config)  # already prepared by its start
     config.out = str(run_dir)
-    return _run(config, Path(run_dir), checkpoint, progress)
+    return _run(config, start_for(config), Path(run_dir), checkpoint, progress)
 
 
 # ---------------------------------------------------------------- the driver
 def _run(
     cfg: TrainConfig,
+    start: Start,
     run_dir: Path,
     checkpoint: Checkpoint | None,
     progress: bool,
@@ -104,83 +103,75 @@ def _run(
     # One process per run folder: a second train or resume into it is refused clearly.
     lock = RunLock(run_dir) if rt.dist.is_main else None
     try:
-        return _drive(cfg, run_dir, checkpoint, progress, rt, started, on_epoch_end, evaluate_test)
+        show = progress and rt.dist.is_main
+        cfg, data, parts = _build(cfg, start, checkpoint is None, rt, show)
+        job = Job(cfg, run_dir, rt, start, data, parts, show, started, evaluate_test, on_epoch_end)
+        return _drive(job, checkpoint)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _drive(
-    cfg,
-    run_dir: Path,
-    checkpoint: Checkpoint | None,
-    progress: bool,
-    rt,
-    started: float,
-    on_epoch_end: EpochHook | None,
-    evaluate_test: bool,
-):
-    show = progress and rt.dist.is_main
+def _build(
+    cfg: TrainConfig, start: Start, fresh: bool, rt: Runtime, show: bool
+) -> tuple[TrainConfig, TrainData, Parts]:
+    """The data, the config adapted to its size (a fresh run only), and the parts."""
     data = TrainData.load(cfg, show)
-    if checkpoint is None:
-        cfg, notes = adapt_to_data(cfg, len(data.x_train))
+    if fresh:
+        cfg, notes = adapt_to_data(cfg, len(data.x_train), start.min_steps)
         for note in notes:
             log.info("small dataset: %s (set it explicitly to override)", note)
     if show:
-        log.info("%s", finetune.describe_counts(data.dataset, data.split))
-    parts = Parts.build(cfg, data, rt)
-    state, best = RunState(), None
+        log.info("%s", describe_counts(data.dataset, data.split))
+    return cfg, data, Parts.build(cfg, data, rt, start)
+
+
+def _drive(job: Job, checkpoint: Checkpoint | None) -> Run | None:
+    cfg, data, parts, rt = job.cfg, job.data, job.parts, job.rt
     if checkpoint is not None:
-        state, best = parts.restore(checkpoint, run_dir)
-        if show:
-            log.info("resuming %s after epoch %d of %d", run_dir, state.epoch, cfg.epochs)
+        job.state, job.best = parts.restore(checkpoint, job.run_dir)
+        if job.show:
+            log.info("resuming %s after epoch %d of %d", job.run_dir, job.state.epoch, cfg.epochs)
     if rt.dist.is_main:
         norm = {"mean": data.mean, "std": data.std}
-        write_run_record(run_dir, cfg, data.dataset, data.split, norm, rt)
-    total_steps = data.steps_per_epoch(cfg) * cfg.epochs
-    if finetune.is_transfer(cfg) and checkpoint is None:
-        state, best = _fit_head(parts, data, rt, state, run_dir, show)
+        write_run_record(job.run_dir, cfg, data.dataset, data.split, norm, rt)
+    if job.start.fits_head_first and checkpoint is None:
+        _fit_head(job)
 
     # --freeze-backbone: the head fit above is the whole training.
-    while state.epoch < cfg.epochs and not state.stopped_early and not cfg.freeze_backbone:
+    while job.state.epoch < cfg.epochs and not job.state.stopped_early and not cfg.freeze_backbone:
         epoch_start = time.perf_counter()
-        loss, acc, steps = train_one_epoch(cfg, parts, data, rt, state, total_steps, show)
-        train_seconds = state.train_seconds + time.perf_counter() - epoch_start
-        val = parts.evaluate(cfg, data.x_val, data.y_val, rt) if len(data.x_val) else None
-        lr = cfg.lr * schedule_multiplier(cfg, steps - 1, total_steps) * state.lr_factor
-        record = history_record(state.epoch + 1, loss, acc, val, lr, epoch_start)
+        loss, acc, steps = train_one_epoch(job)
+        train_seconds = job.state.train_seconds + time.perf_counter() - epoch_start
+        val = parts.score(cfg, data.x_val, data.y_val, rt) if len(data.x_val) else None
+        lr = cfg.lr * schedule_multiplier(cfg, steps - 1, job.total_steps) * job.state.lr_factor
+        record = history_record(job.state.epoch + 1, loss, acc, val, lr, epoch_start)
         state = dataclasses.replace(
-            state,
-            epoch=state.epoch + 1,
+            job.state,
+            epoch=job.state.epoch + 1,
             step=steps,
-            history=[*state.history, record],
+            history=[*job.state.history, record],
             train_seconds=train_seconds,
         )
-        state, improved = after_epoch(state, val["loss"] if val else math.nan, cfg)
+        job.state, improved = after_epoch(state, val["loss"] if val else math.nan, cfg)
         if improved:
-            best = copy.deepcopy(parts.model.state_dict())
+            job.best = copy.deepcopy(parts.model.state_dict())
         if rt.dist.is_main:
-            _checkpoint(run_dir, cfg, parts, state, best if improved else None)
-            _log_epoch(cfg, record, state)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
+            _checkpoint(job, new_best=job.best if improved else None)
+            _log_epoch(cfg, record, job.state)
+            if job.on_epoch_end is not None:
+                job.on_epoch_end(record)
         rt.dist.barrier()
 
-    return finish(cfg, run_dir, parts, data, rt, state, best, started, evaluate_test)
+    return finish(job)
 
 
 # ---------------------------------------------------------------- one epoch
-def train_one_epoch(
-    cfg: TrainConfig,
-    parts: Parts,
-    data: TrainData,
-    rt: Runtime,
-    state: RunState,
-    total_steps: int,
-    show: bool,
-) -> tuple[float, float, int]:
+def train_one_epoch(job: Job) -> tuple[float, float, int]:
     """One pass over the training images; returns (mean loss, accuracy, steps taken so far)."""
-    epoch, step = state.epoch, state.step
+    cfg, parts, data, rt = job.cfg, job.parts, job.data, job.rt
+    epoch, step, total_steps = job.state.epoch, job.state.step, job.total_steps
+    lr_factor = job.state.lr_factor
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
     torch.manual_seed(cfg.seed * 7_919 + epoch)  # dropout and other in-model randomness
     bias = parts.hooks.whitening_bias()
@@ -194,7 +185,7 @@ def train_one_epoch(
     steps = data.steps_per_epoch(cfg)
     side = cfg.image_size_at(epoch)  # progressive resizing: smaller in the first epochs
     bar = tqdm(
-        total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not show,
+        total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not job.show,
         unit="step", dynamic_ncols=True,
     )  # fmt: skip
     batches = batch_indices(len(data.x_train), cfg.batch_size, shuffle=True, gen=gen)
@@ -206,7 +197,7 @@ def train_one_epoch(
             x = shrink(x, side)
         y = data.y_train[idx].to(rt.device)
         set_learning_rate(
-            parts.optimizer, cfg, schedule_multiplier(cfg, step, total_steps) * state.lr_factor
+            parts.optimizer, cfg, schedule_multiplier(cfg, step, total_steps) * lr_factor
         )
         with autocast(rt.device, rt.amp_dtype):
             logits = parts.net(x)
@@ -230,7 +221,7 @@ def train_one_epoch(
             loss_sum += loss_each.detach().double().sum().cpu()
             correct += (logits.argmax(1) == y).sum().cpu()
         seen += len(idx)
-        if show and (step_in_epoch % 10 == 0 or step_in_epoch == steps - 1):
+        if job.show and (step_in_epoch % 10 == 0 or step_in_epoch == steps - 1):
             mean_loss, acc = loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{acc:.3f}", refresh=False)
         bar.update(1)
@@ -248,22 +239,21 @@ def train_one_epoch(
 
 
 # ---------------------------------------------------------------- transfer: the head first
-def _fit_head(parts: Parts, data: TrainData, rt: Runtime, state: RunState, run_dir, show):
+def _fit_head(job: Job) -> None:
     """fastai-style: the new head first, fitted on the frozen backbone's embeddings; it is
     the best state so far, so fine-tuning must beat it on val loss to replace it."""
+    parts, data, rt = job.parts, job.data, job.rt
     record = finetune.fit_head(
         parts.model, parts.normalizer, data.x_train, data.y_train, data.x_val, data.y_val,
         len(data.dataset.classes), weight=parts.loss_weight, device=rt.device,
-        amp_dtype=rt.amp_dtype, progress=show,
+        amp_dtype=rt.amp_dtype, progress=job.show,
     )  # fmt: skip
-    state = dataclasses.replace(state, history=[record])
-    best = None
+    job.state = dataclasses.replace(job.state, history=[record])
     if record["val_loss"] is not None:
-        state = dataclasses.replace(state, best_val_loss=record["val_loss"])
-        best = copy.deepcopy(parts.model.state_dict())
+        job.state = dataclasses.replace(job.state, best_val_loss=record["val_loss"])
+        job.best = copy.deepcopy(parts.model.state_dict())
     if rt.dist.is_main:
-        write_history(run_dir, state.history)
-    return state, best
+        write_history(job.run_dir, job.state.history)
 
 
 # ---------------------------------------------------------------- after each epoch
@@ -286,17 +276,19 @@ def after_epoch(state: RunState, val_loss: float, cfg: TrainConfig) -> tuple[Run
     return worse, False
 
 
-def _checkpoint(run_dir: Path, cfg, parts: Parts, state: RunState, new_best: dict | None):
+def _checkpoint(job: Job, new_best: dict | None) -> None:
+    """``best.pt`` when this epoch improved, then ``last.pt`` and the history."""
     if new_best is not None:
-        save_torch(new_best, run_dir / "best.pt")
+        save_torch(new_best, job.run_dir / "best.pt")
+    parts = job.parts
     Checkpoint(
         model=parts.model.state_dict(),
         optimizer=parts.optimizer.state_dict(),
-        state=state,
+        state=job.state,
         lookahead=parts.lookahead.slow if parts.lookahead else [],
-        config=cfg.to_dict(),
-    ).save(run_dir / "last.pt")
-    write_history(run_dir, state.history)
+        config=job.cfg.to_dict(),
+    ).save(job.run_dir / "last.pt")
+    write_history(job.run_dir, job.state.history)
 
 
 def _log_epoch(cfg: TrainConfig, record: dict, state: RunState) -> None:

@@ -1,73 +1,27 @@
-"""What a training run is built from: the data as tensors and the parts the loop steps.
-
-``TrainData.load`` decodes and splits the dataset once and fits the normaliser on the
-training images; ``Parts.build`` makes the model (from scratch, or the starting point
-of a transfer run), its optimiser, grad scaler, lookahead and DDP wrapper. The driver
-in ``training.py`` builds both once and hands them to every step.
+"""What the training loop steps: ``Parts.build`` makes the model (as the run's ``Start``
+says), its optimiser, grad scaler, lookahead, DDP wrapper and loss weights. Per-class
+counts serve every run: the split described class by class, and ``--class-weights auto``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..data import Dataset, Split, load_dataset, make_split
-from ..data.loader import channel_stats
+from ..data import Dataset, Split
 from ..device import Runtime
 from ..errors import UserInputError
-from ..models import TrainingHooks, build, training_hooks
-from ..prediction.inference import Normalizer, evaluate_logits, predict_logits
-from . import finetune
+from ..models import TrainingHooks, training_hooks
+from ..prediction.inference import Normalizer, loss_and_accuracy, predict_logits
 from .config import TrainConfig
-from .optim import Lookahead, make_optimizer
+from .optim import Lookahead
 from .runs import Checkpoint, RunState, load_best
-
-
-@dataclass
-class TrainData:
-    """The dataset as uint8 tensors, sliced by the split, plus the normaliser fitted
-    on the training images."""
-
-    dataset: Dataset
-    split: Split
-    train_idx: torch.Tensor
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    mean: list[float]
-    std: list[float]
-
-    @classmethod
-    def load(cls, cfg: TrainConfig, progress: bool) -> TrainData:
-        dataset = load_dataset(cfg.data, image_size=cfg.image_size, progress=progress)
-        split = make_split(dataset, cfg.split, cfg.seed, cfg.val_size, cfg.subset)
-        images = torch.from_numpy(dataset.images)
-        labels = torch.from_numpy(dataset.labels)
-        train_idx = torch.from_numpy(split.train)
-        val_idx = torch.from_numpy(split.val)
-        x_train = images[train_idx]
-        mean, std = channel_stats(x_train.numpy())
-        return cls(
-            dataset, split, train_idx, x_train, labels[train_idx],
-            images[val_idx], labels[val_idx], mean, std,
-        )  # fmt: skip
-
-    @property
-    def normalizer(self) -> Normalizer:
-        return Normalizer(self.mean, self.std)
-
-    def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.from_numpy(self.split.test)
-        labels = torch.from_numpy(self.dataset.labels)
-        return torch.from_numpy(self.dataset.images)[idx], labels[idx]
-
-    def steps_per_epoch(self, cfg: TrainConfig) -> int:
-        return math.ceil(len(self.x_train) / cfg.batch_size)
+from .start import Start
+from .train_data import TrainData
 
 
 @dataclass
@@ -85,31 +39,21 @@ class Parts:
     loss_weight: torch.Tensor | None = None  # --class-weights auto
 
     @classmethod
-    def build(cls, cfg: TrainConfig, data: TrainData, rt: Runtime) -> Parts:
+    def build(cls, cfg: TrainConfig, data: TrainData, rt: Runtime, start: Start) -> Parts:
+        """Seeded once, so the same config builds the same model (and draws) every time."""
         torch.manual_seed(cfg.seed)
         classes = len(data.dataset.classes)
-        transfer = finetune.is_transfer(cfg)
-        if transfer:
-            # Learned weights come with the normalisation they were trained with.
-            model, norm = finetune.start_model(cfg, data.dataset.classes)
-            data.mean, data.std = norm["mean"], norm["std"]
-        else:
-            model = build(cfg.architecture, classes, cfg.image_size, **cfg.arch_kwargs)
+        model, norm = start.model(cfg, data)
+        # From scratch: the training images' statistics; learned weights come with the
+        # normalisation they were trained with, and the bundle records it.
+        data.mean, data.std = norm["mean"], norm["std"]
         if cfg.low_res_epochs:
             _check_takes_size(model, cfg)
         normalizer = data.normalizer
         hooks = training_hooks(model)
-        if not transfer:
-            # Whitening from the first 5,000 training images: a deterministic, cheap estimate.
-            hooks.init_whitening(normalizer(data.x_train[:5000]))
         model = model.to(rt.device, memory_format=torch.channels_last)
-        if transfer:
-            optimizer = finetune.make_optimizer(model, cfg)
-        else:
-            # Muon's iteration runs in bf16 where training does (about half the fp32 time).
-            bf16 = rt.amp_dtype == torch.bfloat16
-            optimizer = make_optimizer(model, cfg, torch.bfloat16 if bf16 else torch.float32)
-        weight = finetune.class_weights(data.y_train.numpy(), classes, cfg.class_weights)
+        optimizer = start.optimizer(model, cfg, rt)
+        weight = class_weights(data.y_train.numpy(), classes, cfg.class_weights)
         lookahead = Lookahead(model) if cfg.lookahead else None
         net: nn.Module = model
         if rt.dist.world > 1:
@@ -135,9 +79,9 @@ class Parts:
             device=rt.device, amp_dtype=rt.amp_dtype,
         )  # fmt: skip
 
-    def evaluate(self, cfg, x: torch.Tensor, y: torch.Tensor, rt: Runtime, tta: bool = False):
+    def score(self, cfg, x: torch.Tensor, y: torch.Tensor, rt: Runtime, tta: bool = False):
         """Loss and accuracy of ``x``."""
-        return evaluate_logits(self.logits(cfg, x, rt, tta), y)
+        return loss_and_accuracy(self.logits(cfg, x, rt, tta), y)
 
 
 def _check_takes_size(model: nn.Module, cfg: TrainConfig) -> None:
@@ -156,3 +100,32 @@ def _check_takes_size(model: nn.Module, cfg: TrainConfig) -> None:
         ) from None
     finally:
         model.train()
+
+
+# ---------------------------------------------------------------- per-class counts
+def describe_counts(dataset: Dataset, split: Split) -> str:
+    """Per-class image counts of each split, and a hint when the classes are imbalanced."""
+    lines = ["images per class (train / val / test):"]
+    parts = [np.bincount(dataset.labels[idx], minlength=len(dataset.classes)) for idx in
+             (split.train, split.val, split.test)]  # fmt: skip
+    width = max(len(c) for c in dataset.classes)
+    for i, name in enumerate(dataset.classes):
+        lines.append(f"  {name:<{width}}  {parts[0][i]:>6} / {parts[1][i]:>5} / {parts[2][i]:>5}")
+    train = parts[0]
+    if train.min() > 0 and train.max() / train.min() >= 3:
+        lines.append(
+            f"  classes are imbalanced ({int(train.max())} vs {int(train.min())} training "
+            "images): consider --class-weights auto"
+        )
+    return "\n".join(lines)
+
+
+def class_weights(labels: np.ndarray, n_classes: int, mode: str | None) -> torch.Tensor | None:
+    """``auto``: each class weighs n / (classes * n_c), so every class counts equally."""
+    if not mode:
+        return None
+    if mode != "auto":
+        raise UserInputError(f"--class-weights takes 'auto', got {mode!r}")
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = len(labels) / (n_classes * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32)

@@ -3,8 +3,7 @@
 ``seed-*`` reproduce the seed systems' Keras training (Adam with Keras' epsilon,
 batch 64, EarlyStopping on val_loss with restore-best, ReduceLROnPlateau and
 augmentation where the seed used them). ``fast`` is our few-epoch recipe.
-Every field can be overridden from the command line (``resolve.py``); a recipe can also
-be a JSON file (``recipe_files.py``).
+Every field can be overridden from the command line.
 """
 
 from __future__ import annotations

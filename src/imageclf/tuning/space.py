@@ -25,6 +25,7 @@ from typing import Any
 
 from ..data.augment import FLIP_MODES
 from ..errors import UserInputError
+from ..fileio import parse_json, read_file_capped
 from ..training.config import TrainConfig
 
 
@@ -58,6 +59,7 @@ PARAMS: dict[str, Param] = {
     "crop_scale": Param(float, lambda v: 0 <= v < 1, "in [0, 1)", "augment"),
 }
 SPEC_KEYS = {"low", "high", "log", "step", "choices"}
+MAX_SPACE_BYTES = 1024 * 1024  # a space file is a few hundred bytes
 
 # ---------------------------------------------------------------- built-in spaces
 # Ranges bracket each recipe's own value (fast: lr 1.5e-3, decay 2e-3, smoothing 0.2,
@@ -313,6 +315,7 @@ def validate(space: Any, cfg: TrainConfig, epochs_cap: int, source: str = "space
 def read_space_file(path: str | os.PathLike) -> dict:
     path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = read_file_capped(path, MAX_SPACE_BYTES)
+    except UserInputError as exc:
         raise UserInputError(f"cannot read search space {path}: {exc}") from None
+    return parse_json(text, f"search space {path}")

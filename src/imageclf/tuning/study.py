@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserInputError
+from ..fileio import MB, parse_json, read_file_capped
 from ..training.config import TrainConfig
 from ..training.recipe_files import read_recipe_file
 from ..training.recipes import RECIPES
@@ -55,6 +56,29 @@ def make_pruner(optuna, name: str, trials: int, epochs_cap: int = 8):
     raise UserInputError(f"unknown pruner {name!r}; choose {', '.join(PRUNERS)}")
 
 
+# What tune.json must hold for --resume to continue the study it describes.
+SETTINGS_TYPES: dict[str, tuple[type, ...]] = {
+    "recipe": (str,), "data": (str, type(None)), "storage": (str,), "study": (str,),
+    "trials": (int,), "seed": (int,), "space": (dict, type(None)),
+    "timeout": (int, float, type(None)), "pruner": (str,), "epochs": (int, type(None)),
+    "subset": (int, type(None)), "split": (str, type(None)), "val_size": (int, type(None)),
+    "device": (str, type(None)), "threads": (int, type(None)),
+}  # fmt: skip
+
+
+def _read_settings(path: Path) -> dict:
+    """``tune.json``, checked: a corrupt or edited file is one clear error, not a traceback
+    halfway through the study."""
+    settings = parse_json(read_file_capped(path, MB), f"{path}")
+    if not isinstance(settings, dict):
+        raise UserInputError(f"{path} is not a study's settings (not a JSON object)")
+    for key, types in SETTINGS_TYPES.items():
+        value = settings.get(key)
+        if key not in settings or not isinstance(value, types) or isinstance(value, bool):
+            raise UserInputError(f"{path} is damaged: {key!r} is missing or has the wrong type")
+    return settings
+
+
 def load_settings(resume, **given) -> tuple[Path, dict]:
     """The study's settings: from the arguments, or from ``tune.json`` when resuming."""
     if resume is not None:
@@ -62,7 +86,7 @@ def load_settings(resume, **given) -> tuple[Path, dict]:
         path = run_dir / SETTINGS_FILE
         if not path.is_file():
             raise UserInputError(f"nothing to resume: {path} does not exist")
-        settings = json.loads(path.read_text())
+        settings = _read_settings(path)
         for key in ("trials", "timeout", "device", "threads"):
             if given.get(key) is not None:
                 settings[key] = given[key]

@@ -8,7 +8,7 @@ search resumes where it stopped. The end product is ``best.json``, a recipe file
 ``imageclf train --recipe`` accepts, plus plots and a table of every trial.
 
 This module is the search itself (``tune`` and one trial); the study's settings and
-storage are in ``tuning_study.py``, the table, plots and best.json in ``tuning_results.py``.
+storage are in ``study.py``, the table, plots and best.json in ``results.py``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,197 @@
+"""``imageclf predict`` over files and folders: which files to try, classifying them in
+batches through ``Predictor`` (one result per file, failures included), optional Grad-CAM
+overlays beside them, and the table / JSON / CSV the command prints.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..errors import ImageError, UserInputError
+from ..fileio import unreadable_reason
+from ..imaging import IMAGE_EXTENSIONS, open_image
+from .gradcam import overlay
+from .predictor import Predictor
+
+BATCH_SIZE = 64
+EXPLAIN_SIZE = 256
+
+
+@dataclass
+class FileResult:
+    """One input file: its top-k predictions, or why it could not be classified."""
+
+    path: str
+    top: list[tuple[str, float]] | None = None
+    error: str | None = None
+    explanation: str | None = None  # where its Grad-CAM overlay was written
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[FileResult]]:
+    """Expand folders (recursively, sorted, hidden files skipped) into image files.
+
+    Inside folders only files with an image extension are tried (a README or .DS_Store
+    is not a failed image); a file named explicitly is always tried.
+
+    Returns the files and a failure entry for every input that is neither (missing, a
+    symlink loop, a FIFO...), saying which.
+    """
+    files: list[Path] = []
+    missing: list[FileResult] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            missing.append(FileResult(str(path), error=unreadable_reason(path)))
+    return files, missing
+
+
+def _explain_name(path: Path, used: set[str]) -> str:
+    """``NAME.gradcam.png``, numbered when two inputs share a name."""
+    stem = f"{path.stem}.gradcam"
+    name, k = f"{stem}.png", 2
+    while name in used:
+        name, k = f"{stem}-{k}.png", k + 1
+    used.add(name)
+    return name
+
+
+def predict_files(
+    predictor: Predictor,
+    inputs: Sequence[str | os.PathLike],
+    *,
+    top_k: int = 3,
+    tta: bool = False,
+    explain_dir: str | os.PathLike | None = None,
+    batch_size: int = BATCH_SIZE,
+    progress: bool = True,
+) -> Iterator[FileResult]:
+    """Classify every image under ``inputs``; yields one ``FileResult`` per file, in order.
+
+    ``explain_dir``: also write a Grad-CAM overlay (for the top class) per image there.
+    """
+    if top_k < 1:
+        raise UserInputError("--top-k must be at least 1")
+    files, missing = collect_images(inputs)
+    yield from missing
+    if not files and not missing:
+        raise UserInputError("no image files found in the given paths")
+    out = Path(explain_dir) if explain_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    with tqdm(
+        total=len(files),
+        desc="predicting",
+        unit="img",
+        dynamic_ncols=True,
+        leave=False,
+        disable=not progress or len(files) <= batch_size,
+    ) as bar:
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            decoded: list[tuple[Path, np.ndarray, Image.Image | None]] = []
+            for path in chunk:
+                try:
+                    picture = open_image(path)
+                except ImageError as exc:
+                    yield FileResult(str(path), error=str(exc))
+                    continue
+                # The picture is kept (small) only to draw the explanation on.
+                small = picture.resize((EXPLAIN_SIZE, EXPLAIN_SIZE)) if out else None
+                decoded.append((path, predictor.prepare(picture), small))
+            bar.update(len(chunk))
+            if not decoded:
+                continue
+            batch = np.stack([d[1] for d in decoded])
+            probs = predictor.predict_proba(batch, tta=tta)
+            explained = [None] * len(decoded)
+            if out is not None:
+                explained = _write_explanations(predictor, batch, probs, decoded, out, used)
+            for (path, _, _), row, where in zip(decoded, probs, explained, strict=True):
+                yield FileResult(str(path), top=predictor.top(row, top_k), explanation=where)
+
+
+def _write_explanations(
+    predictor: Predictor,
+    batch: np.ndarray,
+    probs: np.ndarray,
+    decoded: list[tuple[Path, np.ndarray, Image.Image | None]],
+    out: Path,
+    used: set[str],
+) -> list[str]:
+    """One Grad-CAM pass for the batch's top classes, each overlay saved under ``out``."""
+    maps = predictor.gradcam(batch, probs.argmax(1)).heatmaps
+    written = []
+    for (path, _, picture), heat in zip(decoded, maps, strict=True):
+        target = out / _explain_name(path, used)
+        overlay(picture, heat, EXPLAIN_SIZE).save(target)
+        written.append(str(target))
+    return written
+
+
+def format_results(results: Sequence[FileResult], out_format: str = "table") -> str:
+    """``table`` for people, ``json`` and ``csv`` for machines (failures included)."""
+    if out_format == "json":
+        entries = []
+        for r in results:
+            entry: dict = {"path": r.path}
+            if r.ok:
+                entry["predictions"] = [{"label": lab, "probability": p} for lab, p in r.top or []]
+                if r.explanation:
+                    entry["explanation"] = r.explanation
+            else:
+                entry["error"] = r.error
+            entries.append(entry)
+        return json.dumps(entries, indent=2) + "\n"
+    if out_format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", "rank", "label", "probability", "error"])
+        for r in results:
+            if not r.ok:
+                writer.writerow([r.path, "", "", "", r.error])
+                continue
+            for rank, (label, p) in enumerate(r.top or [], start=1):
+                writer.writerow([r.path, rank, label, f"{p:.4f}", ""])
+        return buffer.getvalue()
+    if out_format != "table":
+        raise UserInputError(f"unknown format {out_format!r}; choose table, json or csv")
+    ok = [r for r in results if r.ok]
+    if not ok:
+        return ""
+    k = max(len(r.top or []) for r in ok)
+    cells = [[r.path, *(f"{lab} {p:.4f}" for lab, p in r.top or [])] for r in ok]
+    header = ["image", "prediction", *(f"#{i}" for i in range(2, k + 1))]
+    widths = [
+        max(len(row[i]) if i < len(row) else 0 for row in [header, *cells]) for i in range(k + 1)
+    ]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in cells
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,63 @@
+"""The PyTorch backend: a bundle's model with its normaliser, device and autocast dtype.
+
+Logits come from ``inference.predict_logits``, the forward pass training's validation
+uses too, so a number in a report is the number the server gives; Grad-CAM from
+``gradcam.gradcam_batch``, which needs this backend's gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..device import resolve_device, resolve_precision
+from ..models.bundle import Bundle, build_model
+from .gradcam import GradCAM, gradcam_batch
+from .inference import Normalizer, predict_logits
+
+
+class TorchBackend:
+    """A bundle's model, ready to run (an ``ExplainingBackend``)."""
+
+    name = "pytorch"
+    can_explain = True
+
+    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32") -> None:
+        self.bundle = bundle  # the weights too: ``imageclf export --format fp16`` halves them
+        self.metadata = bundle.metadata
+        self.device = resolve_device(device)
+        self.model = build_model(bundle).to(self.device, memory_format=torch.channels_last)
+        self.amp_dtype = resolve_precision(self.device, precision)
+        self.normalizer = Normalizer(self.metadata.mean, self.metadata.std)
+
+    def logits(self, batch_u8: np.ndarray, *, tta: bool = False) -> torch.Tensor:
+        """Uncalibrated logits (N, classes) for prepared uint8 NHWC pictures."""
+        return predict_logits(
+            self.model,
+            torch.from_numpy(np.ascontiguousarray(batch_u8)),
+            self.normalizer,
+            tta=tta,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+        )
+
+    def gradcam(
+        self,
+        batch_u8: np.ndarray,
+        class_indices: Sequence[int] | np.ndarray | None = None,
+        *,
+        layer: str | None = None,
+        temperature: float = 1.0,
+    ) -> GradCAM:
+        """Grad-CAM of prepared uint8 pictures; ``temperature`` scales its probabilities."""
+        return gradcam_batch(
+            self.model,
+            self.normalizer,
+            batch_u8,
+            class_indices,
+            layer=layer,
+            device=self.device,
+            temperature=temperature,
+        )
