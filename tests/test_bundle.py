@@ -233,6 +233,7 @@ def test_metadata_that_is_not_an_object(tmp_path):
         ('{"a": ' * 65 + "1" + "}" * 65, "nested too deeply"),
         ("{", "is not valid JSON"),
     ],
+    ids=["nan", "infinity", "100k-levels", "65-levels", "syntax"],
 )
 def test_unparsable_or_non_json_metadata_is_one_bundle_error(tmp_path, metadata_json, needle):
     path = tmp_path / "m.safetensors"

@@ -202,6 +202,7 @@ DEEP = "[" * 100_000 + "]" * 100_000
         ('{"lr": {"low": 1e-4, "high": Infinity}}', "Infinity, which is not a JSON number"),
         ("{", "is not valid JSON"),
     ],
+    ids=["100k-levels", "nan", "infinity", "syntax"],
 )
 def test_hostile_space_file_is_one_line(tmp_path, capsys, content, needle):
     path = tmp_path / "space.json"
@@ -220,6 +221,7 @@ def test_space_file_size_is_capped(tmp_path, capsys):
 @pytest.mark.parametrize(
     "content",
     [DEEP, "not json", "[]", '{"recipe": "fast"}', '{"trials": NaN}'],
+    ids=["100k-levels", "syntax", "list", "keys-missing", "nan"],
 )
 def test_damaged_tune_settings_are_one_line_on_resume(tmp_path, capsys, content):
     (tmp_path / "tune.json").write_text(content)
