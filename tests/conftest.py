@@ -72,6 +72,21 @@ def tiny_bundle(tmp_path_factory) -> Path:
     return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny.safetensors")
 
 
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The web app on a tiny model, loaded eagerly, one per test module (the hostile-input
+    files share it); a module that needs other settings defines its own ``app``."""
+    from imageclf.web import create_app
+
+    bundle = make_tiny_bundle(tmp_path_factory.mktemp("hostile") / "tiny.safetensors")
+    return create_app(bundle, TESTING=True, IMAGECLF_MODEL_LOADING="eager")
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
 @pytest.fixture()
 def keep_torch_threads():
     """Restore torch's thread count after a test that runs ``serve`` (which sets it to 1)."""

@@ -33,22 +33,10 @@ from helpers import make_tiny_bundle, post, probabilities
 from PIL import Image
 
 from imageclf import imaging
-from imageclf.web import create_app
 from imageclf.web.extensions import get_service
 from imageclf.web.uploads import MAX_UPLOAD_BYTES
 
 TESTS = Path(__file__).resolve().parent
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    bundle = make_tiny_bundle(tmp_path_factory.mktemp("hostile") / "tiny.safetensors")
-    return create_app(bundle, TESTING=True, IMAGECLF_MODEL_LOADING="eager")
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 # What a fresh process's peak may grow by for one request within the documented limits,

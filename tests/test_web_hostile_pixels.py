@@ -15,23 +15,11 @@ import warnings
 import numpy as np
 import pytest
 from crafted import encode, noise, png_with_xmp, xmp_packet
-from helpers import decode_data_url, make_tiny_bundle, post, probabilities
+from helpers import decode_data_url, post, probabilities
 from PIL import Image
 
 from imageclf import imaging
-from imageclf.web import create_app
 from imageclf.web.extensions import get_service
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    bundle = make_tiny_bundle(tmp_path_factory.mktemp("hostile") / "tiny.safetensors")
-    return create_app(bundle, TESTING=True, IMAGECLF_MODEL_LOADING="eager")
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 # 15, 16 ---------------------------------------------------------------- damaged files

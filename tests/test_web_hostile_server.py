@@ -23,17 +23,6 @@ from imageclf.web import create_app
 from imageclf.web.extensions import get_service
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    bundle = make_tiny_bundle(tmp_path_factory.mktemp("hostile") / "tiny.safetensors")
-    return create_app(bundle, TESTING=True, IMAGECLF_MODEL_LOADING="eager")
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 def current_rss_mb() -> float:
     with open("/proc/self/status") as status:
         for line in status:

@@ -19,25 +19,13 @@ import sys
 import numpy as np
 import pytest
 from crafted import encode, noise
-from helpers import make_tiny_bundle, png_bytes, post, probabilities
+from helpers import png_bytes, post, probabilities
 from PIL import Image
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from imageclf.web import create_app
 from imageclf.web.uploads import DRAIN_LIMIT_BYTES, MAX_UPLOAD_BYTES
 
 ALLOWED = "PNG, JPEG, GIF, WEBP, BMP"
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    bundle = make_tiny_bundle(tmp_path_factory.mktemp("hostile") / "tiny.safetensors")
-    return create_app(bundle, TESTING=True, IMAGECLF_MODEL_LOADING="eager")
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 # 1 ---------------------------------------------------------------- valid small PNG
