@@ -235,6 +235,27 @@ def test_bad_onnx_files_are_clear_errors(tmp_path, exported):
         Predictor.load(tmp_path / "foreign.onnx")
 
 
+@pytest.mark.parametrize(
+    ("metadata_json", "needle"),
+    [
+        ('{"classes": NaN}', "holds NaN, which is not a JSON number"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("{", "is not valid JSON"),
+    ],
+    ids=["nan", "100k-levels", "syntax"],
+)
+def test_onnx_metadata_is_parsed_like_a_bundles(tmp_path, exported, metadata_json, needle):
+    """The same rules as a bundle's metadata (``fileio.parse_json``), one BundleError line."""
+    model = onnx.load(str(exported[1].path))
+    for prop in model.metadata_props:
+        if prop.key == "imageclf":
+            prop.value = metadata_json
+    onnx.save_model(model, str(tmp_path / "hostile.onnx"))
+    with pytest.raises(BundleError, match=needle) as caught:
+        Predictor.load(tmp_path / "hostile.onnx")
+    assert "\n" not in str(caught.value)
+
+
 def test_predict_cli_accepts_an_onnx_model(exported, tmp_path, capsys):
     (tmp_path / "a.png").write_bytes(png_bytes())
     code, out, err = run(["-q", "predict", str(exported[1].path), str(tmp_path / "a.png")], capsys)

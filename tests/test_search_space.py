@@ -156,7 +156,11 @@ def test_recipe_file_round_trip_and_train(tmp_path, capsys):
             '{"format": "imageclf-recipe/1", "base": "fast", "config": {"augment": {"x": 1}}}',
             "unknown augment setting 'x'",
         ),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"format": "imageclf-recipe/1", "base": "fast", "config": {"lr": NaN}}', "NaN"),
+        (" " * (2 * 1024 * 1024) + "{}", "at most 1 MB"),
     ],
+    ids=["syntax", "no-format", "base", "field", "augment", "100k-levels", "nan", "size"],
 )
 def test_bad_recipe_files_are_one_line_errors(tmp_path, capsys, content, needle):
     path = tmp_path / "r.json"

@@ -172,6 +172,16 @@ def parse_json(text: str | bytes, what: str, error: type[UserInputError] = UserI
     return value
 
 
+def read_json_file(path: str | os.PathLike, what: str, max_bytes: int = MB) -> Any:
+    """A JSON file we did not write (a recipe, a search space, a study's settings): read
+    capped (``read_file_capped``), parsed by ``parse_json``; any failure is one line,
+    ``cannot read {what} {path}: why``."""
+    try:
+        return parse_json(read_file_capped(path, max_bytes), "the file")
+    except UserInputError as exc:
+        raise UserInputError(f"cannot read {what} {path}: {exc}") from None
+
+
 def _depth(value: Any) -> int:
     """Nesting depth of parsed JSON, without recursion."""
     deepest, stack = 0, [(value, 1)]

@@ -13,7 +13,6 @@ gives no gradients, so ``can_explain`` is False: no Grad-CAM.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import BundleError, UserInputError, import_extra
+from ..fileio import parse_json
 from ..models.bundle import BundleMetadata
 from .inference import tta_views
 
@@ -43,10 +43,9 @@ def read_onnx_metadata(session) -> BundleMetadata:
         raise BundleError(
             "the ONNX file was not written by 'imageclf export' (no imageclf metadata)"
         )
+    raw = parse_json(props[METADATA_KEY], "the ONNX file's imageclf metadata", BundleError)
     try:
-        metadata = BundleMetadata.check(json.loads(props[METADATA_KEY]))
-    except json.JSONDecodeError:
-        raise BundleError("the ONNX file has unreadable imageclf metadata") from None
+        metadata = BundleMetadata.check(raw)
     except ValueError as exc:
         raise BundleError(f"the ONNX file has bad metadata: {exc}") from None
     return metadata

@@ -9,21 +9,19 @@ from pathlib import Path
 
 from ..data.augment import AugmentConfig
 from ..errors import UserInputError
-from ..fileio import write_text_atomic
+from ..fileio import read_json_file, write_text_atomic
 from .config import check_keys, field_names
 from .recipes import RECIPES
 
 RECIPE_FILE_FORMAT = "imageclf-recipe/1"
+MAX_RECIPE_BYTES = 1024 * 1024  # a recipe file is a few hundred bytes
 
 
 def read_recipe_file(path: str | os.PathLike) -> dict:
     """``{"format", "name", "base": a built-in recipe, "config": changed fields, ...}``;
     other keys (``space``, ``tuned``) are for ``imageclf tune`` and for people."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserInputError(f"cannot read recipe file {path}: {exc}") from None
+    doc = read_json_file(path, "recipe file", MAX_RECIPE_BYTES)
     if not isinstance(doc, dict) or doc.get("format") != RECIPE_FILE_FORMAT:
         raise UserInputError(f'{path} is not a recipe file (no "format": {RECIPE_FILE_FORMAT!r})')
     if doc.get("base") not in RECIPES:

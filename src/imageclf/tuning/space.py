@@ -20,12 +20,11 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..data.augment import FLIP_MODES
 from ..errors import UserInputError
-from ..fileio import parse_json, read_file_capped
+from ..fileio import read_json_file
 from ..training.config import TrainConfig
 
 
@@ -313,9 +312,4 @@ def validate(space: Any, cfg: TrainConfig, epochs_cap: int, source: str = "space
 
 
 def read_space_file(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    try:
-        text = read_file_capped(path, MAX_SPACE_BYTES)
-    except UserInputError as exc:
-        raise UserInputError(f"cannot read search space {path}: {exc}") from None
-    return parse_json(text, f"search space {path}")
+    return read_json_file(path, "search space", MAX_SPACE_BYTES)

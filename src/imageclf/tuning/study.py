@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserInputError
-from ..fileio import MB, parse_json, read_file_capped
+from ..fileio import read_json_file
 from ..training.config import TrainConfig
 from ..training.recipe_files import read_recipe_file
 from ..training.recipes import RECIPES
@@ -69,7 +69,7 @@ SETTINGS_TYPES: dict[str, tuple[type, ...]] = {
 def _read_settings(path: Path) -> dict:
     """``tune.json``, checked: a corrupt or edited file is one clear error, not a traceback
     halfway through the study."""
-    settings = parse_json(read_file_capped(path, MB), f"{path}")
+    settings = read_json_file(path, "study settings")
     if not isinstance(settings, dict):
         raise UserInputError(f"{path} is not a study's settings (not a JSON object)")
     for key, types in SETTINGS_TYPES.items():
