@@ -165,6 +165,23 @@ def test_phone_layout(page, base_url):
     shot(page, "05-result-phone")
 
 
+@pytest.mark.parametrize("page", [PHONE], indirect=True)
+def test_a_long_file_name_wraps_on_a_phone(page, base_url):
+    """A 200-character name (no spaces to break at) once pushed the result page wider
+    than a phone's screen: the page scrolled sideways."""
+    name = "holiday-" + "x" * 188 + ".png"
+    page.goto(base_url)
+    choose(page, picture_png(), name=name)
+    page.wait_for_selector("#preview", state="visible")
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["viewport"]["width"]
+    with page.expect_navigation():
+        page.click("#submit")
+    expect_result(page)
+    assert name in page.inner_text(".filename")  # wrapped, all of it shown
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["viewport"]["width"]
+    shot(page, "05b-result-phone-long-name")
+
+
 @pytest.mark.parametrize("page", [DARK], indirect=True)
 def test_example_click_dark_mode(page, base_url):
     page.goto(base_url)

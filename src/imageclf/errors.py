@@ -58,6 +58,14 @@ class BundleError(UserInputError):
     """A model file is missing, truncated, tampered with, or not ours."""
 
 
+class ModelOutputError(BundleError):
+    """The model answered with something that is not logits for these pictures (NaN or
+    infinity, too few rows): the model file is broken, and no answer is made up from it
+    (HTTP 422: this request cannot be answered; exit code 2)."""
+
+    http_status = 422
+
+
 class ImageError(UserInputError):
     """One image cannot be used; ``http_status`` says why in HTTP terms."""
 

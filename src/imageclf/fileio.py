@@ -1,15 +1,20 @@
-"""Files in and out: atomic writes (a crash or Ctrl-C never leaves a half-written file)
-and bounded reads of untrusted paths (a huge file, a FIFO or a symlink loop is a clear
-error, never a hang or a MemoryError)."""
+"""Files in and out: atomic writes (a crash or Ctrl-C never leaves a half-written file),
+bounded reads of untrusted paths (a huge file, a FIFO or a symlink loop is a clear
+error, never a hang or a MemoryError), and untrusted names made safe to print."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
+import math
 import os
+import re
 import stat
 import tempfile
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -82,6 +87,11 @@ def unreadable_reason(path: str | os.PathLike) -> str:
     return f"is {_kind(mode)}, not a regular file"
 
 
+def size_text(n: int) -> str:
+    """A byte count for a message: whole MB from 1 MB up, bytes below."""
+    return f"{n / MB:,.0f} MB" if n >= MB else f"{n:,} bytes"
+
+
 def read_file_capped(path: str | os.PathLike, max_bytes: int) -> bytes:
     """The bytes of a regular file of at most ``max_bytes``, or ``UserInputError`` saying why not.
 
@@ -111,6 +121,27 @@ def read_file_capped(path: str | os.PathLike, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise UserInputError(f"{path} is larger than {max_bytes // MB} MB")
     return data
+
+
+# Characters a name we did not choose must not carry to a terminal raw: C0 and C1
+# controls and DEL (ANSI/OSC escape sequences, carriage returns, newlines), line and
+# paragraph separators, and the bidi controls that reorder what is shown.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _unsafe(ch: str) -> bool:
+    return ch in _BIDI or unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+
+
+def printable(text: object) -> str:
+    """``text`` safe to print on one terminal line: every control character escaped as
+    Python writes it (``\\x1b``, ``\\n``, ``\\u202e``), everything else as it is. File and
+    folder names come from whoever made the data: printed raw, an escape sequence in one
+    could rewrite the terminal (its title, the clipboard, the lines above)."""
+    text = str(text)
+    if text.isprintable():  # the common case: nothing to escape
+        return text
+    return "".join(repr(ch)[1:-1] if _unsafe(ch) else ch for ch in text)
 
 
 class RunLock:
@@ -155,14 +186,21 @@ class RunLock:
 # ---------------------------------------------------------------- untrusted JSON
 def parse_json(text: str | bytes, what: str, error: type[UserInputError] = UserInputError) -> Any:
     """JSON from a file we did not write ourselves, or one line of ``error`` naming
-    ``what``: bad syntax, nesting deeper than ``MAX_JSON_DEPTH``, and NaN or Infinity
-    (not JSON: they would come back out as invalid JSON in our own answers)."""
+    ``what``: bad syntax, nesting deeper than ``MAX_JSON_DEPTH``, and NaN or Infinity,
+    spelled out or as a number too large for a float (``1e999``): not JSON, they would
+    come back out as invalid JSON in our own answers."""
 
     def refuse_constant(name: str) -> float:
         raise error(f"{what} holds {name}, which is not a JSON number")
 
+    def finite_float(digits: str) -> float:
+        number = float(digits)
+        if not math.isfinite(number):
+            raise error(f"{what} holds {digits[:40]}, too large for a number")
+        return number
+
     try:
-        value = json.loads(text, parse_constant=refuse_constant)
+        value = json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)
     except RecursionError:
         raise error(f"{what} is nested too deeply (more than {MAX_JSON_DEPTH} levels)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -192,3 +230,38 @@ def _depth(value: Any) -> int:
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, depth + 1) for child in children)
     return deepest
+
+
+# ---------------------------------------------------------------- CSV for spreadsheets
+# A cell that starts with one of these is a formula to Excel, LibreOffice and Sheets
+# (OWASP "CSV injection"): a class or file name "=HYPERLINK(...)" would run when a
+# report is opened. Such a cell gets a leading single quote, which shows it as text.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def csv_cell(value: Any) -> Any:
+    """``value`` safe to open in a spreadsheet: text that a spreadsheet would read as a
+    formula gets a leading ``'``; numbers, and text that is a plain number (``-0.5``),
+    are left alone so numeric columns stay numeric."""
+    if (
+        isinstance(value, str)
+        and value.startswith(_FORMULA_START)
+        and not _PLAIN_NUMBER.fullmatch(value)
+    ):
+        return "'" + value
+    return value
+
+
+def csv_text(rows: Iterable[Sequence[Any]]) -> str:
+    """Rows as CSV text (``\\n`` line ends), every cell through ``csv_cell``. A row with a
+    carriage return in a cell (a file name can hold one) is quoted whole: the csv module
+    quotes only the line terminator's characters, and a bare CR breaks readers."""
+    buffer = io.StringIO()
+    plain = csv.writer(buffer, lineterminator="\n")
+    quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    for row in rows:
+        cells = [csv_cell(c) for c in row]
+        has_cr = any(isinstance(c, str) and "\r" in c for c in cells)
+        (quoted if has_cr else plain).writerow(cells)
+    return buffer.getvalue()

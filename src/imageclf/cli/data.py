@@ -37,16 +37,18 @@ def data_download(ctx: click.Context, directory: Path | None) -> None:
 def data_info(ctx: click.Context, path: str | None) -> None:
     """Decode (or load from cache) a dataset and print its classes and sizes."""
     from ..data import TEST, TRAIN, VAL, load_dataset
+    from ..fileio import printable
 
     ds = load_dataset(path, progress=ctx.obj["progress"])
-    click.echo(f"source: {ds.source}\nimages: {len(ds)} at {ds.image_size}x{ds.image_size}")
+    click.echo(f"source: {printable(ds.source)}")
+    click.echo(f"images: {len(ds)} at {ds.image_size}x{ds.image_size}")
     parts = {"train": TRAIN, "val": VAL, "test": TEST}
     counts = {k: ds.counts(v) for k, v in parts.items()}
     if not ds.has_val_partition:
         del counts["val"]  # a val/ folder is the exception; CIFAR has train and test
     click.echo(f"{'class':<16}" + "".join(f"{k:>8}" for k in counts))
     for name in ds.classes:
-        click.echo(f"{name:<16}" + "".join(f"{c[name]:>8}" for c in counts.values()))
+        click.echo(f"{printable(name):<16}" + "".join(f"{c[name]:>8}" for c in counts.values()))
 
 
 @data_command.command("inspect")

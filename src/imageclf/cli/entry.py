@@ -11,6 +11,7 @@ import sys
 import click
 
 from ..errors import ImageclfError
+from ..fileio import printable
 from ..version import __version__
 from .data import data_command
 from .evaluate import evaluate_command
@@ -60,6 +61,6 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("imageclf: interrupted", err=True)
         sys.exit(130)
     except ImageclfError as exc:
-        click.echo(f"imageclf: error: {exc}", err=True)
+        click.echo(f"imageclf: error: {printable(str(exc))}", err=True)  # one safe line
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)

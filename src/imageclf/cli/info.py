@@ -1,4 +1,4 @@
-"""``imageclf info``: what a model bundle holds, in lines people read."""
+"""``imageclf info``: what a model bundle or an exported ONNX file holds, in lines people read."""
 
 from __future__ import annotations
 
@@ -24,26 +24,47 @@ def _format_metrics(metrics: dict) -> list[str]:
     return lines
 
 
+def _bundle_line(path: Path):
+    """A ``.safetensors`` bundle: its metadata and the line saying what the file holds."""
+    from ..models.bundle import load_bundle
+
+    bundle = load_bundle(path)
+    params = sum(t.numel() for k, t in bundle.state_dict.items() if "running" not in k)
+    stored = sorted({str(t.dtype).removeprefix("torch.") for t in bundle.state_dict.values()})
+    return bundle.metadata, (
+        f"model        {path} ({path.stat().st_size / 1e6:.1f} MB, {params:,} numbers, "
+        f"stored as {'/'.join(stored)})"
+    )
+
+
+def _onnx_line(path: Path):
+    """An ``imageclf export`` ONNX file: the metadata it carries, read and checked the way
+    the ONNX backend reads it (without running the graph)."""
+    from ..prediction.onnx_backend import read_onnx_file
+
+    _, metadata, facts = read_onnx_file(path)
+    return metadata, (
+        f"model        {path} ({path.stat().st_size / 1e6:.1f} MB, ONNX opset {facts.opset}, "
+        f"{facts.numbers:,} numbers; runs on onnxruntime)"
+    )
+
+
 @click.command("info")
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the raw metadata as JSON.")
 def info_command(model: str | None, as_json: bool) -> None:
-    """Show what a model bundle contains (default: the bundled model)."""
-    from ..models.bundle import load_bundle
-    from ..prediction.predictor import default_model_path
+    """Show what a model bundle or an exported .onnx file contains (default: the bundled
+    model)."""
+    from ..prediction.predictor import default_model_path, is_onnx_path
 
     path = Path(model) if model else default_model_path()
-    bundle = load_bundle(path)
-    meta = bundle.metadata
+    meta, first = _onnx_line(path) if is_onnx_path(path) else _bundle_line(path)
     if as_json:
         click.echo(json.dumps(meta, indent=2))
         return
-    params = sum(t.numel() for k, t in bundle.state_dict.items() if "running" not in k)
-    stored = sorted({str(t.dtype).removeprefix("torch.") for t in bundle.state_dict.values()})
     mean, std = (", ".join(f"{v:.3g}" for v in values) for values in (meta.mean, meta.std))
     lines = [
-        f"model        {path} ({path.stat().st_size / 1e6:.1f} MB, {params:,} numbers, "
-        f"stored as {'/'.join(stored)})",
+        first,
         f"name         {meta.name}",
         f"architecture {meta.architecture} {json.dumps(meta.arch_kwargs)}",
         f"input        {meta.input_size}x{meta.input_size} RGB, mean [{mean}], std [{std}]",

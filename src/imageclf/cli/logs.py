@@ -6,6 +6,8 @@ import json
 import logging
 import sys
 
+from ..fileio import printable
+
 _FORMATTER = logging.Formatter()
 
 
@@ -32,7 +34,8 @@ class _TqdmHandler(logging.Handler):
                 entry["traceback"] = trace
             text = json.dumps(entry)
         else:
-            text = record.getMessage() + (f"\n{trace}" if trace else "")
+            # Messages carry names from the data: printed safe (no terminal escapes).
+            text = printable(record.getMessage()) + (f"\n{trace}" if trace else "")
         tqdm.write(text, file=sys.stdout)
 
 

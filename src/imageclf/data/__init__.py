@@ -12,6 +12,7 @@ from ..paths import cache_dir, default_cifar10_path
 from . import cache
 from .dataset import TEST, TRAIN, VAL, Dataset
 from .download import download
+from .layout import check_classes
 from .readers import read_source
 from .splits import SPLITS, Split, make_split
 
@@ -52,6 +53,7 @@ def load_dataset(
     if use_cache:
         cached = cache.load_cached(cache_dir(), key, str(path))
         if cached is not None:
+            check_classes(cached.classes, str(path))  # decoded before names were checked
             if cached.skipped:  # said in full when decoded; repeated briefly from the cache
                 log.warning("%s: %d unreadable file(s) skipped", path, len(cached.skipped))
             return cached

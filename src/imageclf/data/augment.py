@@ -12,7 +12,19 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserInputError
+
 FLIP_MODES = ("none", "random", "alternate")
+# Each setting's type and range (pixel sizes are checked against the image size by
+# TrainConfig, which knows it): a recipe file is untrusted, and "rotate": "15" or a
+# translate of -3 used to end in a traceback after the data had loaded.
+_LIMITS = {  # name -> (integer?, low, high, high excluded?, in words)
+    "translate": (True, 0, 512, False, "an integer from 0 to 512 pixels"),
+    "cutout": (True, 0, 512, False, "an integer from 0 to 512 pixels"),
+    "rotate": (False, 0, 180, False, "a number from 0 to 180 degrees"),
+    "shift": (False, 0, 1, True, "a number from 0 to below 1 (a fraction of the side)"),
+    "crop_scale": (False, 0, 1, False, "a number from 0 to 1 (0: off)"),
+}
 
 
 @dataclass(frozen=True)
@@ -25,6 +37,26 @@ class AugmentConfig:
     # RandomResizedCrop: a box of [crop_scale, 1] of the area, aspect 3/4..4/3, resized
     # back to full size; 0 = off. The standard augmentation for fine-tuning on photos.
     crop_scale: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Types and ranges, checked when built (``_LIMITS``); one line naming the field."""
+        if not isinstance(self.flip, str) or self.flip not in FLIP_MODES:
+            raise UserInputError(
+                f"unknown augment.flip {self.flip!r}; choose {', '.join(FLIP_MODES)}"
+            )
+        for name, (integer, low, high, open_high, words) in _LIMITS.items():
+            value = getattr(self, name)
+            kinds = (int,) if integer else (int, float)
+            ok = (
+                isinstance(value, kinds)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and low <= value
+                and (value < high if open_high else value <= high)
+            )
+            if not ok:
+                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+                raise UserInputError(f"augment.{name} must be {words}, got {shown}")
 
     def to_dict(self) -> dict:
         return asdict(self)

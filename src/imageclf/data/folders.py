@@ -1,5 +1,6 @@
-"""Image-folder datasets: a folder walked (symlinks followed, each real folder once),
-and the decoding of a listed folder or archive into arrays.
+"""Image-folder datasets: a folder walked (symlinks followed, each real folder once,
+never back into a folder that holds the dataset; depth bounded), and the decoding of a
+listed folder or archive into arrays.
 
 A user's folder is messy: files that are not images (by extension) and images that
 cannot be decoded are skipped and reported (count and first names), never a crash;
@@ -20,6 +21,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import DataError, ImageError
+from ..fileio import printable
 from ..imaging import open_image, resize_for_model
 from .dataset import TRAIN
 from .layout import read_payload, scan_layout, summarize_names
@@ -28,27 +30,74 @@ from .memory import check_memory
 log = logging.getLogger("imageclf.data")
 
 
-def walk_folder(root: Path) -> Iterator[tuple[str, Path | None]]:
+# A dataset needs 3 folder levels below its root (ROOT/<split>/<class>/<image>) plus any
+# wrapping folders; 1,100 nested folders were a RecursionError in os.walk (Python 3.11).
+MAX_FOLDER_DEPTH = 32
+
+
+def walk_folder(
+    root: Path, skipped_links: list[str] | None = None
+) -> Iterator[tuple[str, Path | None]]:
     """Yield (relative path, file) for files and (relative path, None) for folders,
     sorted, following symlinked files and folders; a folder reached twice (a symlink
-    loop, or two links to one place) is walked only the first time."""
+    loop, or two links to one place) is walked only the first time, and a link to a
+    folder that holds the dataset itself (``/``, the root's parent) is not followed: it
+    would walk the whole disk. Such links are added to ``skipped_links``. Iterative, and
+    folders nested deeper than ``MAX_FOLDER_DEPTH`` are one ``DataError``."""
+    home = os.path.realpath(root)
     seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        try:
-            st = os.stat(dirpath)
-        except OSError:
-            dirnames[:] = []
-            continue
+    stack: list[tuple[str, str]] = [(str(root), "")]  # (folder on disk, path below root)
+    while stack:
+        folder, rel = stack.pop()
+        entries = _list_folder(folder, seen)
+        dirs = [e for e in entries if _is_dir(e)]
+        if dirs and (rel.count("/") + 1 if rel else 0) >= MAX_FOLDER_DEPTH:
+            shown = printable(rel if len(rel) <= 80 else "…" + rel[-80:])
+            raise DataError(
+                f"{root}: folders are nested more than {MAX_FOLDER_DEPTH} deep (at {shown}); "
+                "an image dataset needs 3 levels: ROOT/<split>/<class>/<image>"
+            )
+        for d in dirs:
+            yield _join(rel, d.name), None
+        for f in entries:
+            if not _is_dir(f):
+                yield _join(rel, f.name), Path(f.path)
+        for d in reversed(dirs):
+            target = os.path.realpath(d.path)
+            if d.is_symlink() and _holds(target, home):
+                if skipped_links is not None:
+                    skipped_links.append(f"{_join(rel, d.name)} -> {target}")
+                continue
+            stack.append((d.path, _join(rel, d.name)))
+
+
+def _list_folder(folder: str, seen: set[tuple[int, int]]) -> list[os.DirEntry]:
+    """The entries of a folder not walked before, sorted; none if unreadable."""
+    try:
+        st = os.stat(folder)
         if (st.st_dev, st.st_ino) in seen:
-            dirnames[:] = []
-            continue
+            return []
         seen.add((st.st_dev, st.st_ino))
-        dirnames.sort()
-        rel_dir = Path(dirpath).relative_to(root)
-        for d in dirnames:
-            yield (rel_dir / d).as_posix(), None
-        for f in sorted(filenames):
-            yield (rel_dir / f).as_posix(), Path(dirpath) / f
+        with os.scandir(folder) as listing:
+            return sorted(listing, key=lambda e: e.name)
+    except OSError:
+        return []
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows symlinks; a broken link is a file (reported so)
+    except OSError:
+        return False
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+def _holds(folder: str, inner: str) -> bool:
+    """Whether ``inner`` is ``folder`` or lies inside it (real paths)."""
+    return inner == folder or inner.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _check_enough(

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import ImageError
+from ..fileio import printable
 from ..imaging import open_image
 from .dataset import PARTITION_NAMES
 from .layout import read_payload, scan_layout, summarize_names
@@ -34,7 +35,7 @@ class Inspection:
     @property
     def problems(self) -> list[str]:
         train = self.counts.get("train", {})
-        few = [f"{c} ({n})" for c, n in train.items() if n < 2]
+        few = [f"{printable(c)} ({n})" for c, n in train.items() if n < 2]
         return [f"classes with fewer than 2 training images: {', '.join(few)}"] if few else []
 
 
@@ -73,17 +74,19 @@ def inspect(path: str | Path, *, progress: bool = True) -> Inspection:
 
 
 def format_inspection(ins: Inspection) -> str:
+    """The report, every name from the data made safe to print (``printable``)."""
     splits = list(ins.counts)
-    width = max(len(c) for c in [*ins.classes, "class", "total"])
+    shown = {c: printable(c) for c in ins.classes}
+    width = max(len(c) for c in [*shown.values(), "class", "total"])
     lines = [
-        f"source:  {ins.source}",
+        f"source:  {printable(ins.source)}",
         f"layout:  {ins.layout}",
         f"classes: {len(ins.classes)}",
         "",
         f"{'class':<{width}}" + "".join(f"{s:>8}" for s in splits),
     ]
     for c in ins.classes:
-        lines.append(f"{c:<{width}}" + "".join(f"{ins.counts[s][c]:>8}" for s in splits))
+        lines.append(f"{shown[c]:<{width}}" + "".join(f"{ins.counts[s][c]:>8}" for s in splits))
     lines.append(
         f"{'total':<{width}}" + "".join(f"{sum(ins.counts[s].values()):>8}" for s in splits)
     )

@@ -13,8 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import DataError
-from ..imaging import IMAGE_EXTENSIONS
+from ..errors import DataError, InvalidImageError, UserInputError
+from ..fileio import printable, read_file_capped
+from ..imaging import IMAGE_EXTENSIONS, MAX_FILE_BYTES
+from ..models.class_names import check_class_name, check_class_names
 from .dataset import TEST, TRAIN, VAL
 
 # Folder names recognised as a source's own splits (ROOT/<split>/<class>/<image>).
@@ -29,14 +31,42 @@ ImageEntry = tuple[tuple[str, ...], object, str]
 
 
 def summarize_names(names: list[str]) -> str:
-    """The first ``SHOW_NAMES`` names, and how many more there are."""
-    shown = ", ".join(names[:SHOW_NAMES])
+    """The first ``SHOW_NAMES`` names (safe to print), and how many more there are."""
+    shown = ", ".join(printable(n) for n in names[:SHOW_NAMES])
     return shown + (f" and {len(names) - SHOW_NAMES} more" if len(names) > SHOW_NAMES else "")
 
 
 def read_payload(payload: Path | bytes) -> bytes:
-    """The bytes of a ``list_entries`` payload."""
-    return payload.read_bytes() if isinstance(payload, Path) else payload
+    """The bytes of a ``list_entries`` payload. A file is read the way ``predict`` reads
+    one (``read_file_capped`` at ``MAX_FILE_BYTES``: size first, FIFOs and devices refused
+    without blocking), so a link to /dev/zero or a 30 GB sparse file named like a picture
+    is an ``InvalidImageError`` that the readers skip and name, never a hang."""
+    if not isinstance(payload, Path):
+        return payload
+    try:
+        return read_file_capped(payload, MAX_FILE_BYTES)
+    except UserInputError as exc:
+        raise InvalidImageError(str(exc)) from None
+
+
+def check_classes(classes: list[str], source: str) -> None:
+    """Class names a model bundle can store (``models.class_names``, the rule the bundle
+    applies), checked as soon as the classes are known: a 220-character or tab-holding
+    folder name used to train to the end and then fail to save. One ``DataError``
+    naming the first bad class."""
+    for name in classes:
+        try:
+            check_class_name(name)
+        except ValueError as exc:
+            shown = printable(name if len(name) <= 60 else name[:60] + "…")
+            raise DataError(
+                f"{source}: class '{shown}' ({len(name)} characters) cannot be a class name: "
+                f"{exc}; rename it"
+            ) from None
+    try:
+        check_class_names(list(classes))
+    except ValueError as exc:
+        raise DataError(f"{source}: {exc}") from None
 
 
 def _ignored(parts: tuple[str, ...]) -> bool:
@@ -104,6 +134,7 @@ def scan_layout(entries: list[tuple[str, object]], source: str) -> FolderLayout:
                 )
             folders[kind] = top
     classes = _classes(images, dirs, partitioned, source)
+    check_classes(classes, source)
     return FolderLayout(images, classes, partitioned, folders, not_images)
 
 

@@ -9,15 +9,19 @@ see the same files.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
 from ..errors import DataError
 from .archives import ARCHIVE_SUFFIXES, archive_kind, iter_archive
-from .cifar import assemble_cifar, find_cifar_dir
+from .cifar import assemble_cifar, find_cifar_dir, read_cifar_dir
 from .dataset import Dataset
 from .folders import assemble_folder, walk_folder
+from .layout import summarize_names
+
+log = logging.getLogger("imageclf.data")
 
 
 def list_entries(path: Path, progress: bool = False) -> list[tuple[str, object]]:
@@ -26,7 +30,16 @@ def list_entries(path: Path, progress: bool = False) -> list[tuple[str, object]]
     archive, ``None`` for a folder itself (read a file's with ``read_payload``)."""
     source = str(path)
     if path.is_dir():
-        return list(walk_folder(path))
+        links: list[str] = []
+        entries = list(walk_folder(path, links))
+        if links:
+            log.warning(
+                "%s: did not follow %d folder link(s) back into the dataset: %s",
+                source,
+                len(links),
+                summarize_names(links),
+            )
+        return entries
     if not path.is_file():
         raise DataError(f"dataset not found: {source}")
     if archive_kind(path) is None:
@@ -44,8 +57,7 @@ def read_source(path: Path, size: int, fingerprint: str, progress: bool = True) 
     source = str(path)
     cifar_dir = find_cifar_dir(path) if path.is_dir() else None
     if cifar_dir is not None:
-        files = {f.name: f.read_bytes() for f in cifar_dir.iterdir() if f.is_file()}
-        arrays = assemble_cifar(files, source, size)
+        arrays = assemble_cifar(read_cifar_dir(cifar_dir), source, size)
     else:
         entries = list_entries(path, progress)
         # A folder's CIFAR case was handled above; an archive may be the official one.

@@ -9,9 +9,7 @@ Every number is printed with ``metrics.fmt`` from the already-rounded values in
 from __future__ import annotations
 
 import base64
-import csv
 import datetime as _dt
-import io
 import json
 import logging
 import os
@@ -21,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import plots
-from ..fileio import write_text_atomic
+from ..fileio import csv_text, write_text_atomic
 from ..prediction.gradcam import ensemble_gradcam, overlay
 from .evaluator import EvalResult
 from .report_metrics import fmt
@@ -111,9 +109,9 @@ def console_report(result: EvalResult, report: Report) -> str:
 
 # ---------------------------------------------------------------- tables
 def _csv(rows: list[list]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue()
+    """Class names come from folders and bundles: cells a spreadsheet would run as a
+    formula are quoted as text (``fileio.csv_text``)."""
+    return csv_text(rows)
 
 
 def _tables(m: dict) -> dict[str, str]:

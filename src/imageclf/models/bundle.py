@@ -27,8 +27,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as _st_save
 
 from ..errors import BundleError
-from ..fileio import atomic_write, parse_json
+from ..fileio import atomic_write, parse_json, unreadable_reason
 from ..version import __version__
+from .class_names import MAX_TEXT, check_class_names, check_text
 from .registry import build, names
 
 FORMAT = "imageclf-bundle/1"
@@ -36,8 +37,6 @@ REQUIRED_KEYS = ("architecture", "arch_kwargs", "classes", "input_size", "normal
 # The input sizes a bundle may declare. Training refuses others too, so every bundle it
 # writes loads. 512 keeps a full 64-image request of prepared inputs under ~200 MB.
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 512
-MAX_CLASSES = 10_000
-MAX_TEXT = 200  # characters in a class name, architecture or model name
 
 
 class BundleMetadata(dict):
@@ -62,6 +61,12 @@ class BundleMetadata(dict):
     @property
     def input_size(self) -> int:
         return self["input_size"]
+
+    @property
+    def source_size(self) -> int | None:
+        """The side training pictures were made at (CIFAR: 32), below the input size: served
+        pictures are reduced to it first, so the model sees what it learnt from."""
+        return (self.get("preprocessing") or {}).get("source_size")
 
     @property
     def mean(self) -> list[float]:
@@ -134,16 +139,9 @@ class BundleMetadata(dict):
         missing = [k for k in REQUIRED_KEYS if k not in raw]
         if missing:
             raise ValueError(f"lacks metadata: {', '.join(missing)}")
-        _text(raw["architecture"], "architecture")
+        check_text(raw["architecture"], "architecture")
         _expect(isinstance(raw["arch_kwargs"], dict), "arch_kwargs must be a JSON object")
-        classes = raw["classes"]
-        _expect(
-            isinstance(classes, list) and 2 <= len(classes) <= MAX_CLASSES,
-            f"classes must be a list of 2 to {MAX_CLASSES} names",
-        )
-        for name in classes:
-            _text(name, "every class name")
-        _expect(len(set(classes)) == len(classes), "class names must be unique")
+        check_class_names(raw["classes"])
         size = raw["input_size"]
         _expect(
             type(size) is int and MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE,
@@ -162,7 +160,7 @@ class BundleMetadata(dict):
             )
         for key in ("name", "recipe", "created"):
             if raw.get(key) is not None:
-                _text(raw[key], key, limit=10 * MAX_TEXT)
+                check_text(raw[key], key, limit=10 * MAX_TEXT)
         for key in ("config", "data", "metrics", "versions"):
             _expect(raw.get(key) is None or isinstance(raw[key], dict), f"{key} must be an object")
         for key in ("source", "fingerprint"):
@@ -218,6 +216,15 @@ def _check_read_fields(raw: dict) -> None:
     config = raw.get("config") or {}
     for key, (ok, what) in CONFIG_FIELDS.items():
         _expect(ok(config.get(key)), f"config.{key} must be {what}")
+    preprocessing = raw.get("preprocessing")
+    _expect(
+        preprocessing is None or isinstance(preprocessing, dict), "preprocessing must be an object"
+    )
+    source = (preprocessing or {}).get("source_size")
+    _expect(
+        source is None or (type(source) is int and MIN_INPUT_SIZE <= source <= raw["input_size"]),
+        f"preprocessing.source_size must be a whole number from {MIN_INPUT_SIZE} to the input size",
+    )
 
 
 def finite_or_null(value: Any) -> Any:
@@ -239,13 +246,6 @@ def _is_number(value: Any) -> bool:
 def _expect(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
-
-
-def _text(value: Any, what: str, limit: int = MAX_TEXT) -> None:
-    _expect(
-        isinstance(value, str) and 0 < len(value) <= limit and value.isprintable(),
-        f"{what} must be printable text of 1 to {limit} characters",
-    )
 
 
 @dataclass
@@ -302,7 +302,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     names matches the stored tensors; any failure is one ``BundleError`` line."""
     path = Path(path)
     if not path.is_file():
-        raise BundleError(f"model file not found: {path}")
+        raise BundleError(missing_model_message(path))
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
@@ -324,7 +324,24 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         raise BundleError(f"{path} has bad metadata: {exc}") from None
     bundle = Bundle(tensors, metadata)
     _check_shapes(bundle, path)
+    _check_finite(bundle, path)
     return bundle
+
+
+def missing_model_message(path: Path) -> str:
+    """Why ``path`` is no model file, in words: missing, or a folder, FIFO or device
+    (found with ``stat``, so a FIFO is never opened and nothing waits for a writer)."""
+    reason = unreadable_reason(path)
+    if reason == "no such file or folder":
+        return f"model file not found: {path}"
+    return f"cannot read model {path}: " + (f"it {reason}" if reason.startswith("is ") else reason)
+
+
+def _check_finite(bundle: Bundle, path: Path) -> None:
+    """NaN or infinite weights make NaN predictions, which JSON cannot carry: refused."""
+    for key, tensor in bundle.state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise BundleError(f"{path}: weight {key} holds NaN or infinity; the model is broken")
 
 
 def _build(meta: BundleMetadata) -> torch.nn.Module:

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ..errors import ModelOutputError
 from ..models.bundle import BundleMetadata
 from .gradcam import GradCAM
 
@@ -45,3 +46,32 @@ class ExplainingBackend(Backend, Protocol):
     ) -> GradCAM:
         """Grad-CAM of prepared uint8 pictures (see ``gradcam.gradcam_batch``)."""
         ...
+
+
+def probe_pictures(size: int) -> np.ndarray:
+    """The probe pass's batch, run once when a model loads: two blank pictures (black and
+    white), so a model that cannot answer a batch fails at load, not on a user's request."""
+    pictures = np.zeros((2, size, size, 3), np.uint8)
+    pictures[1] = 255
+    return pictures
+
+
+def checked_logits(logits: torch.Tensor, rows: int, classes: int) -> torch.Tensor:
+    """``logits`` if they are one finite row of ``classes`` per picture, else the one
+    ``ModelOutputError``: NaN would reach JSON as bare ``NaN`` (not JSON), and a short
+    answer would silently drop pictures."""
+    if rows == 0 and logits.numel() == 0:
+        return logits
+    if tuple(logits.shape) != (rows, classes):
+        shape = " x ".join(str(n) for n in logits.shape) or "a scalar"
+        raise ModelOutputError(
+            f"the model answered {shape} for {rows} picture(s); expected {rows} x {classes} "
+            "logits (one row per picture)"
+        )
+    bad = int((~torch.isfinite(logits)).any(dim=1).sum()) if logits.numel() else 0
+    if bad:
+        raise ModelOutputError(
+            f"the model's output is NaN or infinite for {bad} of {rows} picture(s): "
+            "the model file is broken (NaN or huge weights)"
+        )
+    return logits

@@ -282,6 +282,12 @@ def export_half(
     target = _output_path(model, out, ".fp16.safetensors")
     bundle = reference.bundle
     half = {k: v.half() if v.is_floating_point() else v for k, v in bundle.state_dict.items()}
+    overflow = [k for k, v in half.items() if v.is_floating_point() and not v.isfinite().all()]
+    if overflow:
+        raise ExportError(
+            f"{len(overflow)} weight tensor(s) exceed float16's range (65504), e.g. "
+            f"{overflow[0]}: keep this model in fp32"
+        )
 
     def write(path: Path):
         save_bundle(path, half, dict(bundle.metadata))

@@ -5,8 +5,6 @@ overlays beside them, and the table / JSON / CSV the command prints.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -18,7 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import ImageError, UserInputError
-from ..fileio import unreadable_reason
+from ..fileio import csv_text, unreadable_reason
 from ..imaging import IMAGE_EXTENSIONS, open_image
 from .gradcam import overlay
 from .predictor import Predictor
@@ -167,18 +165,18 @@ def format_results(results: Sequence[FileResult], out_format: str = "table") -> 
             else:
                 entry["error"] = r.error
             entries.append(entry)
-        return json.dumps(entries, indent=2) + "\n"
-    if out_format == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path", "rank", "label", "probability", "error"])
+        return json.dumps(entries, indent=2, allow_nan=False) + "\n"
+    if out_format == "csv":  # paths and labels that look like formulas stay text
+        rows: list[list] = [["path", "rank", "label", "probability", "error"]]
         for r in results:
             if not r.ok:
-                writer.writerow([r.path, "", "", "", r.error])
+                rows.append([r.path, "", "", "", r.error])
                 continue
-            for rank, (label, p) in enumerate(r.top or [], start=1):
-                writer.writerow([r.path, rank, label, f"{p:.4f}", ""])
-        return buffer.getvalue()
+            rows += [
+                [r.path, rank, label, f"{p:.4f}", ""]
+                for rank, (label, p) in enumerate(r.top or [], start=1)
+            ]
+        return csv_text(rows)
     if out_format != "table":
         raise UserInputError(f"unknown format {out_format!r}; choose table, json or csv")
     ok = [r for r in results if r.ok]

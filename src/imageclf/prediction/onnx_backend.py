@@ -9,6 +9,11 @@ the same JSON a bundle holds), so the file alone is enough to serve.
 Decoding and resizing stay ``Predictor``'s (one preprocessing path for both backends);
 only the forward pass differs, TTA views included (made in numpy here). onnxruntime
 gives no gradients, so ``can_explain`` is False: no Grad-CAM.
+
+The file is untrusted: ``onnx_graph`` checks it before onnxruntime opens it (signature,
+sizes, no external data or control flow), a probe pass on two blank pictures checks
+what it answers, and every pass after that is checked again (float32, one finite row
+per picture), so a broken graph is one error line, never a 500 or a short answer.
 """
 
 from __future__ import annotations
@@ -19,16 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import BundleError, UserInputError, import_extra
-from ..fileio import parse_json
-from ..models.bundle import BundleMetadata
+from ..errors import BundleError, ModelOutputError, UserInputError, import_extra
+from ..fileio import parse_json, read_file_capped
+from ..models.bundle import BundleMetadata, missing_model_message
+from . import onnx_graph
+from .backends import checked_logits, probe_pictures
 from .inference import tta_views
+from .onnx_graph import INPUT_NAME, OUTPUT_NAME, GraphFacts
 
 ONNX_FORMAT = "imageclf-onnx/1"
 METADATA_KEY = "imageclf"  # the bundle's metadata, JSON
 FORMAT_KEY = "format"
-INPUT_NAME = "images"
-OUTPUT_NAME = "logits"
 
 
 def import_onnxruntime():
@@ -36,9 +42,8 @@ def import_onnxruntime():
     return import_extra("onnxruntime", "onnx", "running an ONNX model (onnxruntime)")
 
 
-def read_onnx_metadata(session) -> BundleMetadata:
-    """The bundle metadata stored in an exported file, checked like a bundle's."""
-    props = session.get_modelmeta().custom_metadata_map
+def read_onnx_metadata(props: dict[str, str]) -> BundleMetadata:
+    """The bundle metadata stored in an exported file's props, checked like a bundle's."""
     if props.get(FORMAT_KEY) != ONNX_FORMAT or METADATA_KEY not in props:
         raise BundleError(
             "the ONNX file was not written by 'imageclf export' (no imageclf metadata)"
@@ -51,6 +56,23 @@ def read_onnx_metadata(session) -> BundleMetadata:
     return metadata
 
 
+def read_onnx_file(path: Path) -> tuple[bytes, BundleMetadata, GraphFacts]:
+    """The file's bytes, metadata and facts once ``onnx_graph`` found nothing to refuse:
+    nothing of it has reached onnxruntime yet."""
+    if not path.is_file():
+        raise BundleError(missing_model_message(path))
+    try:
+        data = read_file_capped(path, onnx_graph.MAX_FILE_BYTES)
+    except UserInputError as exc:
+        raise BundleError(str(exc)) from None
+    model = onnx_graph.inspect_graph(data, path)
+    about = onnx_graph.facts(model)
+    metadata = read_onnx_metadata(about.props)
+    onnx_graph.check_signature(model, path, metadata.input_size, len(metadata.classes))
+    onnx_graph.check_sizes(model, path)
+    return data, metadata, about
+
+
 class OnnxBackend:
     """An onnxruntime session on one exported file (a ``Backend``; no Grad-CAM)."""
 
@@ -60,10 +82,9 @@ class OnnxBackend:
     def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: int = 1) -> None:
         ort = import_onnxruntime()
         path = Path(path)
-        if not path.is_file():
-            raise BundleError(f"model file not found: {path}")
         if device not in ("cpu", "auto"):
             raise UserInputError("ONNX models run on the CPU here (onnxruntime); use --device cpu")
+        data, self.metadata, self.facts = read_onnx_file(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
@@ -72,14 +93,15 @@ class OnnxBackend:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+                data, sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own types for bad files
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BundleError(f"{path} is not a readable ONNX model ({first})") from None
-        self.metadata = read_onnx_metadata(self.session)
+            raise BundleError(f"{path} is not a readable ONNX model ({_first_line(exc)})") from None
         self.device = torch.device("cpu")
-        self._check_signature(path)
+        try:  # what the graph says is checked; now what it does, on two blank pictures
+            self.graph_logits(probe_pictures(self.metadata.input_size))
+        except ModelOutputError as exc:
+            raise BundleError(f"{path}: {exc}") from None
 
     @classmethod
     def open(
@@ -91,30 +113,22 @@ class OnnxBackend:
         # One thread knob for both backends: the server sets torch's per worker.
         return cls(path, device=device, threads=torch.get_num_threads())
 
-    def _check_signature(self, path: Path) -> None:
-        size, classes = self.metadata.input_size, len(self.metadata.classes)
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        ok = (
-            len(inputs) == 1
-            and inputs[0].name == INPUT_NAME
-            and inputs[0].type == "tensor(uint8)"
-            and list(inputs[0].shape[1:]) == [size, size, 3]
-            and outputs
-            and outputs[0].name == OUTPUT_NAME
-            and outputs[0].shape[-1] == classes
-        )
-        if not ok:
-            raise BundleError(
-                f"{path}: the graph's inputs/outputs do not match its metadata "
-                f"(expected {INPUT_NAME} uint8 Nx{size}x{size}x3 -> {OUTPUT_NAME} Nx{classes})"
-            )
-
     def graph_logits(self, batch_u8: np.ndarray) -> np.ndarray:
-        """The graph's raw logits (N, classes) for prepared uint8 NHWC images."""
+        """The graph's raw logits (N, classes) for prepared uint8 NHWC images, checked:
+        float32, one finite row per picture (``ModelOutputError`` otherwise)."""
         batch = np.ascontiguousarray(batch_u8, dtype=np.uint8)
+        classes = len(self.metadata.classes)
         if len(batch) == 0:
-            return np.zeros((0, len(self.metadata.classes)), np.float32)
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+            return np.zeros((0, classes), np.float32)
+        try:
+            out = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        except Exception as exc:  # onnxruntime's own types: the graph failed on this batch
+            raise ModelOutputError(f"the ONNX model failed to run ({_first_line(exc)})") from None
+        if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+            kind = getattr(out, "dtype", type(out).__name__)
+            raise ModelOutputError(f"the ONNX model answered {kind} values, not float32 logits")
+        checked_logits(torch.from_numpy(out), len(batch), classes)
+        return out
 
     def logits(self, batch_u8: np.ndarray, *, tta: bool = False) -> torch.Tensor:
         """Uncalibrated logits as the torch backend makes them: the graph's, or with TTA
@@ -126,6 +140,11 @@ class OnnxBackend:
             weight * torch.log_softmax(torch.from_numpy(self.graph_logits(_pixels(view))), 1)
             for weight, view in tta_views(pixels.float())
         )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _pixels(view: torch.Tensor) -> np.ndarray:

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 from ..device import resolve_device, resolve_precision
+from ..errors import BundleError, ModelOutputError
 from ..models.bundle import Bundle, build_model
+from .backends import checked_logits, probe_pictures
 from .gradcam import GradCAM, gradcam_batch
 from .inference import Normalizer, predict_logits
 
@@ -31,10 +33,15 @@ class TorchBackend:
         self.model = build_model(bundle).to(self.device, memory_format=torch.channels_last)
         self.amp_dtype = resolve_precision(self.device, precision)
         self.normalizer = Normalizer(self.metadata.mean, self.metadata.std)
+        try:  # finite weights can still overflow: one pass on two blank pictures
+            self.logits(probe_pictures(self.metadata.input_size))
+        except ModelOutputError as exc:
+            raise BundleError(f"model {self.metadata.name}: {exc}") from None
 
     def logits(self, batch_u8: np.ndarray, *, tta: bool = False) -> torch.Tensor:
-        """Uncalibrated logits (N, classes) for prepared uint8 NHWC pictures."""
-        return predict_logits(
+        """Uncalibrated logits (N, classes) for prepared uint8 NHWC pictures, checked
+        (``backends.checked_logits``: one finite row per picture)."""
+        logits = predict_logits(
             self.model,
             torch.from_numpy(np.ascontiguousarray(batch_u8)),
             self.normalizer,
@@ -42,6 +49,7 @@ class TorchBackend:
             device=self.device,
             amp_dtype=self.amp_dtype,
         )
+        return checked_logits(logits, len(batch_u8), len(self.metadata.classes))
 
     def gradcam(
         self,

@@ -1,7 +1,9 @@
 """TrainConfig: every setting of a training run, as one dataclass checked when built.
 
-Types and choices are checked in ``__post_init__``, so a typo or a bad value fails
-before any data loads; unknown keys name the nearest valid field (``check_keys``).
+Types, choices and ranges (``domains``: every number's range, the architecture built
+from its kwargs on the meta device) are checked in ``__post_init__``, so a typo or a bad
+value fails before any data loads; unknown keys name the nearest valid field
+(``check_keys``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from ..data.augment import FLIP_MODES, AugmentConfig
 from ..data.splits import SPLITS
 from ..device import PRECISIONS, check_device_name
 from ..errors import UserInputError
-from ..models.bundle import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+from ..models.bundle import MAX_TEXT, MIN_INPUT_SIZE
+from .domains import check_architecture, check_augment_fits, check_domains, short_repr
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "muon")
 SCHEDULES = ("constant", "plateau", "warmup-linear")
@@ -78,6 +81,9 @@ class TrainConfig:
     freeze_backbone: bool = False  # linear probe: fit the head on fixed embeddings only
     freeze_groups: int = 1  # fine-tuning: earliest layer groups kept frozen (0 = train all)
     freeze_bn: bool = True  # --pretrained: keep ImageNet's BatchNorm statistics (small batches)
+    # fine-tuning: the first layer group's lr as a fraction of lr, rising geometrically to
+    # the head's (fastai's slice(lr/100, lr)); 1 = one lr for all (a large domain shift)
+    early_lr_ratio: float = 0.01
     class_weights: str | None = None  # "auto": loss weights n / (classes * n_c)
     adapt: bool = True  # adapt batch size, epochs and augmentation to small datasets
     user_set: list[str] = field(default_factory=list)  # fields the user chose explicitly
@@ -87,6 +93,9 @@ class TrainConfig:
     val_size: int | None = None
     subset: int | None = None
     image_size: int = 32
+    # The side the pictures were made at when smaller than image_size (CIFAR: 32): the
+    # bundle records it, and served pictures are reduced to it before being enlarged.
+    source_size: int | None = None
     seed: int = 0
     # execution
     device: str = "auto"
@@ -101,7 +110,7 @@ class TrainConfig:
             value = getattr(self, f.name)
             allowed, kind = _TYPES[str(f.type)]
             if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-                raise UserInputError(f"{f.name} must be {kind}, got {value!r}")
+                raise UserInputError(f"{f.name} must be {kind}, got {short_repr(value)}")
         _choose("optimizer", self.optimizer, OPTIMIZERS)
         _choose("schedule", self.schedule, SCHEDULES)
         _choose("loss_reduction", self.loss_reduction, LOSS_REDUCTIONS)
@@ -113,20 +122,14 @@ class TrainConfig:
             _choose("class_weights", self.class_weights, ("auto",))
         if self.freeze_backbone and not (self.pretrained or self.init):
             raise UserInputError("--freeze-backbone needs --pretrained NAME or --init MODEL")
-        if self.epochs < 1:
-            raise UserInputError("--epochs must be at least 1")
-        if self.batch_size < 1:
-            raise UserInputError("--batch-size must be at least 1")
-        if self.lr <= 0:
-            raise UserInputError("--lr must be positive")
-        if not MIN_INPUT_SIZE <= self.image_size <= MAX_INPUT_SIZE:  # what a bundle may hold
-            raise UserInputError(
-                f"image_size must be from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} pixels"
-            )
-        if not 0 < self.low_res_scale <= 1:
-            raise UserInputError("low_res_scale must be above 0 and at most 1")
-        if not 0 <= self.low_res_fraction < 1:
-            raise UserInputError("low_res_fraction must be from 0 to below 1")
+        if not (0 < len(self.recipe) <= MAX_TEXT and self.recipe.isprintable()):
+            raise UserInputError(f"recipe must be a printable name of 1 to {MAX_TEXT} characters")
+        check_domains(vars(self))
+        if self.user_set and not all(isinstance(name, str) for name in self.user_set):
+            raise UserInputError("user_set must be a list of field names")
+        smallest = self.image_size_at(0)
+        check_augment_fits(self.augment.translate, self.augment.cutout, smallest)
+        check_architecture(self.architecture, self.arch_kwargs, self.image_size)
 
     @property
     def low_res_epochs(self) -> int:

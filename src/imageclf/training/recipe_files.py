@@ -29,6 +29,8 @@ def read_recipe_file(path: str | os.PathLike) -> dict:
     config = doc.get("config", {})
     if not isinstance(config, dict):
         raise UserInputError(f"{path}: config must be a JSON object")
+    if not isinstance(config.get("augment", {}), dict):
+        raise UserInputError(f"{path}: config.augment must be a JSON object of settings")
     try:
         check_keys(config, [f for f in field_names() if f != "recipe"])
         check_keys(

@@ -26,6 +26,7 @@ from ..data.augment import FLIP_MODES
 from ..errors import UserInputError
 from ..fileio import read_json_file
 from ..training.config import TrainConfig
+from ..training.domains import MAX_BATCH, MAX_EPOCHS, MAX_LR, check_architecture
 
 
 @dataclass(frozen=True)
@@ -38,15 +39,23 @@ class Param:
     target: str  # "config" (a TrainConfig field), "augment" or "arch"
 
 
+# The bounds are TrainConfig's (``training.domains``), so every drawn value trains.
+MAX_WIDTH, MAX_GROUPS = 4096, 8  # fast's groups halve the picture: 512 px has 9 halvings
+MAX_CHOICES = 64
+MAX_PROBLEMS = 10  # an error line names this many, then how many more
+MAX_STEPS = 1_000_000  # values a stepped range may hold (an lr step of 1e-300: 1e297)
 PARAMS: dict[str, Param] = {
-    "lr": Param(float, lambda v: v > 0, "> 0", "config"),
-    "weight_decay": Param(float, lambda v: v >= 0, ">= 0", "config"),
+    "lr": Param(float, lambda v: 0 < v <= MAX_LR, f"> 0 and <= {MAX_LR:g}", "config"),
+    "weight_decay": Param(float, lambda v: 0 <= v <= MAX_LR, f"in [0, {MAX_LR:g}]", "config"),
     "label_smoothing": Param(float, lambda v: 0 <= v < 1, "in [0, 1)", "config"),
     "momentum": Param(float, lambda v: 0 <= v < 1, "in [0, 1)", "config"),
-    "epochs": Param(int, lambda v: v >= 1, ">= 1", "config"),
-    "batch_size": Param(int, lambda v: v >= 1, ">= 1", "config"),
+    "epochs": Param(int, lambda v: 1 <= v <= MAX_EPOCHS, f"1..{MAX_EPOCHS}", "config"),
+    "batch_size": Param(int, lambda v: 1 <= v <= MAX_BATCH, f"1..{MAX_BATCH}", "config"),
     "widths": Param(
-        list, lambda v: len(v) > 0 and all(w >= 1 for w in v), "a list of ints >= 1", "arch"
+        list,
+        lambda v: 0 < len(v) <= MAX_GROUPS and all(1 <= w <= MAX_WIDTH for w in v),
+        f"a list of 1 to {MAX_GROUPS} ints from 1 to {MAX_WIDTH}",
+        "arch",
     ),
     # augmentation strength, per kind of augmentation
     "translate": Param(int, lambda v: 0 <= v <= 16, "0..16 pixels", "augment"),
@@ -218,14 +227,29 @@ def _check_value(name: str, value: Any, problems: list[str], what: str) -> bool:
     else:
         ok_type = _is_number(value, param.kind)
         expected = "an integer" if param.kind is int else "a number"
+    shown = json.dumps(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
     if not ok_type:
-        shown = json.dumps(value)
         problems.append(f"{name}: {what} {shown} has the wrong type (expected {expected})")
         return False
     if not param.ok(value):
-        problems.append(f"{name}: {what} {json.dumps(value)} must be {param.domain}")
+        problems.append(f"{name}: {what} {shown} must be {param.domain}")
         return False
     return True
+
+
+def _check_widths(dim: Dim, cfg: TrainConfig, problems: list[str]) -> None:
+    """Each widths value built as the trial would build it (``training.domains``): a net
+    that cannot take the recipe's pictures, or is too big, fails here, not in a trial."""
+    values = [dim.value] if dim.kind == "fixed" else [_widths_value(c) for c in dim.choices]
+    for widths in values:
+        try:
+            check_architecture(
+                cfg.architecture, {**cfg.arch_kwargs, "widths": list(widths)}, cfg.image_size
+            )
+        except UserInputError as exc:
+            problems.append(f"widths: {exc}")
+            return
 
 
 def _dim(name: str, spec: Any, epochs_cap: int, problems: list[str]) -> Dim | None:
@@ -251,6 +275,9 @@ def _dim(name: str, spec: Any, epochs_cap: int, problems: list[str]) -> Dim | No
             return None
         if not choices:
             problems.append(f"{name}: empty choices")
+            return None
+        if len(choices) > MAX_CHOICES:
+            problems.append(f"{name}: {len(choices)} choices; at most {MAX_CHOICES}")
             return None
         if not all([_check_value(name, c, problems, "choice") for c in choices]):
             return None
@@ -284,6 +311,12 @@ def _dim(name: str, spec: Any, epochs_cap: int, problems: list[str]) -> Dim | No
         if not _is_number(step, param.kind) or step <= 0:
             problems.append(f"{name}: step must be a positive {param.kind.__name__}")
             return None
+        if (high - low) / step > MAX_STEPS:
+            problems.append(
+                f"{name}: step {step:g} makes more than {MAX_STEPS:,} values from {low:g} to "
+                f"{high:g}; take a coarser step (or log)"
+            )
+            return None
     return Dim(name, param.kind.__name__, low=cap(low), high=cap(high), log=log, step=step)
 
 
@@ -304,10 +337,15 @@ def validate(space: Any, cfg: TrainConfig, epochs_cap: int, source: str = "space
             problems.append(f"widths: the {cfg.architecture} architecture has no widths")
             continue
         dim = _dim(name, spec, epochs_cap, problems)
+        if dim is not None and name == "widths":
+            _check_widths(dim, cfg, problems)
         if dim is not None:
             dims.append(dim)
     if problems:
-        raise UserInputError(f"bad search space in {source}: " + "; ".join(problems))
+        shown = problems[:MAX_PROBLEMS] + [f"and {len(problems) - MAX_PROBLEMS} more"] * (
+            len(problems) > MAX_PROBLEMS
+        )
+        raise UserInputError(f"bad search space in {source}: " + "; ".join(shown))
     return Space(tuple(dims), space)
 
 

@@ -104,6 +104,7 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
 
     from . import api, errors, ops, pages
 
+    app.json = api.StrictJSONProvider(app)
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)

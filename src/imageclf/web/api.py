@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import BadRequest
 
 from .extensions import get_metrics, get_service
@@ -15,6 +17,16 @@ from .uploads import collect_uploads, form_value, parse_bool, parse_top_k
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 DEFAULT_TOP_K = 5
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """Every answer is JSON: a NaN or infinity raises (and the error handler answers a 500
+    that is itself valid JSON) instead of going out as bare ``NaN``, which clients'
+    parsers reject. Models and metadata that could make one are refused at load."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        kwargs.setdefault("allow_nan", False)
+        return super().dumps(obj, **kwargs)
 
 
 def _model_brief(info: dict) -> dict:
