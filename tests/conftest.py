@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import SHARED_ARCHIVE, make_tiny_bundle
+from helpers import SHARED_ARCHIVE, SHARED_REALPHOTOS, make_tiny_bundle
 
 
 def _in_ci() -> bool:
@@ -46,7 +46,7 @@ def pytest_make_collect_report(collector):
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "shared_archive" in getattr(item, "fixturenames", ()):
+        if {"shared_archive", "realphotos_dev"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.shared_data)
 
 
@@ -56,15 +56,26 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("IMAGECLF_HOME", str(tmp_path_factory.getbasetemp() / "imageclf-home"))
 
 
-@pytest.fixture(scope="session")
-def shared_archive() -> Path:
-    """The CIFAR-10 JPEG mirror; skips locally without it, fails in CI (IMAGECLF_REQUIRE_DATA=1)."""
-    if SHARED_ARCHIVE.is_file():
-        return SHARED_ARCHIVE
-    message = f"shared dataset not found at {SHARED_ARCHIVE}"
+def _shared(path: Path) -> Path:
+    """A shared dataset; skips locally without it, fails in CI (IMAGECLF_REQUIRE_DATA=1)."""
+    if path.exists():
+        return path
+    message = f"shared dataset not found at {path}"
     if os.environ.get("IMAGECLF_REQUIRE_DATA") == "1":
         pytest.fail(message + " (IMAGECLF_REQUIRE_DATA=1 makes this a failure)")
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def shared_archive() -> Path:
+    """The CIFAR-10 JPEG mirror."""
+    return _shared(SHARED_ARCHIVE)
+
+
+@pytest.fixture(scope="session")
+def realphotos_dev() -> Path:
+    """The shared development set of real photos (classes/ and others/)."""
+    return _shared(SHARED_REALPHOTOS)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,10 @@ from PIL import Image
 from imageclf.models import build
 from imageclf.models.bundle import save_bundle
 
-SHARED_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.gz"
+# Real photos of the ten classes and of other things: for measuring, never for training.
+SHARED_REALPHOTOS = SHARED_DATA / "realphotos-dev"
 CLASSES = ["cat", "dog", "frog"]
 
 

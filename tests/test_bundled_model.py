@@ -1,5 +1,12 @@
-"""The shipped default model loads with Predictor.load() and scores what it claims,
-including its calibration: temperature-scaled confidences that match its accuracy."""
+"""The shipped default model, re-scored: what it claims on the CIFAR-10 mirror, and what a
+user of the served app sees on real photos (issue #24's targets, below).
+
+Every number is measured through ``Predictor`` or the web service, never the training
+loop, so a change anywhere on the served path that costs accuracy fails here.
+"""
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,17 +16,37 @@ from imageclf import Predictor
 from imageclf.calibration import ece
 from imageclf.data import TEST, load_dataset
 from imageclf.data.cifar import CIFAR10_CLASSES
+from imageclf.device import cpu_has_fast_bf16, resolve_precision
 from imageclf.models.bundle import load_bundle
 from imageclf.prediction.predictor import default_model_path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import real_photos
+
+# What the shipped model measures, held so no change on the served path loses it (the
+# model before it: 91.1% mirror, 83.9% real photos, 24.0% of right answers "not sure").
+MIRROR_ACCURACY = 0.92  # CIFAR-10 JPEG mirror, test, no TTA (measured 92.13%)
+MIRROR_ECE = 0.03  # after temperature scaling (measured 0.015)
+REAL_ACCURACY = 0.85  # realphotos-dev, photos of the ten classes (measured 85.7%)
+RIGHT_UNSURE = 0.15  # "not sure" on right answers at most (measured 13.2%)
+OTHERS_UNSURE = 0.68  # "not sure" on out-of-class photos at least (measured 69.2%)
+MAX_BYTES = 12_000_000
+# Issue #24's targets, not reached by this model (docs/benchmarks.md says how far and
+# what would close the rest); strict xfails, so reaching one fails until it is promoted.
+TARGET = {"mirror": 0.95, "real": 0.93, "real_class": 0.85, "others_unsure": 0.85}
 
 
 def test_bundled_model_metadata():
     p = Predictor.load()
     meta = p.metadata
     assert p.classes == list(CIFAR10_CLASSES)
+    assert meta.architecture == "efficientnet-lite0" and "pretrained" in meta["start"]
     sizes = meta["split"]["sizes"]
-    assert meta["recipe"] == "best" and sizes["train"] + sizes["val"] == 50000
-    assert {"test", "test_tta", "compute", "calibration"} <= set(meta["metrics"])
+    assert sizes["train"] + sizes["val"] == 50000 and sizes["test"] == 10000
+    assert {"test", "compute", "calibration", "train_seconds"} <= set(meta["metrics"])
+    # How to make it again, and on what: the command, the machine, the time it took.
+    assert meta["provenance"]["command"].startswith("imageclf train --pretrained")
+    assert meta["metrics"]["compute"]["cpu_capability"]
     # The temperature was fitted on the validation split, never on test.
     assert meta["calibration"]["val_images"] == sizes["val"] > 0
     assert meta.temperature == p.temperature != 1.0
@@ -27,31 +54,78 @@ def test_bundled_model_metadata():
 
 
 def test_bundled_model_fits_the_package_limit():
-    """Under 10 MB: the wide net ships its weights in half precision (``imageclf export
-    --format fp16``) and computes in fp32."""
+    """Weights stored in half precision (``imageclf export --format fp16``), computed in fp32."""
     path = default_model_path()
-    assert path.stat().st_size < 10_000_000
+    assert path.stat().st_size <= MAX_BYTES
     stored = load_bundle(path).state_dict.values()
     assert {t.dtype for t in stored if t.is_floating_point()} == {torch.float16}
     assert all(p.dtype == torch.float32 for p in Predictor.load().model.parameters())
 
 
-@pytest.mark.slow
-def test_bundled_model_scores_its_metadata_on_the_mirror(shared_archive):
+@pytest.fixture(scope="module")
+def mirror_test(shared_archive):
     p = Predictor.load()
-    ds = load_dataset(shared_archive, progress=False)
+    ds = load_dataset(shared_archive, image_size=p.input_size, progress=False)
     test = ds.partition == TEST
-    images, labels = ds.images[test], ds.labels[test]
-    claimed = p.metadata["metrics"]
-    for tta, key in ((False, "test"), (True, "test_tta")):
-        probs = p.predict_proba(images, tta=tta)
-        accuracy = float((probs.argmax(1) == labels).mean())
-        # Training scored it under its own precision (bf16 autocast where the CPU has native
-        # bf16); Predictor runs fp32: a handful of the 10,000 images may tip either way.
-        assert accuracy == pytest.approx(claimed[key]["accuracy"], abs=1e-3), key
-        if not tta:
-            # Predictor's probabilities are the calibrated ones the metadata reports.
-            recorded = p.metadata["calibration"]["test"]["ece_after"]
-            measured = ece(probs.astype(np.float64), labels)
-            assert measured == pytest.approx(recorded, abs=2e-3)
-            assert measured <= 0.03  # issue #10's target for honest confidences
+    return ds.images[test], ds.labels[test]
+
+
+@pytest.mark.slow
+def test_bundled_model_scores_its_targets_on_the_mirror(mirror_test):
+    images, labels = mirror_test
+    p = Predictor.load()
+    probs = p.predict_proba(images)
+    accuracy = float((probs.argmax(1) == labels).mean())
+    assert accuracy >= MIRROR_ACCURACY
+    assert accuracy < TARGET["mirror"]  # reached: promote MIRROR_ACCURACY to the target
+    claimed = p.metadata["metrics"]["test"]["accuracy"]
+    # Training scored it under bf16 autocast; Predictor runs fp32 from fp16-stored weights:
+    # a handful of the 10,000 images may tip either way.
+    assert accuracy == pytest.approx(claimed, abs=2e-3)
+    measured = ece(probs.astype(np.float64), labels)
+    assert measured <= MIRROR_ECE
+    assert measured == pytest.approx(p.metadata["calibration"]["test"]["ece_after"], abs=3e-3)
+
+
+@pytest.mark.slow
+def test_bf16_only_where_native_and_then_as_accurate(mirror_test):
+    """``evaluate --precision auto`` computes in bf16 where the CPU has it natively; there
+    it must score within 0.1 point of fp32. Elsewhere auto must mean fp32."""
+    if not cpu_has_fast_bf16():
+        assert resolve_precision(torch.device("cpu"), "auto") is None
+        return
+    images, labels = mirror_test
+    fp32 = Predictor.load().predict_proba(images).argmax(1)
+    bf16_predictor = Predictor.load(precision="auto")
+    assert bf16_predictor.precision == "bfloat16"
+    bf16 = bf16_predictor.predict_proba(images).argmax(1)
+    assert abs((fp32 == labels).mean() - (bf16 == labels).mean()) <= 0.001
+
+
+@pytest.fixture(scope="module")
+def served_on_real_photos(realphotos_dev):
+    photos = real_photos.folders(realphotos_dev / "classes")
+    others = real_photos.folders(realphotos_dev / "others")
+    return real_photos.score_model(str(default_model_path()), photos, others)
+
+
+@pytest.mark.slow
+def test_bundled_model_on_real_photos_through_the_served_path(served_on_real_photos):
+    inside, outside = served_on_real_photos["in_class"], served_on_real_photos["out_of_class"]
+    assert (inside["photos"], outside["photos"]) == (273, 143)
+    assert inside["accuracy"] >= REAL_ACCURACY
+    assert inside["unsure_when_right"] <= RIGHT_UNSURE
+    assert outside["unsure"] >= OTHERS_UNSURE
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue #24 targets not reached (docs/benchmarks.md)")
+@pytest.mark.parametrize("target", ["real", "real_class", "others_unsure"])
+def test_issue_24_real_photo_targets(served_on_real_photos, target):
+    inside, outside = served_on_real_photos["in_class"], served_on_real_photos["out_of_class"]
+    measured = {
+        "real": inside["accuracy"],
+        "real_class": min(c["accuracy"] for c in inside["per_class"].values()),
+        "others_unsure": outside["unsure"],
+    }[target]
+    assert measured >= TARGET[target]

@@ -152,9 +152,12 @@ def test_report_uses_the_recorded_split(report):
     assert metrics["split"]["digest"] == recorded["digest"]
     assert metrics["split"]["origin"] == "recorded in the model bundle"
     assert metrics["split"]["sizes"] == {"train": 24, "val": 6, "test": 18}
-    assert metrics["notes"] == []
+    # TTA only on the headline split by default, and the report says how to ask for more.
+    assert metrics["notes"] == [
+        "TTA on the test split only (--tta-splits train,val,test adds train, val)"
+    ]
     summary = {(r["split"], r["tta"]): r for r in metrics["summary"]}
-    assert set(summary) == {(s, t) for s in ("train", "val", "test") for t in (False, True)}
+    assert set(summary) == {("train", False), ("val", False), ("test", False), ("test", True)}
     # The same model, split and prediction path as training's own test evaluation.
     assert summary[("test", False)]["accuracy"] == round(run.metrics["test"]["accuracy"], 4)
     assert summary[("test", False)]["loss"] == pytest.approx(run.metrics["test"]["loss"], abs=2e-4)
@@ -243,7 +246,7 @@ def test_console_summary_matches_json(tmp_path, tiny_bundle, capsys):
     data = write_image_folder(tmp_path / "ds", classes=["class0", "class1", "class2"])
     narrow = ["--splits", "test", "--no-tta", "--no-gradcam"]
     runs = {}
-    for name, options in (("all", []), ("test", narrow)):
+    for name, options in (("all", ["--tta-splits", "train,test"]), ("test", narrow)):
         out = tmp_path / name
         argv = ["-q", "evaluate", str(tiny_bundle), "--data", str(data), *options]
         code, printed, _ = run_cli([*argv, "--out", str(out)], capsys)
@@ -307,3 +310,39 @@ def test_report_escapes_names_and_leaves_the_result_alone(tmp_path):
     assert all((tmp_path / "out" / name).is_file() for name in report.files)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["files"] == report.files and metrics["notes"] == report.notes
+
+
+def test_tta_everywhere_and_a_train_sample_on_request(trained, tmp_path, capsys):
+    data, run = trained
+    out = tmp_path / "eval"
+    args = ["--tta-splits", "train,val,test", "--train-sample", "10", "--no-gradcam"]
+    with pytest.raises(SystemExit) as exc:
+        main(
+            ["-q", "evaluate", str(run.bundle_path), "--data", str(data), "--out", str(out), *args]
+        )
+    assert exc.value.code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    summary = {(r["split"], r["tta"]): r["images"] for r in metrics["summary"]}
+    assert summary == {
+        (s, t): n for s, n in (("train", 10), ("val", 6), ("test", 18)) for t in (False, True)
+    }
+    assert metrics["notes"] == [
+        "train split: a seeded sample of 10 of its 24 images (--train-sample all scores every one)"
+    ]
+    assert metrics["models"][0]["precision"] in ("fp32", "bfloat16")
+    assert re.search(r"^wall time: \d+ s$", capsys.readouterr().out, re.M)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_train_sample_must_be_a_count_or_all(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--train-sample", value])
+    assert exc.value.code == 2
+    assert "neither a positive number of images nor 'all'" in capsys.readouterr().err
+
+
+def test_forward_batches_shrink_as_pictures_grow():
+    """Big activations cost page faults: 128 pictures of 96 px ran twice as fast as 500."""
+    from imageclf.prediction.inference import batch_for
+
+    assert (batch_for(32), batch_for(96), batch_for(512)) == (500, 128, 16)

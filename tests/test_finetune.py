@@ -264,3 +264,27 @@ def test_head_penalty_is_chosen_by_cross_validation():
     assert choose_head_l2(noisy, y, 2) == max(HEAD_L2_GRID)
     assert choose_head_l2(clean, y_clean, 2) == min(HEAD_L2_GRID)
     assert choose_head_l2(noisy[:9], y[:9], 2) == HEAD_L2  # too few images for 5 folds
+
+
+@pytest.mark.parametrize("ratio", [0.01, 1.0])
+def test_discriminative_rates_rise_from_early_lr_ratio_to_lr(ratio):
+    """fastai's slice(lr * ratio, lr): the stem learns slowest; ratio 1 is one lr for all
+    (what a large domain shift such as 32 px thumbnails needs: docs/benchmarks.md)."""
+    from imageclf.models.efficientnet import EfficientNetLite
+    from imageclf.training.config import TrainConfig
+    from imageclf.training.finetune import discriminative_optimizer
+
+    cfg = TrainConfig(lr=1e-3, freeze_groups=0, early_lr_ratio=ratio)
+    rates = [g["lr"] for g in discriminative_optimizer(EfficientNetLite(3, 32), cfg).param_groups]
+    assert len(rates) == 4
+    assert rates[0] == pytest.approx(1e-3 * ratio) and rates[-1] == pytest.approx(1e-3)
+    assert rates == sorted(rates)
+
+
+def test_early_lr_ratio_is_a_fraction():
+    from imageclf.errors import UserInputError
+    from imageclf.training.config import TrainConfig
+
+    for bad in (0, -1, 2):
+        with pytest.raises(UserInputError, match="early_lr_ratio"):
+            TrainConfig(early_lr_ratio=bad)

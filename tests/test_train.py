@@ -62,6 +62,23 @@ def test_run_folder_contents_and_bundle(synthetic, tmp_path):
     assert meta["metrics"]["test"] == result.metrics["test"]
     assert meta["data"]["fingerprint"] and meta["split"]["digest"]
     assert p.classes == ["cat", "dog", "frog"]
+    # Called from Python: no command line to record, but the machine it ran on.
+    assert meta["provenance"]["command"] is None
+    assert (
+        meta["provenance"]["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    )
+
+
+def test_the_cli_records_the_command_that_makes_the_model_again(monkeypatch):
+    from imageclf.training.finish import command_line
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/imageclf", "train", "--data", "my photos"])
+    assert command_line() == "imageclf train --data 'my photos'"
+    monkeypatch.setattr(sys, "argv", ["/src/imageclf/__main__.py", "train"])
+    assert command_line() == "imageclf train"
+    for other in ("notebook.py", "/venv/lib/pytest/__main__.py"):
+        monkeypatch.setattr(sys, "argv", [other, "--x"])
+        assert command_line() is None
 
 
 def test_same_seed_same_history(synthetic, tmp_path):

@@ -377,12 +377,15 @@ def open_image(
     return decode_image(source, formats=formats, max_pixels=max_pixels, reduce_to=reduce_to).picture
 
 
-def resize_for_model(image: Image.Image, size: int) -> np.ndarray:
+def resize_for_model(image: Image.Image, size: int, source_size: int | None = None) -> np.ndarray:
     """RGB picture -> ``size x size x 3`` uint8 array, the model's input geometry.
 
     The whole frame is resized (no crop), like the seeds' Keras apps did, so an
-    off-centre object is never cut away.
+    off-centre object is never cut away. ``source_size``: first reduced to that side, as
+    the training pictures were (CIFAR's 32 px thumbnails enlarged to the input size).
     """
+    if source_size is not None and source_size < size and image.size != (source_size,) * 2:
+        image = image.resize((source_size, source_size), Image.Resampling.BICUBIC, reducing_gap=3.0)
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
     return np.asarray(image, dtype=np.uint8).copy()

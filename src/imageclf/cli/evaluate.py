@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 
 from ..data.splits import SPLITS
+from ..device import PRECISIONS
+
+
+def _train_sample(ctx, param, value: str) -> int | None:
+    if value.strip().lower() == "all":
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise click.BadParameter(f"{value!r} is neither a positive number of images nor 'all'")
+    return size
 
 
 @click.command("evaluate")
@@ -28,14 +42,34 @@ from ..data.splits import SPLITS
     "--splits",
     default=None,
     metavar="LIST",
-    help="Comma-separated subset of train,val,test (default: all that exist). The "
-    "train split is the slow one: up to 45,000 CIFAR images, 7x that with TTA.",
+    help="Comma-separated subset of train,val,test (default: all that exist).",
+)
+@click.option(
+    "--train-sample",
+    default="5000",
+    show_default=True,
+    metavar="N|all",
+    callback=_train_sample,
+    help="Score a seeded sample of N training images (the train/test gap), or all.",
 )
 @click.option(
     "--tta/--no-tta",
     default=True,
     show_default=True,
-    help="Also evaluate with test-time augmentation (6 extra views per image).",
+    help="Also evaluate with test-time augmentation (6 views per image).",
+)
+@click.option(
+    "--tta-splits",
+    default=None,
+    metavar="LIST",
+    help="Splits that get TTA (default: the headline split, test else val).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice([p for p in PRECISIONS if p != "fp16"]),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 where the CPU has it natively (or on a GPU), else fp32.",
 )
 @click.option(
     "--gradcam/--no-gradcam",
@@ -52,16 +86,20 @@ from ..data.splits import SPLITS
 )
 @click.pass_context
 def evaluate_command(
-    ctx: click.Context, models, data_path, split, splits, tta, gradcam, device, out
-):
+    ctx: click.Context, models, data_path, split, splits, train_sample, tta, tta_splits,
+    precision, gradcam, device, out,
+):  # fmt: skip
     """Evaluate a model, or an ensemble of several (probabilities averaged): metrics,
     plots, Grad-CAM and one self-contained report.html."""
     from ..evaluation.evaluator import default_out_dir, evaluate, parse_splits
     from ..evaluation.report import console_report, write_report
 
+    started = time.perf_counter()
     result = evaluate(
         list(models) or None, data_path, split=split, splits=parse_splits(splits), tta=tta,
-        device=device, progress=ctx.obj["progress"],
+        tta_splits=parse_splits(tta_splits), train_sample=train_sample, device=device,
+        precision=precision, progress=ctx.obj["progress"],
     )  # fmt: skip
     report = write_report(result, out or default_out_dir(result), gradcam=gradcam)
     click.echo(console_report(result, report))
+    click.echo(f"wall time: {time.perf_counter() - started:.0f} s")

@@ -82,6 +82,7 @@ def build_metrics(
                 "architecture": p.metadata.architecture,
                 "recipe": p.metadata.recipe,
                 "split": p.metadata.split,
+                "precision": p.precision,
             }
             for path, p in zip(model_paths, predictors, strict=True)
         ],

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..device import precision_name
 from ..errors import BundleError, UserInputError
 from ..imaging import ImageSource, open_image, picture_from_array, resize_for_model
 from ..models.bundle import BundleMetadata, load_bundle
@@ -102,6 +103,11 @@ class Predictor:
         return self.engine.device
 
     @property
+    def precision(self) -> str:
+        """The arithmetic of the forward pass: "bf16" under autocast, else "fp32"."""
+        return precision_name(getattr(self.engine, "amp_dtype", None))
+
+    @property
     def model(self) -> nn.Module | None:
         """The torch module (for tests that inspect weights); None on onnxruntime."""
         return self.engine.model if isinstance(self.engine, TorchBackend) else None
@@ -116,7 +122,7 @@ class Predictor:
             picture = picture_from_array(picture)
         elif picture.mode != "RGB":
             picture = picture.convert("RGB")
-        return resize_for_model(picture, self.input_size)
+        return resize_for_model(picture, self.input_size, self.metadata.source_size)
 
     def preprocess(self, images: Picture | Sequence[Picture]) -> np.ndarray:
         """Decode (files, bytes, PIL images, arrays: ``open_image``) and prepare:

@@ -25,8 +25,6 @@ from .runs import history_record
 
 log = logging.getLogger("imageclf.train")
 
-# Learning-rate ratio between the earliest layer group and the head (fastai: slice(lr/100, lr)).
-EARLY_LR_RATIO = 0.01
 # L2 penalty of the head fit, on standardised embeddings (per mean example loss).
 HEAD_L2 = 1e-2
 # A few hundred photos overfit 1280 features at any fixed penalty one could pick, so for
@@ -61,7 +59,7 @@ def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
 
 
 def discriminative_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """AdamW with discriminative learning rates: geometric from ``lr * EARLY_LR_RATIO``
+    """AdamW with discriminative learning rates: geometric from ``lr * cfg.early_lr_ratio``
     for the first layer group to ``lr`` for the head; the first ``cfg.freeze_groups``
     groups are frozen."""
     groups = layer_groups(model)
@@ -74,7 +72,7 @@ def discriminative_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
         members = [p for p in group if p.requires_grad]
         if not members:
             continue
-        ratio = EARLY_LR_RATIO ** (1 - k / (len(groups) - 1))
+        ratio = cfg.early_lr_ratio ** (1 - k / (len(groups) - 1))
         lr = cfg.lr * ratio
         params.append({"params": members, "lr": lr, "base_lr": lr})
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from ..calibration import MIN_IMAGES, calibrate, calibration_effect
+from ..device import machine
 from ..fileio import write_text_atomic
 from ..models.bundle import save_bundle
 from ..prediction.inference import loss_and_accuracy
@@ -113,11 +117,34 @@ def _bundle_metadata(job: Job, metrics: dict) -> dict:
         "classes": data.dataset.classes,
         "input_size": cfg.image_size,
         "normalization": {"mean": data.mean, "std": data.std},
-        "preprocessing": {"resize": "whole frame squashed to the input size"},
+        "preprocessing": _preprocessing(cfg),
         "start": job.start.origin(cfg, data.dataset.classes),
         "recipe": cfg.recipe,
         "config": cfg.to_dict(),
         "data": data_record(data.dataset),
         "split": data.split.describe(),
         "metrics": metrics,
+        "provenance": {
+            "command": command_line(),
+            "machine": machine(),
+            "date": time.strftime("%Y-%m-%d"),
+        },
     }
+
+
+def _preprocessing(cfg) -> dict:
+    if cfg.source_size is None or cfg.source_size >= cfg.image_size:
+        return {"resize": "whole frame squashed to the input size"}
+    return {
+        "resize": f"whole frame squashed to {cfg.source_size} px, then to the input size",
+        "source_size": cfg.source_size,
+    }
+
+
+def command_line() -> str | None:
+    """The ``imageclf ...`` command this process runs, to make the model again; None when
+    training was called from Python (the recorded config says everything then)."""
+    program = Path(sys.argv[0]) if sys.argv else Path()
+    if program.name != "imageclf" and program.parts[-2:] != ("imageclf", "__main__.py"):
+        return None  # python -m imageclf runs imageclf/__main__.py
+    return shlex.join(["imageclf", *sys.argv[1:]])
