@@ -104,7 +104,7 @@ class Predictor:
 
     @property
     def precision(self) -> str:
-        """The arithmetic of the forward pass: "bf16" under autocast, else "fp32"."""
+        """The arithmetic of the forward pass: "bfloat16" under autocast, else "fp32"."""
         return precision_name(getattr(self.engine, "amp_dtype", None))
 
     @property
