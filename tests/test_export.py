@@ -343,3 +343,32 @@ def test_imageclf_serve_runs_an_onnx_file(exported, tmp_path):
         status, _, html = server.request("POST", "/predict", body, headers)
         assert status == 200 and b"unavailable for ONNX models" in html
     assert "Traceback" not in server.text()
+    assert server.process.returncode == 0
+
+
+@pytest.mark.slow
+def test_onnx_workers_end_without_aborting(tmp_path):
+    """onnxruntime's thread pools threw from C++ destructors when a worker that had run
+    threaded passes exited ("terminate called after throwing an instance of
+    'std::system_error'", SIGABRT at every recycle and shutdown). The bundled model is
+    big enough to use them; the tiny one is not."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from realserver import serving
+
+    model = export_onnx(
+        None, tmp_path / "bundled.onnx", verify_images=np.zeros((2, 96, 96, 3), np.uint8)
+    )
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + png_bytes(size=(300, 200)) + b"\r\n--b--\r\n"
+    )
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    with serving(model.path, tmp_path / "srv", workers=2) as server:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(
+                lambda _: server.request("POST", "/api/v1/predict", body, headers)[0], range(16)
+            ))  # fmt: skip
+        assert answers == [200] * 16
+    assert server.process.returncode == 0
+    assert "terminate called" not in server.text() and "SIGABRT" not in server.text()

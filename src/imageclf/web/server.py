@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,18 @@ def gunicorn_options(
     }
 
 
+def end_worker(server, worker) -> None:
+    """gunicorn's last call in a worker: leave with the worker's own exit status but without
+    interpreter teardown, where onnxruntime's thread pools threw from C++ destructors
+    ("terminate called ... std::system_error", SIGABRT at every recycle and shutdown)."""
+    exc = sys.exc_info()[1]  # the SystemExit gunicorn is ending the worker with
+    code = exc.code if isinstance(exc, SystemExit) else (1 if exc else 0)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
 def serve(
     model: str | os.PathLike | None = None,
     *,
@@ -148,7 +161,8 @@ def serve(
     class Server(BaseApplication):
         def load_config(self) -> None:
             options = gunicorn_options(host, port, workers, access_log)
-            for key, value in {**options, **metrics_hooks}.items():
+            hooks = {**metrics_hooks, "worker_exit": end_worker}
+            for key, value in {**options, **hooks}.items():
                 self.cfg.set(key, value)
 
         def load(self):
