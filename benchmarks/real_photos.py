@@ -13,7 +13,7 @@ Every photo goes through ``ModelService.classify`` exactly as an upload to the w
 does: decoded once with the web allowlist and shrunk to the page's working size
 (``imaging.decode_image``), squashed to the model's input by ``Predictor.prepare``,
 calibrated probabilities from ``predict_proba``, and the page's own "not sure" rule
-(top-1 below ``service.unsure_threshold``, the bundle's validated threshold). So the
+(top-1 below ``Predictor.unsure_below``, the bundle's validated threshold). So the
 numbers are what a user of the served app would see, photo by photo.
 
 Latency is single-image, one torch thread: ``Predictor.predict`` on the photo's bytes
@@ -48,7 +48,7 @@ from _machine import describe, loadavg
 from imageclf.imaging import WEB_FORMATS, decode_image
 from imageclf.prediction.files import collect_images
 from imageclf.prediction.predictor import Predictor, default_model_path
-from imageclf.web.service import ModelService, unsure_threshold
+from imageclf.web.service import ModelService
 from imageclf.web.uploads import Upload
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,7 +211,7 @@ def score_model(
         "input_size": predictor.input_size,
         "test_accuracy": meta.test_accuracy,
         "temperature": predictor.temperature,
-        "unsure_below": unsure_threshold(predictor),
+        "unsure_below": predictor.unsure_below,
         "skipped_folders": sorted(set(photos) - set(mine)),
         "in_class": in_class_summary(inside),
         "out_of_class": out_of_class_summary(outside),

@@ -101,3 +101,25 @@ def test_explain_writes_overlays(tmp_path, capsys):
     for entry in json.loads(out):
         with Image.open(entry["explanation"]) as overlay:
             assert overlay.size == (256, 256)
+
+
+@pytest.mark.parametrize("threshold, unsure", [(0.0, False), (0.999, True)])
+def test_predict_says_not_sure_like_the_page(tmp_path, capsys, threshold, unsure):
+    """The model's own "not sure" threshold, the one the page and the API use, in every
+    format: a JSON field, a CSV column, words in the table."""
+    bundle = make_tiny_bundle(
+        tmp_path / "m.safetensors", calibration={"temperature": 1.0, "threshold": threshold}
+    )
+    root = write_image_folder(tmp_path / "ok", per_class=1, partitioned=False)
+    picture = str(root / "cat" / "0000.png")
+    assert Predictor.load(bundle).unsure_below == threshold
+    code, out, _ = _run(["predict", str(bundle), picture, "--format", "json"], capsys)
+    assert code == 0 and json.loads(out)[0]["unsure"] is unsure
+    code, out, _ = _run(["predict", str(bundle), picture, "--format", "csv"], capsys)
+    assert {r["unsure"] for r in csv.DictReader(io.StringIO(out))} == {str(unsure).lower()}
+    code, out, _ = _run(["predict", str(bundle), picture], capsys)
+    assert ("(not sure)" in out.splitlines()[1]) is unsure
+
+
+def test_bundles_before_calibration_are_unsure_below_one_half(tiny_bundle):
+    assert Predictor.load(tiny_bundle).unsure_below == 0.5

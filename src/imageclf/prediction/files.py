@@ -33,6 +33,7 @@ class FileResult:
     top: list[tuple[str, float]] | None = None
     error: str | None = None
     explanation: str | None = None  # where its Grad-CAM overlay was written
+    unsure: bool = False  # top-1 under the model's "not sure" threshold, as on the page
 
     @property
     def ok(self) -> bool:
@@ -131,7 +132,8 @@ def predict_files(
             if out is not None:
                 explained = _write_explanations(predictor, batch, probs, decoded, out, used)
             for (path, _, _), row, where in zip(decoded, probs, explained, strict=True):
-                yield FileResult(str(path), top=predictor.top(row, top_k), explanation=where)
+                unsure = bool(row.max() < predictor.unsure_below)
+                yield FileResult(str(path), predictor.top(row, top_k), None, where, unsure)
 
 
 def _write_explanations(
@@ -160,6 +162,7 @@ def format_results(results: Sequence[FileResult], out_format: str = "table") -> 
             entry: dict = {"path": r.path}
             if r.ok:
                 entry["predictions"] = [{"label": lab, "probability": p} for lab, p in r.top or []]
+                entry["unsure"] = r.unsure
                 if r.explanation:
                     entry["explanation"] = r.explanation
             else:
@@ -167,13 +170,13 @@ def format_results(results: Sequence[FileResult], out_format: str = "table") -> 
             entries.append(entry)
         return json.dumps(entries, indent=2, allow_nan=False) + "\n"
     if out_format == "csv":  # paths and labels that look like formulas stay text
-        rows: list[list] = [["path", "rank", "label", "probability", "error"]]
+        rows: list[list] = [["path", "rank", "label", "probability", "unsure", "error"]]
         for r in results:
             if not r.ok:
-                rows.append([r.path, "", "", "", r.error])
+                rows.append([r.path, "", "", "", "", r.error])
                 continue
             rows += [
-                [r.path, rank, label, f"{p:.4f}", ""]
+                [r.path, rank, label, f"{p:.4f}", str(r.unsure).lower(), ""]
                 for rank, (label, p) in enumerate(r.top or [], start=1)
             ]
         return csv_text(rows)
@@ -184,6 +187,9 @@ def format_results(results: Sequence[FileResult], out_format: str = "table") -> 
         return ""
     k = max(len(r.top or []) for r in ok)
     cells = [[r.path, *(f"{lab} {p:.4f}" for lab, p in r.top or [])] for r in ok]
+    for row, r in zip(cells, ok, strict=True):
+        if r.unsure:  # the page's headline would say "not sure": so does the table
+            row[1] += " (not sure)"
     header = ["image", "prediction", *(f"#{i}" for i in range(2, k + 1))]
     widths = [
         max(len(row[i]) if i < len(row) else 0 for row in [header, *cells]) for i in range(k + 1)

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..calibration import UNCALIBRATED_UNSURE_BELOW
 from ..device import precision_name
 from ..errors import BundleError, UserInputError
 from ..imaging import ImageSource, open_image, picture_from_array, resize_for_model
@@ -134,6 +135,14 @@ class Predictor:
     def temperature(self) -> float:
         """Fitted on validation at the end of training; every output below is divided by it."""
         return self.metadata.temperature
+
+    @property
+    def unsure_below(self) -> float:
+        """The calibrated top-1 confidence under which an answer says "not sure": the
+        bundle's own, chosen on validation (``calibration.py``), or a plain 50% for bundles
+        trained before calibration existed. The page, the API and ``predict`` all use it."""
+        threshold = self.metadata.unsure_below
+        return UNCALIBRATED_UNSURE_BELOW if threshold is None else threshold
 
     def _logits(self, batch_u8: np.ndarray, tta: bool) -> torch.Tensor:
         """Calibrated logits (``logits / temperature``): the one place confidences are made."""

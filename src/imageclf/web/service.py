@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..calibration import UNCALIBRATED_UNSURE_BELOW
 from ..errors import ImageclfError
 from ..imaging import (
     DECODE_SECONDS,
@@ -62,14 +61,6 @@ class Prediction:
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0))
     unsure: bool = False  # top-1 under the bundle's validated threshold: say so, plainly
     model_view: np.ndarray | None = None  # (S, S, 3) uint8: the picture as the model saw it
-
-
-def unsure_threshold(predictor: Predictor) -> float:
-    """The confidence under which a prediction says it is unsure: the bundle's own,
-    chosen on validation after calibration (see ``calibration.py``), or a plain 50%
-    for bundles trained before calibration existed."""
-    threshold = predictor.metadata.unsure_below
-    return UNCALIBRATED_UNSURE_BELOW if threshold is None else threshold
 
 
 class ModelService:
@@ -179,7 +170,7 @@ class ModelService:
             "backend": p.backend,
             "calibrated": meta.unsure_below is not None,
             "temperature": p.temperature,
-            "unsure_below": unsure_threshold(p),
+            "unsure_below": p.unsure_below,
         }
 
     # ------------------------------------------------------------ predicting
@@ -237,7 +228,7 @@ class ModelService:
         batch = np.stack([predictor.prepare(d.picture) for d in decoded])
         probs = self.runner.probabilities(predictor, batch)
         best = probs.argmax(axis=1)
-        unsure = probs.max(axis=1) < unsure_threshold(predictor)
+        unsure = probs.max(axis=1) < predictor.unsure_below
         overlays: list[Image.Image | None] = [None] * len(decoded)
         if explain and predictor.explainable:  # one Grad-CAM pass, drawn on each picture
             heatmaps = self.runner.call(predictor.gradcam, batch, best).heatmaps
