@@ -131,9 +131,9 @@ def predict_files(
             explained = [None] * len(decoded)
             if out is not None:
                 explained = _write_explanations(predictor, batch, probs, decoded, out, used)
-            for (path, _, _), row, where in zip(decoded, probs, explained, strict=True):
-                unsure = bool(row.max() < predictor.unsure_below)
-                yield FileResult(str(path), predictor.top(row, top_k), None, where, unsure)
+            rows = zip(decoded, probs, explained, predictor.unsure(probs), strict=True)
+            for (path, _, _), row, where, unsure in rows:
+                yield FileResult(str(path), predictor.top(row, top_k), None, where, bool(unsure))
 
 
 def _write_explanations(

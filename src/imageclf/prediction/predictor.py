@@ -144,6 +144,11 @@ class Predictor:
         threshold = self.metadata.unsure_below
         return UNCALIBRATED_UNSURE_BELOW if threshold is None else threshold
 
+    def unsure(self, probs: np.ndarray) -> np.ndarray:
+        """Which rows of calibrated (N, C) probabilities say "not sure": top-1 under
+        ``unsure_below``. The one rule for the page, the API and ``predict``."""
+        return probs.max(axis=1) < self.unsure_below
+
     def _logits(self, batch_u8: np.ndarray, tta: bool) -> torch.Tensor:
         """Calibrated logits (``logits / temperature``): the one place confidences are made."""
         return self.engine.logits(batch_u8, tta=tta) / self.temperature

@@ -228,7 +228,7 @@ class ModelService:
         batch = np.stack([predictor.prepare(d.picture) for d in decoded])
         probs = self.runner.probabilities(predictor, batch)
         best = probs.argmax(axis=1)
-        unsure = probs.max(axis=1) < predictor.unsure_below
+        unsure = predictor.unsure(probs)
         overlays: list[Image.Image | None] = [None] * len(decoded)
         if explain and predictor.explainable:  # one Grad-CAM pass, drawn on each picture
             heatmaps = self.runner.call(predictor.gradcam, batch, best).heatmaps
