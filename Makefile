@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine (see README):
 #   make serve   install, then serve the bundled model at http://127.0.0.1:8000
 #   make test    install, then lint and run every test
+#   make image   the container image of `imageclf serve` (Containerfile, docs/deploy.md)
 PYTHON ?= python3
 VENV ?= .venv
 # Extras installed with the package; .ci/run passes every extra pyproject.toml declares.
@@ -8,7 +9,13 @@ EXTRAS ?= dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint train-demo clean
+# The container image: base image, tag, engine (podman, else docker), the wheel folder.
+BASE ?= python:3.11-slim-bookworm
+IMAGE ?= imageclf:latest
+ENGINE ?= $(shell command -v podman || command -v docker)
+WHEELS := dist/wheels
+
+.PHONY: install serve test lint train-demo clean wheels image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +39,20 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Every wheel the image installs (this project's and its runtime dependencies', CPU torch
+# pinned), so the image builds without reaching a package index. Made by this venv's
+# Python, which must be 3.11 on Linux x86-64 like the image's.
+wheels: install
+	$(BIN)/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "make wheels needs Python 3.11, as in the image")'
+	rm -rf $(WHEELS)
+	$(BIN)/pip wheel -q --wheel-dir $(WHEELS) torch==2.13.0 .
+
+# --format docker: the OCI format drops HEALTHCHECK (podman's default is OCI).
+image: wheels
+	$(if $(ENGINE),,$(error make image needs podman or docker (or ENGINE=...)))
+	$(ENGINE) build $(if $(findstring podman,$(ENGINE)),--format docker) \
+		--build-arg BASE=$(BASE) -t $(IMAGE) -f Containerfile .
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -90,7 +90,14 @@ def app(tmp_path_factory):
     from imageclf.web import create_app
 
     bundle = make_tiny_bundle(tmp_path_factory.mktemp("hostile") / "tiny.safetensors")
-    return create_app(bundle, TESTING=True, IMAGECLF_MODEL_LOADING="eager")
+    # The hostile files decode costly pictures from one client on purpose; the per-client
+    # share of decoding time has its own tests (test_web_decode_share.py).
+    return create_app(
+        bundle,
+        TESTING=True,
+        IMAGECLF_MODEL_LOADING="eager",
+        IMAGECLF_CLIENT_DECODE_SECONDS=1e9,
+    )
 
 
 @pytest.fixture

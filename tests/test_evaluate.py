@@ -346,3 +346,57 @@ def test_forward_batches_shrink_as_pictures_grow():
     from imageclf.prediction.inference import batch_for
 
     assert (batch_for(32), batch_for(96), batch_for(512)) == (500, 128, 16)
+
+
+# ---------------------------------------------------------------- --others (issue 26)
+def test_detection_rates_by_hand():
+    from imageclf.calibration import detection_rates
+
+    found = detection_rates(np.array([3.0, 4, 5, 6]), np.array([1.0, 2, 5]), 4.5)
+    # Outside flagged: 1 and 2 of 3; inside: 3 and 4 of 4. AUROC: of the 12 (outside,
+    # inside) pairs, 9 have the outside picture less familiar and one ties (5, 5).
+    assert found["outside_flagged"] == round(2 / 3, 4)
+    assert found["inside_flagged"] == 0.5
+    assert found["auroc"] == round(9.5 / 12, 4)
+
+
+def test_out_of_class_uses_the_bundles_threshold(tmp_path):
+    from imageclf.evaluation.outside import out_of_class
+
+    calibration = {"temperature": 1.0, "threshold": 0.0, "familiar_above": 1e9}
+    bundle = make_tiny_bundle(tmp_path / "m.safetensors", calibration=calibration)
+    predictor = Predictor.load(bundle)
+    rng = np.random.default_rng(0)
+    inside = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    others = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    found = out_of_class(predictor, inside, np.zeros(8, int), others)
+    assert found["outside_flagged"] == 1.0 and found["inside_flagged"] == 1.0
+    assert found["outside_images"] == 5 and found["inside_images"] == 8
+    assert 0 <= found["auroc"] <= 1 and found["familiar_above"] == 1e9
+    labels = predictor.calibrated_logits(inside).argmax(axis=1)  # every answer right
+    assert out_of_class(predictor, inside, labels, others)["right_flagged"] == 1.0
+
+
+def test_evaluate_others_reports_the_detection_in_console_and_metrics(trained, tmp_path, capsys):
+    data, run = trained
+    others = tmp_path / "others"
+    others.mkdir()
+    rng = np.random.default_rng(1)
+    from PIL import Image
+
+    for index in range(5):
+        noise = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(others / f"{index}.png")
+    (others / "broken.jpg").write_bytes(b"not a picture")
+    out = tmp_path / "eval"
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", str(run.bundle_path), "--data", str(data), "--out", str(out),
+              "--others", str(others), "--no-gradcam"])  # fmt: skip
+    assert exc.value.code == 0
+    printed = capsys.readouterr().out
+    assert "out of class (" in printed and "AUROC" in printed
+    found = json.loads((out / "metrics.json").read_text())["out_of_class"]
+    assert found["outside_images"] == 5 and found["unreadable"] == 1
+    assert found["split"] == "test" and 0 <= found["auroc"] <= 1
+    # This tiny run held out too few pictures to calibrate: AUROC, and says why no rate.
+    assert found["outside_flagged"] is None and "threshold" in found["note"]

@@ -79,7 +79,7 @@ def test_predict_csv_writes_hostile_paths_and_labels_as_text(tmp_path, capsys, m
     code, out, err = run_cli(argv, capsys)
     assert code == 0, err
     rows = _rows(out)
-    assert rows[0] == ["path", "rank", "label", "probability", "unsure", "error"]
+    assert rows[0] == ["path", "rank", "label", "probability", "unsure", "outside", "error"]
     assert {r[0] for r in rows[1:]} == {"'" + n for n in names}
     labels = {r[2] for r in rows[1:]}
     assert labels == {"'" + f for f in FORMULAS} | {"-0.5"}  # the number stays a number

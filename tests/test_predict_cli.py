@@ -121,5 +121,25 @@ def test_predict_says_not_sure_like_the_page(tmp_path, capsys, threshold, unsure
     assert ("(not sure)" in out.splitlines()[1]) is unsure
 
 
+@pytest.mark.parametrize("familiar_above, outside", [(1e9, True), (-1e9, False)])
+def test_predict_says_none_of_its_classes_like_the_page(tmp_path, capsys, familiar_above, outside):
+    """The second question, "one of its classes?", in every format too, and such
+    pictures sort into unsure/ rather than under a class they are not."""
+    calibration = {"temperature": 1.0, "threshold": 0.0, "familiar_above": familiar_above}
+    bundle = make_tiny_bundle(tmp_path / "m.safetensors", calibration=calibration)
+    root = write_image_folder(tmp_path / "ok", per_class=1, partitioned=False)
+    picture = str(root / "cat" / "0000.png")
+    code, out, _ = _run(["predict", str(bundle), picture, "--format", "json"], capsys)
+    entry = json.loads(out)[0]
+    assert code == 0 and entry["outside"] is outside and entry["unsure"] is False
+    code, out, _ = _run(["predict", str(bundle), picture, "--format", "csv"], capsys)
+    assert {r["outside"] for r in csv.DictReader(io.StringIO(out))} == {str(outside).lower()}
+    code, out, _ = _run(["predict", str(bundle), picture], capsys)
+    assert ("(none of its classes?)" in out.splitlines()[1]) is outside
+    sorted_to = tmp_path / "sorted"
+    code, out, _ = _run(["predict", str(bundle), picture, "--sort-into", str(sorted_to)], capsys)
+    assert code == 0 and (sorted_to / "unsure" / "0000.png").exists() is outside
+
+
 def test_bundles_before_calibration_are_unsure_below_one_half(tiny_bundle):
     assert Predictor.load(tiny_bundle).unsure_below == 0.5

@@ -301,13 +301,13 @@ def test_api_predict_one_file(client):
 def test_api_batch_is_one_forward_pass(client, app, monkeypatch):
     predictor = get_service(app).predictor()
     calls = []
-    original = predictor.predict_proba
+    original = predictor.calibrated_logits
 
     def counting(batch, **kwargs):
         calls.append(batch.shape)
         return original(batch, **kwargs)
 
-    monkeypatch.setattr(predictor, "predict_proba", counting)
+    monkeypatch.setattr(predictor, "calibrated_logits", counting)
     colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
     data = {"files": [(io.BytesIO(png_bytes(c)), f"{i}.png") for i, c in enumerate(colors)]}
     response = client.post("/api/v1/predict", data=data)
@@ -522,3 +522,60 @@ def test_serve_without_bundled_model_is_a_clear_error(monkeypatch, capsys, keep_
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "bundled default model is missing" in err and "\n" not in err
+
+
+@pytest.mark.parametrize(("familiar_above", "outside"), [(1e9, True), (-1e9, False), (None, False)])
+def test_one_of_its_classes_is_a_separate_question_from_which_class(
+    tmp_path, familiar_above, outside
+):
+    """Issue 26: "is this one of my classes?" (familiarity under the bundle's threshold)
+    is asked apart from "which class?" (unsure), said plainly on the page and in the API,
+    and never asked of bundles that predate the rule."""
+    calibration = {"temperature": 1.0, "threshold": 0.0}
+    if familiar_above is not None:
+        calibration["familiar_above"] = familiar_above
+    client = _bundle_app(tmp_path, **calibration).test_client()
+    html = client.post("/predict", data=upload(_striped())).get_data(as_text=True)
+    assert ('id="outside"' in html) is outside
+    assert ("Probably not one of its 10 classes" in html) is outside
+    assert 'id="unsure"' not in html  # threshold 0: never unsure which class
+    assert "It knows 10 classes: airplane, automobile, bird" in html
+    body = client.post("/api/v1/predict", data=upload(_striped())).get_json()
+    assert body["predictions"][0]["outside"] is outside
+    assert body["predictions"][0]["unsure"] is False
+    assert body["model"]["class_count"] == 10
+    assert body["model"]["familiar_above"] == familiar_above
+    assert client.get("/api/v1/model").get_json()["familiar_flagged"] == 0.05
+
+
+def test_several_pictures_on_the_page_give_one_list(client):
+    """Issue 26: several photos dropped (or chosen) at once: one row per picture, in the
+    order sent, each with its answer; no Grad-CAM (that is for one picture)."""
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    data = {"file": [(io.BytesIO(png_bytes(c)), f"p{i}.png") for i, c in enumerate(colours)]}
+    response = client.post("/predict", data=data)
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200, html[:500]
+    assert 'id="results"' in html and "looked at 3 pictures" in html
+    assert html.count('class="result-row') == 3
+    assert [m for m in re.findall(r'class="filename">([^<]+)<', html)] == [
+        "p0.png",
+        "p1.png",
+        "p2.png",
+    ]
+    labels = re.findall(r'class="row-label">([^<]+)<', html)
+    assert len(labels) == 3 and set(labels) <= set(CLASSES)
+    assert 'id="overlay"' not in html
+    assert "It knows 10 classes" in html
+
+
+def test_the_page_takes_at_most_its_limit_of_pictures(client):
+    from imageclf.web.pages import PAGE_MAX_FILES
+
+    data = {"file": [(io.BytesIO(png_bytes()), f"{i}.png") for i in range(PAGE_MAX_FILES + 1)]}
+    response = client.post("/predict", data=data)
+    assert response.status_code == 400
+    assert f"at most {PAGE_MAX_FILES}" in response.get_data(as_text=True)
+    html = client.get("/").get_data(as_text=True)
+    assert "multiple" in re.search(r'<input type="file"[^>]+>', html).group(0)
+    assert f'data-max-files="{PAGE_MAX_FILES}"' in html

@@ -451,3 +451,96 @@ def test_webcam_refused_says_so(browser, base_url):
         assert page.locator("#camera").is_hidden() and page.locator("#camera-open").is_visible()
     finally:
         context.close()
+
+
+# ---------------------------------------------------------------- several pictures at once
+def _drop_files(page, names: list[str]) -> None:
+    data = list(picture_png())
+    page.evaluate(
+        """([names, bytes]) => {
+            const transfer = new DataTransfer();
+            for (const name of names) {
+                transfer.items.add(new File([new Uint8Array(bytes)], name, {type: "image/png"}));
+            }
+            const init = {bubbles: true, cancelable: true, dataTransfer: transfer};
+            document.querySelector("#dropzone").dispatchEvent(new DragEvent("drop", init));
+        }""",
+        [names, data],
+    )
+
+
+@pytest.mark.parametrize(
+    ("page", "kind"), [(DESKTOP, "desktop"), (PHONE, "phone")], indirect=["page"]
+)
+def test_several_photos_dropped_at_once_give_a_result_list(page, base_url, kind):
+    """Issue 26: drop several photos on the page (the API already takes 64): a strip of
+    previews, then one list with a row per picture, on a desktop and on a phone."""
+    names = ["garden.png", "street.png", "beach-at-dusk-with-a-long-name.png"]
+    page.goto(base_url)
+    _drop_files(page, names)
+    page.wait_for_selector("#preview-strip", state="visible")
+    assert page.locator("#preview-strip img").count() == 3
+    assert page.locator("#file").evaluate("input => input.files.length") == 3
+    assert "3 pictures" in page.inner_text("#file-name")
+    with page.expect_navigation():
+        page.click("#submit")
+    page.wait_for_selector("#results")
+    rows = page.locator(".result-row")
+    assert rows.count() == 3
+    assert page.locator(".result-row .filename").all_inner_texts() == names
+    widths = page.locator(".result-row .thumb").evaluate_all(
+        "imgs => imgs.map(i => i.naturalWidth)"
+    )
+    assert all(w > 0 for w in widths)
+    assert "It knows 10 classes" in page.inner_text("#classes")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= page.viewport_size["width"]
+    shot(page, f"08-several-results-{kind}")
+
+
+def test_too_many_photos_are_refused_in_the_browser(page, base_url):
+    from imageclf.web.pages import PAGE_MAX_FILES
+
+    page.goto(base_url)
+    _drop_files(page, [f"{i}.png" for i in range(PAGE_MAX_FILES + 1)])
+    message = page.locator("#client-error")
+    message.wait_for(state="visible")
+    assert f"at most {PAGE_MAX_FILES}" in message.inner_text()
+    assert page.locator("#file").evaluate("input => input.files.length") == 0
+
+
+@pytest.fixture(scope="module")
+def outside_url(tmp_path_factory):
+    """A model for which every picture is "not one of its classes" (familiar_above huge)."""
+    from werkzeug.serving import make_server
+
+    bundle = make_tiny_bundle(
+        tmp_path_factory.mktemp("outside") / "tiny.safetensors",
+        classes=["ant", "bee"],
+        calibration={"temperature": 1.0, "threshold": 0.0, "familiar_above": 1e9},
+    )
+    app = create_app(bundle, IMAGECLF_MODEL_LOADING="eager")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(10)
+
+
+@pytest.mark.parametrize(
+    ("page", "kind"), [(DESKTOP, "desktop"), (PHONE, "phone")], indirect=["page"]
+)
+def test_a_picture_of_something_else_is_said_plainly(page, outside_url, kind):
+    """Issue 26: "is this one of my classes?" is answered apart from "which class?", and
+    the page always says which classes the model knows."""
+    page.goto(outside_url)
+    choose(page, picture_png())
+    with page.expect_navigation():
+        page.click("#submit")
+    page.wait_for_selector("#outside")
+    assert "Probably not one of its 2 classes" in page.text_content(".result-head")
+    assert "It knows 2 classes: ant, bee." in page.inner_text("#classes")
+    assert page.text_content("#label").strip() in ("ant", "bee")
+    assert page.evaluate("document.documentElement.scrollWidth") <= page.viewport_size["width"]
+    shot(page, f"09-result-outside-{kind}")

@@ -15,7 +15,7 @@ from imageclf.web.forward import ForwardRunner, connections, gevent_is_patched
 
 
 class FakePredictor:
-    """predict_proba returns each picture's first pixel value, so rows are traceable;
+    """calibrated_logits returns each picture's first pixel value, so rows are traceable;
     each pass takes ``delay`` seconds on whatever thread runs it."""
 
     def __init__(self, delay: float = 0.05, fail_on: int | None = None) -> None:
@@ -30,7 +30,7 @@ class FakePredictor:
         self.overlapped |= self.busy > 1
         self.threads.add(threading.get_ident())
 
-    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+    def calibrated_logits(self, batch: np.ndarray) -> np.ndarray:
         self._enter()
         try:
             time.sleep(self.delay)
@@ -66,9 +66,9 @@ def _busy_worker(monkeypatch):
 def run_all(runner: ForwardRunner, predictor, requests: list[tuple[int, ...]]):
     """Each request in its own greenlet: the first, then (while its pass runs) all the
     others at once; the greenlets, in request order."""
-    greenlets = [gevent.spawn(runner.probabilities, predictor, pictures(*requests[0]))]
+    greenlets = [gevent.spawn(runner.logits, predictor, pictures(*requests[0]))]
     gevent.sleep(0.01)
-    greenlets += [gevent.spawn(runner.probabilities, predictor, pictures(*r)) for r in requests[1:]]
+    greenlets += [gevent.spawn(runner.logits, predictor, pictures(*r)) for r in requests[1:]]
     gevent.joinall(greenlets, timeout=30)
     return greenlets
 
@@ -113,7 +113,7 @@ def test_requests_for_different_models_are_not_merged():
     runner = ForwardRunner(cooperative=True)
     one, other = FakePredictor(), FakePredictor()
     greenlets = [
-        gevent.spawn(runner.probabilities, predictor, pictures(i))
+        gevent.spawn(runner.logits, predictor, pictures(i))
         for i, predictor in enumerate([one, one, other, other, one], start=1)
     ]
     gevent.joinall(greenlets, timeout=30)
@@ -124,9 +124,9 @@ def test_requests_for_different_models_are_not_merged():
 def test_grad_cam_never_overlaps_a_pass():
     runner = ForwardRunner(cooperative=True)
     predictor = FakePredictor()
-    greenlets = [gevent.spawn(runner.probabilities, predictor, pictures(i)) for i in range(4)]
+    greenlets = [gevent.spawn(runner.logits, predictor, pictures(i)) for i in range(4)]
     greenlets += [gevent.spawn(runner.call, predictor.gradcam, pictures(9)) for _ in range(2)]
-    greenlets += [gevent.spawn(runner.probabilities, predictor, pictures(i)) for i in range(4)]
+    greenlets += [gevent.spawn(runner.logits, predictor, pictures(i)) for i in range(4)]
     gevent.joinall(greenlets, timeout=30)
     assert all(g.successful() for g in greenlets)
     assert [g.value for g in greenlets[4:6]] == ["explained", "explained"]
@@ -140,10 +140,10 @@ def test_a_lone_connection_runs_its_pass_inline_and_a_busy_worker_hands_it_over(
     runner = ForwardRunner(cooperative=True)
     predictor = FakePredictor(delay=0)
     monkeypatch.setattr(connections, "open", 1)  # only the caller's own connection
-    assert runner.probabilities(predictor, pictures(3))[:, 0].tolist() == [3]
+    assert runner.logits(predictor, pictures(3))[:, 0].tolist() == [3]
     assert predictor.threads == {threading.get_ident()}
     monkeypatch.setattr(connections, "open", 2)
-    greenlet = gevent.spawn(runner.probabilities, predictor, pictures(4))
+    greenlet = gevent.spawn(runner.logits, predictor, pictures(4))
     greenlet.join(timeout=30)
     assert greenlet.value[:, 0].tolist() == [4]
     assert len(predictor.threads) == 2  # the second pass ran on the model thread
@@ -154,7 +154,7 @@ def test_outside_gevent_everything_runs_in_the_caller():
     sizes: list[int] = []
     runner = ForwardRunner(on_pass=sizes.append)
     predictor = FakePredictor(delay=0)
-    assert runner.probabilities(predictor, pictures(5, 6))[:, 0].tolist() == [5, 6]
+    assert runner.logits(predictor, pictures(5, 6))[:, 0].tolist() == [5, 6]
     assert runner.call(predictor.gradcam, pictures(1)) == "explained"
     assert predictor.threads == {threading.get_ident()}
     assert sizes == [2]
@@ -166,8 +166,8 @@ def test_the_real_predictor_gives_the_same_answers_through_the_model_thread(rows
 
     predictor = Predictor.load(tiny_bundle)
     batch = np.random.default_rng(rows).integers(0, 256, (rows, 32, 32, 3), dtype=np.uint8)
-    expected = predictor.predict_proba(batch)
+    expected = predictor.calibrated_logits(batch)
     runner = ForwardRunner(cooperative=True)
-    (greenlet,) = [gevent.spawn(runner.probabilities, predictor, batch)]
+    (greenlet,) = [gevent.spawn(runner.logits, predictor, batch)]
     greenlet.join(timeout=30)
     np.testing.assert_array_equal(greenlet.value, expected)

@@ -100,6 +100,9 @@ def server(tmp_path_factory):
         # machine must not turn them into budget refusals. The default (5 s) is proved
         # with a counted clock in test_web_hostile_budgets.py.
         "IMAGECLF_DECODE_SECONDS": "10",
+        # Every request here comes from 127.0.0.1, and several decode for seconds on
+        # purpose: the per-client share is tested in test_web_decode_share.py.
+        "IMAGECLF_CLIENT_DECODE_SECONDS": "100000",
     }
     with running_server(tmp_path_factory.mktemp("serve"), env) as running:
         yield running

@@ -1,4 +1,5 @@
-"""Honest confidences: temperature scaling and the "probably not sure" notice.
+"""Honest confidences: temperature scaling, the "not sure which class" notice, and the
+"not one of its classes" rule.
 
 Label smoothing (and TTA averaging) leave our models underconfident: a correct dog
 reads "50%". One scalar temperature T, fitted on validation logits by minimising
@@ -6,6 +7,15 @@ the negative log-likelihood (Guo et al. 2017), rescales every logit as ``z / T``
 it never changes the arg-max, so accuracy is unchanged while the expected
 calibration error (ECE) drops. The notice threshold is chosen on the same
 validation data, after calibration, so it means what it says on new pictures.
+
+"Which class?" and "is this one of my classes?" are separate questions. A low top-1
+probability answers the first: for a two-class model an ant at 61% is a hard ant, not
+evidence of something else. The second is answered by familiarity, the negative free
+energy of the calibrated logits (``logsumexp``, Liu et al. 2020): how strongly any class
+responds. Its threshold is fixed on validation pictures, which are all of the model's
+classes, so no outside pictures are needed to choose it: it flags
+``FAMILIAR_VAL_FLAGGED`` of them. What it then catches of real outside pictures is
+measured, not promised (``evaluate --others``).
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ UNCALIBRATED_UNSURE_BELOW = 0.5
 # The notice should catch most mistakes while bothering few right answers: the
 # threshold maximises (errors flagged) - (correct flagged) x this weight.
 CORRECT_FLAG_COST = 2.0
+# Share of validation pictures the "not one of its classes" rule may flag.
+FAMILIAR_VAL_FLAGGED = 0.05
 
 
 def reliability_bins(
@@ -93,6 +105,7 @@ class Calibration:
     nll_after: float
     errors_flagged: float  # fraction of validation mistakes under the threshold
     correct_flagged: float  # fraction of validation right answers under the threshold
+    familiar_above: float  # familiarity under which a picture is "not one of its classes"
 
     def to_dict(self) -> dict:
         return {k: round(v, 6) if isinstance(v, float) else v for k, v in vars(self).items()}
@@ -120,6 +133,7 @@ def calibrate(logits: torch.Tensor, labels: torch.Tensor) -> Calibration:
     after = F.softmax(logits / temperature, -1).numpy()
     correct = after.argmax(1) == labels.numpy()
     threshold, err, ok = choose_threshold(after.max(1), correct)
+    familiar = familiarity(logits / temperature)
     return Calibration(
         temperature=temperature,
         threshold=threshold,
@@ -130,7 +144,31 @@ def calibrate(logits: torch.Tensor, labels: torch.Tensor) -> Calibration:
         nll_after=effect["nll_after"],
         errors_flagged=err,
         correct_flagged=ok,
+        familiar_above=float(np.quantile(familiar, FAMILIAR_VAL_FLAGGED)),
     )
+
+
+def familiarity(calibrated_logits: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(N,) how strongly any class responds to each picture: ``logsumexp`` of the
+    calibrated logits (higher: more like the training pictures)."""
+    logits = torch.as_tensor(calibrated_logits).double()
+    return torch.logsumexp(logits, dim=1).numpy()
+
+
+def detection_rates(inside: np.ndarray, outside: np.ndarray, familiar_above: float) -> dict:
+    """How familiarity tells outside pictures from the model's own: AUROC over every
+    threshold, and the shares each side flags at the bundle's threshold."""
+    from sklearn.metrics import roc_auc_score
+
+    scores = np.concatenate([-inside, -outside])  # higher: more likely outside
+    truth = np.concatenate([np.zeros(len(inside)), np.ones(len(outside))])
+    return {
+        "auroc": round(float(roc_auc_score(truth, scores)), 4),
+        "outside_flagged": round(float((outside < familiar_above).mean()), 4),
+        "inside_flagged": round(float((inside < familiar_above).mean()), 4),
+        "outside_images": len(outside),
+        "inside_images": len(inside),
+    }
 
 
 def calibration_effect(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> dict:

@@ -377,6 +377,15 @@ def open_image(
     return decode_image(source, formats=formats, max_pixels=max_pixels, reduce_to=reduce_to).picture
 
 
+# Pictures to classify are reduced to this as they are decoded, then resized to the
+# input: the same two steps in the web app, ``predict`` and ``Predictor`` (one answer).
+WORKING_SIZE = 384
+
+
+def working_size(input_size: int) -> int:
+    return max(WORKING_SIZE, input_size)
+
+
 def resize_for_model(image: Image.Image, size: int, source_size: int | None = None) -> np.ndarray:
     """RGB picture -> ``size x size x 3`` uint8 array, the model's input geometry.
 

@@ -54,20 +54,23 @@ def to_png_bytes(fig: Figure) -> bytes:
 
 # ---------------------------------------------------------------- training curves
 def training_curves(
-    history: Sequence[dict], title: str | None = None, label_smoothing: float = 0.0
+    history: Sequence[dict],
+    title: str | None = None,
+    label_smoothing: float = 0.0,
+    kept: dict | None = None,
 ) -> Figure:
-    """Loss and accuracy per epoch, train vs validation, best validation epoch marked.
+    """Loss and accuracy per epoch, train vs validation, the kept epoch marked.
 
-    With label smoothing the training loss is measured against smoothed targets, so it
-    sits above the validation loss for reasons that are not overfitting: say so.
+    ``kept`` (``{"epoch", "rule"}``, as metrics.json records it) is the epoch whose
+    weights the model holds; without it (an older run) the lowest validation loss is
+    marked and labelled as only that. With label smoothing the training loss is measured
+    against smoothed targets, so it sits above the validation loss for reasons that are
+    not overfitting: say so.
     """
     epochs = [h["epoch"] for h in history]
     fig = figure(10, 4)
     axes = fig.subplots(1, 2)
-    best = None
-    val_losses = [(h.get("val_loss"), h["epoch"]) for h in history if h.get("val_loss") is not None]
-    if val_losses:
-        best = min(val_losses)[1]
+    marker = _kept_marker(history, kept)
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
         train = [h.get(f"train_{key}") for h in history]
         val = [h.get(f"val_{key}") for h in history]
@@ -81,14 +84,8 @@ def training_curves(
                 label="validation",
                 markersize=4,
             )
-        if best is not None and len(epochs) > 1:
-            ax.axvline(
-                best,
-                color="0.5",
-                linestyle="--",
-                linewidth=1,
-                label=f"best val loss (epoch {best})",
-            )
+        if marker is not None:
+            ax.axvline(marker[0], color="0.5", linestyle="--", linewidth=1, label=marker[1])
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         smoothing = f" (train with label smoothing {label_smoothing:g})" if label_smoothing else ""
@@ -96,9 +93,21 @@ def training_curves(
         ax.grid(True, alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=9)
-    if title:
-        fig.suptitle(literal(title))
+    if title or kept:
+        kept_line = f"kept: epoch {kept['epoch']}, {kept['rule']}" if kept else None
+        fig.suptitle(literal("\n".join(t for t in (title, kept_line) if t)))
     return fig
+
+
+def _kept_marker(history: Sequence[dict], kept: dict | None) -> tuple[int, str] | None:
+    """(epoch, legend label) of the dashed line: the kept epoch, else the lowest val loss."""
+    if kept is not None:
+        return kept["epoch"], f"kept (epoch {kept['epoch']})"
+    val_losses = [(h.get("val_loss"), h["epoch"]) for h in history if h.get("val_loss") is not None]
+    if not val_losses:
+        return None
+    best = min(val_losses)[1]
+    return best, f"lowest val loss (epoch {best})"
 
 
 def save_training_curves(
@@ -106,11 +115,44 @@ def save_training_curves(
     path: str | os.PathLike,
     title: str | None = None,
     label_smoothing: float = 0.0,
+    kept: dict | None = None,
 ) -> Path | None:
     """``curves.png`` for a run folder; None when there is nothing to plot."""
     if not history:
         return None
-    return save(training_curves(history, title, label_smoothing), path)
+    return save(training_curves(history, title, label_smoothing, kept), path)
+
+
+# ---------------------------------------------------------------- learning-rate sweep
+def lr_curve(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    smoothed: Sequence[float],
+    marks: dict[str, float | None],
+    title: str | None = None,
+) -> Figure:
+    """The LR range test: loss per step against the rate (log scale), the smoothed
+    curve, and each named rate in ``marks`` (suggestion, recipe's lr) as a line."""
+    fig = figure(7, 4.2)
+    ax = fig.subplots()
+    ax.plot(lrs, losses, color=TRAIN_COLOR, alpha=0.3, linewidth=1, label="loss per step")
+    ax.plot(lrs, smoothed, color=TRAIN_COLOR, linewidth=2, label="smoothed")
+    styles = iter(((VAL_COLOR, "--"), (RIGHT, ":"), ("0.4", "-.")))
+    for name, value in marks.items():
+        if value is not None:
+            color, style = next(styles, ("0.4", "-."))
+            ax.axvline(value, color=color, linestyle=style, label=literal(f"{name} {value:.3g}"))
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    if len(smoothed):  # divergence would squash the useful part of the curve
+        top = min(max(losses), 1.5 * max(smoothed[: max(1, len(smoothed) // 2)]))
+        ax.set_ylim(min(losses) * 0.95, top * 1.05)
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=9)
+    if title:
+        ax.set_title(literal(title))
+    return fig
 
 
 # ---------------------------------------------------------------- confusion matrix

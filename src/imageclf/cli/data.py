@@ -1,4 +1,4 @@
-"""``imageclf data``: download, info and inspect datasets."""
+"""``imageclf data``: download, info, inspect and show datasets."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ from pathlib import Path
 
 import click
 
+from .data_show import data_show_command
+
 
 @click.group("data")
 def data_command() -> None:
     """Download and inspect datasets."""
+
+
+data_command.add_command(data_show_command)
 
 
 @data_command.command("download")
@@ -53,13 +58,45 @@ def data_info(ctx: click.Context, path: str | None) -> None:
 
 @data_command.command("inspect")
 @click.argument("path", type=click.Path(exists=True))
+@click.option(
+    "--image-size",
+    type=click.IntRange(8, 512),
+    default=32,
+    show_default=True,
+    help="The training size: how much disk the decoded cache will take at it.",
+)
+@click.option(
+    "--duplicates/--no-duplicates",
+    default=True,
+    show_default=True,
+    help="Look for exact and near twins across train/val/test (decodes at 32 px, cached).",
+)
+@click.option(
+    "--duplicates-sheet",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also draw the twin pairs (held-out picture, then its twin) to this PNG.",
+)
 @click.pass_context
-def data_inspect(ctx: click.Context, path: str) -> None:
+def data_inspect(
+    ctx: click.Context, path: str, image_size: int, duplicates: bool, duplicates_sheet
+) -> None:
     """Check an image folder or archive before training: classes, images per class and
-    split, image sizes, unreadable and non-image files. Exit 2 if it cannot be trained on."""
+    split, image sizes, unreadable and non-image files, the decoded cache's disk size,
+    pictures on both sides of the split. Exit 2 if it cannot be trained on."""
     from ..data.inspect import format_inspection, inspect
 
-    found = inspect(path, progress=ctx.obj["progress"])
+    found = inspect(path, progress=ctx.obj["progress"], image_size=image_size)
     click.echo(format_inspection(found), nl=False)
     if found.problems:
         ctx.exit(2)
+    if duplicates or duplicates_sheet:
+        from ..data import duplicates as dup
+        from ..data import load_dataset
+
+        dataset = load_dataset(path, image_size=dup.HASH_SIDE, progress=ctx.obj["progress"])
+        report = dup.check_dataset(dataset)
+        click.echo(dup.format_pairs(report, dataset))
+        if duplicates_sheet:
+            shown = dup.write_sheet(report, dataset, duplicates_sheet)
+            click.echo(f"contact sheet of {shown} pairs: {duplicates_sheet}")

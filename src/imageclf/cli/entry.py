@@ -16,8 +16,10 @@ from ..version import __version__
 from .data import data_command
 from .evaluate import evaluate_command
 from .export import export_command
+from .feedback import feedback_command
 from .info import info_command
 from .logs import configure_logging
+from .lr_find import lr_find_command
 from .predict import predict_command
 from .serve import serve_command
 from .train import train_command
@@ -32,6 +34,8 @@ from .tune import tune_command
     type=click.Choice(["text", "json"]),
     default="text",
     show_default=True,
+    envvar="IMAGECLF_LOG_FORMAT",
+    show_envvar=True,
     help="json: one JSON object per log line, for machines.",
 )
 @click.pass_context
@@ -43,7 +47,7 @@ def cli(ctx: click.Context, quiet: bool, log_format: str) -> None:
 
 for command in (
     data_command, train_command, tune_command, info_command, evaluate_command,
-    predict_command, export_command, serve_command,
+    predict_command, export_command, serve_command, feedback_command, lr_find_command,
 ):  # fmt: skip
     cli.add_command(command)
 

@@ -77,6 +77,13 @@ def _train_sample(ctx, param, value: str) -> int | None:
     show_default=True,
     help="Grad-CAM overlays for the sample and top-loss grids.",
 )
+@click.option(
+    "--others",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="A folder of pictures of none of the classes: how often the model says so "
+    "(AUROC, and the share flagged at its threshold).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option(
     "--out",
@@ -87,7 +94,7 @@ def _train_sample(ctx, param, value: str) -> int | None:
 @click.pass_context
 def evaluate_command(
     ctx: click.Context, models, data_path, split, splits, train_sample, tta, tta_splits,
-    precision, gradcam, device, out,
+    precision, gradcam, others, device, out,
 ):  # fmt: skip
     """Evaluate a model, or an ensemble of several (probabilities averaged): metrics,
     plots, Grad-CAM and one self-contained report.html."""
@@ -98,7 +105,7 @@ def evaluate_command(
     result = evaluate(
         list(models) or None, data_path, split=split, splits=parse_splits(splits), tta=tta,
         tta_splits=parse_splits(tta_splits), train_sample=train_sample, device=device,
-        precision=precision, progress=ctx.obj["progress"],
+        precision=precision, progress=ctx.obj["progress"], others=others,
     )  # fmt: skip
     report = write_report(result, out or default_out_dir(result), gradcam=gradcam)
     click.echo(console_report(result, report))

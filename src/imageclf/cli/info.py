@@ -43,10 +43,38 @@ def _onnx_line(path: Path):
     from ..prediction.onnx_backend import read_onnx_file
 
     _, metadata, facts = read_onnx_file(path)
-    return metadata, (
+    first = (
         f"model        {path} ({path.stat().st_size / 1e6:.1f} MB, ONNX opset {facts.opset}, "
         f"{facts.numbers:,} numbers; runs on onnxruntime)"
     )
+    return metadata, "\n".join([first, *_quantization_lines(facts.props)])
+
+
+def _quantization_lines(props: dict[str, str]) -> list[str]:
+    """What an int8 export says of itself (``prediction.quantize``); the file is
+    untrusted, so anything unreadable is said to be, and its text printed escaped."""
+    from ..errors import BundleError
+    from ..fileio import parse_json, printable
+    from ..prediction.quantize import QUANT_KEY
+
+    if QUANT_KEY not in props:
+        return []
+    try:
+        q = parse_json(props[QUANT_KEY], "quantization", BundleError)
+        cal, check = q["calibration"], q["check"]
+        return [
+            f"quantized    {printable(q['weights'])} weights, {printable(q['activations'])} "
+            f"activations ({printable(q['format'])}); calibrated ({printable(cal['method'])}) "
+            f"on {int(cal['images'])} pictures from {printable(cal['source'])}",
+            f"int8 check   top-1 agrees with the float model on {int(check['top1_agree'])}/"
+            f"{int(check['agreement_images'])}; accuracy {float(check['float_accuracy']):.2%} "
+            f"-> {float(check['int8_accuracy']):.2%} "
+            f"({float(check['accuracy_change_points']):+.2f} points, bound "
+            f"{float(check['max_drop_points']):g}) on {int(check['test_images'])} pictures of "
+            f"{printable(check['test_source'])}",
+        ]
+    except (BundleError, KeyError, TypeError, ValueError):
+        return ["quantized    (the file's quantization facts are unreadable)"]
 
 
 @click.command("info")

@@ -4,39 +4,133 @@ from __future__ import annotations
 
 import click
 
+from .keys import keys_command
 
-@click.command("serve")
+
+@click.group("serve", invoke_without_command=True)
 @click.option(
     "--model",
     type=click.Path(dir_okay=False),
     default=None,
+    envvar="IMAGECLF_MODEL",
+    show_envvar=True,
     help="Model bundle (.safetensors) or an exported .onnx file (default: the bundled model).",
 )
 @click.option(
     "--host",
     default="127.0.0.1",
     show_default=True,
+    envvar="IMAGECLF_HOST",
+    show_envvar=True,
     help="Interface to listen on (0.0.0.0 for every interface).",
 )
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    envvar="IMAGECLF_PORT",
+    show_envvar=True,
+)
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=None,
+    envvar="IMAGECLF_WORKERS",
+    show_envvar=True,
     help="gunicorn worker processes (default: one per core).",
 )
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=None,
+    envvar="IMAGECLF_THREADS",
+    show_envvar=True,
     help="torch threads for each worker's forward passes (default: cores / workers).",
 )
 @click.option("--debug", is_flag=True, help="Flask's development server with reloading.")
 @click.option(
     "--access-log",
     is_flag=True,
+    envvar="IMAGECLF_ACCESS_LOG",
+    show_envvar=True,
     help="One line per request on stdout (off by default: it costs about a tenth of a "
     "request's CPU, and a front proxy usually logs requests).",
+)
+@click.option(
+    "--reuse-port",
+    is_flag=True,
+    envvar="IMAGECLF_REUSE_PORT",
+    show_envvar=True,
+    help="SO_REUSEPORT: several servers (e.g. containers in one pod) listen on one port and "
+    "the kernel spreads connections between them, so one can restart while others answer.",
+)
+@click.option(
+    "--api-keys",
+    type=click.Path(dir_okay=False),
+    default=None,
+    envvar="IMAGECLF_API_KEYS_FILE",
+    show_envvar=True,
+    help="Key file: the API (/api/v1) then needs 'Authorization: Bearer KEY'. Make keys "
+    "with 'imageclf serve keys add NAME --file FILE' (docs/limits.md).",
+)
+@click.option(
+    "--key-rate",
+    default=None,
+    envvar="IMAGECLF_KEY_RATE",
+    show_envvar=True,
+    help="Quota of each key whose line sets none: requests per second, or N/min, N/h, "
+    "shared by all workers (default: unlimited).",
+)
+@click.option(
+    "--key-burst",
+    type=click.IntRange(min=1),
+    default=None,
+    envvar="IMAGECLF_KEY_BURST",
+    show_envvar=True,
+    help="Requests a key may make at once before its rate applies (default: one second's worth).",
+)
+@click.option(
+    "--protect-page",
+    is_flag=True,
+    envvar="IMAGECLF_PROTECT_PAGE",
+    show_envvar=True,
+    help="The upload page needs a key too: a browser asks for it (any user name, the key "
+    "as the password).",
+)
+@click.option(
+    "--protect-metrics",
+    is_flag=True,
+    envvar="IMAGECLF_PROTECT_METRICS",
+    show_envvar=True,
+    help="/metrics needs a key too (/healthz and /readyz stay open).",
+)
+@click.option(
+    "--feedback-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    envvar="IMAGECLF_FEEDBACK_DIR",
+    show_envvar=True,
+    help="Let users answer 'right' / 'wrong, it is X' on the result page and the API; "
+    "their pictures are kept in DIR/<class>/ (what 'train --data DIR' reads) with a log "
+    "DIR/feedback.csv. Off by default (docs/limits.md: quota and rate).",
+)
+@click.option(
+    "--feedback-quota-mb",
+    type=click.FloatRange(min=1),
+    default=None,
+    envvar="IMAGECLF_FEEDBACK_QUOTA_MB",
+    show_envvar=True,
+    help="Disk space the feedback folder may use (default: 1024 MB); 507 when full.",
+)
+@click.option(
+    "--feedback-per-minute",
+    type=click.FloatRange(min=0.01),
+    default=None,
+    envvar="IMAGECLF_FEEDBACK_PER_MINUTE",
+    show_envvar=True,
+    help="Answers one client address may send per minute in each worker (default: 30, "
+    "bursts of 10); 429 beyond.",
 )
 def serve_command(
     model: str | None,
@@ -46,11 +140,26 @@ def serve_command(
     threads: int | None,
     debug: bool,
     access_log: bool,
+    reuse_port: bool,
+    api_keys: str | None,
+    key_rate: str | None,
+    key_burst: int | None,
+    protect_page: bool,
+    protect_metrics: bool,
+    feedback_dir: str | None,
+    feedback_quota_mb: float | None,
+    feedback_per_minute: float | None,
 ) -> None:
     """Serve the upload page and the JSON API (gunicorn). MODEL may be a .safetensors
     bundle or an exported .onnx file."""
+    if click.get_current_context().invoked_subcommand:
+        return  # imageclf serve keys ...
+    from ..web.auth import server_settings
+    from ..web.feedback import feedback_settings
     from ..web.server import serve
 
+    auth = server_settings(api_keys, key_rate, key_burst, protect_page, protect_metrics)
+    feedback = feedback_settings(feedback_dir, feedback_quota_mb, feedback_per_minute)
     serve(
         model,
         host=host,
@@ -59,4 +168,10 @@ def serve_command(
         threads=threads,
         debug=debug,
         access_log=access_log,
+        reuse_port=reuse_port,
+        auth=auth,
+        feedback=feedback,
     )
+
+
+serve_command.add_command(keys_command)

@@ -114,11 +114,24 @@ RECIPE_HELP = f"One of: {', '.join(RECIPES)}; or a recipe .json file (imageclf t
     help="Train on the first N (stratified) training images only.",
 )
 @click.option(
+    "--dedupe",
+    is_flag=True,
+    default=None,
+    help="Drop training pictures that are exact or near twins of a val/test picture "
+    "(every run reports them; the pairs are in the run's duplicates.json).",
+)
+@click.option(
     "--val-size",
     type=click.IntRange(min=0),
     default=None,
     help="Official split: images held out of train for validation "
     "(default 5000, or a tenth of train if smaller; 0 = train on all).",
+)
+@click.option(
+    "--name",
+    default=None,
+    help="The model's name, stored in its bundle and shown by info, evaluate and predict "
+    "(default: <data>-<recipe>, e.g. cifar10-fast).",
 )
 @click.option("--device", default=None, help="auto, cpu or cuda.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None)
@@ -133,7 +146,7 @@ RECIPE_HELP = f"One of: {', '.join(RECIPES)}; or a recipe .json file (imageclf t
 @click.option(
     "--resume",
     "resume_dir",
-    type=click.Path(exists=True, file_okay=False),
+    type=click.Path(file_okay=False),  # not exists=True: under torchrun only rank 0 reads it
     default=None,
     help="Continue the interrupted run in this folder (with its own settings).",
 )
@@ -164,13 +177,6 @@ def train_command(
         result = train(resolve(recipe, **overrides), progress=progress)
     if result is None:
         return  # a non-zero DDP rank: rank 0 reports
-    m = result.metrics
-    parts = []
-    if "test" in m:
-        parts.append(f"test accuracy {m['test']['accuracy']:.4f} (loss {m['test']['loss']:.4f})")
-    if "test_tta" in m:
-        parts.append(f"with TTA {m['test_tta']['accuracy']:.4f}")
-    if "val" in m and "test" not in m:
-        parts.append(f"val accuracy {m['val']['accuracy']:.4f}")
-    click.echo(f"done in {result.seconds:.1f}s: {', '.join(parts)}")
-    click.echo(f"model: {result.bundle_path}")
+    from ..training.finish import run_summary
+
+    click.echo(run_summary(result))  # the kept epoch and its figures, as metrics.json has them

@@ -38,7 +38,8 @@ def load_dataset(
     use_cache: bool = True,
     progress: bool = True,
 ) -> Dataset:
-    """Load a dataset into memory, decoding it only the first time.
+    """Load a dataset, decoding it only the first time: into memory where it fits, else
+    memory-mapped from the disk cache (``cache``; the choice is logged).
 
     ``path=None`` means the official CIFAR-10 archive, downloaded on first use.
     """
@@ -57,7 +58,9 @@ def load_dataset(
             if cached.skipped:  # said in full when decoded; repeated briefly from the cache
                 log.warning("%s: %d unreadable file(s) skipped", path, len(cached.skipped))
             return cached
-    dataset = read_source(path, image_size, key, progress=progress)
+    # Pictures that do not fit in memory are decoded straight into the disk cache.
+    sink = cache.pixel_sink(cache_dir(), key if use_cache else None, str(path))
+    dataset = read_source(path, image_size, key, progress=progress, open_sink=sink)
     if use_cache:
         # A read-only or full cache folder only costs speed next time.
         with contextlib.suppress(OSError):

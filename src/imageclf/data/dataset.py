@@ -1,4 +1,5 @@
-"""The in-memory dataset: every image decoded once into one uint8 NHWC array."""
+"""The dataset: every image decoded once into one uint8 NHWC array, held in memory or
+memory-mapped from the disk cache (``cache.DiskPixels``) when it does not fit."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ class Dataset:
     can point a user at a mislabelled photo; ``skipped`` lists unreadable files.
     """
 
-    images: np.ndarray  # (N, H, W, 3) uint8
+    images: np.ndarray  # (N, H, W, 3) uint8; an np.memmap when held on disk
     labels: np.ndarray  # (N,) int64
     partition: np.ndarray  # (N,) uint8, TRAIN, VAL or TEST
     classes: list[str]
@@ -50,6 +51,11 @@ class Dataset:
         return bool((self.partition == VAL).any())
 
     @property
+    def on_disk(self) -> bool:
+        """Whether the pictures are memory-mapped from disk rather than held in memory."""
+        return isinstance(self.images, np.memmap)
+
+    @property
     def image_size(self) -> int:
         return int(self.images.shape[1])
 
@@ -57,3 +63,22 @@ class Dataset:
         labels = self.labels if partition is None else self.labels[self.partition == partition]
         binc = np.bincount(labels, minlength=len(self.classes))
         return {name: int(c) for name, c in zip(self.classes, binc, strict=True)}
+
+
+class MemoryPixels:
+    """Decoded pictures collected in one preallocated array (the folder reader appends
+    one at a time; ``cache.DiskPixels`` is the same on disk)."""
+
+    def __init__(self, n: int, size: int) -> None:
+        self.array = np.empty((n, size, size, 3), np.uint8)
+        self.count = 0
+
+    def append(self, image: np.ndarray) -> None:
+        self.array[self.count] = image
+        self.count += 1
+
+    def finish(self) -> np.ndarray:
+        return self.array[: self.count]
+
+    def abort(self) -> None:
+        self.array = self.array[:0]

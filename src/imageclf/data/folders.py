@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..errors import DataError, ImageError
 from ..fileio import printable
 from ..imaging import open_image, resize_for_model
-from .dataset import TRAIN
+from .dataset import TRAIN, MemoryPixels
 from .layout import read_payload, scan_layout, summarize_names
 from .memory import check_memory
 
@@ -127,10 +127,16 @@ def _decode(data: bytes, size: int) -> np.ndarray:
 
 
 def assemble_folder(
-    entries: list[tuple[str, object]], source: str, size: int, progress: bool
+    entries: list[tuple[str, object]],
+    source: str,
+    size: int,
+    progress: bool,
+    open_sink: Callable[[int, int], MemoryPixels] | None = None,
 ) -> tuple:
     """(images, labels, partition, classes, names, skipped) of a listed folder or
-    archive (``readers.list_entries``), every readable image decoded at ``size``."""
+    archive (``readers.list_entries``), every readable image decoded at ``size`` and
+    appended to ``open_sink(n, size)`` as it is decoded (default: in memory, refused if it
+    cannot fit; ``cache.pixel_sink`` chooses memory or a file on disk)."""
     layout = scan_layout(entries, source)
     if layout.not_images:
         log.warning(
@@ -142,26 +148,34 @@ def assemble_folder(
     index = {c: i for i, c in enumerate(layout.classes)}
     images = sorted(layout.images, key=lambda e: e[0])  # independent of archive order
     n = len(images)
-    check_memory(n, size, source)
-    pixels = np.empty((n, size, size, 3), np.uint8)
+    if open_sink is None:
+        check_memory(n, size, source)
+        open_sink = MemoryPixels
+    sink = open_sink(n, size)
     labels = np.empty(n, np.int64)
     partition = np.empty(n, np.uint8)
     names = []
     skipped: list[str] = []
     kept = 0
-    for parts, payload, name in tqdm(
-        images, desc=f"decoding {Path(source).name}", unit="img", disable=not progress
-    ):
-        try:
-            pixels[kept] = _decode(read_payload(payload), size)
-        except (ImageError, DataError, OSError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc)
-            skipped.append(f"{name} ({reason})")
-            continue
-        labels[kept] = index[parts[-2]]
-        partition[kept] = layout.partition_of(parts)
-        names.append(name)
-        kept += 1
+    try:
+        for parts, payload, name in tqdm(
+            images, desc=f"decoding {Path(source).name}", unit="img", disable=not progress
+        ):
+            try:
+                picture = _decode(read_payload(payload), size)
+            except (ImageError, DataError, OSError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                skipped.append(f"{name} ({reason})")
+                continue
+            sink.append(picture)
+            labels[kept] = index[parts[-2]]
+            partition[kept] = layout.partition_of(parts)
+            names.append(name)
+            kept += 1
+        pixels = sink.finish()
+    except BaseException:
+        sink.abort()  # a half-written file on disk is removed, never cached
+        raise
     if skipped:
         log.warning(
             "%s: skipped %d unreadable image(s): %s",
@@ -169,6 +183,6 @@ def assemble_folder(
             len(skipped),
             summarize_names(skipped),
         )
-    pixels, labels, partition = pixels[:kept], labels[:kept], partition[:kept]
+    labels, partition = labels[:kept], partition[:kept]
     _check_enough(layout.classes, labels, partition, source, skipped)
     return pixels, labels, partition, layout.classes, np.array(names), skipped

@@ -2,12 +2,14 @@
 
 The same listing, layout rules and decoder as training (``readers.list_entries``,
 ``layout.scan_layout``, ``imaging.open_image``), so what this reports is what training
-will see: classes, images per class and split, image sizes, and every file that would
-be skipped.
+will see: classes, images per class and split, image sizes, every file that would be
+skipped, and the disk the decoded cache will take at the training size (and whether
+training will hold the pictures in memory or memory-map them: ``memory``).
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +19,10 @@ from tqdm.auto import tqdm
 from ..errors import ImageError
 from ..fileio import printable
 from ..imaging import open_image
+from ..paths import cache_dir
 from .dataset import PARTITION_NAMES
 from .layout import read_payload, scan_layout, summarize_names
+from .memory import decoded_bytes, fits_in_memory, memory_available
 from .readers import list_entries
 
 
@@ -31,6 +35,12 @@ class Inspection:
     sizes: list[tuple[int, int]]  # (width, height) of every readable image
     unreadable: list[str] = field(default_factory=list)  # "name (reason)"
     not_images: list[str] = field(default_factory=list)
+    image_size: int = 32  # the training size the cache is decoded at
+
+    @property
+    def cache_bytes(self) -> int:
+        """Disk the decoded cache takes: every readable image at the training size."""
+        return decoded_bytes(len(self.sizes), self.image_size)
 
     @property
     def problems(self) -> list[str]:
@@ -39,7 +49,8 @@ class Inspection:
         return [f"classes with fewer than 2 training images: {', '.join(few)}"] if few else []
 
 
-def inspect(path: str | Path, *, progress: bool = True) -> Inspection:
+def inspect(path: str | Path, *, progress: bool = True, image_size: int = 32) -> Inspection:
+    """What training on ``path`` at ``image_size`` would see, without decoding it all."""
     path = Path(path).expanduser()
     layout = scan_layout(list_entries(path, progress), str(path))
     counts = {
@@ -69,8 +80,25 @@ def inspect(path: str | Path, *, progress: bool = True) -> Inspection:
     else:
         description = "ROOT/<class>/<image> (validation and test are carved from it)"
     return Inspection(
-        str(path), description, layout.classes, counts, sizes, unreadable, layout.not_images
-    )
+        str(path), description, layout.classes, counts, sizes, unreadable, layout.not_images,
+        image_size,
+    )  # fmt: skip
+
+
+def cache_line(ins: Inspection) -> str:
+    """How much disk the decoded cache will take, where, and memory or memory-mapped."""
+    need, side = ins.cache_bytes, ins.image_size
+    folder = cache_dir().absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    have = memory_available()
+    room = f"{have / 1e9:.1f} GB of memory available" if have is not None else "memory unknown"
+    where = (
+        "held in memory when training" if fits_in_memory(need)
+        else "too big for memory: training memory-maps it from disk"
+    )  # fmt: skip
+    return (f"decoded cache at {side}x{side}: {need / 1e6:,.1f} MB on disk in {folder} "
+            f"({free / 1e9:,.1f} GB free); {where} ({room})")  # fmt: skip
 
 
 def format_inspection(ins: Inspection) -> str:
@@ -99,6 +127,7 @@ def format_inspection(ins: Inspection) -> str:
             f"{int(np.median(w))}x{int(np.median(h))}, max {w.max()}x{h.max()}; "
             f"{len(set(ins.sizes))} distinct",
         ]
+    lines.append(cache_line(ins))
     if ins.unreadable:
         lines.append(f"unreadable images (skipped in training): {len(ins.unreadable)}: "
                      f"{summarize_names(ins.unreadable)}")  # fmt: skip

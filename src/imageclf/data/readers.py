@@ -10,6 +10,7 @@ see the same files.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
@@ -52,8 +53,15 @@ def list_entries(path: Path, progress: bool = False) -> list[tuple[str, object]]
     )
 
 
-def read_source(path: Path, size: int, fingerprint: str, progress: bool = True) -> Dataset:
-    """Decode everything at ``path`` (no caching here; see ``load_dataset``)."""
+def read_source(
+    path: Path,
+    size: int,
+    fingerprint: str,
+    progress: bool = True,
+    open_sink: Callable | None = None,
+) -> Dataset:
+    """Decode everything at ``path`` (no caching here; see ``load_dataset``); a folder's
+    pictures go to ``open_sink`` (``folders.assemble_folder``) as they are decoded."""
     source = str(path)
     cifar_dir = find_cifar_dir(path) if path.is_dir() else None
     if cifar_dir is not None:
@@ -65,6 +73,6 @@ def read_source(path: Path, size: int, fingerprint: str, progress: bool = True) 
         if path.is_file() and "data_batch_1" in members:
             arrays = assemble_cifar(members, source, size)
         else:
-            arrays = assemble_folder(entries, source, size, progress)
+            arrays = assemble_folder(entries, source, size, progress, open_sink)
     images, labels, partition, classes, names, skipped = arrays
     return Dataset(images, labels, partition, classes, source, fingerprint, names, skipped)

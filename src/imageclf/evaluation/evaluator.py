@@ -26,15 +26,18 @@ from tqdm.auto import tqdm
 from ..data import Dataset, Split, load_dataset, make_split
 from ..data.splits import SPLITS
 from ..errors import DataError, UserInputError
-from ..models.bundle import BundleMetadata
+from ..models.metadata import BundleMetadata
+from ..models.names import safe_component
+from ..prediction.inference import SCORE_CHUNK, TTA_VIEWS
 from ..prediction.predictor import Predictor
 from .interpretation import Interpretation
-from .report_metrics import build_metrics
+from .outside import measure_others
+from .report_metrics import agreement_notes, build_metrics
 
 log = logging.getLogger("imageclf.evaluate")
 
 SPLIT_NAMES = ("train", "val", "test")
-CHUNK = 2000  # images per forward call: a progress-bar step, small enough to stay responsive
+CHUNK = SCORE_CHUNK  # images per forward call: a progress step; training's final scoring too
 # The training split is scored to show the train/test gap, which a seeded sample of this
 # many images measures to about half a point; all 45,000 took most of an evaluation.
 TRAIN_SAMPLE = 5000
@@ -70,20 +73,23 @@ def ensemble_log_probs(
     tta: bool = False,
     progress: bool = False,
     desc: str = "predicting",
+    bar: tqdm | None = None,
 ) -> np.ndarray:
     """(N, C) log-probabilities: each member through ``Predictor.log_probs``, the one
-    prediction path; probabilities averaged over members."""
+    prediction path; probabilities averaged over members. ``bar``: a caller's progress bar
+    over several calls, counted in forward views (a TTA image is ``TTA_VIEWS``)."""
     members = []
-    total = len(images_u8) * len(predictors)
-    with tqdm(
-        total=total, desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True
-    ) as bar:
+    views = TTA_VIEWS if tta else 1
+    total = len(images_u8) * len(predictors) * views
+    own = tqdm(total=total, desc=desc, unit="view", disable=not progress or bar is not None,
+               leave=False, dynamic_ncols=True)  # fmt: skip
+    with own:
         for predictor in predictors:
             parts = []
             for start in range(0, len(images_u8), CHUNK):
                 chunk = images_u8[start : start + CHUNK]
                 parts.append(predictor.log_probs(chunk, tta=tta))
-                bar.update(len(chunk))
+                (bar or own).update(len(chunk) * views)
             members.append(
                 np.concatenate(parts) if parts else np.zeros((0, len(predictor.classes)))
             )
@@ -162,6 +168,18 @@ def resolve_split(
     return split, {**split.describe(), "origin": "requested"}, notes
 
 
+def labelled_split(
+    metadata: BundleMetadata, data: str | os.PathLike, bundle_path: Path | None = None
+) -> tuple[Dataset, Split, np.ndarray]:
+    """``data`` with the split ``resolve_split`` picks for the model and every label as
+    the model's class index (the int8 export calibrates and checks on it)."""
+    dataset = load_dataset(data, image_size=metadata.input_size, progress=False)
+    split, _, notes = resolve_split(dataset, metadata, None, bundle_path)
+    for note in notes:
+        log.warning("note: %s", note)
+    return dataset, split, _class_mapping(dataset, metadata.classes)[dataset.labels]
+
+
 def _split_from_run_folder(bundle_path: Path | None, recorded: dict) -> Split | None:
     if bundle_path is None or not (bundle_path.parent / "split.npz").is_file():
         return None
@@ -219,6 +237,7 @@ def evaluate(
     device: str = "cpu",
     precision: str = "auto",
     progress: bool = True,
+    others: str | os.PathLike | None = None,
 ) -> EvalResult:
     """Predict once per split (and with TTA), then derive every metric from those predictions.
 
@@ -228,7 +247,8 @@ def evaluate(
     evaluate (default all that exist). The costly views are spent where they inform:
     TTA on the headline split only (test, else val; ``tta_splits`` names others) and
     the training split on a seeded sample of ``train_sample`` images (None: all).
-    ``precision="auto"`` runs bf16 where the CPU has it natively.
+    ``precision="auto"`` runs bf16 where the CPU has it natively. ``others``: a folder
+    of pictures of none of the classes, to measure the "one of its classes?" rule.
     """
     started = time.perf_counter()
     predictors = load_predictors(models, device=device, precision=precision)
@@ -245,6 +265,7 @@ def evaluate(
     notes += _ensemble_split_notes(predictors)
     views = Views(splits or list(SPLIT_NAMES), tta, tta_splits, train_sample)
     interpretations = _predict_splits(predictors, dataset, chosen, views, progress, notes)
+    notes += agreement_notes(predictors, interpretations, split_info["origin"])
     detail_split = next(s for s in ("test", "val", "train") if (s, False) in interpretations)
     detail = interpretations[(detail_split, False)]
     histories = _read_histories(models or [], notes)
@@ -253,6 +274,12 @@ def evaluate(
     metrics = build_metrics(
         predictors, paths, dataset, interpretations, detail, split_info, notes, data
     )
+    if others is not None:
+        idx = getattr(chosen, detail_split)
+        labels = _class_mapping(dataset, first.classes)[dataset.labels[idx]]
+        metrics["out_of_class"] = measure_others(
+            predictors, dataset.images[idx], labels, others, detail_split
+        )
     return EvalResult(
         predictors=predictors,
         model_paths=paths,
@@ -304,18 +331,19 @@ def _predict_splits(predictors, dataset, split, views: Views, progress, notes):
         raise UserInputError(f"none of the requested splits ({', '.join(views.splits)}) has images")
     with_tta = views.tta_on(evaluated)
     notes += _views_notes(views, evaluated, with_tta, len(available["train"]))
+    chosen = {n: _sample(available[n], views.train_sample) if n == "train" else available[n]
+              for n in evaluated}  # fmt: skip
+    passes = [(n, t) for n in evaluated for t in ((False, True) if n in with_tta else (False,))]
+    # One bar over every pass, in forward views: its ETA is the whole evaluation's.
+    total = sum(len(chosen[n]) * (TTA_VIEWS if t else 1) for n, t in passes) * len(predictors)
     interpretations: dict[tuple[str, bool], Interpretation] = {}
-    for name in evaluated:
-        idx = available[name]
-        if name == "train":
-            idx = _sample(idx, views.train_sample)
-        for use_tta in (False, True) if name in with_tta else (False,):
+    with tqdm(total=total, unit="view", disable=not progress, leave=False,
+              dynamic_ncols=True) as bar:  # fmt: skip
+        for name, use_tta in passes:
+            idx = chosen[name]
+            bar.set_description(f"predicting {name}{' +TTA' if use_tta else ''}")
             log_probs = ensemble_log_probs(
-                predictors,
-                dataset.images[idx],
-                tta=use_tta,
-                progress=progress,
-                desc=f"{name}{' +TTA' if use_tta else ''}",
+                predictors, dataset.images[idx], tta=use_tta, progress=progress, bar=bar
             )
             interpretations[(name, use_tta)] = Interpretation(
                 name, use_tta, log_probs, targets_all[idx], classes, idx
@@ -364,5 +392,6 @@ def _ensemble_split_notes(predictors: Sequence[Predictor]) -> list[str]:
 
 
 def default_out_dir(result: EvalResult) -> Path:
-    name = "ensemble" if len(result.predictors) > 1 else result.predictors[0].name
+    # The name comes from the bundle, which may not be ours: one safe path component.
+    name = "ensemble" if len(result.predictors) > 1 else safe_component(result.predictors[0].name)
     return Path("runs") / f"eval-{name}-{time.strftime('%Y%m%d-%H%M%S')}"

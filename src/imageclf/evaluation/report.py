@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import plots
-from ..fileio import csv_text, write_text_atomic
+from ..fileio import csv_text, printable, write_text_atomic
 from ..prediction.gradcam import ensemble_gradcam, overlay
 from .evaluator import EvalResult
 from .report_metrics import fmt
@@ -49,6 +49,32 @@ def _num(value) -> str:
 
 
 # ---------------------------------------------------------------- text
+def model_title(metrics: dict) -> str:
+    """Which model this is, by its name (``train --name``), as the page's title says it."""
+    models = metrics["models"]
+    names = ", ".join(f"{printable(x['name'])} ({printable(x['path'])})" for x in models)
+    return f"{'ensemble' if len(models) > 1 else 'model'}: {names}"
+
+
+def kept_lines(metrics: dict) -> list[str]:
+    """Each model's kept epoch and its own run's figures, in the words ``train`` printed."""
+    lines = []
+    for model in metrics["models"]:
+        t = model.get("training") or {}
+        if t.get("kept_epoch") is None:
+            continue
+        scores = [
+            f"{split} {t[split]['accuracy']:.4f}"
+            for split in ("val", "test")
+            if (t.get(split) or {}).get("accuracy") is not None
+        ]
+        lines.append(
+            f"  kept epoch {t['kept_epoch']} of {t['epochs_run']} ({t['kept_rule']}); "
+            f"its run scored {', '.join(scores) or 'nothing'} (no TTA, {t['precision']})"
+        )
+    return lines
+
+
 def summary_table(metrics: dict) -> str:
     """The console summary: one line per split and TTA setting."""
     lines = [f"{'split':<7}{'TTA':<5}{'images':>8}{'accuracy':>10}{'loss':>9}{'ECE':>9}"]
@@ -85,6 +111,8 @@ def console_report(result: EvalResult, report: Report) -> str:
     """What ``imageclf evaluate`` prints: the summary, the per-class table, where files went."""
     m = result.metrics
     lines = [
+        model_title(m),
+        *kept_lines(m),
         summary_table(m),
         "",
         f"per-class metrics ({m['detail_split']} split, no TTA):",
@@ -102,9 +130,31 @@ def console_report(result: EvalResult, report: Report) -> str:
             f" (temperature {fmt(cal['temperature'])}; before scaling: "
             f"ECE {fmt(cal['before']['ece'])}, NLL {fmt(cal['before']['nll'])})"
         )
+    lines += outside_lines(m.get("out_of_class"))
     lines += [f"note: {n}" for n in report.notes]
     lines += ["", f"report: {report.html}"]
     return "\n".join(lines)
+
+
+def outside_lines(found: dict | None) -> list[str]:
+    """``--others``: how the "one of its classes?" rule did on pictures of other things."""
+    if not found:
+        return []
+    head = (
+        f"out of class ({found['folder']}: {found['outside_images']} pictures against "
+        f"{found['inside_images']} {found['split']} pictures): AUROC {fmt(found['auroc'])}"
+    )
+    if found.get("outside_flagged") is None:
+        return ["", head, f"  {found['note']}"]
+    share = found["right_flagged"]
+    right = "" if share is None else f" ({share:.1%} of its right answers)"
+    return [
+        "",
+        head,
+        f"  at the model's threshold: {found['outside_flagged']:.1%} of them said to be none "
+        f"of its classes; {found['inside_flagged']:.1%} of the {found['split']} pictures "
+        "too" + right,
+    ]
 
 
 # ---------------------------------------------------------------- tables
@@ -221,10 +271,14 @@ def _figures(result: EvalResult, gradcam: bool, notes: list[str]) -> dict:
         path: float(p.metadata.config.get("label_smoothing") or 0.0)
         for path, p in zip(result.model_paths, result.predictors, strict=True)
     }
+    trained = {model["path"]: model.get("training") or {} for model in m["models"]}
     for k, (path, history) in enumerate(result.histories.items(), start=1):
         title = f"Training curves: {Path(path).parent.name or path}"
+        t = trained.get(str(path), {})
+        kept = None if t.get("kept_epoch") is None else {"epoch": t["kept_epoch"],
+                                                         "rule": t["kept_rule"]}  # fmt: skip
         figures[f"curves-{k}" if multiple else "curves"] = plots.training_curves(
-            history, title, smoothing.get(path, 0.0)
+            history, title, smoothing.get(path, 0.0), kept
         )
     return figures
 

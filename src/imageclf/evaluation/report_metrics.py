@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..data import Dataset
+from ..fileio import printable
 from ..prediction.predictor import Predictor
 from .interpretation import Interpretation
 
@@ -38,6 +39,7 @@ def summary_rows(interpretations: dict[tuple[str, bool], Interpretation]) -> lis
                 "tta": use_tta,
                 "images": len(interp),
                 "accuracy": rnd(interp.accuracy),
+                "correct": int(interp.correct.sum()),
                 "loss": rnd(interp.mean_loss),
                 "ece": rnd(ece),
             }
@@ -83,6 +85,7 @@ def build_metrics(
                 "recipe": p.metadata.recipe,
                 "split": p.metadata.split,
                 "precision": p.precision,
+                "training": training_record(p.metadata.metrics),
             }
             for path, p in zip(model_paths, predictors, strict=True)
         ],
@@ -100,6 +103,49 @@ def build_metrics(
         "summary": summary_rows(interpretations),
         **detail_metrics(detail, _temperature(predictors), dataset.names),
     }
+
+
+def training_record(recorded: dict) -> dict:
+    """What the model's own run said about itself (bundle metrics): which epoch it kept and
+    why, and its val/test figures without TTA; fields an older bundle lacks are None."""
+
+    def number(value, kind):
+        return value if type(value) is kind or (kind is float and type(value) is int) else None
+
+    rule = recorded.get("kept_rule")
+    record = {
+        "kept_epoch": number(recorded.get("kept_epoch"), int),
+        "kept_rule": printable(rule) if isinstance(rule, str) else None,
+        "epochs_run": number(recorded.get("epochs_run"), int),
+        "precision": printable(str(recorded.get("precision") or "")) or None,
+    }
+    for split in ("val", "test"):
+        entry = recorded.get(split) if isinstance(recorded.get(split), dict) else {}
+        record[split] = {k: number(entry.get(k), kind) for k, kind in
+                         (("accuracy", float), ("correct", int), ("images", int))}  # fmt: skip
+    return record
+
+
+def agreement_notes(
+    predictors: Sequence[Predictor], interpretations: dict, split_origin: str
+) -> list[str]:
+    """Where evaluate, on the split the model was trained with, counts a different number of
+    correct images than its own run recorded: said, with the likely reason (precision)."""
+    if len(predictors) != 1 or not split_origin.startswith(("recorded", "the run folder")):
+        return []
+    ours, notes = training_record(predictors[0].metadata.metrics), []
+    for split in ("val", "test"):
+        interp, theirs = interpretations.get((split, False)), ours[split]
+        if interp is None or theirs["correct"] is None or theirs["images"] != len(interp):
+            continue
+        correct = int(interp.correct.sum())
+        if correct != theirs["correct"]:
+            notes.append(
+                f"{split}: {correct:,} of {len(interp):,} correct here, {theirs['correct']:,} "
+                f"when training scored it ({ours['precision']} there, "
+                f"{predictors[0].precision} here: --precision changes the last digits)"
+            )
+    return notes
 
 
 def _temperature(predictors: Sequence[Predictor]) -> float | None:

@@ -5,7 +5,7 @@ digest over the metadata and every tensor's bytes is stored too, so a
 truncated or edited file is refused with a clear message instead of
 producing silently wrong predictions. A valid digest proves only that nobody
 changed the file since it was written, not that its writer was friendly, so
-the metadata is also checked against a schema (``BundleMetadata.check``) and
+the metadata is also checked against a schema (``metadata.BundleMetadata.check``) and
 the architecture it names is built on the ``meta`` device (no memory) and
 compared with the stored tensors before any real model is allocated.
 """
@@ -15,12 +15,10 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -29,223 +27,28 @@ from safetensors.torch import save as _st_save
 from ..errors import BundleError
 from ..fileio import atomic_write, parse_json, unreadable_reason
 from ..version import __version__
-from .class_names import MAX_TEXT, check_class_names, check_text
+from .metadata import (
+    MAX_INPUT_SIZE,
+    MIN_INPUT_SIZE,
+    REQUIRED_KEYS,
+    BundleMetadata,
+    finite_or_null,
+)
 from .registry import build, names
 
 FORMAT = "imageclf-bundle/1"
-REQUIRED_KEYS = ("architecture", "arch_kwargs", "classes", "input_size", "normalization")
-# The input sizes a bundle may declare. Training refuses others too, so every bundle it
-# writes loads. 512 keeps a full 64-image request of prepared inputs under ~200 MB.
-MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 512
-
-
-class BundleMetadata(dict):
-    """A bundle's JSON metadata (a plain dict, as stored) with typed accessors.
-
-    ``check`` validates it once when the bundle is loaded, so every accessor can trust
-    its type: callers write ``meta.input_size``, never ``int(meta.get(...) or ...)``.
-    """
-
-    @property
-    def architecture(self) -> str:
-        return self["architecture"]
-
-    @property
-    def arch_kwargs(self) -> dict[str, Any]:
-        return self["arch_kwargs"]
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self["classes"])
-
-    @property
-    def input_size(self) -> int:
-        return self["input_size"]
-
-    @property
-    def source_size(self) -> int | None:
-        """The side training pictures were made at (CIFAR: 32), below the input size: served
-        pictures are reduced to it first, so the model sees what it learnt from."""
-        return (self.get("preprocessing") or {}).get("source_size")
-
-    @property
-    def mean(self) -> list[float]:
-        return list(self["normalization"]["mean"])
-
-    @property
-    def std(self) -> list[float]:
-        return list(self["normalization"]["std"])
-
-    @property
-    def name(self) -> str:
-        return self.get("name") or self.architecture
-
-    @property
-    def recipe(self) -> str | None:
-        return self.get("recipe")
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The training config (empty for bundles not written by ``imageclf train``)."""
-        return self.get("config") or {}
-
-    @property
-    def data_source(self) -> str | None:
-        return (self.get("data") or {}).get("source")
-
-    @property
-    def data_fingerprint(self) -> str | None:
-        return (self.get("data") or {}).get("fingerprint")
-
-    @property
-    def split(self) -> dict[str, Any] | None:
-        """The recorded split: ``name``, ``seed``, ``sizes`` and ``digest``."""
-        return self.get("split")
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return self.get("metrics") or {}
-
-    @property
-    def test_accuracy(self) -> float | None:
-        value = (self.metrics.get("test") or {}).get("accuracy")
-        return float(value) if _is_number(value) else None
-
-    @property
-    def temperature(self) -> float:
-        """Logits are divided by this before the softmax (1.0: the bundle is not calibrated)."""
-        return float((self.get("calibration") or {}).get("temperature", 1.0))
-
-    @property
-    def unsure_below(self) -> float | None:
-        """Calibrated top-1 confidence under which a prediction should say it is unsure;
-        chosen on validation data (``calibration.threshold``), None when not calibrated."""
-        value = (self.get("calibration") or {}).get("threshold")
-        return float(value) if _is_number(value) else None
-
-    @property
-    def created(self) -> str | None:
-        return self.get("created")
-
-    @property
-    def versions(self) -> dict[str, str]:
-        return self.get("versions") or {}
-
-    @classmethod
-    def check(cls, raw: Any) -> BundleMetadata:
-        """The schema: raises ``ValueError`` naming the first offending field."""
-        if not isinstance(raw, dict):
-            raise ValueError("metadata is not a JSON object")
-        missing = [k for k in REQUIRED_KEYS if k not in raw]
-        if missing:
-            raise ValueError(f"lacks metadata: {', '.join(missing)}")
-        check_text(raw["architecture"], "architecture")
-        _expect(isinstance(raw["arch_kwargs"], dict), "arch_kwargs must be a JSON object")
-        check_class_names(raw["classes"])
-        size = raw["input_size"]
-        _expect(
-            type(size) is int and MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE,
-            f"input_size must be an integer from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}, "
-            f"got {json.dumps(size)[:40]}",
-        )
-        norm = raw["normalization"]
-        _expect(isinstance(norm, dict), "normalization must be a JSON object")
-        for key, low in (("mean", -1e3), ("std", 1e-6)):
-            values = norm.get(key)
-            _expect(
-                isinstance(values, list)
-                and len(values) == 3
-                and all(_is_number(v) and low <= v <= 1e3 for v in values),
-                f"normalization.{key} must be 3 numbers from {low:g} to 1000",
-            )
-        for key in ("name", "recipe", "created"):
-            if raw.get(key) is not None:
-                check_text(raw[key], key, limit=10 * MAX_TEXT)
-        for key in ("config", "data", "metrics", "versions"):
-            _expect(raw.get(key) is None or isinstance(raw[key], dict), f"{key} must be an object")
-        for key in ("source", "fingerprint"):
-            value = (raw.get("data") or {}).get(key)
-            _expect(value is None or isinstance(value, str), f"data.{key} must be a string")
-        calibration = raw.get("calibration")
-        if calibration is not None:
-            _expect(isinstance(calibration, dict), "calibration must be an object")
-            t = calibration.get("temperature", 1.0)
-            _expect(_is_number(t) and 0.01 <= t <= 100, "calibration.temperature must be 0.01-100")
-            th = calibration.get("threshold")
-            _expect(th is None or (_is_number(th) and 0 <= th <= 1), "calibration.threshold: 0-1")
-        split = raw.get("split")
-        if split is not None:
-            _expect(
-                isinstance(split, dict)
-                and isinstance(split.get("name"), str)
-                and type(split.get("seed")) is int
-                and 0 <= split["seed"] < 2**32
-                and isinstance(split.get("sizes", {}), dict)
-                and isinstance(split.get("digest", ""), str),
-                "split must be an object with a name, an integer seed from 0 to 2^32-1, "
-                "sizes and a digest",
-            )
-        _check_read_fields(raw)
-        return cls(raw)
-
-
-# The parts of ``metrics`` and ``config`` that evaluate, info and the web app read: each
-# checked at load, so a bundle that loads can be described and evaluated (a metrics.test
-# of "x" used to let serve say ready while every page was a 500).
-METRIC_SPLITS = ("train", "val", "test", "val_tta", "test_tta")
-CONFIG_FIELDS = {  # field -> (check, what it must be)
-    "val_size": (lambda v: v is None or (type(v) is int and v >= 0), "null or an integer >= 0"),
-    "subset": (lambda v: v is None or (type(v) is int and v >= 1), "null or an integer >= 1"),
-    "label_smoothing": (lambda v: v is None or (_is_number(v) and 0 <= v < 1), "a number 0-1"),
-}
-
-
-def _check_read_fields(raw: dict) -> None:
-    metrics = raw.get("metrics") or {}
-    for split in METRIC_SPLITS:
-        entry = metrics.get(split)
-        if entry is None:
-            continue
-        _expect(isinstance(entry, dict), f"metrics.{split} must be an object")
-        for key, high in (("accuracy", 1.0), ("loss", math.inf)):
-            value = entry.get(key)
-            _expect(
-                value is None or (_is_number(value) and 0 <= value <= high),
-                f"metrics.{split}.{key} must be a number from 0 to {high:g}",
-            )
-    config = raw.get("config") or {}
-    for key, (ok, what) in CONFIG_FIELDS.items():
-        _expect(ok(config.get(key)), f"config.{key} must be {what}")
-    preprocessing = raw.get("preprocessing")
-    _expect(
-        preprocessing is None or isinstance(preprocessing, dict), "preprocessing must be an object"
-    )
-    source = (preprocessing or {}).get("source_size")
-    _expect(
-        source is None or (type(source) is int and MIN_INPUT_SIZE <= source <= raw["input_size"]),
-        f"preprocessing.source_size must be a whole number from {MIN_INPUT_SIZE} to the input size",
-    )
-
-
-def finite_or_null(value: Any) -> Any:
-    """Metadata as JSON can hold it: NaN and infinity (which ``json.dumps`` writes as
-    bare ``NaN``, invalid JSON) become null, so every bundle we write loads again."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite_or_null(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite_or_null(v) for v in value]
-    return value
-
-
-def _is_number(value: Any) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)
-
-
-def _expect(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
+# Re-exported: the file format's readers and writers import these from here.
+__all__ = [
+    "FORMAT",
+    "MAX_INPUT_SIZE",
+    "MIN_INPUT_SIZE",
+    "REQUIRED_KEYS",
+    "Bundle",
+    "BundleMetadata",
+    "build_model",
+    "load_bundle",
+    "save_bundle",
+]
 
 
 @dataclass

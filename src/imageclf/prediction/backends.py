@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelOutputError
-from ..models.bundle import BundleMetadata
+from ..models.metadata import BundleMetadata
 from .gradcam import GradCAM
 
 

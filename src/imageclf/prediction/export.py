@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from ..errors import ExportError, UserInputError, import_extra
-from ..models.bundle import BundleMetadata, load_bundle, save_bundle
+from ..models.bundle import load_bundle, save_bundle
+from ..models.metadata import BundleMetadata
 from .onnx_backend import (
     FORMAT_KEY,
     INPUT_NAME,

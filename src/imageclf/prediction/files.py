@@ -5,6 +5,7 @@ overlays beside them, and the table / JSON / CSV the command prints.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ImageError, UserInputError
 from ..fileio import csv_text, unreadable_reason
-from ..imaging import IMAGE_EXTENSIONS, open_image
+from ..imaging import IMAGE_EXTENSIONS
 from .gradcam import overlay
 from .predictor import Predictor
 
@@ -33,24 +34,36 @@ class FileResult:
     top: list[tuple[str, float]] | None = None
     error: str | None = None
     explanation: str | None = None  # where its Grad-CAM overlay was written
-    unsure: bool = False  # top-1 under the model's "not sure" threshold, as on the page
+    unsure: bool = False  # which class? top-1 under the model's threshold, as on the page
+    outside: bool = False  # one of its classes? familiarity under the model's threshold
+    sorted_to: str | None = None  # where --sort-into copied or linked it
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
 
-def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[FileResult]]:
+def collect_images(
+    inputs: Sequence[str | os.PathLike], skip: str | os.PathLike | None = None
+) -> tuple[list[Path], list[FileResult]]:
     """Expand folders (recursively, sorted, hidden files skipped) into image files.
 
     Inside folders only files with an image extension are tried (a README or .DS_Store
-    is not a failed image); a file named explicitly is always tried.
+    is not a failed image); a file named explicitly is always tried. Files under the
+    folder ``skip`` (``--sort-into``'s, perhaps inside an input folder) are left out of
+    folders: what was sorted before is not read again.
 
     Returns the files and a failure entry for every input that is neither (missing, a
     symlink loop, a FIFO...), saying which.
     """
     files: list[Path] = []
     missing: list[FileResult] = []
+    skipped = Path(os.path.realpath(skip)) if skip is not None else None
+
+    @functools.cache
+    def inside(folder: Path) -> bool:  # symlinks resolved: the same folder by any name
+        return skipped is not None and Path(os.path.realpath(folder)).is_relative_to(skipped)
+
     for item in inputs:
         path = Path(item)
         if path.is_dir():
@@ -60,6 +73,7 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
                 if p.is_file()
                 and p.suffix.lower() in IMAGE_EXTENSIONS
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and not inside(p.parent)
             )
             files += found
         elif path.is_file():
@@ -88,14 +102,16 @@ def predict_files(
     explain_dir: str | os.PathLike | None = None,
     batch_size: int = BATCH_SIZE,
     progress: bool = True,
+    skip: str | os.PathLike | None = None,
 ) -> Iterator[FileResult]:
     """Classify every image under ``inputs``; yields one ``FileResult`` per file, in order.
 
     ``explain_dir``: also write a Grad-CAM overlay (for the top class) per image there.
+    ``skip``: a folder whose files are not read from input folders (``collect_images``).
     """
     if top_k < 1:
         raise UserInputError("--top-k must be at least 1")
-    files, missing = collect_images(inputs)
+    files, missing = collect_images(inputs, skip)
     yield from missing
     if not files and not missing:
         raise UserInputError("no image files found in the given paths")
@@ -116,7 +132,7 @@ def predict_files(
             decoded: list[tuple[Path, np.ndarray, Image.Image | None]] = []
             for path in chunk:
                 try:
-                    picture = open_image(path)
+                    picture = predictor.decode(path)
                 except ImageError as exc:
                     yield FileResult(str(path), error=str(exc))
                     continue
@@ -127,13 +143,17 @@ def predict_files(
             if not decoded:
                 continue
             batch = np.stack([d[1] for d in decoded])
-            probs = predictor.predict_proba(batch, tta=tta)
+            logits = predictor.calibrated_logits(batch, tta=tta)
+            probs = predictor.softmax(logits)
             explained = [None] * len(decoded)
             if out is not None:
                 explained = _write_explanations(predictor, batch, probs, decoded, out, used)
-            rows = zip(decoded, probs, explained, predictor.unsure(probs), strict=True)
-            for (path, _, _), row, where, unsure in rows:
-                yield FileResult(str(path), predictor.top(row, top_k), None, where, bool(unsure))
+            doubts = zip(predictor.unsure(probs), predictor.outside(logits), strict=True)
+            for (path, _, _), row, where, (unsure, outside) in zip(
+                decoded, probs, explained, doubts, strict=True
+            ):
+                top = predictor.top(row, top_k)
+                yield FileResult(str(path), top, None, where, bool(unsure), bool(outside))
 
 
 def _write_explanations(
@@ -154,29 +174,38 @@ def _write_explanations(
     return written
 
 
-def format_results(results: Sequence[FileResult], out_format: str = "table") -> str:
-    """``table`` for people, ``json`` and ``csv`` for machines (failures included)."""
+def format_results(
+    results: Sequence[FileResult], out_format: str = "table", model: str | None = None
+) -> str:
+    """``table`` for people, ``json`` and ``csv`` for machines (failures included).
+    ``model``: the model's name (``Predictor.name``), in every JSON entry."""
     if out_format == "json":
         entries = []
         for r in results:
             entry: dict = {"path": r.path}
+            if model is not None:
+                entry["model"] = model
             if r.ok:
                 entry["predictions"] = [{"label": lab, "probability": p} for lab, p in r.top or []]
                 entry["unsure"] = r.unsure
+                entry["outside"] = r.outside
                 if r.explanation:
                     entry["explanation"] = r.explanation
             else:
                 entry["error"] = r.error
+            if r.sorted_to:
+                entry["sorted_to"] = r.sorted_to
             entries.append(entry)
         return json.dumps(entries, indent=2, allow_nan=False) + "\n"
     if out_format == "csv":  # paths and labels that look like formulas stay text
-        rows: list[list] = [["path", "rank", "label", "probability", "unsure", "error"]]
+        rows: list[list] = [["path", "rank", "label", "probability", "unsure", "outside", "error"]]
         for r in results:
             if not r.ok:
-                rows.append([r.path, "", "", "", "", r.error])
+                rows.append([r.path, "", "", "", "", "", r.error])
                 continue
+            flags = [str(r.unsure).lower(), str(r.outside).lower()]
             rows += [
-                [r.path, rank, label, f"{p:.4f}", str(r.unsure).lower(), ""]
+                [r.path, rank, label, f"{p:.4f}", *flags, ""]
                 for rank, (label, p) in enumerate(r.top or [], start=1)
             ]
         return csv_text(rows)
@@ -188,7 +217,9 @@ def format_results(results: Sequence[FileResult], out_format: str = "table") -> 
     k = max(len(r.top or []) for r in ok)
     cells = [[r.path, *(f"{lab} {p:.4f}" for lab, p in r.top or [])] for r in ok]
     for row, r in zip(cells, ok, strict=True):
-        if r.unsure:  # the page's headline would say "not sure": so does the table
+        if r.outside:  # the page's headline says so: so does the table
+            row[1] += " (none of its classes?)"
+        elif r.unsure:
             row[1] += " (not sure)"
     header = ["image", "prediction", *(f"#{i}" for i in range(2, k + 1))]
     widths = [

@@ -26,6 +26,9 @@ class Normalizer:
         return x * self.scale.to(x.device) - self.shift.to(x.device)
 
 
+TTA_VIEWS = 6  # forward passes per picture with TTA (tta_views below)
+
+
 def tta_views(x: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
     """(weight, view) of an N x C x H x W batch: mirror + 1-pixel translations
     (airbench's TTA); the original pair carries half the weight, the two diagonal shifts
@@ -39,6 +42,10 @@ def tta_views(x: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
         views += [(0.125, s), (0.125, s.flip(-1))]
     return views
 
+
+# Images per call when a whole split is scored: one progress step. ``evaluate`` and the end
+# of a training run chunk alike, so their batches, and so their numbers, are the same.
+SCORE_CHUNK = 2000
 
 # Pixels per forward batch. Activations beyond a few hundred MB cost more in page faults
 # than they gain: EfficientNet-Lite0 at 96 px in bf16 on 2 AVX-512 cores ran ~950 img/s

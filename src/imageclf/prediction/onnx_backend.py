@@ -26,7 +26,8 @@ import torch
 
 from ..errors import BundleError, ModelOutputError, UserInputError, import_extra
 from ..fileio import parse_json, read_file_capped
-from ..models.bundle import BundleMetadata, missing_model_message
+from ..models.bundle import missing_model_message
+from ..models.metadata import BundleMetadata
 from . import onnx_graph
 from .backends import checked_logits, probe_pictures
 from .inference import tta_views

@@ -22,11 +22,18 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..calibration import UNCALIBRATED_UNSURE_BELOW
+from ..calibration import UNCALIBRATED_UNSURE_BELOW, familiarity
 from ..device import precision_name
 from ..errors import BundleError, UserInputError
-from ..imaging import ImageSource, open_image, picture_from_array, resize_for_model
-from ..models.bundle import BundleMetadata, load_bundle
+from ..imaging import (
+    ImageSource,
+    open_image,
+    picture_from_array,
+    resize_for_model,
+    working_size,
+)
+from ..models.bundle import load_bundle
+from ..models.metadata import BundleMetadata
 from .backends import Backend, ExplainingBackend
 from .gradcam import DEFAULT_SIZE, Explanation, GradCAM, overlay
 from .onnx_backend import OnnxBackend
@@ -125,10 +132,16 @@ class Predictor:
             picture = picture.convert("RGB")
         return resize_for_model(picture, self.input_size, self.metadata.source_size)
 
+    def decode(self, source: Picture) -> Image.Image:
+        """One picture decoded the way every caller decodes it for this model (upright
+        RGB, reduced to ``imaging.working_size``): the web app, ``predict`` and
+        ``preprocess`` share it, so the same file gets the same probabilities."""
+        return open_image(source, reduce_to=working_size(self.input_size))
+
     def preprocess(self, images: Picture | Sequence[Picture]) -> np.ndarray:
         """Decode (files, bytes, PIL images, arrays: ``open_image``) and prepare:
         (N, S, S, 3) uint8."""
-        return np.stack([self.prepare(open_image(item)) for item in _as_list(images)])
+        return np.stack([self.prepare(self.decode(item)) for item in _as_list(images)])
 
     # ------------------------------------------------------------ probabilities out
     @property
@@ -148,6 +161,29 @@ class Predictor:
         """Which rows of calibrated (N, C) probabilities say "not sure": top-1 under
         ``unsure_below``. The one rule for the page, the API and ``predict``."""
         return probs.max(axis=1) < self.unsure_below
+
+    @property
+    def familiar_above(self) -> float | None:
+        """Familiarity under which a picture is "not one of its classes" (``calibration``),
+        None when the bundle predates the rule (then nothing is called outside)."""
+        return self.metadata.familiar_above
+
+    def outside(self, calibrated_logits: np.ndarray) -> np.ndarray:
+        """Which rows look like none of the model's classes: familiarity under the bundle's
+        validated threshold. A separate question from ``unsure`` (which class?)."""
+        if self.familiar_above is None:
+            return np.zeros(len(calibrated_logits), dtype=bool)
+        return familiarity(calibrated_logits) < self.familiar_above
+
+    def calibrated_logits(self, batch_u8: np.ndarray, *, tta: bool = False) -> np.ndarray:
+        """(N, classes) float32 ``logits / temperature``, for callers that need both the
+        probabilities (``softmax``) and the familiarity from one pass."""
+        return self._logits(batch_u8, tta).float().numpy()
+
+    @staticmethod
+    def softmax(calibrated_logits: np.ndarray) -> np.ndarray:
+        """Probabilities from ``calibrated_logits``, the same as ``predict_proba``'s."""
+        return torch.softmax(torch.from_numpy(calibrated_logits), dim=1).numpy()
 
     def _logits(self, batch_u8: np.ndarray, tta: bool) -> torch.Tensor:
         """Calibrated logits (``logits / temperature``): the one place confidences are made."""
@@ -209,7 +245,7 @@ class Predictor:
         """Grad-CAM of one picture, drawn on the picture itself (squashed to a square, as
         the model sees it) rather than on the tiny model input, so it stays sharp."""
         explainer = self._explainer()
-        picture = open_image(image)
+        picture = self.decode(image)
         batch = self.prepare(picture)[None]
         classes = None if class_index is None else [class_index]
         cam = explainer.gradcam(batch, classes, layer=layer, temperature=self.temperature)

@@ -16,7 +16,9 @@ from ..data.augment import FLIP_MODES, AugmentConfig
 from ..data.splits import SPLITS
 from ..device import PRECISIONS, check_device_name
 from ..errors import UserInputError
-from ..models.bundle import MAX_TEXT, MIN_INPUT_SIZE
+from ..models.bundle import MIN_INPUT_SIZE
+from ..models.class_names import MAX_TEXT
+from ..models.names import check_model_name
 from .domains import check_architecture, check_augment_fits, check_domains, short_repr
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "muon")
@@ -40,6 +42,7 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
 @dataclass
 class TrainConfig:
     recipe: str = "fast"
+    name: str | None = None  # the model's name (--name); None: <data>-<recipe> (models.names)
     architecture: str = "fast"
     arch_kwargs: dict = field(default_factory=dict)
     # optimisation
@@ -92,6 +95,7 @@ class TrainConfig:
     split: str = "auto"
     val_size: int | None = None
     subset: int | None = None
+    dedupe: bool = False  # drop training pictures with a twin in val/test (data.duplicates)
     image_size: int = 32
     # The side the pictures were made at when smaller than image_size (CIFAR: 32): the
     # bundle records it, and served pictures are reduced to it before being enlarged.
@@ -124,6 +128,8 @@ class TrainConfig:
             raise UserInputError("--freeze-backbone needs --pretrained NAME or --init MODEL")
         if not (0 < len(self.recipe) <= MAX_TEXT and self.recipe.isprintable()):
             raise UserInputError(f"recipe must be a printable name of 1 to {MAX_TEXT} characters")
+        if self.name is not None:
+            self.name = check_model_name(self.name)
         check_domains(vars(self))
         if self.user_set and not all(isinstance(name, str) for name in self.user_set):
             raise UserInputError("user_set must be a list of field names")

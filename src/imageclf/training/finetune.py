@@ -20,7 +20,7 @@ from torch import nn
 
 from ..device import autocast
 from ..errors import UserInputError
-from ..prediction.inference import Normalizer, loss_and_accuracy
+from ..prediction.inference import Normalizer, loss_and_accuracy, predict_logits
 from .runs import history_record
 
 log = logging.getLogger("imageclf.train")
@@ -218,9 +218,9 @@ def fit_head(
         if head.bias is not None:
             head.bias.copy_(b / scale)
     val = None
-    if len(x_val):
-        val_feats = embed(model, x_val, normalizer, device=device, amp_dtype=amp_dtype)
-        val = loss_and_accuracy(val_feats @ w.T + b, y_val)
+    if len(x_val):  # through the model, as every later epoch and the final scoring are
+        logits = predict_logits(model, x_val, normalizer, device=device, amp_dtype=amp_dtype)
+        val = loss_and_accuracy(logits, y_val)
     train = loss_and_accuracy(feats @ w.T + b, y_train)
     record = history_record(0, train["loss"], train["accuracy"], val, None, started)
     if progress:

@@ -1,4 +1,4 @@
-"""The end of a training run: the best weights back, val/test scored once, the bundle.
+"""The end of a training run: the kept weights back, val/test scored once, the bundle.
 
 Everything a finished run leaves besides its checkpoints: ``metrics.json`` (accuracy
 and loss per split, with TTA when asked, the compute spent, calibration fitted on
@@ -16,40 +16,43 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..calibration import MIN_IMAGES, calibrate, calibration_effect
-from ..device import machine
+from ..device import machine, precision_name
 from ..fileio import write_text_atomic
 from ..models.bundle import save_bundle
-from ..prediction.inference import loss_and_accuracy
+from ..models.names import default_model_name
+from ..prediction.inference import (
+    SCORE_CHUNK,
+    TTA_VIEWS,
+    loss_and_accuracy,
+    predict_logits,
+)
 from .compute import ComputeReport, compute_report, training_flops_per_image
 from .job import Job
-from .runs import Run, data_record, plot_curves
+from .runs import Run, data_record, describe_kept, kept_epoch, plot_curves
 
 log = logging.getLogger("imageclf.train")  # the training logger: the tuner quiets it
 
 
 def finish(job: Job) -> Run | None:
-    """Restore the best weights, score val/test once, write the bundle and metrics."""
-    cfg, parts, data, rt, state = job.cfg, job.parts, job.data, job.rt, job.state
+    """Restore the kept weights, score val/test once, write the bundle and metrics."""
+    cfg, parts, rt, state = job.cfg, job.parts, job.rt, job.state
     if parts.lookahead is not None:
         parts.lookahead.sync(1.0)  # end on the slow weights
     if cfg.restore_best and job.best is not None:
         parts.model.load_state_dict(job.best)
+    kept = kept_epoch(state, cfg.restore_best, job.best is not None)
     train_seconds = time.perf_counter() - job.started
     result = None
     if rt.dist.is_main:
         metrics: dict = {"train_seconds": round(train_seconds, 2)}
-        x_test, y_test = data.test_set() if job.evaluate_test else (data.x_val[:0], data.y_val[:0])
-        scored: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # plain logits, labels
-        for name, x, y in (("val", data.x_val, data.y_val), ("test", x_test, y_test)):
-            if len(x):
-                scored[name] = (parts.logits(cfg, x, rt), y)
-                metrics[name] = loss_and_accuracy(*scored[name])
-                if cfg.tta:  # tuning decisions read val (with TTA); test is only reported
-                    metrics[f"{name}_tta"] = parts.score(cfg, x, y, rt, tta=True)
         metrics["epochs_run"] = state.epoch
-        metrics["best_epoch"] = state.best_epoch or state.epoch
+        metrics["best_epoch"] = state.best_epoch if job.best is not None else None
+        metrics["kept_epoch"], metrics["kept_rule"] = kept["epoch"], kept["rule"]
+        metrics["precision"] = precision_name(rt.amp_dtype)
+        scored = _score(job, kept, metrics)
         compute = _compute(job)
         metrics["compute"] = compute.to_dict()
         calibration = _calibrate(scored)
@@ -63,11 +66,78 @@ def finish(job: Job) -> Run | None:
         seconds = time.perf_counter() - job.started
         metrics["wall_seconds"] = round(seconds, 2)
         write_text_atomic(job.run_dir / "metrics.json", json.dumps(metrics, indent=2))
-        plot_curves(job.run_dir, state.history, cfg)
+        plot_curves(job.run_dir, state.history, cfg, kept)
         log.info("%s", compute.summary())
         result = Run(job.run_dir, bundle_path, state.history, metrics, seconds)
     rt.dist.barrier()
     return result
+
+
+def _score(job: Job, kept: dict, metrics: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """val and test scored once with the kept weights (and with TTA when asked) into
+    ``metrics``; returns split -> (plain logits, labels) for calibration.
+
+    Scored the way ``evaluate`` scores the bundle (``Predictor``: the same chunks, batch
+    rule, forward path and precision), so evaluate on the same split and precision counts
+    the same correct images. A progress bar, since with TTA this takes minutes.
+    """
+    cfg, data = job.cfg, job.data
+    x_test, y_test = data.test_set() if job.evaluate_test else (data.x_val[:0], data.y_val[:0])
+    splits = [(n, x, y) for n, x, y in (("val", data.x_val, data.y_val), ("test", x_test, y_test))
+              if len(x)]  # fmt: skip
+    total = sum(len(x) for _, x, _ in splits) * (1 + TTA_VIEWS if cfg.tta else 1)
+    if splits:  # a log line: --quiet and the tuner silence it, --log-format json keeps it
+        names = ", ".join(f"{n} ({len(x):,} images)" for n, x, _ in splits)
+        log.info("scoring the kept weights (epoch %d) on %s%s", kept["epoch"], names,
+                 ", also with TTA (6 views)" if cfg.tta else "")  # fmt: skip
+    scored: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    # One bar over every pass, counted in forward views (a TTA image is 6), so its ETA holds.
+    with tqdm(total=total, desc="final scoring", unit="view", disable=not job.show,
+              leave=False, dynamic_ncols=True) as bar:  # fmt: skip
+        for name, x, y in splits:
+            scored[name] = (_logits(job, x, False, bar), y)
+            metrics[name] = split_score(*scored[name])
+            if cfg.tta:  # tuning decisions read val (with TTA); test is only reported
+                metrics[f"{name}_tta"] = split_score(_logits(job, x, True, bar), y)
+    return scored
+
+
+def _logits(job: Job, x: torch.Tensor, tta: bool, bar) -> torch.Tensor:
+    """Logits in the chunks ``evaluate`` uses (each a progress step), default batches."""
+    parts, rt = job.parts, job.rt
+    out = []
+    for start in range(0, len(x), SCORE_CHUNK):
+        chunk = x[start : start + SCORE_CHUNK]
+        out.append(predict_logits(parts.model, chunk, parts.normalizer, tta=tta,
+                                  device=rt.device, amp_dtype=rt.amp_dtype))  # fmt: skip
+        bar.update(len(chunk) * (TTA_VIEWS if tta else 1))
+    return torch.cat(out)
+
+
+def split_score(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Loss (before calibration), accuracy, and the counts behind the accuracy."""
+    correct = int((logits.argmax(1) == labels).sum())
+    return {**loss_and_accuracy(logits, labels), "correct": correct, "images": len(labels)}
+
+
+def run_summary(run: Run) -> str:
+    """What ``imageclf train`` prints at the end: the kept epoch and why, then each held-out
+    split's figures (the kept weights', as in metrics.json), then the bundle."""
+    m = run.metrics
+    lines = [f"done in {run.seconds:.1f}s; " + describe_kept(
+        {"epoch": m["kept_epoch"], "rule": m["kept_rule"]}, m["epochs_run"])]  # fmt: skip
+    for name in ("val", "test"):
+        if name in m:
+            s = m[name]
+            line = (
+                f"  {name} accuracy {s['accuracy']:.4f} ({s['correct']:,} of {s['images']:,}, "
+                f"no TTA, {m['precision']})  loss {s['loss']:.4f}"
+            )
+            if f"{name}_tta" in m:
+                line += f"; with TTA {m[f'{name}_tta']['accuracy']:.4f}"
+            lines.append(line)
+    lines.append(f"model: {run.bundle_path}")
+    return "\n".join(lines)
 
 
 def _compute(job: Job) -> ComputeReport:
@@ -111,7 +181,7 @@ def _calibrate(scored: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict | N
 def _bundle_metadata(job: Job, metrics: dict) -> dict:
     cfg, data = job.cfg, job.data
     return {
-        "name": f"{cfg.recipe}",
+        "name": cfg.name or default_model_name(cfg.data, cfg.recipe),
         "architecture": cfg.architecture,
         "arch_kwargs": cfg.arch_kwargs,
         "classes": data.dataset.classes,

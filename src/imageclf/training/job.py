@@ -16,6 +16,7 @@ import torch
 
 from ..device import Runtime
 from .config import TrainConfig
+from .eta import Eta
 from .parts import Parts
 from .runs import RunState
 from .start import Start
@@ -38,6 +39,7 @@ class Job:
     on_epoch_end: EpochHook | None = None  # rank 0, after each epoch's checkpoint
     state: RunState = field(default_factory=RunState)
     best: dict[str, torch.Tensor] | None = None  # the best weights so far (on val loss)
+    eta: Eta | None = None  # the run's clock, when progress is shown
 
     @property
     def total_steps(self) -> int:

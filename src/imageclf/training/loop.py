@@ -26,12 +26,13 @@ from tqdm.auto import tqdm
 
 from ..data.augment import augment_batch, shrink
 from ..data.loader import batch_indices
-from ..device import Runtime, autocast, setup_runtime
+from ..device import DistContext, Runtime, autocast, setup_runtime
 from ..errors import TrainingDiverged
 from ..fileio import RunLock
 from . import finetune
 from .adapt import adapt_to_data
 from .config import TrainConfig
+from .eta import Eta
 from .finish import finish
 from .job import EpochHook, Job
 from .optim import schedule_multiplier, set_learning_rate
@@ -82,7 +83,9 @@ def train(
 
 def resume(run_dir: str | os.PathLike, *, progress: bool = True) -> Run | None:
     """Continue an interrupted run from its ``last.pt``, with the config it was started with."""
-    checkpoint = Checkpoint.load(run_dir)
+    dist = DistContext.from_env()  # under torchrun: rank 0's checkpoint, sent to every node
+    with dist.peers_watched():
+        checkpoint = Checkpoint.load(run_dir, dist)
     config = TrainConfig.from_dict(checkpoint.config)  # already prepared by its start
     config.out = str(run_dir)
     return _run(config, start_for(config), Path(run_dir), checkpoint, progress)
@@ -104,9 +107,13 @@ def _run(
     lock = RunLock(run_dir) if rt.dist.is_main else None
     try:
         show = progress and rt.dist.is_main
-        cfg, data, parts = _build(cfg, start, checkpoint is None, rt, show)
-        job = Job(cfg, run_dir, rt, start, data, parts, show, started, evaluate_test, on_epoch_end)
-        return _drive(job, checkpoint)
+        # A node that dies or goes silent stops the others with one clear line.
+        with rt.dist.peers_watched(resume_from=run_dir):
+            cfg, data, parts = _build(cfg, start, checkpoint is None, rt, show)
+            job = Job(
+                cfg, run_dir, rt, start, data, parts, show, started, evaluate_test, on_epoch_end
+            )
+            return _drive(job, checkpoint)
     finally:
         if lock is not None:
             lock.release()
@@ -117,12 +124,17 @@ def _build(
 ) -> tuple[TrainConfig, TrainData, Parts]:
     """The data, the config adapted to its size (a fresh run only), and the parts."""
     data = TrainData.load(cfg, show)
+    rt.dist.check_same(data.digest, "the data")  # each node may read its own copy
     if fresh:
         cfg, notes = adapt_to_data(cfg, len(data.x_train), start.min_steps)
         for note in notes:
             log.info("small dataset: %s (set it explicitly to override)", note)
     if show:
         log.info("%s", describe_counts(data.dataset, data.split))
+        if data.twins is not None:  # one line; the pairs go to duplicates.json
+            dropped = f"; --dedupe dropped {len(data.twins.training_copies())} training " \
+                "copies" if cfg.dedupe else ""  # fmt: skip
+            log.info("%s%s", data.twins.summary(), dropped)
     return cfg, data, Parts.build(cfg, data, rt, start)
 
 
@@ -135,15 +147,27 @@ def _drive(job: Job, checkpoint: Checkpoint | None) -> Run | None:
     if rt.dist.is_main:
         norm = {"mean": data.mean, "std": data.std}
         write_run_record(job.run_dir, cfg, data.dataset, data.split, norm, rt)
+        if data.twins is not None:
+            data.twins.write(job.run_dir / "duplicates.json", data.dataset)
     if job.start.fits_head_first and checkpoint is None:
         _fit_head(job)
+    if rt.dist.is_main:  # one overall estimate a few steps in, the time left on each epoch line
+        job.eta = Eta(
+            started=job.started, epochs=cfg.epochs, epochs_done=job.state.epoch,
+            steps_per_epoch=data.steps_per_epoch(cfg), batch_size=cfg.batch_size,
+            n_val=len(data.x_val), tta=cfg.tta,
+            n_final=len(data.x_val) + (len(data.split.test) if job.evaluate_test else 0),
+        )  # fmt: skip
 
     # --freeze-backbone: the head fit above is the whole training.
     while job.state.epoch < cfg.epochs and not job.state.stopped_early and not cfg.freeze_backbone:
         epoch_start = time.perf_counter()
         loss, acc, steps = train_one_epoch(job)
-        train_seconds = job.state.train_seconds + time.perf_counter() - epoch_start
+        val_start = time.perf_counter()
+        train_seconds = job.state.train_seconds + val_start - epoch_start
         val = parts.score(cfg, data.x_val, data.y_val, rt) if len(data.x_val) else None
+        left = job.eta.epoch_done(val_start - epoch_start, time.perf_counter() - val_start) \
+            if job.eta is not None else None  # fmt: skip
         lr = cfg.lr * schedule_multiplier(cfg, steps - 1, job.total_steps) * job.state.lr_factor
         record = history_record(job.state.epoch + 1, loss, acc, val, lr, epoch_start)
         state = dataclasses.replace(
@@ -158,7 +182,7 @@ def _drive(job: Job, checkpoint: Checkpoint | None) -> Run | None:
             job.best = copy.deepcopy(parts.model.state_dict())
         if rt.dist.is_main:
             _checkpoint(job, new_best=job.best if improved else None)
-            _log_epoch(cfg, record, job.state)
+            _log_epoch(cfg, record, job.state, left)
             if job.on_epoch_end is not None:
                 job.on_epoch_end(record)
         rt.dist.barrier()
@@ -225,6 +249,8 @@ def train_one_epoch(job: Job) -> tuple[float, float, int]:
             mean_loss, acc = loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{acc:.3f}", refresh=False)
         bar.update(1)
+        if job.eta is not None:
+            job.eta.step(step_in_epoch)
     bar.close()
     # Every process saw its share of each batch: report the whole epoch.
     total_loss, total_correct, total_seen = rt.dist.sum(
@@ -250,9 +276,11 @@ def _fit_head(job: Job) -> None:
     )  # fmt: skip
     job.state = dataclasses.replace(job.state, history=[record])
     if record["val_loss"] is not None:
-        job.state = dataclasses.replace(job.state, best_val_loss=record["val_loss"])
+        job.state = dataclasses.replace(job.state, best_val_loss=record["val_loss"], best_epoch=0)
         job.best = copy.deepcopy(parts.model.state_dict())
     if rt.dist.is_main:
+        if job.best is not None:  # a resumed run must still find it if nothing beats it
+            save_torch(job.best, job.run_dir / "best.pt")
         write_history(job.run_dir, job.state.history)
 
 
@@ -291,12 +319,13 @@ def _checkpoint(job: Job, new_best: dict | None) -> None:
     write_history(job.run_dir, job.state.history)
 
 
-def _log_epoch(cfg: TrainConfig, record: dict, state: RunState) -> None:
+def _log_epoch(cfg: TrainConfig, record: dict, state: RunState, left: str | None = None) -> None:
     val = ""
     if record["val_loss"] is not None:
         val = f"val_loss {record['val_loss']:.4f}  val_acc {record['val_acc']:.4f}  "
+    end = "  (early stop)" if state.stopped_early else (f"  {left}" if left else "")
     log.info(
         "epoch %d/%d  loss %.4f  acc %.4f  %slr %.3g  %.1fs%s",
         record["epoch"], cfg.epochs, record["train_loss"], record["train_acc"], val,
-        record["lr"], record["seconds"], "  (early stop)" if state.stopped_early else "",
+        record["lr"], record["seconds"], end,
     )  # fmt: skip

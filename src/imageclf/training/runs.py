@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..data import Dataset, Split
-from ..device import Runtime
+from ..device import DistContext, Runtime
 from ..errors import UserInputError
 from ..fileio import atomic_write, write_text_atomic
 from .config import TrainConfig
@@ -81,12 +81,22 @@ class Checkpoint:
         )
 
     @classmethod
-    def load(cls, run_dir: str | os.PathLike) -> Checkpoint:
+    def load(cls, run_dir: str | os.PathLike, dist: DistContext | None = None) -> Checkpoint:
+        """``last.pt`` of ``run_dir``. Under torchrun (``dist``) rank 0 reads it and sends
+        it to the other ranks, whose machines need not share its disk."""
         last = Path(run_dir) / "last.pt"
-        if not last.is_file():
-            raise UserInputError(f"nothing to resume: {last} does not exist")
+
+        def read() -> bytes:
+            if not last.is_file():
+                raise UserInputError(f"nothing to resume: {last} does not exist")
+            try:
+                return last.read_bytes()
+            except OSError as exc:
+                raise UserInputError(f"cannot resume from {last}: {exc.strerror}") from None
+
+        data = dist.share(read) if dist is not None else read()
         try:
-            raw = torch.load(last, map_location="cpu", weights_only=True)
+            raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             return cls(
                 raw["model"],
                 raw["optimizer"],
@@ -178,13 +188,36 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
     write_text_atomic(run_dir / "history.csv", text.getvalue())
 
 
-def plot_curves(run_dir: Path, history: list[dict], cfg: TrainConfig) -> None:
-    """curves.png in the run folder; a plotting failure must never lose a finished run."""
+def kept_epoch(state: RunState, restore_best: bool, has_best: bool) -> dict:
+    """Which epoch's weights a finished run keeps, and why: the one definition that
+    metrics.json, the bundle, curves.png, the console summary and evaluate all name.
+
+    With validation images and ``restore_best`` (the default) it is the epoch of lowest
+    validation loss (0: a transfer run's head fit, when fine-tuning never beat it);
+    otherwise the last epoch.
+    """
+    if restore_best and has_best:
+        rule = "lowest validation loss"
+        if state.best_epoch == 0:
+            rule += "; epoch 0 is the head fitted on frozen features"
+        return {"epoch": state.best_epoch, "rule": rule}
+    why = "restore_best is off" if not restore_best else "no validation images"
+    return {"epoch": state.epoch, "rule": f"last epoch: {why}"}
+
+
+def describe_kept(kept: dict, epochs_run: int) -> str:
+    """``kept epoch 3 of 8 (lowest validation loss)``: the same words in every output."""
+    return f"kept epoch {kept['epoch']} of {epochs_run} ({kept['rule']})"
+
+
+def plot_curves(run_dir: Path, history: list[dict], cfg: TrainConfig, kept: dict) -> None:
+    """curves.png in the run folder, the kept epoch marked; a plotting failure must never
+    lose a finished run."""
     try:
         from ..plots import save_training_curves
 
         title = f"{cfg.recipe}: {run_dir.name}"
-        save_training_curves(history, run_dir / "curves.png", title, cfg.label_smoothing)
+        save_training_curves(history, run_dir / "curves.png", title, cfg.label_smoothing, kept=kept)
     except Exception as exc:
         log.warning("could not plot the training curves: %s", exc)
 

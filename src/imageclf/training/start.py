@@ -37,6 +37,9 @@ from .train_data import TrainData
 
 PRETRAINED = (effnet.NAME,)
 WHITENING_IMAGES = 5000  # a deterministic, cheap estimate of the patch covariance
+# ... of at most this many pixels (5,000 at 32 px, 102 at 224): the patches are float
+# (12 values a pixel), and 600 pictures at 224 px held 4 GB while it was estimated.
+WHITENING_PIXELS = WHITENING_IMAGES * 32 * 32
 
 
 class Start(ABC):
@@ -66,7 +69,8 @@ class Scratch(Start):
     def model(self, cfg: TrainConfig, data: TrainData) -> tuple[nn.Module, dict]:
         classes = len(data.dataset.classes)
         model = build(cfg.architecture, classes, cfg.image_size, **cfg.arch_kwargs)
-        training_hooks(model).init_whitening(data.normalizer(data.x_train[:WHITENING_IMAGES]))
+        n = min(WHITENING_IMAGES, max(1, WHITENING_PIXELS // cfg.image_size**2))
+        training_hooks(model).init_whitening(data.normalizer(data.x_train[:n]))
         return model, {"mean": data.mean, "std": data.std}
 
     def optimizer(self, model: nn.Module, cfg: TrainConfig, rt: Runtime) -> torch.optim.Optimizer:

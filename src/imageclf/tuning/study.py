@@ -7,14 +7,17 @@ workers share, and every worker checks it searches the same space on the same da
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
 import re
+import socket
 import time
+import warnings
 from pathlib import Path
 
-from ..errors import UserInputError
+from ..errors import UserInputError, import_extra
 from ..fileio import read_json_file
 from ..training.config import TrainConfig
 from ..training.recipe_files import read_recipe_file
@@ -112,6 +115,12 @@ def load_settings(resume, **given) -> tuple[Path, dict]:
     return run_dir, settings
 
 
+# A worker that stops (killed, its machine lost) stops beating: after GRACE_S another
+# worker fails its trial, and the trial runs again with the same settings.
+HEARTBEAT_S, GRACE_S = 30, 120
+CONNECT_TIMEOUT_S = 10  # an unreachable database server is one error, not a hang
+
+
 def open_study(optuna, storage: str, name: str, pruner):
     """Create or join the study: (study, True when this call created it). Exactly one of
     several workers starting together creates it (the name is unique in the storage); the
@@ -129,7 +138,7 @@ def open_study(optuna, storage: str, name: str, pruner):
             except optuna.exceptions.DuplicatedStudyError:
                 return optuna.load_study(study_name=name, storage=backend, pruner=pruner), False
         except (ArgumentError, ValueError, ImportError) as exc:
-            error = exc  # a malformed URL, an unknown database, a missing driver: final
+            error = exc  # a malformed URL, an unreachable server, a missing driver: final
             break
         except SQLAlchemyError as exc:  # e.g. "table alembic_version already exists"
             error = exc
@@ -140,7 +149,64 @@ def open_study(optuna, storage: str, name: str, pruner):
 
 
 def _storage(optuna, url: str):
-    """The storage behind ``url``; SQLite's takes its write lock when a transaction begins.
+    """The storage behind ``url``: SQLite (a file) or a database server (PostgreSQL is
+    tested), with heartbeats so that a killed worker's trial runs again."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)  # ArgumentError: not a URL
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            return url  # a memory database has one process: nothing to share or lock
+        folder = Path(parsed.database).parent
+        if not folder.is_dir():
+            raise ValueError(f"the folder {folder} does not exist")
+        engine_kwargs: dict = {"connect_args": {"timeout": 60}}
+    elif backend in ("postgresql", "postgres"):
+        parsed, engine_kwargs = _postgresql(parsed)
+        url = parsed.render_as_string(hide_password=False)
+    else:
+        engine_kwargs = {}
+    stale = "heartbeat_stale_trial_callback"  # optuna 5; optuna 4 calls it failed_trial_callback
+    if stale not in inspect.signature(optuna.storages.RDBStorage).parameters:
+        stale = "failed_trial_callback"
+    with warnings.catch_warnings():  # heartbeats are "experimental": not the user's concern
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S, **{stale: _requeue_stale},
+        )  # fmt: skip
+    if backend == "sqlite":
+        _begin_immediate(storage.engine)
+    return storage
+
+
+def _postgresql(parsed):
+    """psycopg (3) whatever SQLAlchemy's default driver, a bounded connect, and the server
+    reached once up front: a wrong password or host is one final error, not six retries."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import OperationalError
+
+    if parsed.drivername in ("postgresql", "postgres"):  # postgres://: Heroku-style URLs
+        import_extra("psycopg", "tune", "a PostgreSQL --storage")
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    connect_args = (
+        {} if "connect_timeout" in parsed.query else {"connect_timeout": CONNECT_TIMEOUT_S}
+    )
+    engine_kwargs = {"connect_args": connect_args, "pool_pre_ping": True}
+    engine = create_engine(parsed, **engine_kwargs)
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as exc:
+        raise ValueError(str(exc.orig or exc).strip().splitlines()[0]) from None
+    finally:
+        engine.dispose()
+    return parsed, engine_kwargs
+
+
+def _begin_immediate(engine) -> None:
+    """SQLite's transactions take its write lock when they begin.
 
     SQLite ignores the row lock optuna asks for when a worker takes a queued trial (the
     baseline, a requeued one), so two workers could both read it as waiting and both run
@@ -148,16 +214,6 @@ def _storage(optuna, url: str):
     second worker wait for the first's commit and then see the trial taken.
     """
     from sqlalchemy import event
-    from sqlalchemy.engine import make_url
-
-    database = make_url(url).database if url.startswith("sqlite") else None
-    if database in (None, "", ":memory:"):
-        return url  # a server database honours the lock; a memory one has one process
-    folder = Path(database).parent
-    if not folder.is_dir():
-        raise ValueError(f"the folder {folder} does not exist")
-
-    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
 
     def no_implicit_begin(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None  # the driver's own BEGIN is deferred
@@ -165,10 +221,9 @@ def _storage(optuna, url: str):
     def begin_immediate(connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
-    event.listen(storage.engine, "connect", no_implicit_begin)
-    event.listen(storage.engine, "begin", begin_immediate)
-    storage.engine.dispose()  # connections opened before the listeners go
-    return storage
+    event.listen(engine, "connect", no_implicit_begin)
+    event.listen(engine, "begin", begin_immediate)
+    engine.dispose()  # connections opened before the listeners go
 
 
 def check_same_study(study, record: dict, created: bool) -> bool:
@@ -205,16 +260,56 @@ def _wait_for_record(study, attempts: int = 50) -> dict | None:
     return None
 
 
+def mark_worker(trial) -> None:
+    """Record which process runs ``trial``: a resume on the same machine then knows at
+    once that a killed worker's trial is not running any more."""
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+
+
 def requeue_interrupted(optuna, study) -> None:
-    """Trials cut off by Ctrl-C (failed) run again with the same settings on resume."""
-    done = set(study.user_attrs.get("requeued", []))
-    failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-    again = [t for t in failed if t.number not in done and t.params]
-    for trial in again:
-        study.enqueue_trial(trial.params, skip_if_exists=False)
-        log.info("trial %d was interrupted: queued again with the same settings", trial.number)
-    if again:
-        study.set_user_attr("requeued", sorted(done | {t.number for t in again}))
+    """Trials cut off by Ctrl-C (failed) or by a killed worker on this machine (left
+    running) run again with the same settings on resume."""
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in running:
+        worker = trial.user_attrs.get("worker")
+        if isinstance(worker, dict) and _gone(worker):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            log.info("trial %d's worker (pid %s) is gone", trial.number, worker.get("pid"))
+    trials = study.get_trials(deepcopy=False)
+    done = set(study.user_attrs.get("requeued", []))  # studies of earlier versions
+    done |= {t.user_attrs.get("requeued_from") for t in trials}
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    for trial in failed:
+        if trial.number not in done and trial.params:
+            _requeue(study, trial, "was interrupted")
+
+
+def _gone(worker: dict) -> bool:
+    """True when ``worker`` ran on this machine and its process has ended."""
+    pid = worker.get("pid")
+    if worker.get("host") != socket.gethostname() or not isinstance(pid, int) or pid < 1:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, someone else's
+    return False
+
+
+def _requeue_stale(study, trial) -> None:
+    """Optuna's call for a trial whose worker stopped beating (any worker makes it)."""
+    _requeue(study, trial, "lost its worker")
+
+
+def _requeue(study, trial, why: str) -> None:
+    """Queue ``trial``'s settings again; the copy remembers it (and a baseline stays one)."""
+    attrs = {"requeued_from": trial.number}
+    if trial.user_attrs.get("baseline"):
+        attrs["baseline"] = True
+    study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+    log.info("trial %d %s: queued again with the same settings", trial.number, why)
 
 
 def recipe_changes(cfg: TrainConfig, base: str) -> dict:

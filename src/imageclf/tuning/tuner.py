@@ -46,6 +46,7 @@ from .study import (
     check_same_study,
     load_settings,
     make_pruner,
+    mark_worker,
     open_study,
     recipe_changes,
     requeue_interrupted,
@@ -240,6 +241,7 @@ def _run_trials(
     log.info("%s", table_header(names))
 
     def objective(trial) -> float:
+        mark_worker(trial)  # a killed worker's trial is then known on resume
         params = plan.space.suggest(trial)
         trial_cfg = plan.space.apply(plan.cfg, params)
         # TTA only changes the reported metric, not the model: trials skip its cost.

@@ -17,8 +17,11 @@ from urllib.parse import urlsplit, urlunsplit
 from flask import Flask, Response, g, request
 
 from ..imaging import DECODE_SECONDS, MAX_PIXELS, MAX_REQUEST_PIXELS
+from .auth import init_auth
+from .decoding import CLIENT_DECODE_SECONDS, WINDOW_S, DecodeLedger, DecodeScheduler
 from .errors import request_id
 from .extensions import get_metrics, init_extensions
+from .feedback import DEFAULT_BURST, DEFAULT_PER_MINUTE, DEFAULT_QUOTA_MB, init_feedback
 from .memory import keep_large_blocks_on_mmap
 from .metrics import Metrics
 from .service import ModelService
@@ -61,6 +64,12 @@ DEFAULTS: dict[str, Any] = {
     # What one request may spend decoding, all its images together (413 beyond).
     "IMAGECLF_MAX_REQUEST_PIXELS": MAX_REQUEST_PIXELS,
     "IMAGECLF_DECODE_SECONDS": DECODE_SECONDS,
+    # What one client may spend decoding per window in each worker (429 beyond).
+    "IMAGECLF_CLIENT_DECODE_SECONDS": CLIENT_DECODE_SECONDS,
+    "IMAGECLF_DECODE_WINDOW_S": WINDOW_S,
+    # Proxies in front that append to X-Forwarded-For (0: clients connect directly).
+    # With one, the client each decoding share belongs to is the address it saw.
+    "IMAGECLF_PROXY_HOPS": 0,
     # eager: load in create_app; background: load in a thread (/readyz says when);
     # manual: never (tests call ``get_service(app).load()``).
     "IMAGECLF_MODEL_LOADING": "background",
@@ -73,6 +82,18 @@ DEFAULTS: dict[str, Any] = {
     "IMAGECLF_EXPLAIN_PAGES": True,
     # explain=true in the API: at most this many images per request (400 beyond).
     "IMAGECLF_MAX_EXPLAIN_FILES": 16,
+    # API keys (web/auth.py): a key file's path or a loaded keys.KeyRing (None: open).
+    # Rate ("300/min") and burst for keys whose line sets none (None: unlimited).
+    "IMAGECLF_API_KEYS": None,
+    "IMAGECLF_KEY_RATE": None,
+    "IMAGECLF_KEY_BURST": None,
+    "IMAGECLF_PROTECT_PAGE": False,  # the pages need a key too (HTTP Basic in a browser)
+    "IMAGECLF_PROTECT_METRICS": False,
+    # Feedback (web/feedback.py): the folder (None: off), its quota, each client's rate.
+    "IMAGECLF_FEEDBACK_DIR": None,
+    "IMAGECLF_FEEDBACK_QUOTA_MB": DEFAULT_QUOTA_MB,
+    "IMAGECLF_FEEDBACK_PER_MINUTE": DEFAULT_PER_MINUTE,
+    "IMAGECLF_FEEDBACK_BURST": DEFAULT_BURST,
 }
 
 
@@ -98,9 +119,21 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
         torch_threads=app.config["IMAGECLF_TORCH_THREADS"],
         on_loaded=lambda p: metrics.model_loaded(p.name, p.backend, p.classes),
         on_forward_pass=metrics.forward_pass,
+        decoder=DecodeScheduler(
+            DecodeLedger(
+                float(app.config["IMAGECLF_CLIENT_DECODE_SECONDS"]),
+                float(app.config["IMAGECLF_DECODE_WINDOW_S"]),
+            )
+        ),
     )
     init_extensions(app, service, metrics)
+    init_feedback(app)
     app.wsgi_app = BodyDeadline(app.wsgi_app, float(app.config["IMAGECLF_BODY_TIMEOUT_S"]))
+    hops = int(app.config["IMAGECLF_PROXY_HOPS"])
+    if hops:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops)
 
     from . import api, errors, ops, pages
 
@@ -110,6 +143,7 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
     app.register_blueprint(ops.bp)
     errors.register(app)
     _register_hooks(app)
+    init_auth(app)  # after the timer and request id: a refusal is timed and identified
 
     loading = app.config["IMAGECLF_MODEL_LOADING"]
     if loading == "eager":

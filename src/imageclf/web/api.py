@@ -10,6 +10,8 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import BadRequest
 
 from .extensions import get_metrics, get_service
+from .feedback import read_api_answer, record
+from .json_body import is_json, read_json_predict
 from .openapi import build_spec
 from .pictures import png_base64
 from .uploads import collect_uploads, form_value, parse_bool, parse_top_k
@@ -37,26 +39,32 @@ def _model_brief(info: dict) -> dict:
         "test_accuracy": info["test_accuracy"],
         "calibrated": info["calibrated"],
         "unsure_below": info["unsure_below"],
+        "familiar_above": info["familiar_above"],
+        "familiar_flagged": info["familiar_flagged"],
+        "class_count": info["class_count"],
     }
 
 
 @bp.post("/predict")
 def predict() -> Response:
-    """Classify one image (``file``) or a batch (``files``) in one forward pass."""
+    """Classify one image (``file``) or a batch (``files``) in one forward pass; or the
+    pictures of a JSON body (``images``, base64: ``json_body.py``)."""
     started = time.perf_counter()
     service = get_service()
     predictor = service.predictor(float(current_app.config["IMAGECLF_MODEL_WAIT_S"]))
-    top_k = parse_top_k(
-        form_value(request, "top_k"), default=DEFAULT_TOP_K, maximum=len(predictor.classes)
-    )
-    explain = parse_bool(form_value(request, "explain"), "explain")
     max_files = int(current_app.config["IMAGECLF_MAX_FILES"])
-    uploads = collect_uploads(
-        request,
-        {"file": 1, "files": max_files},
-        max_bytes=int(current_app.config["IMAGECLF_MAX_UPLOAD_BYTES"]),
-        max_files=max_files,
-    )
+    max_bytes = int(current_app.config["IMAGECLF_MAX_UPLOAD_BYTES"])
+    if is_json(request):
+        body = read_json_predict(request, max_bytes=max_bytes, max_files=max_files)
+        raw_top_k = None if body.top_k is None else str(body.top_k)
+        explain, uploads = body.explain, body.uploads
+    else:
+        raw_top_k = form_value(request, "top_k")
+        explain = parse_bool(form_value(request, "explain"), "explain")
+        uploads = collect_uploads(
+            request, {"file": 1, "files": max_files}, max_bytes=max_bytes, max_files=max_files
+        )
+    top_k = parse_top_k(raw_top_k, default=DEFAULT_TOP_K, maximum=len(predictor.classes))
     max_explained = int(current_app.config["IMAGECLF_MAX_EXPLAIN_FILES"])
     if explain and len(uploads) > max_explained:
         # Grad-CAM costs a backward pass and a drawing per image: bound it like decoding.
@@ -64,7 +72,9 @@ def predict() -> Response:
             f"explain=true works for at most {max_explained} images per request; "
             f"this one has {len(uploads)}"
         )
-    results = service.classify(uploads, top_k=top_k, explain=explain)
+    results = service.classify(
+        uploads, top_k=top_k, explain=explain, client=request.remote_addr or "local"
+    )
     get_metrics().count_predictions([r.top[0][0] for r in results])
 
     predictions = []
@@ -72,9 +82,11 @@ def predict() -> Response:
         item: dict = {
             "filename": result.filename,
             "top": [{"label": label, "probability": p} for label, p in result.top],
-            # The top answer's confidence is under the model's validated threshold:
-            # probably none of its classes, or a picture it finds hard.
+            # Which class? The top answer's confidence is under the model's validated
+            # threshold: a hard picture.
             "unsure": result.unsure,
+            # One of its classes? No class responds as strongly as to its own pictures.
+            "outside": result.outside,
         }
         if explain:  # null where the model cannot explain (an ONNX export)
             drawn = result.explanation
@@ -87,6 +99,14 @@ def predict() -> Response:
             "elapsed_ms": round((time.perf_counter() - started) * 1000.0, 3),
         }
     )
+
+
+@bp.post("/feedback")
+def feedback() -> Response:
+    """The user's answer about one picture, kept as training data (``serve
+    --feedback-dir``): the picture again, ``answer`` right/wrong/none, ``label``."""
+    upload, answer, label = read_api_answer()
+    return jsonify(record(upload, answer, label, None))
 
 
 @bp.get("/model")

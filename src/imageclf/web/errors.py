@@ -58,7 +58,7 @@ def _error_page(status: int, title: str, message: str) -> str:
     """The page for an error; if the page itself cannot be rendered (the failure may lie in
     what every page shows, like the model's name), a bare page that needs nothing."""
     try:
-        if request.endpoint == "pages.predict":
+        if request.endpoint == "pages.predict" and status != 401:  # no form without a key
             from .pages import render_index  # the upload form again, with the reason on top
 
             return render_index(error=message, error_title=f"{status} {title}")
@@ -114,7 +114,7 @@ def register(app: Flask) -> None:
     def user_error(exc: ImageclfError) -> Response:
         if isinstance(exc, ImageError):
             metrics.count_rejected(exc.http_status)
-        return error_response(exc.http_status, str(exc))
+        return error_response(exc.http_status, str(exc), getattr(exc, "headers", None))
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:

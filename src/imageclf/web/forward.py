@@ -97,11 +97,11 @@ class ForwardRunner:
             return function(*args)
         return self._thread().apply(function, args)
 
-    def probabilities(self, predictor: Predictor, batch: np.ndarray) -> np.ndarray:
-        """``predictor.predict_proba(batch)``, merged with whatever else is waiting."""
+    def logits(self, predictor: Predictor, batch: np.ndarray) -> np.ndarray:
+        """``predictor.calibrated_logits(batch)``, merged with whatever else is waiting."""
         if not self.cooperative or (connections.open <= 1 and not self._draining):
             self._count(len(batch))
-            return predictor.predict_proba(batch)
+            return predictor.calibrated_logits(batch)
         from gevent import spawn
         from gevent.event import AsyncResult
 
@@ -120,7 +120,7 @@ class ForwardRunner:
                 group = self._next_group()
                 merged = np.concatenate([w.batch for w in group])
                 try:
-                    probs = self.call(group[0].predictor.predict_proba, merged)
+                    probs = self.call(group[0].predictor.calibrated_logits, merged)
                 except BaseException as exc:  # each request answers its own error
                     for waiting in group:
                         waiting.result.set_exception(exc)

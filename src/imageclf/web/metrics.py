@@ -10,7 +10,8 @@ process.
 
 Every label value comes from a fixed set, so no client can create new series:
 route templates (``/static/<path:filename>``, never a raw path), known methods,
-status classes (``2xx``), model classes, and ``other`` for anything else.
+status classes (``2xx``), model classes, API key names from the key file, and
+``other`` for anything else.
 """
 
 from __future__ import annotations
@@ -105,7 +106,21 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        # API keys (web/auth.py): by name from the key file, "anonymous" or "invalid".
+        self.key_requests = Counter(
+            "imageclf_key_requests",
+            "Requests to guarded routes, by API key name and status class.",
+            ["key", "status"],
+            registry=registry,
+        )
+        self.throttled = Counter(
+            "imageclf_key_throttled",
+            "Requests refused (429) because the key was over its quota, by key name.",
+            ["key"],
+            registry=registry,
+        )
         self._classes: frozenset[str] = frozenset()
+        self._keys: frozenset[str] = frozenset()
         self.ready.set(0)
 
     # ------------------------------------------------------------ recording
@@ -131,6 +146,19 @@ class Metrics:
 
     def count_rejected(self, status: int) -> None:
         self.rejected.labels(str(status) if 400 <= status <= 599 else OTHER).inc()
+
+    def allow_keys(self, names: list[str]) -> None:
+        """The key names that may be labels (the key file's, anonymous, invalid)."""
+        self._keys = frozenset(names)
+
+    def _key_label(self, name: str) -> str:
+        return name if name in self._keys else OTHER
+
+    def observe_key(self, name: str, status: int) -> None:
+        self.key_requests.labels(self._key_label(name), status_label(status)).inc()
+
+    def count_throttled(self, name: str) -> None:
+        self.throttled.labels(self._key_label(name)).inc()
 
     # ------------------------------------------------------------ exposing
     def render(self) -> tuple[bytes, str]:

@@ -1,4 +1,5 @@
-"""HTML pages: the upload form (``/``) and the result page (``POST /predict``).
+"""HTML pages: the upload form (``/``) and the result page (``POST /predict``): one
+picture's answer with Grad-CAM, or a list when several were sent together.
 
 Both work without JavaScript; ``static/app.js`` adds preview, drag-and-drop, paste
 and a size check before anything is sent.
@@ -17,12 +18,18 @@ from werkzeug.wrappers import Response
 
 from ..imaging import WEB_FORMATS, format_extensions, format_mime_type
 from .extensions import get_metrics, get_service
+from .feedback import feedback_enabled, read_page_answer, record
 from .pictures import display_copy, png_data_url
+from .service import Prediction
 from .uploads import MB, Upload, collect_uploads
 
 bp = Blueprint("pages", __name__)
 
 TOP_K = 5
+# Pictures one page upload may hold (a list of results; the API takes more). Each comes
+# back as a small PNG, so the page stays a few MB at most.
+PAGE_MAX_FILES = 16
+THUMB_SIZE = 160
 # How a format is spelled for people where Pillow's name reads oddly.
 _DISPLAY_NAMES = {"WEBP": "WebP"}
 EXAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -84,6 +91,7 @@ def render_index(error: str | None = None, error_title: str | None = None) -> st
         error_title=error_title,
         max_bytes=max_bytes,
         max_mb=max_bytes // MB,
+        max_files=min(PAGE_MAX_FILES, int(current_app.config["IMAGECLF_MAX_FILES"])),
         **accepted_formats(),
     )
 
@@ -101,30 +109,77 @@ def predict_get() -> Response:
 
 @bp.post("/predict")
 def predict() -> str:
+    """One picture: the result page with Grad-CAM. Several (dropped or chosen together):
+    one list, a row per picture, in one forward pass."""
     service = get_service()
+    most = min(PAGE_MAX_FILES, int(current_app.config["IMAGECLF_MAX_FILES"]))
     uploads = _example_upload() or collect_uploads(
-        request, {"file": 1}, max_bytes=current_app.config["IMAGECLF_MAX_UPLOAD_BYTES"]
+        request,
+        {"file": most},
+        max_bytes=current_app.config["IMAGECLF_MAX_UPLOAD_BYTES"],
+        max_files=most,
     )
     wait_s = float(current_app.config["IMAGECLF_MODEL_WAIT_S"])
-    explain = bool(current_app.config["IMAGECLF_EXPLAIN_PAGES"])
-    (result,) = service.classify(uploads, top_k=TOP_K, explain=explain, wait_s=wait_s)
-    get_metrics().count_predictions([result.top[0][0]])
+    explain = bool(current_app.config["IMAGECLF_EXPLAIN_PAGES"]) and len(uploads) == 1
+    results = service.classify(
+        uploads,
+        top_k=TOP_K,
+        explain=explain,
+        wait_s=wait_s,
+        client=request.remote_addr or "local",
+    )
+    get_metrics().count_predictions([r.top[0][0] for r in results])
+    if len(results) > 1:
+        return render_template(
+            "results.html",
+            model=service.describe(),
+            rows=[_row(r) for r in results],
+        )
+    (result,) = results
     label, confidence = result.top[0]
+    image_url = png_data_url(display_copy(result.image))
     return render_template(
         "result.html",
         model=service.describe(),
         filename=result.filename,
         width=result.size[0],
         height=result.size[1],
-        image_url=png_data_url(display_copy(result.image)),
+        image_url=image_url,
+        # The form posts back the PNG this page already shows: nothing is uploaded twice
+        # or kept before the user answers (web/feedback.py).
+        feedback_picture=image_url.partition(",")[2] if feedback_enabled() else None,
         small=max(result.image.size) <= 64,
         overlay_url=_overlay_url(result.explanation, result.image.size),
         label=label,
         confidence=confidence,
         top=result.top,
         unsure=result.unsure,
+        outside=result.outside,
         model_view_url=png_data_url(Image.fromarray(result.model_view)),
     )
+
+
+@bp.post("/feedback")
+def feedback() -> str:
+    """The result page's answer ("right", "wrong, it is X", "none of these"): thanks."""
+    upload, answer, label, shown = read_page_answer()
+    stored = record(upload, answer, label, shown)
+    return render_template("feedback_thanks.html", stored=stored)
+
+
+def _row(result: Prediction) -> dict:
+    """One picture's line in the list of several: a small copy, its answer and doubts."""
+    label, confidence = result.top[0]
+    return {
+        "filename": result.filename,
+        "thumb_url": png_data_url(display_copy(result.image, THUMB_SIZE)),
+        "small": max(result.image.size) <= 64,
+        "label": label,
+        "confidence": confidence,
+        "top": result.top[:3],
+        "unsure": result.unsure,
+        "outside": result.outside,
+    }
 
 
 def _overlay_url(overlay: Image.Image | None, size: tuple[int, int]) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -87,14 +88,17 @@ def limits_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def gunicorn_options(
-    host: str, port: int, workers: int, access_log: bool = False
+    host: str, port: int, workers: int, access_log: bool = False, listen_fd: int | None = None
 ) -> dict[str, Any]:
     """The gunicorn settings ``serve`` uses (exposed for tests and docs).
 
     Access lines are off unless asked for: formatting one costs about a tenth of a
     request's CPU (benchmarks/serve_load.py), a front proxy usually logs requests
-    anyway, and /metrics and the error log (with request ids) are always on."""
+    anyway, and /metrics and the error log (with request ids) are always on.
+    ``listen_fd``: a socket already listening (``reuse_port_socket``) instead of host:port."""
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if listen_fd is not None:
+        bind = f"fd://{listen_fd}"
     max_requests = int(os.environ.get("IMAGECLF_MAX_REQUESTS", MAX_REQUESTS))
     return {
         "bind": bind,
@@ -115,6 +119,29 @@ def gunicorn_options(
         # would take it over and stopping either would delete the other's. Not needed.
         "control_socket_disable": True,
     }
+
+
+def reuse_port_socket(host: str, port: int, backlog: int = 2048) -> int:
+    """A listening socket with SO_REUSEPORT, as a file descriptor for gunicorn's master.
+
+    Several servers (e.g. two containers in one pod) then share one port and the kernel
+    spreads connections between them, so one can restart while another answers. The
+    master holds this socket for its whole life and its workers inherit it: gunicorn's own
+    ``reuse_port`` gives each worker a socket of its own instead, closed whenever that
+    worker is recycled, and with one worker the port refused connections until the next
+    one started. Off by default, so a second server on a taken port stays an error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise UserInputError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock.detach()  # gunicorn owns it now
 
 
 def end_worker(server, worker) -> None:
@@ -138,12 +165,17 @@ def serve(
     threads: int | None = None,
     debug: bool = False,
     access_log: bool = False,
+    reuse_port: bool = False,
+    auth: dict[str, Any] | None = None,
+    feedback: dict[str, Any] | None = None,
 ) -> None:
-    """Check the model, then serve until interrupted."""
+    """Check the model, then serve until interrupted. ``auth``: API key settings from
+    ``auth.server_settings`` (keys read once, here, so every worker shares their quotas);
+    ``feedback``: ``feedback.feedback_settings`` (the folder, checked before the fork)."""
     from . import create_app
 
     path = check_model(model)
-    limits = limits_from_env()
+    limits = {**limits_from_env(), **(auth or {}), **(feedback or {})}
     if debug:
         app = create_app(path, IMAGECLF_MODEL_LOADING="eager", **limits)
         app.run(host=host, port=port, debug=True)  # with the reloader
@@ -157,10 +189,15 @@ def serve(
     threads = threads or threads_per_worker(workers)
     # Before any worker forks: /metrics then sums every worker's counters.
     metrics_hooks = gunicorn_hooks(start_multiprocess_dir())
+    listen_fd = reuse_port_socket(host, port) if reuse_port else None
 
     class Server(BaseApplication):
         def load_config(self) -> None:
-            options = gunicorn_options(host, port, workers, access_log)
+            options = gunicorn_options(host, port, workers, access_log, listen_fd)
+            if auth:  # the access line's user field: the key's name, not a client's word
+                from .auth import ACCESS_LOG_FORMAT
+
+                options["access_log_format"] = ACCESS_LOG_FORMAT
             hooks = {**metrics_hooks, "worker_exit": end_worker}
             for key, value in {**options, **hooks}.items():
                 self.cfg.set(key, value)

@@ -8,6 +8,7 @@ the same ``Predictor`` the CLI and the reports use.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..calibration import FAMILIAR_VAL_FLAGGED
 from ..errors import ImageclfError
 from ..imaging import (
     DECODE_SECONDS,
@@ -28,12 +30,13 @@ from ..imaging import (
     DecodeBudget,
     Decoded,
     decode_image,
+    working_size,
 )
 from ..prediction.gradcam import overlay
-from ..prediction.predictor import Predictor
+from ..prediction.predictor import Predictor, default_model_path
+from .decoding import DecodeLedger, DecodeScheduler
 from .forward import ForwardRunner
 from .memory import release_free_memory
-from .pictures import DISPLAY_SIZE
 from .uploads import Upload
 
 log = logging.getLogger("imageclf.web")
@@ -59,7 +62,8 @@ class Prediction:
     size: tuple[int, int] = (0, 0)  # the upload's own size, upright (decoding may reduce)
     class_index: int = 0
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    unsure: bool = False  # top-1 under the bundle's validated threshold: say so, plainly
+    unsure: bool = False  # which class? top-1 under the bundle's validated threshold
+    outside: bool = False  # one of its classes? familiarity under the bundle's threshold
     model_view: np.ndarray | None = None  # (S, S, 3) uint8: the picture as the model saw it
 
 
@@ -79,6 +83,7 @@ class ModelService:
         torch_threads: int | None = None,
         on_loaded: Callable[[Predictor], None] | None = None,
         on_forward_pass: Callable[[int], None] | None = None,
+        decoder: DecodeScheduler | None = None,
     ) -> None:
         self.model_path = Path(model_path) if model_path else None
         self.on_loaded = on_loaded  # e.g. the metrics' model-ready gauge
@@ -88,8 +93,11 @@ class ModelService:
         self.torch_threads = torch_threads
         # The model's own thread in a gevent worker; reports the pictures per pass.
         self.runner = ForwardRunner(on_pass=on_forward_pass)
+        # Decoding's own thread, fair between clients, each within its share of time.
+        self.decoder = decoder or DecodeScheduler(DecodeLedger())
         self.error: str | None = None
         self._predictor: Predictor | None = None
+        self.version = ""  # the model file's sha256 (first 16 hex digits), once loaded
         self._loaded = threading.Event()
         self._settled = threading.Event()  # set when a background load ends, either way
         self._loading = False
@@ -109,6 +117,7 @@ class ModelService:
                 started = time.perf_counter()
                 try:
                     self._predictor = Predictor.load(self.model_path)
+                    self.version = model_version(self.model_path or default_model_path())
                 except ImageclfError as exc:
                     self.error = str(exc)
                     raise
@@ -171,6 +180,12 @@ class ModelService:
             "calibrated": meta.unsure_below is not None,
             "temperature": p.temperature,
             "unsure_below": p.unsure_below,
+            "familiar_above": p.familiar_above,
+            # The share of validation pictures the familiarity rule flags (calibration.py).
+            "familiar_flagged": FAMILIAR_VAL_FLAGGED,
+            "class_count": len(p.classes),
+            # Which file this is: feedback lines and retrained models name it.
+            "version": self.version,
         }
 
     # ------------------------------------------------------------ predicting
@@ -214,6 +229,7 @@ class ModelService:
         top_k: int,
         explain: bool = False,
         wait_s: float = 0.0,
+        client: str = "local",
     ) -> list[Prediction]:
         """Decode every upload, then one forward pass for the whole batch (shared with
         other requests waiting at the same moment: ``forward.ForwardRunner``).
@@ -222,13 +238,17 @@ class ModelService:
         answer is all-or-nothing, so a client never mistakes a partial result.
         """
         predictor = self.predictor(wait_s)
-        # The page shows at most DISPLAY_SIZE; the model needs its input size.
-        decoded = self.decode_all(uploads, max(DISPLAY_SIZE, predictor.input_size))
+        # Reduced like every other caller's pictures (``Predictor.decode``), so the page,
+        # the API and ``predict`` give one picture the same answer.
+        reduced = working_size(predictor.input_size)
+        decoded = self.decoder.run(client, self.decode_all, uploads, reduced)
         # Decoded once: upright, no orientation left, so nothing is turned twice.
         batch = np.stack([predictor.prepare(d.picture) for d in decoded])
-        probs = self.runner.probabilities(predictor, batch)
+        logits = self.runner.logits(predictor, batch)
+        probs = predictor.softmax(logits)
         best = probs.argmax(axis=1)
         unsure = predictor.unsure(probs)
+        outside = predictor.outside(logits)
         overlays: list[Image.Image | None] = [None] * len(decoded)
         if explain and predictor.explainable:  # one Grad-CAM pass, drawn on each picture
             heatmaps = self.runner.call(predictor.gradcam, batch, best).heatmaps
@@ -243,12 +263,24 @@ class ModelService:
                 probabilities=row,
                 explanation=drawn,
                 unsure=bool(doubt),
+                outside=bool(elsewhere),
                 model_view=view,
             )
-            for upload, item, row, index, drawn, doubt, view in zip(
-                uploads, decoded, probs, best, overlays, unsure, batch, strict=True
+            for upload, item, row, index, drawn, doubt, elsewhere, view in zip(
+                uploads, decoded, probs, best, overlays, unsure, outside, batch, strict=True
             )
         ]
+
+
+def model_version(path: Path) -> str:
+    """The model file's sha256, first 16 hex digits: the same for a bundle or an .onnx,
+    and different for every retrained file (the bundle's own digest covers weights and
+    metadata, the file hash everything)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def _limit_torch_threads(threads: int) -> None:

@@ -68,9 +68,11 @@ def _interrupt_at(seconds: float) -> contextlib.AbstractContextManager:
     """Under gevent, a blocking read that is still waiting after ``seconds`` is
     interrupted (a server's read may wait for a whole 64 KB block that a slow client
     sends a byte at a time). Elsewhere reads cannot be interrupted: nothing to do."""
-    gevent = sys.modules.get("gevent")
-    if gevent is None or not gevent.monkey.is_module_patched("socket"):
+    monkey = sys.modules.get("gevent.monkey")  # gevent imported without patching: no
+    if monkey is None or not monkey.is_module_patched("socket"):
         return contextlib.nullcontext()
+    import gevent
+
     return gevent.Timeout(max(seconds, 0.001), RequestTimeout(_TOO_SLOW))
 
 

@@ -3,10 +3,11 @@
 gunicorn's sync workers read a request in the worker itself, so two clients that
 send their headers a byte at a time hold both workers until the timeout kills them.
 Here each connection is a greenlet: a slow client costs a few KB of memory, not a
-worker, and the worker keeps answering others (``/healthz`` included). Decoding runs on
-the event loop, bounded by the decode budget; the forward pass runs on the model's own
-thread, shared by the requests waiting for it, unless the connection is the worker's
-only one (``web/forward.py``; this worker counts its connections for that).
+worker, and the worker keeps answering others (``/healthz`` included). Decoding runs
+on a thread of its own, fairly between clients (``web/decoding.py``); the forward pass
+runs on the model's own thread, shared by the requests waiting for it, unless the
+connection is the worker's only one (``web/forward.py``; this worker counts its
+connections for that).
 
 Deadlines, so a slow client cannot hold a connection slot for ever:
 - headers: the whole request head within ``HEADER_TIMEOUT_S`` (gunicorn's keep-alive

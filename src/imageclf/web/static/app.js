@@ -1,5 +1,5 @@
-// imageclf upload page: preview, drag-and-drop, paste, webcam capture, and a size/type
-// check before sending. The form works without this file; it only makes it nicer.
+// imageclf upload page: preview, drag-and-drop (one picture or several), paste, webcam
+// capture, and a size/type check before sending. The form works without this file; it only makes it nicer.
 "use strict";
 
 (function () {
@@ -60,9 +60,17 @@
       return (bytes / (1024 * 1024)).toFixed(1) + " MB";
     }
 
+    var strip = document.getElementById("preview-strip");
+    var maxFiles = parseInt(form.dataset.maxFiles, 10) || 1;
+    var stripUrls = [];
+
     function resetPreview() {
       if (previewUrl) URL.revokeObjectURL(previewUrl);
       previewUrl = null;
+      stripUrls.forEach(function (url) { URL.revokeObjectURL(url); });
+      stripUrls = [];
+      strip.textContent = "";
+      strip.hidden = true;
       preview.hidden = true;
       preview.removeAttribute("src");
       preview.classList.remove("pixelated");
@@ -70,59 +78,82 @@
       nameLine.textContent = "";
     }
 
-    // Returns true when the file may be sent; otherwise explains why and clears the input.
-    function check(file) {
+    function refuse(text) {
+      showError(text);
+      input.value = "";
+      return false;
+    }
+
+    // Returns true when the files may be sent; otherwise explains why and clears the input.
+    function check(files) {
       clearError();
       resetPreview();
-      if (!file) return false;
-      if (file.size > maxBytes) {
-        showError("This file is " + sizeText(file.size) + ". The limit is " + maxMb +
-                  " MB: please choose a smaller image.");
-        input.value = "";
-        return false;
+      if (!files || !files.length) return false;
+      if (files.length > maxFiles) {
+        return refuse("You chose " + files.length + " pictures; at most " + maxFiles +
+                      " can be classified at once.");
       }
-      if (file.size === 0) {
-        showError("This file is empty.");
-        input.value = "";
-        return false;
+      var total = 0;
+      for (var i = 0; i < files.length; i++) {
+        var file = files[i];
+        total += file.size;
+        if (file.size === 0) return refuse("“" + file.name + "” is empty.");
+        if (allowed.indexOf(formatOf(file)) < 0) {
+          return refuse("“" + file.name + "” is not an accepted image (" + formatNames + ").");
+        }
       }
-      if (allowed.indexOf(formatOf(file)) < 0) {
-        showError("“" + file.name + "” is not an accepted image (" + formatNames + ").");
-        input.value = "";
-        return false;
+      if (total > maxBytes) {
+        return refuse((files.length > 1 ? "These pictures are " : "This file is ") +
+                      sizeText(total) + ". The limit is " + maxMb + " MB" +
+                      (files.length > 1 ? " in all: choose fewer or smaller ones." :
+                       ": please choose a smaller image."));
       }
-      previewUrl = URL.createObjectURL(file);
+      zone.classList.add("has-preview");
+      if (files.length > 1) {
+        for (var j = 0; j < files.length; j++) {
+          var url = URL.createObjectURL(files[j]);
+          stripUrls.push(url);
+          var thumb = document.createElement("img");
+          thumb.alt = files[j].name;
+          thumb.src = url;
+          strip.appendChild(thumb);
+        }
+        strip.hidden = false;
+        nameLine.textContent = files.length + " pictures · " + sizeText(total);
+        return true;
+      }
+      var single = files[0];
+      previewUrl = URL.createObjectURL(single);
       preview.onload = function () {
         if (preview.naturalWidth <= 64 && preview.naturalHeight <= 64) {
           preview.classList.add("pixelated");
         }
       };
       preview.onerror = function () {
-        resetPreview();
-        nameLine.textContent = file.name + " · " + sizeText(file.size);
+        preview.hidden = true;
+        nameLine.textContent = single.name + " · " + sizeText(single.size);
       };
       preview.src = previewUrl;
       preview.hidden = false;
-      zone.classList.add("has-preview");
-      nameLine.textContent = file.name + " · " + sizeText(file.size);
+      nameLine.textContent = single.name + " · " + sizeText(single.size);
       return true;
     }
 
-    function useFile(file) {
-      if (!file) return;
+    function useFiles(files) {
+      if (!files || !files.length) return;
       try {
         var transfer = new DataTransfer();
-        transfer.items.add(file);
+        for (var i = 0; i < files.length; i++) transfer.items.add(files[i]);
         input.files = transfer.files;
       } catch (err) {
-        showError("Your browser cannot take this file here: use the file picker instead.");
+        showError("Your browser cannot take these files here: use the file picker instead.");
         return;
       }
-      check(file);
+      check(input.files);
     }
 
     input.addEventListener("change", function () {
-      check(input.files && input.files[0]);
+      check(input.files);
     });
 
     ["dragenter", "dragover"].forEach(function (name) {
@@ -139,7 +170,7 @@
     zone.addEventListener("drop", function (event) {
       event.preventDefault();
       var files = event.dataTransfer && event.dataTransfer.files;
-      if (files && files.length) useFile(files[0]);
+      if (files && files.length) useFiles(files);
     });
 
     document.addEventListener("paste", function (event) {
@@ -151,7 +182,7 @@
           if (file && !file.name) {
             file = new File([file], "pasted." + (formatOf(file) || "png"), { type: file.type });
           }
-          useFile(file);
+          useFiles([file]);
           return;
         }
       }
@@ -215,20 +246,19 @@
             showError("The photo could not be taken. Choose a file instead.");
             return;
           }
-          useFile(new File([blob], "webcam.jpg", { type: "image/jpeg" }));
+          useFiles([new File([blob], "webcam.jpg", { type: "image/jpeg" })]);
           submit.focus();
         }, "image/jpeg", 0.92);
       });
     }
 
     form.addEventListener("submit", function (event) {
-      var file = input.files && input.files[0];
-      if (!file) {
+      if (!input.files || !input.files.length) {
         event.preventDefault();
         showError("Choose an image first.");
         return;
       }
-      if (!check(file)) {
+      if (!check(input.files)) {
         event.preventDefault();
         return;
       }
