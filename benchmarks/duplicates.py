@@ -4,8 +4,9 @@ the test pictures that have a twin in training.
 
     nice -n 19 .venv/bin/python benchmarks/duplicates.py [--data PATH] [--skip-model]
 
-Prints a table and writes benchmarks/results/duplicates.json, plus contact sheets for
-the by-eye check (a random sample of pairs, and the pairs at the threshold itself).
+Prints a table and writes benchmarks/results/duplicates.json (duplicates_no_model.json
+with --skip-model), plus contact sheets for the by-eye check (a random sample of pairs,
+and the pairs at the threshold itself).
 """
 
 from __future__ import annotations
@@ -135,6 +136,8 @@ def main() -> None:
     dup.write_sheet(sample, ds, OUT / "duplicates_sample.png")
     edge = [p for p in report.pairs if p.distance == dup.THRESHOLD]
     dup.write_sheet(replace(report, pairs=edge), ds, OUT / "duplicates_at_threshold.png")
+    for sheet in ("duplicates_sample.png", "duplicates_at_threshold.png"):  # kept small
+        Image.open(OUT / sheet).convert("RGB").quantize(128).save(OUT / sheet, optimize=True)
 
     result = {
         "data": args.data, "machine": describe(), "loadavg": loadavg(),
@@ -162,7 +165,8 @@ def main() -> None:
           f"({exact_n} exact)")  # fmt: skip
     if "bundled_model" in result:
         print(json.dumps(result["bundled_model"]))
-    (OUT / "duplicates.json").write_text(json.dumps(result, indent=1))
+    name = "duplicates_no_model.json" if args.skip_model else "duplicates.json"
+    (OUT / name).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

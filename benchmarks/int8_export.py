@@ -52,11 +52,23 @@ def accuracy(predictor, images: np.ndarray, labels: np.ndarray, chunk: int = 500
 
 
 def export_both(model: Path, data: str, scratch: Path) -> tuple[dict, dict]:
-    """The fp32 and int8 exports (paths and what their checks said), each timed."""
+    """The fp32 and int8 exports (paths and what their checks said), each timed; files
+    already in ``scratch`` (``--exports``) are used as they are."""
     from imageclf.cli.export import int8_data
     from imageclf.prediction.export import export_onnx
-    from imageclf.prediction.quantize import export_int8
+    from imageclf.prediction.quantize import QUANT_KEY, export_int8
 
+    fp32_path, int8_path = scratch / "model.onnx", scratch / "model.int8.onnx"
+    if fp32_path.is_file() and int8_path.is_file():
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(int8_path)).metadata_props}
+        facts = json.loads(props[QUANT_KEY])
+        return {"path": fp32_path, "seconds": None}, {
+            "path": int8_path,
+            "seconds": None,
+            "facts": facts,
+        }
     started = time.perf_counter()
     fp32 = export_onnx(model, scratch / "model.onnx")
     fp32_s = time.perf_counter() - started
@@ -78,6 +90,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=400, help="single-image calls per model")
     parser.add_argument("--rounds", type=int, default=10, help="alternations of the models")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "int8_export.json")
+    parser.add_argument(
+        "--exports", type=Path, default=None, help="keep the exports here (and reuse them)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -89,7 +104,9 @@ def main() -> None:
     model = Path(args.model) if args.model else default_model_path()
     load_before = loadavg()
     with tempfile.TemporaryDirectory() as scratch:
-        fp32, int8 = export_both(model, args.data, Path(scratch))
+        if args.exports:
+            args.exports.mkdir(parents=True, exist_ok=True)
+        fp32, int8 = export_both(model, args.data, args.exports or Path(scratch))
         predictors = {
             "torch fp32": Predictor.load(model, precision="fp32"),
             "onnx fp32": Predictor.load(fp32["path"]),

@@ -14,6 +14,8 @@ RssAnon from /proc every 20 ms (pages of a memory-mapped file are RssFile, not R
 - ``disk-cold``: decoded into the disk cache first (another process), the file dropped
   from the page cache (posix_fadvise DONTNEED), then trained: every first read comes
   from disk, as with a folder bigger than RAM.
+- ``gather``: the data path alone, in this process: one shuffled pass over every
+  picture in training's batches, from memory, the warm file and the cold file.
 
 The folder (default: 5,000 synthetic 224x224 JPEGs of smooth noise, 10 classes) is
 built in a temporary folder unless ``--folder`` is given. The epoch's seconds are the
@@ -122,12 +124,43 @@ def run_case(case: str, folder: Path, args, work: Path, decoded: int) -> dict:
     }
 
 
+def gather_rates(folder: Path, work: Path, batch: int) -> list[dict]:
+    """The data path alone: one shuffled pass over every picture in batches, gathered as
+    training gathers them (``SplitImages``), from memory, from the memory-mapped file in
+    the page cache, and from the file after dropping it from the page cache."""
+    import torch
+
+    from imageclf.data import load_dataset
+    from imageclf.data.loader import SplitImages, batch_indices
+
+    os.environ["IMAGECLF_HOME"] = str(work / "home-gather")
+    os.environ["IMAGECLF_MEMORY_LIMIT"] = "1M"
+    mapped = load_dataset(folder, image_size=224, progress=False).images
+    # Read, not through the mapping: pages mapped here could not be dropped for "cold".
+    (pixels,) = (work / "home-gather" / "datasets").glob("*.pixels")
+    held = np.fromfile(pixels, np.uint8).reshape(mapped.shape)
+    rows = []
+    for case, images in (("gather: memory", held), ("gather: disk (warm)", mapped),
+                         ("gather: disk (cold)", mapped)):  # fmt: skip
+        if case.endswith("(cold)"):
+            drop_page_cache(work / "home-gather" / "datasets")
+        view = SplitImages(images, np.arange(len(images)))
+        gen = torch.Generator().manual_seed(0)
+        started = time.perf_counter()
+        for idx in batch_indices(len(view), batch, shuffle=True, gen=gen):
+            view[idx]
+        seconds = time.perf_counter() - started
+        rows.append({"case": case, "images": len(view), "seconds": round(seconds, 3),
+                     "img_per_s": round(len(view) / seconds), "loadavg": loadavg()})  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--subset", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--cases", default="memory,disk,disk-cold")
+    parser.add_argument("--cases", default="memory,disk,disk-cold,gather")
     parser.add_argument("--folder", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks/results/large_folder.json")
     args = parser.parse_args()
@@ -136,7 +169,9 @@ def main() -> None:
         folder = args.folder or build_folder(work / "folder", args.images)
         n = sum(1 for p in folder.rglob("*") if p.is_file())
         decoded = n * 224 * 224 * 3
-        rows = [run_case(c, folder, args, work, decoded) for c in args.cases.split(",")]
+        cases = args.cases.split(",")
+        rows = [run_case(c, folder, args, work, decoded) for c in cases if c != "gather"]
+        gathers = gather_rates(folder, work, args.batch_size) if "gather" in cases else []
     header = ["case", "memory_limit_mb", "chosen", "peak_rss_anon_mb", "peak_rss_file_mb",
               "epoch_s", "train_img_per_s", "wall_s"]  # fmt: skip
     print(f"{n:,} pictures at 224x224 = {decoded / 1e6:,.0f} MB decoded; subset {args.subset}, "
@@ -144,9 +179,12 @@ def main() -> None:
     print("  ".join(f"{h:>18}" for h in header))
     for row in rows:
         print("  ".join(f"{row[h]!s:>18}" for h in header))
+    for row in gathers:
+        print(f"{row['case']:<22} {row['images']:,} pictures in {row['seconds']} s = "
+              f"{row['img_per_s']:,} img/s")  # fmt: skip
     record = {"machine": describe(), "loadavg": loadavg(), "images": n,
               "decoded_mb": round(decoded / 1e6), "subset": args.subset,
-              "batch_size": args.batch_size, "rows": rows}  # fmt: skip
+              "batch_size": args.batch_size, "rows": rows, "gather": gathers}  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.json}")

@@ -55,8 +55,8 @@ def main() -> None:
         found = lr_find(cfg, steps=100, progress=False)
         sweep_s = time.perf_counter() - started
         rates = {f"recipe x{f:g}": cfg.lr * f for f in FACTORS}
-        rates["lr-find minimum/10"] = found.suggestion
-        rates["lr-find steepest"] = found.steepest
+        rates["lr-find minimum/10"] = found.minimum / 10 if found.minimum else None
+        rates["lr-find steepest"] = found.steepest  # the suggestion (RULE)
         grid = {}
         with tempfile.TemporaryDirectory() as tmp:
             for label, lr in rates.items():
@@ -75,10 +75,10 @@ def main() -> None:
     results["loadavg_end"] = loadavg()
     OUT.mkdir(exist_ok=True)
     (OUT / "lr_find.json").write_text(json.dumps(results, indent=1))
-    print(f"{'data':<24} {'suggested':>10} {'steepest':>10} {'recipe':>10}  best on the grid")
+    print(f"{'data':<24} {'suggested':>10} {'min/10':>10} {'recipe':>10}  best on the grid")
     for name, r in results["sets"].items():
         s = r["suggestion"] or float("nan")
-        t = r["steepest"] or float("nan")
+        t = r["minimum"] / 10 if r["minimum"] else float("nan")
         print(f"{name:<24} {s:>10.3g} {t:>10.3g} {r['recipe_lr']:>10.3g}  {r['best']} "
               f"({r['grid'][r['best']]['lr']:.3g})")  # fmt: skip
 

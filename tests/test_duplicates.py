@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -143,9 +144,12 @@ def test_sheet_into_a_folder_is_refused(planted, tmp_path, capsys):
         dup.write_sheet(dup.DuplicateReport(dup.THRESHOLD), ds, tmp_path)
 
 
-def test_train_reports_and_dedupes(planted, tmp_path, caplog):
+def test_train_reports_and_dedupes(planted, tmp_path, caplog, monkeypatch):
     from imageclf.training import train
     from imageclf.training.resolve import resolve
+
+    # The CLI (run by other tests in this process) turns propagation off; caplog needs it.
+    monkeypatch.setattr(logging.getLogger("imageclf"), "propagate", True)
 
     ds, where = planted
     _write_folder(tmp_path / "data", ds)
@@ -166,4 +170,14 @@ def test_train_reports_and_dedupes(planted, tmp_path, caplog):
     assert "test pictures with a twin in train: 4 (1 exact)" in caplog.text
     assert "--dedupe dropped 4 training copies" in caplog.text
     assert runs[True]["config"]["dedupe"] is True
+    # evaluate re-creates the deduped split exactly (not "could not be reproduced")
+    from imageclf.data import load_dataset
+    from imageclf.evaluation.evaluator import resolve_split
+    from imageclf.models.bundle import load_bundle
+
+    bundle = tmp_path / "rTrue" / "model.safetensors"
+    dataset = load_dataset(tmp_path / "data", progress=False)
+    split, where_from, notes = resolve_split(dataset, load_bundle(bundle).metadata, None)
+    assert not notes and where_from["origin"] == "recorded in the model bundle"
+    assert len(split.train) == runs[True]["split"]["sizes"]["train"]
     assert runs[True]["split"]["sizes"]["train"] == runs[False]["split"]["sizes"]["train"] - 4

@@ -60,9 +60,7 @@ def test_lr_find_suggests_a_rate_inside_the_sweep(folder):
     found = lr_find(_cfg(folder), start_lr=1e-6, end_lr=10.0, steps=30, progress=False)
     assert found.suggestion is not None
     assert 1e-6 <= found.suggestion <= 10.0
-    assert found.minimum is not None and found.suggestion == pytest.approx(
-        max(1e-6, found.minimum / 10)
-    )
+    assert found.minimum is not None and found.suggestion < found.minimum  # before it
     assert len(found.lrs) == len(found.losses) == len(found.smoothed)
 
 
@@ -70,8 +68,10 @@ def test_suggest_rules_on_a_known_curve():
     lrs = [10 ** (e / 4) for e in range(-24, 1)]  # 1e-6 .. 1
     loss = [2.0] * 8 + [2.0 - 0.2 * k for k in range(1, 9)] + [0.6 + 0.5 * k for k in range(9)]
     suggestion, steepest, minimum = suggest(lrs, loss)
-    assert minimum == lrs[15] and suggestion == pytest.approx(lrs[15] / 10)  # 0.4, the lowest
-    assert lrs[8] <= steepest <= lrs[15]
+    assert minimum == lrs[15]  # 0.4, the lowest
+    assert suggestion == steepest and lrs[8] <= steepest < lrs[15]  # on the straight descent
+    early = [2.0, 0.5, 0.6, 0.9, 1.2, 1.5]  # the minimum too early for a slope before it
+    assert suggest(lrs[:6], early) == (lrs[0], None, lrs[1])  # a tenth, kept in the sweep
     assert suggest(lrs[:5], [1.0, 1.1, 1.2, 1.3, 1.4]) == (None, None, None)  # never fell
 
 
@@ -85,7 +85,7 @@ def test_cli_writes_plot_and_json(folder, tmp_path, capsys):
     assert code == 0, err
     assert "suggested --lr" in stdout and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads(out.read_text())
-    assert doc["rule"].startswith("minimum/10") and len(doc["lrs"]) >= 5
+    assert doc["rule"].startswith("steepest") and len(doc["lrs"]) >= 5
 
 
 @pytest.mark.parametrize(
@@ -102,3 +102,20 @@ def test_cli_bad_options_are_one_line(folder, tmp_path, capsys, args, words):
     code, _, err = run_cli(argv + (args if "--data" in args else ["--data", str(folder), *args]),
                            capsys)  # fmt: skip
     assert code == 2 and err.count("\n") == 1 and words in err, err
+
+
+def test_from_a_bundle_the_sweep_starts_from_the_fitted_head(folder, tiny_bundle, monkeypatch):
+    from imageclf.training import finetune
+
+    fitted = []
+    fit_head = finetune.fit_head
+    monkeypatch.setattr(finetune, "fit_head", lambda *a, **k: fitted.append(1) or fit_head(*a, **k))
+    cfg = resolve("finetune", data=str(folder), init=str(tiny_bundle), batch_size=16)
+    found = lr_find(cfg, start_lr=1e-5, end_lr=1.0, steps=8, progress=False)
+    assert fitted == [1] and len(found.lrs) >= 5
+
+
+def test_freeze_backbone_has_no_rate_to_find(folder, tiny_bundle, capsys, tmp_path):
+    argv = ["-q", "lr-find", "--data", str(folder), "--init", str(tiny_bundle)]
+    code, _, err = run_cli([*argv, "--freeze-backbone", "--plot", str(tmp_path / "p.png")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "no learning rate to find" in err

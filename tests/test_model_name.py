@@ -11,7 +11,7 @@ from helpers import run_cli, write_image_folder
 from imageclf import TrainConfig
 from imageclf.errors import UserInputError
 from imageclf.models.bundle import load_bundle
-from imageclf.models.names import check_model_name, default_model_name, safe_component
+from imageclf.models.naming import check_model_name, default_model_name, safe_component
 
 
 @pytest.mark.parametrize(

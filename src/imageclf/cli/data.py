@@ -69,7 +69,7 @@ def data_info(ctx: click.Context, path: str | None) -> None:
     "--duplicates/--no-duplicates",
     default=True,
     show_default=True,
-    help="Look for exact and near twins across train/val/test (decodes at 32 px, cached).",
+    help="Look for exact and near twins across train/val/test (decodes at 32 px).",
 )
 @click.option(
     "--duplicates-sheet",
@@ -94,7 +94,9 @@ def data_inspect(
         from ..data import duplicates as dup
         from ..data import load_dataset
 
-        dataset = load_dataset(path, image_size=dup.HASH_SIDE, progress=ctx.obj["progress"])
+        # Decoded again, not cached: inspecting leaves nothing behind.
+        dataset = load_dataset(path, image_size=dup.HASH_SIDE, use_cache=False,
+                               progress=ctx.obj["progress"])  # fmt: skip
         report = dup.check_dataset(dataset)
         click.echo(dup.format_pairs(report, dataset))
         if duplicates_sheet:

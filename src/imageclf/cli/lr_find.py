@@ -47,7 +47,8 @@ def lr_find_command(
     cfg = resolve(recipe, **{**options, "data": data_path, **_parse_set(sets)})
     found = lr_find(cfg, start_lr=start_lr, end_lr=end_lr, steps=steps,
                     progress=ctx.obj["progress"])  # fmt: skip
-    marks = {"suggested": found.suggestion, "steepest": found.steepest,
+    tenth = found.minimum / 10 if found.minimum else None
+    marks = {"suggested (steepest)": found.suggestion, "minimum/10": tenth,
              "recipe lr": found.recipe_lr}  # fmt: skip
     fig = plots.lr_curve(found.lrs, found.losses, found.smoothed, marks,
                          title=f"lr range test: {cfg.recipe}, {len(found.lrs)} steps")  # fmt: skip
@@ -60,8 +61,9 @@ def lr_find_command(
     if found.suggestion is None:
         click.echo("no suggestion: the loss never fell (try a wider --start-lr/--end-lr)")
         return
-    click.echo(f"suggested --lr {found.suggestion:.3g} ({found.rule}); steepest descent at "
-               f"{found.steepest:.3g}; the recipe's lr is {found.recipe_lr:.3g}")  # fmt: skip
+    tenth_said = f"a tenth of the minimum's rate: {found.minimum / 10:.3g}"
+    click.echo(f"suggested --lr {found.suggestion:.3g} ({found.rule}); {tenth_said}; "
+               f"the recipe's lr: {found.recipe_lr:.3g}")  # fmt: skip
 
 
 lr_find_command.params.extend(p for p in train_command.params if p.name not in NOT_HERE)

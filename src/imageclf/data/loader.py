@@ -8,10 +8,14 @@ uint8; nothing is copied up front and nothing is converted to float beyond a bat
 
 from __future__ import annotations
 
+import mmap
+import os
 from collections.abc import Iterator
 
 import numpy as np
 import torch
+
+from ..errors import DataError
 
 # Pixels read per step while computing the channel statistics (uint16 squares: 2x this).
 STATS_CHUNK_BYTES = 32 * 1024**2
@@ -40,13 +44,32 @@ class SplitImages:
         if isinstance(key, torch.Tensor):
             key = key.numpy()
         rows = np.atleast_1d(self.index[key])
-        if not isinstance(self.images, np.memmap):
+        if _mapped_file(self.images) is None:
             return torch.from_numpy(self.images[rows])
-        # A sorted gather reads the file front to back (readahead helps on a cold cache).
-        order = np.argsort(rows, kind="stable")
-        out = np.empty((len(rows), *self.images.shape[1:]), np.uint8)
-        out[order] = self.images[rows[order]]
-        return torch.from_numpy(out)
+        return torch.from_numpy(_read_rows(self.images, rows))
+
+
+def _mapped_file(images: np.ndarray) -> str | None:
+    """The file behind a whole memory-mapped array (not a view into one), else None."""
+    whole = isinstance(images, np.memmap) and isinstance(images.base, mmap.mmap)
+    return images.filename if whole and images.flags.c_contiguous else None
+
+
+def _read_rows(images: np.memmap, rows: np.ndarray) -> np.ndarray:
+    """Pictures ``rows`` of a memory-mapped array, read with one pread each, in file order:
+    through the page cache like the mapping, but without a page fault per 4 KB (the first
+    pass over a mapping faulted at ~2,500 pictures/s at 224 px)."""
+    out = np.empty((len(rows), *images.shape[1:]), np.uint8)
+    size = out[0].nbytes if len(rows) else 0
+    fd = os.open(_mapped_file(images), os.O_RDONLY)
+    try:
+        for k in np.argsort(rows, kind="stable"):
+            at = images.offset + int(rows[k]) * size
+            if os.preadv(fd, [memoryview(out[k]).cast("B")], at) != size:
+                raise DataError(f"{images.filename} is shorter than its pictures; delete it")
+    finally:
+        os.close(fd)
+    return out
 
 
 def channel_stats(images: np.ndarray | SplitImages) -> tuple[list[float], list[float]]:

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data import Dataset, Split, load_dataset, make_split
+from ..data import Dataset, Split, duplicates, load_dataset, make_split
 from ..data.splits import SPLITS
 from ..errors import DataError, UserInputError
 from ..models.metadata import BundleMetadata
-from ..models.names import safe_component
+from ..models.naming import safe_component
 from ..prediction.inference import SCORE_CHUNK, TTA_VIEWS
 from ..prediction.predictor import Predictor
 from .interpretation import Interpretation
@@ -137,6 +137,8 @@ def resolve_split(
             config.get("val_size"),
             config.get("subset"),
         )
+        if config.get("dedupe"):  # trained without the twins of val/test: the same again
+            split = duplicates.drop_training_copies(split, duplicates.check_dataset(dataset, split))
         origin = "recorded in the model bundle"
         if recorded.get("digest") and split.digest() != recorded["digest"]:
             saved = _split_from_run_folder(bundle_path, recorded)

@@ -10,7 +10,7 @@ replace a file. The originals are only read. Unreadable pictures go into no fold
 command names them on stderr and counts them in the summary.
 
 Labels come from the bundle (``models.class_names`` already refuses control characters),
-but a bundle is untrusted: folder names go through ``models.names.safe_component`` (no
+but a bundle is untrusted: folder names go through ``models.naming.safe_component`` (no
 separators, no ``..``), and labels that would share a folder (``Cat`` and ``cat`` on a
 case-insensitive disk, or a class named ``unsure``) get distinct ones.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import UserInputError
 from ..fileio import printable
-from ..models.names import safe_component
+from ..models.naming import safe_component
 from .files import FileResult
 
 UNSURE = "unsure"

@@ -18,7 +18,7 @@ from ..device import PRECISIONS, check_device_name
 from ..errors import UserInputError
 from ..models.bundle import MIN_INPUT_SIZE
 from ..models.class_names import MAX_TEXT
-from ..models.names import check_model_name
+from ..models.naming import check_model_name
 from .domains import check_architecture, check_augment_fits, check_domains, short_repr
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "muon")
@@ -42,7 +42,7 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
 @dataclass
 class TrainConfig:
     recipe: str = "fast"
-    name: str | None = None  # the model's name (--name); None: <data>-<recipe> (models.names)
+    name: str | None = None  # the model's name (--name); None: <data>-<recipe> (models.naming)
     architecture: str = "fast"
     arch_kwargs: dict = field(default_factory=dict)
     # optimisation

@@ -22,7 +22,7 @@ from ..calibration import MIN_IMAGES, calibrate, calibration_effect
 from ..device import machine, precision_name
 from ..fileio import write_text_atomic
 from ..models.bundle import save_bundle
-from ..models.names import default_model_name
+from ..models.naming import default_model_name
 from ..prediction.inference import (
     SCORE_CHUNK,
     TTA_VIEWS,

@@ -46,7 +46,7 @@ from werkzeug.exceptions import BadRequest
 
 from ..errors import ImageclfError, UserInputError
 from ..fileio import csv_text, parse_json
-from ..models.names import safe_component
+from ..models.naming import safe_component
 from .extensions import get_service
 from .json_body import image_from_json, is_json, json_body_limit
 from .pictures import display_copy
