@@ -66,6 +66,21 @@ class ModelOutputError(BundleError):
     http_status = 422
 
 
+class RetryLaterError(UserInputError):
+    """One client (or key) asked for more than its share: HTTP 429, and ``Retry-After``
+    says in how many seconds it may ask again."""
+
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class ImageError(UserInputError):
     """One image cannot be used; ``http_status`` says why in HTTP terms."""
 

@@ -21,12 +21,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data.augment import augment_batch, shrink
 from ..data.loader import batch_indices
-from ..device import DistContext, Runtime, autocast, setup_runtime
+from ..device import DistContext, Runtime, setup_runtime
 from ..errors import TrainingDiverged
 from ..fileio import RunLock
 from . import finetune
@@ -49,6 +47,7 @@ from .runs import (
     write_run_record,
 )
 from .start import Start, start_for
+from .step import optimizer_step, training_batch
 from .train_data import TrainData
 
 log = logging.getLogger("imageclf.train")
@@ -215,29 +214,11 @@ def train_one_epoch(job: Job) -> tuple[float, float, int]:
     batches = batch_indices(len(data.x_train), cfg.batch_size, shuffle=True, gen=gen)
     for step_in_epoch, idx in enumerate(batches):
         idx = idx[rank::world]  # each process takes its share of the batch
-        x = parts.normalizer(data.x_train[idx], rt.device)
-        x = augment_batch(x, data.train_idx[idx], epoch, cfg.augment, gen, cfg.seed)
-        if side != x.shape[-1]:
-            x = shrink(x, side)
-        y = data.y_train[idx].to(rt.device)
+        x, y = training_batch(data, parts, cfg, rt, idx, epoch, gen, side)
         set_learning_rate(
             parts.optimizer, cfg, schedule_multiplier(cfg, step, total_steps) * lr_factor
         )
-        with autocast(rt.device, rt.amp_dtype):
-            logits = parts.net(x)
-            loss_each = F.cross_entropy(
-                logits.float(), y, weight=parts.loss_weight,
-                label_smoothing=cfg.label_smoothing, reduction="none",
-            )  # fmt: skip
-            # "sum" makes the learning rate per example; DDP averages gradients over ranks.
-            loss = loss_each.sum() * world if cfg.loss_reduction == "sum" else loss_each.mean()
-            penalty = parts.hooks.l2_penalty()
-            if penalty is not None:
-                loss = loss + penalty
-        parts.optimizer.zero_grad(set_to_none=True)
-        parts.scaler.scale(loss).backward()
-        parts.scaler.step(parts.optimizer)
-        parts.scaler.update()
+        logits, loss_each = optimizer_step(parts, cfg, rt, parts.net, x, y, world)
         step += 1
         if parts.lookahead is not None:
             parts.lookahead.after_step(step, total_steps)

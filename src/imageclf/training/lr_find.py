@@ -26,12 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data.augment import augment_batch, shrink
 from ..data.loader import batch_indices
-from ..device import Runtime, autocast, setup_runtime
+from ..device import Runtime, setup_runtime
 from ..errors import UserInputError
 from . import finetune
 from .adapt import adapt_to_data
@@ -39,6 +37,7 @@ from .config import TrainConfig
 from .optim import set_learning_rate
 from .parts import Parts
 from .start import start_for
+from .step import optimizer_step, training_batch
 from .train_data import TrainData
 
 RULE = "steepest descent of the smoothed loss, before its minimum"
@@ -146,25 +145,9 @@ def _walk(parts: Parts, data: TrainData, cfg: TrainConfig, rt: Runtime, schedule
     bar = tqdm(schedule, desc="lr sweep", unit="step", leave=False, disable=not progress)
     for k, lr in enumerate(bar):
         idx = next(batches)
-        x = parts.normalizer(data.x_train[idx], rt.device)
-        x = augment_batch(x, data.train_idx[idx], 0, cfg.augment, gen, cfg.seed)
-        if side != x.shape[-1]:
-            x = shrink(x, side)
-        y = data.y_train[idx].to(rt.device)
+        x, y = training_batch(data, parts, cfg, rt, idx, 0, gen, side)
         set_learning_rate(parts.optimizer, cfg, float(lr) / cfg.lr)
-        with autocast(rt.device, rt.amp_dtype):
-            each = F.cross_entropy(
-                parts.model(x).float(), y, weight=parts.loss_weight,
-                label_smoothing=cfg.label_smoothing, reduction="none",
-            )  # fmt: skip
-            loss = each.sum() if cfg.loss_reduction == "sum" else each.mean()
-            penalty = parts.hooks.l2_penalty()
-            if penalty is not None:
-                loss = loss + penalty
-        parts.optimizer.zero_grad(set_to_none=True)
-        parts.scaler.scale(loss).backward()
-        parts.scaler.step(parts.optimizer)
-        parts.scaler.update()
+        _, each = optimizer_step(parts, cfg, rt, parts.model, x, y)
         value = float(each.detach().mean())
         if not math.isfinite(value):
             stopped = f"diverged at step {k + 1} (loss not finite)"

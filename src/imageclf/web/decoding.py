@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..errors import ImageError
+from ..errors import ImageError, RetryLaterError
 from .forward import gevent_is_patched
 
 T = TypeVar("T")
@@ -44,18 +44,8 @@ WINDOW_S = 60.0
 MAX_CLIENTS = 10_000
 
 
-class DecodeQuotaError(ImageError):
+class DecodeQuotaError(RetryLaterError, ImageError):
     """This client used its share of decoding time: retry after ``retry_after`` s (429)."""
-
-    http_status = 429
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
 
 class DecodeLedger:

@@ -44,7 +44,7 @@ from flask import Flask, current_app, g, request
 from PIL import Image
 from werkzeug.exceptions import BadRequest
 
-from ..errors import ImageclfError, UserInputError
+from ..errors import ImageclfError, RetryLaterError, UserInputError
 from ..fileio import csv_text, parse_json
 from ..models.naming import safe_component
 from .extensions import get_service
@@ -83,18 +83,8 @@ class FeedbackFullError(ImageclfError):
     http_status = 507
 
 
-class FeedbackRateError(ImageclfError):
+class FeedbackRateError(RetryLaterError):
     """This client sent answers faster than the per-client rate (HTTP 429)."""
-
-    http_status = 429
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
 
 @dataclass(frozen=True)
