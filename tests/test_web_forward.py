@@ -171,3 +171,51 @@ def test_the_real_predictor_gives_the_same_answers_through_the_model_thread(rows
     (greenlet,) = [gevent.spawn(runner.logits, predictor, batch)]
     greenlet.join(timeout=30)
     np.testing.assert_array_equal(greenlet.value, expected)
+
+
+# ---------------------------------------------------------------- the batching knobs
+def test_batch_wait_lets_requests_arriving_meanwhile_join_the_pass():
+    """serve --batch-wait-ms: requests that arrive while an idle model waits go through
+    in one pass; without the wait the first goes alone."""
+
+    def passes(wait_s: float) -> list[list[int]]:
+        predictor = FakePredictor(delay=0.0)
+        runner = ForwardRunner(cooperative=True, wait_s=wait_s)
+        greenlets = []
+        for index in range(4):
+            greenlets.append(gevent.spawn(runner.logits, predictor, pictures(index)))
+            gevent.sleep(0.01)  # they arrive 10 ms apart
+        gevent.joinall(greenlets, timeout=10, raise_error=True)
+        assert [g.value[:, 0].tolist() for g in greenlets] == [[0], [1], [2], [3]]
+        return predictor.passes
+
+    assert passes(0.2) == [[0, 1, 2, 3]]
+    assert passes(0.0)[0] == [0]
+
+
+def test_max_batch_caps_a_merged_pass():
+    predictor = FakePredictor(delay=0.05)
+    runner = ForwardRunner(cooperative=True, max_rows=2)
+    greenlets = run_all(runner, predictor, [(0,), (1,), (2,), (3,), (4,)])
+    assert [g.value[:, 0].tolist() for g in greenlets] == [[0], [1], [2], [3], [4]]
+    assert predictor.passes[0] == [0]
+    assert all(len(p) <= 2 for p in predictor.passes) and len(predictor.passes) == 3
+
+
+def test_the_knobs_reach_the_runner_and_are_checked(tmp_path):
+    from click.testing import CliRunner
+    from helpers import make_tiny_bundle
+
+    from imageclf.cli import cli
+    from imageclf.web import create_app
+    from imageclf.web.extensions import get_service
+    from imageclf.web.server import limits_from_env
+
+    bundle = make_tiny_bundle(tmp_path / "m.safetensors")
+    app = create_app(bundle, IMAGECLF_MAX_BATCH=8, IMAGECLF_BATCH_WAIT_MS=5.0)
+    runner = get_service(app).runner
+    assert runner.max_rows == 8 and runner.wait_s == 0.005
+    assert limits_from_env({"IMAGECLF_BATCH_WAIT_MS": "0"}) == {"IMAGECLF_BATCH_WAIT_MS": 0.0}
+    for args in (["--max-batch", "0"], ["--batch-wait-ms", "-1"], ["--max-batch", "x"]):
+        result = CliRunner().invoke(cli, ["serve", "--model", str(bundle), *args])
+        assert result.exit_code == 2 and "Traceback" not in result.output

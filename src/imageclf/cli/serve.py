@@ -132,6 +132,24 @@ from .keys import keys_command
     help="Answers one client address may send per minute in each worker (default: 30, "
     "bursts of 10); 429 beyond.",
 )
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1, 512),
+    default=None,
+    envvar="IMAGECLF_MAX_BATCH",
+    show_envvar=True,
+    help="Most pictures one merged forward pass takes, from requests waiting at once "
+    "(default: 32; docs/benchmarks.md measures it).",
+)
+@click.option(
+    "--batch-wait-ms",
+    type=click.FloatRange(0, 1000),
+    default=None,
+    envvar="IMAGECLF_BATCH_WAIT_MS",
+    show_envvar=True,
+    help="How long a pass that is not full waits for more requests to join it "
+    "(default: 0, it goes at once).",
+)
 def serve_command(
     model: str | None,
     host: str,
@@ -149,6 +167,8 @@ def serve_command(
     feedback_dir: str | None,
     feedback_quota_mb: float | None,
     feedback_per_minute: float | None,
+    max_batch: int | None,
+    batch_wait_ms: float | None,
 ) -> None:
     """Serve the upload page and the JSON API (gunicorn). MODEL may be a .safetensors
     bundle or an exported .onnx file."""
@@ -160,6 +180,14 @@ def serve_command(
 
     auth = server_settings(api_keys, key_rate, key_burst, protect_page, protect_metrics)
     feedback = feedback_settings(feedback_dir, feedback_quota_mb, feedback_per_minute)
+    batching = {
+        key: value
+        for key, value in (
+            ("IMAGECLF_MAX_BATCH", max_batch),
+            ("IMAGECLF_BATCH_WAIT_MS", batch_wait_ms),
+        )
+        if value is not None
+    }
     serve(
         model,
         host=host,
@@ -171,6 +199,7 @@ def serve_command(
         reuse_port=reuse_port,
         auth=auth,
         feedback=feedback,
+        settings=batching,
     )
 
 

@@ -22,6 +22,7 @@ from .decoding import CLIENT_DECODE_SECONDS, WINDOW_S, DecodeLedger, DecodeSched
 from .errors import request_id
 from .extensions import get_metrics, init_extensions
 from .feedback import DEFAULT_BURST, DEFAULT_PER_MINUTE, DEFAULT_QUOTA_MB, init_feedback
+from .forward import MAX_BATCH_ROWS
 from .memory import keep_large_blocks_on_mmap
 from .metrics import Metrics
 from .service import ModelService
@@ -67,6 +68,10 @@ DEFAULTS: dict[str, Any] = {
     # What one client may spend decoding per window in each worker (429 beyond).
     "IMAGECLF_CLIENT_DECODE_SECONDS": CLIENT_DECODE_SECONDS,
     "IMAGECLF_DECODE_WINDOW_S": WINDOW_S,
+    # The pass that merges concurrent requests: at most this many pictures, and how long
+    # one that is not full waits for more (serve --max-batch, --batch-wait-ms).
+    "IMAGECLF_MAX_BATCH": MAX_BATCH_ROWS,
+    "IMAGECLF_BATCH_WAIT_MS": 0.0,
     # Proxies in front that append to X-Forwarded-For (0: clients connect directly).
     # With one, the client each decoding share belongs to is the address it saw.
     "IMAGECLF_PROXY_HOPS": 0,
@@ -119,6 +124,8 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
         torch_threads=app.config["IMAGECLF_TORCH_THREADS"],
         on_loaded=lambda p: metrics.model_loaded(p.name, p.backend, p.classes),
         on_forward_pass=metrics.forward_pass,
+        max_batch=int(app.config["IMAGECLF_MAX_BATCH"]),
+        batch_wait_ms=float(app.config["IMAGECLF_BATCH_WAIT_MS"]),
         decoder=DecodeScheduler(
             DecodeLedger(
                 float(app.config["IMAGECLF_CLIENT_DECODE_SECONDS"]),

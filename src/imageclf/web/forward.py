@@ -69,9 +69,13 @@ class ForwardRunner:
         on_pass: Callable[[int], None] | None = None,
         cooperative: bool | None = None,
         max_rows: int = MAX_BATCH_ROWS,
+        wait_s: float = 0.0,
     ) -> None:
         self.on_pass = on_pass  # called with the pictures in each pass (the metrics)
         self.max_rows = max_rows
+        # How long a pass that is not yet full waits for more requests to join it
+        # (``serve --batch-wait-ms``); 0: it goes at once with what is waiting.
+        self.wait_s = wait_s
         self._cooperative = cooperative  # None: decide on first use (after the fork)
         self._pool = None
         self._waiting: list[_Waiting] = []
@@ -117,6 +121,7 @@ class ForwardRunner:
         queue is only touched by greenlets, on the event loop's own thread)."""
         try:
             while self._waiting:
+                self._gather()
                 group = self._next_group()
                 merged = np.concatenate([w.batch for w in group])
                 try:
@@ -134,6 +139,14 @@ class ForwardRunner:
                     start += len(waiting.batch)
         finally:
             self._draining = False
+
+    def _gather(self) -> None:
+        """Give a pass that is not full ``wait_s`` for more requests to join it."""
+        if self.wait_s <= 0 or sum(len(w.batch) for w in self._waiting) >= self.max_rows:
+            return
+        from gevent import sleep
+
+        sleep(self.wait_s)
 
     def _next_group(self) -> list[_Waiting]:
         """The oldest waiting request and those after it that fit, for the same model."""

@@ -64,6 +64,10 @@ def check_model(model: str | os.PathLike | None) -> Path:
     return path
 
 
+# Settings for which 0 means something (no wait) rather than nothing.
+ZERO_ALLOWED = frozenset({"IMAGECLF_BATCH_WAIT_MS"})
+
+
 def limits_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """The app's numeric limits (``DEFAULTS`` keys such as ``IMAGECLF_DECODE_SECONDS``)
     given as environment variables, converted to the default's type; a bad value is a
@@ -81,7 +85,7 @@ def limits_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
             value = type(default)(environ[key])
         except ValueError:
             raise UserInputError(f"{key} must be a number, got {environ[key]!r}") from None
-        if value <= 0:
+        if value < 0 or (value == 0 and key not in ZERO_ALLOWED):
             raise UserInputError(f"{key} must be positive, got {environ[key]!r}")
         found[key] = value
     return found
@@ -168,14 +172,16 @@ def serve(
     reuse_port: bool = False,
     auth: dict[str, Any] | None = None,
     feedback: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> None:
     """Check the model, then serve until interrupted. ``auth``: API key settings from
     ``auth.server_settings`` (keys read once, here, so every worker shares their quotas);
-    ``feedback``: ``feedback.feedback_settings`` (the folder, checked before the fork)."""
+    ``feedback``: ``feedback.feedback_settings`` (the folder, checked before the fork);
+    ``settings``: any other app settings (``DEFAULTS`` keys, e.g. the batching knobs)."""
     from . import create_app
 
     path = check_model(model)
-    limits = {**limits_from_env(), **(auth or {}), **(feedback or {})}
+    limits = {**limits_from_env(), **(auth or {}), **(feedback or {}), **(settings or {})}
     if debug:
         app = create_app(path, IMAGECLF_MODEL_LOADING="eager", **limits)
         app.run(host=host, port=port, debug=True)  # with the reloader

@@ -35,7 +35,7 @@ from ..imaging import (
 from ..prediction.gradcam import overlay
 from ..prediction.predictor import Predictor, default_model_path
 from .decoding import DecodeLedger, DecodeScheduler
-from .forward import ForwardRunner
+from .forward import MAX_BATCH_ROWS, ForwardRunner
 from .memory import release_free_memory
 from .uploads import Upload
 
@@ -84,6 +84,8 @@ class ModelService:
         on_loaded: Callable[[Predictor], None] | None = None,
         on_forward_pass: Callable[[int], None] | None = None,
         decoder: DecodeScheduler | None = None,
+        max_batch: int = MAX_BATCH_ROWS,
+        batch_wait_ms: float = 0.0,
     ) -> None:
         self.model_path = Path(model_path) if model_path else None
         self.on_loaded = on_loaded  # e.g. the metrics' model-ready gauge
@@ -92,7 +94,9 @@ class ModelService:
         self.decode_seconds = decode_seconds
         self.torch_threads = torch_threads
         # The model's own thread in a gevent worker; reports the pictures per pass.
-        self.runner = ForwardRunner(on_pass=on_forward_pass)
+        self.runner = ForwardRunner(
+            on_pass=on_forward_pass, max_rows=max_batch, wait_s=batch_wait_ms / 1000.0
+        )
         # Decoding's own thread, fair between clients, each within its share of time.
         self.decoder = decoder or DecodeScheduler(DecodeLedger())
         self.error: str | None = None
