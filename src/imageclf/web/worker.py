@@ -25,7 +25,10 @@ request is handled and uncorked when its response is written.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
+import sys
 import warnings
 
 from gunicorn.workers.ggevent import GeventWorker
@@ -43,6 +46,41 @@ class DeadlineGeventWorker(GeventWorker):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             super().patch()
+
+    def init_process(self) -> None:
+        # Until gunicorn installs its handlers (after monkey-patching, which takes a
+        # while), a worker keeps the master's, which only queue the signal: a Ctrl-C or
+        # the master's SIGQUIT in that window was lost, and the worker was killed 10 s
+        # later ("was sent SIGKILL!"). Noted here, acted on once the handlers are in.
+        self.stopped_early = False
+
+        def note(sig, frame) -> None:
+            self.stopped_early = True
+
+        for stop in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+            signal.signal(stop, note)
+        super().init_process()
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        if self.stopped_early:
+            self._exit_booting()
+
+    def _exit_booting(self) -> None:
+        """End a worker that has not started serving: nothing is in flight to finish."""
+        self.alive = False
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    def handle_quit(self, sig, frame) -> None:
+        # gevent's handler defers the exit to a greenlet, which only runs once the event
+        # loop does: a Ctrl-C that lands while the worker still loads its model was lost,
+        # and gunicorn killed the worker 10 s later ("was sent SIGKILL!"). Nothing is in
+        # flight before the loop runs, so a booting worker ends at once.
+        if not self.booted:
+            self._exit_booting()
+        super().handle_quit(sig, frame)
 
     def handle(self, listener, client, addr) -> None:
         client.settimeout(IDLE_TIMEOUT_S)  # gevent's base class would make it blocking
