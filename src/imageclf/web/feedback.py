@@ -50,6 +50,7 @@ from ..models.naming import safe_component
 from .extensions import get_service
 from .json_body import image_from_json, is_json, json_body_limit
 from .pictures import display_copy
+from .quota import Quota, spend
 from .uploads import MB, Upload, collect_uploads, form_value
 
 EXTENSION = "imageclf.feedback"
@@ -102,7 +103,7 @@ class ClientRate:
     """Token buckets keyed by client address, in this worker (like the decode shares)."""
 
     def __init__(self, per_minute: float, burst: int) -> None:
-        self.rate, self.burst = per_minute / 60.0, max(1, int(burst))
+        self.quota = Quota(per_minute / 60.0, max(1, int(burst)))
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -110,10 +111,9 @@ class ClientRate:
         """Spend one answer: 0.0 if allowed, else the seconds until one is."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            tokens, stamp = self._buckets.pop(client, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
-            wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
-            self._buckets[client] = (tokens - 1.0 if wait == 0.0 else tokens, now)
+            tokens, stamp = self._buckets.pop(client, (float(self.quota.burst), now))
+            tokens, wait = spend(tokens, stamp, now, self.quota)
+            self._buckets[client] = (tokens, now)
             while len(self._buckets) > MAX_CLIENTS:
                 self._buckets.popitem(last=False)
         return wait
@@ -155,10 +155,10 @@ class FeedbackStore:
         wait = self.rate.take(client)
         if wait > 0:
             seconds = max(1, math.ceil(wait))
-            per_minute = self.rate.rate * 60.0
+            per_minute = self.rate.quota.rate * 60.0
             raise FeedbackRateError(
                 f"too many answers from this address ({per_minute:g} a minute, bursts of "
-                f"{self.rate.burst}): retry in {seconds} s",
+                f"{self.rate.quota.burst}): retry in {seconds} s",
                 seconds,
             )
 

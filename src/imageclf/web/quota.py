@@ -31,6 +31,14 @@ class Quota:
     burst: int
 
 
+def spend(tokens: float, stamp: float, now: float, quota: Quota) -> tuple[float, float]:
+    """One request against a bucket holding ``tokens`` at ``stamp``: (tokens left, wait).
+    Wait is 0.0 if a token was spent, else the seconds until one will be (none spent)."""
+    tokens = min(float(quota.burst), tokens + max(0.0, now - stamp) * quota.rate)
+    wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / quota.rate
+    return (tokens - 1.0 if wait == 0.0 else tokens), wait
+
+
 class SharedBuckets:
     """``slots`` token buckets in memory shared with every process forked after this."""
 
@@ -60,9 +68,8 @@ class SharedBuckets:
                 tokens, stamp = _SLOT.unpack_from(self._map, offset)
                 if stamp == 0.0:
                     tokens, stamp = float(quota.burst), now
-                tokens = min(float(quota.burst), tokens + max(0.0, now - stamp) * quota.rate)
-                wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / quota.rate
-                _SLOT.pack_into(self._map, offset, tokens - 1.0 if wait == 0.0 else tokens, now)
+                tokens, wait = spend(tokens, stamp, now, quota)
+                _SLOT.pack_into(self._map, offset, tokens, now)
             finally:
                 fcntl.lockf(self._fd, fcntl.LOCK_UN, _SLOT.size, offset)
         return wait
