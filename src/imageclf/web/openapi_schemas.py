@@ -93,17 +93,20 @@ _ANSWER = {
 }
 
 
+# One picture in a JSON body (json_body.image_from_json): the predict and feedback bodies.
+JSON_IMAGE = {
+    "type": "object",
+    "required": ["data"],
+    "additionalProperties": False,
+    "properties": {
+        "data": {"type": "string", "format": "byte", "minLength": 4},
+        "filename": {"type": "string", "maxLength": 255},
+    },
+}
+
+
 def _feedback_schemas(limits: Limits) -> dict:
     """``POST /api/v1/feedback`` (serve --feedback-dir): the picture again, the answer."""
-    image = {
-        "type": "object",
-        "required": ["data"],
-        "additionalProperties": False,
-        "properties": {
-            "data": {"type": "string", "format": "byte", "minLength": 4},
-            "filename": {"type": "string", "maxLength": 255},
-        },
-    }
     return {
         "FeedbackRequest": {
             "type": "object",
@@ -115,7 +118,7 @@ def _feedback_schemas(limits: Limits) -> dict:
             "type": "object",
             "required": ["image", "answer"],
             "additionalProperties": False,
-            "properties": {"image": image, **_ANSWER},
+            "properties": {"image": JSON_IMAGE, **_ANSWER},
         },
         "FeedbackResponse": {
             "type": "object",
@@ -160,13 +163,20 @@ def _predict_request(limits: Limits, top_k: dict) -> dict:
                 "maxItems": limits.max_files,
                 "description": "Several images, classified in one batch.",
             },
-            "top_k": {**top_k, "description": "How many classes to return per image."},
-            "explain": {
-                "type": "boolean",
-                "default": False,
-                "description": "Add a Grad-CAM overlay (PNG, base64) per image; "
-                f"for at most {limits.max_explained} images per request.",
-            },
+            **_predict_options(limits, top_k),
+        },
+    }
+
+
+def _predict_options(limits: Limits, top_k: dict) -> dict:
+    """top_k and explain: the same in a multipart form and a JSON body."""
+    return {
+        "top_k": {**top_k, "description": "How many classes to return per image."},
+        "explain": {
+            "type": "boolean",
+            "default": False,
+            "description": "Add a Grad-CAM overlay (PNG, base64) per image; "
+            f"for at most {limits.max_explained} images per request.",
         },
     }
 
@@ -187,23 +197,9 @@ def _predict_json_request(limits: Limits, top_k: dict) -> dict:
                 "type": "array",
                 "minItems": 1,
                 "maxItems": limits.max_files,
-                "items": {
-                    "type": "object",
-                    "required": ["data"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "data": {"type": "string", "format": "byte", "minLength": 4},
-                        "filename": {"type": "string", "maxLength": 255},
-                    },
-                },
+                "items": JSON_IMAGE,
             },
-            "top_k": {**top_k, "description": "How many classes to return per image."},
-            "explain": {
-                "type": "boolean",
-                "default": False,
-                "description": "Add a Grad-CAM overlay (PNG, base64) per image; "
-                f"for at most {limits.max_explained} images per request.",
-            },
+            **_predict_options(limits, top_k),
         },
     }
 
