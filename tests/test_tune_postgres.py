@@ -24,17 +24,11 @@ pytest.importorskip("psycopg", reason="a PostgreSQL --storage needs psycopg (ima
 pytestmark = pytest.mark.usefixtures("keep_torch_threads")  # trials run with --threads 1
 
 from postgres_cluster import Cluster, cluster, free_port, server_binaries  # noqa: E402
+from test_tune import SPACE  # noqa: E402  (test_tune's: batch 16 on 108 images, a tiny net)
 
 from imageclf.tuning import study as tuning_study  # noqa: E402
 from imageclf.tuning.tuner import tune  # noqa: E402
 
-# As in test_tune.py: batch 16 on 108 training images, a tiny net.
-SPACE = {
-    "lr": {"low": 1e-7, "high": 1e4, "log": True},
-    "batch_size": 16,
-    "widths": [8, 16, 16],
-    "translate": 0,
-}
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
 
