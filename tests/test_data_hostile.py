@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import png_bytes, run_cli, write_image_folder
+from helpers import one_line_error, png_bytes, run_cli, write_image_folder
 from PIL import Image
 
 from imageclf.data import archives, cache, cifar, load_dataset
@@ -38,17 +38,6 @@ ESC = "\x1b"
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
     """``imageclf -q ...`` in-process: (exit code, stdout, stderr)."""
     return run_cli(["-q", *argv], capsys)
-
-
-def _one_line_error(code: int, err: str, *needles: str) -> str:
-    """Exit 2 and exactly one ``imageclf: error:`` line holding every needle."""
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("imageclf: error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    assert "Traceback" not in err and ESC not in err
-    return lines[0]
 
 
 def _flat(root: Path, per_class: int = 3) -> Path:
@@ -125,12 +114,12 @@ def test_cifar_folder_batches_are_read_capped(tmp_path, capsys):
     (folder / "unrelated.bin").symlink_to("/dev/zero")  # never opened
     with _fifo_watchdog(folder / "data_batch_1"):
         code, _, err = _run(["data", "info", str(tmp_path)], capsys)
-    _one_line_error(code, err, "data_batch_1", "named pipe (FIFO)")
+    one_line_error(code, err, "data_batch_1", "named pipe (FIFO)")
     (folder / "data_batch_1").unlink()
     with open(folder / "data_batch_1", "wb") as handle:
         handle.truncate(30 * 1024**3)
     code, _, err = _run(["data", "info", str(tmp_path)], capsys)
-    _one_line_error(code, err, "data_batch_1", "30,720 MB", "at most 64 MB")
+    one_line_error(code, err, "data_batch_1", "30,720 MB", "at most 64 MB")
 
 
 # ---------------------------------------------------------------- 2. archives and pickles
@@ -169,7 +158,7 @@ def test_a_member_over_the_member_budget_is_named(tmp_path, capsys, monkeypatch,
     path = (_zip if kind == "zip" else _tar)(tmp_path / f"d.{kind}", members)
     for command in ("inspect", "info"):
         code, _, err = _run(["data", command, str(path)], capsys)
-        _one_line_error(code, err, "member ds/dog/zeros.png is 50,000 bytes", "20,000 bytes")
+        one_line_error(code, err, "member ds/dog/zeros.png is 50,000 bytes", "20,000 bytes")
 
 
 def test_a_zip_is_refused_from_its_directory_before_decompressing(tmp_path, capsys, monkeypatch):
@@ -178,7 +167,7 @@ def test_a_zip_is_refused_from_its_directory_before_decompressing(tmp_path, caps
     path = _zip(tmp_path / "d.zip", {**_pictures(), "ds/dog/zeros.png": bytes(50_000)})
     monkeypatch.setattr(zipfile.ZipFile, "read", lambda *a: pytest.fail("decompressed"))
     code, _, err = _run(["data", "inspect", str(path)], capsys)
-    _one_line_error(code, err, "ds/dog/zeros.png")
+    one_line_error(code, err, "ds/dog/zeros.png")
 
 
 def test_a_zip_member_that_holds_more_than_it_declares_is_corrupt(tmp_path, capsys):
@@ -189,7 +178,7 @@ def test_a_zip_member_that_holds_more_than_it_declares_is_corrupt(tmp_path, caps
     struct.pack_into("<I", data, central + 24, 10)  # and the central directory's
     (tmp_path / "d.zip").write_bytes(bytes(data))
     code, _, err = _run(["data", "inspect", str(tmp_path / "d.zip")], capsys)
-    _one_line_error(code, err, "corrupt")
+    one_line_error(code, err, "corrupt")
 
 
 @pytest.mark.parametrize("kind", ["zip", "tar.gz"])
@@ -200,7 +189,7 @@ def test_a_compression_bomb_is_refused_by_its_ratio(tmp_path, capsys, monkeypatc
     members = {f"ds/dog/z{i}.png": bytes(20_000) for i in range(5)}  # 100 KB of zeros
     path = (_zip if kind == "zip" else _tar)(tmp_path / f"d.{kind}", members)
     code, _, err = _run(["data", "inspect", str(path)], capsys)
-    line = _one_line_error(code, err, "times its compressed size", "decompression bomb")
+    line = one_line_error(code, err, "times its compressed size", "decompression bomb")
     assert "ds/dog/z" in line
 
 
@@ -211,7 +200,7 @@ def test_the_total_budget_names_the_member_that_passes_it(tmp_path, capsys, monk
     budget = sum(len(d) for d in members.values()) * 2 // 3
     monkeypatch.setattr(archives, "MAX_ARCHIVE_BYTES", budget)
     code, _, err = _run(["data", "inspect", str(path)], capsys)
-    _one_line_error(code, err, "takes the archive past", "extract it")
+    one_line_error(code, err, "takes the archive past", "extract it")
 
 
 def test_a_tar_header_bigger_than_a_member_may_be_is_not_read(tmp_path, capsys, monkeypatch):
@@ -224,7 +213,7 @@ def test_a_tar_header_bigger_than_a_member_may_be_is_not_read(tmp_path, capsys, 
         pax_headers={"comment": "x" * 50_000},
     )
     code, _, err = _run(["data", "inspect", str(path)], capsys)
-    _one_line_error(code, err, "needs a read of", "20,000 bytes")
+    one_line_error(code, err, "needs a read of", "20,000 bytes")
 
 
 def _batch(data, labels) -> bytes:
@@ -254,7 +243,7 @@ def test_a_batch_of_shared_rows_is_refused_before_it_is_expanded(tmp_path, capsy
     path = _cifar_tar(tmp_path / "c.tar.gz", first)
     start = time.process_time()
     code, _, err = _run(["data", "info", str(path)], capsys)
-    _one_line_error(code, err, "data_batch_1", "not a uint8 array")
+    one_line_error(code, err, "data_batch_1", "not a uint8 array")
     assert time.process_time() - start < 2
 
 
@@ -265,13 +254,13 @@ def test_a_batch_over_the_operation_budget_is_not_unpickled(tmp_path, capsys, mo
     path = _cifar_tar(tmp_path / "c.tar.gz", first)
     monkeypatch.setattr(cifar._CifarUnpickler, "load", lambda self: pytest.fail("unpickled"))
     code, _, err = _run(["data", "info", str(path)], capsys)
-    _one_line_error(code, err, "data_batch_1", "more than 1,000 pickle operations")
+    one_line_error(code, err, "data_batch_1", "more than 1,000 pickle operations")
 
 
 def test_a_batch_over_the_byte_budget_is_named(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cifar, "MAX_BATCH_BYTES", 5_000)
     code, _, err = _run(["data", "info", str(_cifar_tar(tmp_path / "c.tar.gz"))], capsys)
-    _one_line_error(code, err, "CIFAR file data_batch_1 is", "at most 5,000 bytes")
+    one_line_error(code, err, "CIFAR file data_batch_1 is", "at most 5,000 bytes")
 
 
 def test_a_batch_may_encode_only_as_pickles_spell_bytes(tmp_path):
@@ -302,11 +291,11 @@ def test_a_class_name_no_model_can_store_is_refused_up_front(tmp_path, capsys, n
     root = _flat(tmp_path / "ds", per_class=2)
     os.rename(root / "dog", root / name)
     code, _, err = _run(["data", "inspect", str(root)], capsys)
-    _one_line_error(code, err, "cannot be a class name", needle, "rename it")
+    one_line_error(code, err, "cannot be a class name", needle, "rename it")
     start = time.monotonic()
     argv = ["train", "--recipe", "seed-a", "--data", str(root), "--out", str(tmp_path / "run")]
     code, _, err = _run([*argv, "--epochs", "1"], capsys)
-    _one_line_error(code, err, "cannot be a class name", needle)
+    one_line_error(code, err, "cannot be a class name", needle)
     assert time.monotonic() - start < 10  # before the first epoch, not after the last
     assert not list((tmp_path / "run").rglob("*.safetensors"))
 
@@ -358,7 +347,7 @@ def test_names_from_the_data_are_printed_escaped(tmp_path, capsys):
     assert ESC not in out + err and "evil\\x1b[2J.png" in out
     os.rename(root / "frog", root / f"frog{ESC}[8m")  # and in an error line
     code, _, err = _run(["data", "inspect", str(root)], capsys)
-    _one_line_error(code, err, "frog\\x1b[8m")
+    one_line_error(code, err, "frog\\x1b[8m")
 
 
 # ---------------------------------------------------------------- 5. endless folders
@@ -374,7 +363,7 @@ def test_deeply_nested_folders_are_one_clear_error(tmp_path, capsys):
         os.chdir(here)
         for command in ("inspect", "info"):
             code, _, err = _run(["data", command, str(root)], capsys)
-            _one_line_error(code, err, f"nested more than {MAX_FOLDER_DEPTH} deep")
+            one_line_error(code, err, f"nested more than {MAX_FOLDER_DEPTH} deep")
     finally:
         os.chdir(root / "cat")
         depth = 0

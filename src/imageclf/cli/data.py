@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .data_show import data_show_command
+from .table_flags import fold_table, table_flags
 
 
 @click.group("data")
@@ -38,13 +39,14 @@ def data_download(ctx: click.Context, directory: Path | None) -> None:
 
 @data_command.command("info")
 @click.argument("path", required=False)
+@table_flags
 @click.pass_context
-def data_info(ctx: click.Context, path: str | None) -> None:
+def data_info(ctx: click.Context, path: str | None, **table) -> None:
     """Decode (or load from cache) a dataset and print its classes and sizes."""
     from ..data import TEST, TRAIN, VAL, load_dataset
     from ..fileio import printable
 
-    ds = load_dataset(path, progress=ctx.obj["progress"])
+    ds = load_dataset(path, progress=ctx.obj["progress"], table=fold_table(table).get("table"))
     click.echo(f"source: {printable(ds.source)}")
     click.echo(f"images: {len(ds)} at {ds.image_size}x{ds.image_size}")
     parts = {"train": TRAIN, "val": VAL, "test": TEST}
@@ -77,16 +79,33 @@ def data_info(ctx: click.Context, path: str | None) -> None:
     default=None,
     help="Also draw the twin pairs (held-out picture, then its twin) to this PNG.",
 )
+@click.option(
+    "--embedding-check",
+    is_flag=True,
+    default=False,
+    help="Also compare pretrained EfficientNet-Lite0 embeddings (96 px) across the split: "
+    "look-alikes the hash misses, such as hard crops or recoloured copies "
+    "(needs imageclf[pretrained]).",
+)
+@table_flags
 @click.pass_context
 def data_inspect(
-    ctx: click.Context, path: str, image_size: int, duplicates: bool, duplicates_sheet
+    ctx: click.Context,
+    path: str,
+    image_size: int,
+    duplicates: bool,
+    duplicates_sheet,
+    embedding_check: bool,
+    **table,
 ) -> None:
-    """Check an image folder or archive before training: classes, images per class and
-    split, image sizes, unreadable and non-image files, the decoded cache's disk size,
-    pictures on both sides of the split. Exit 2 if it cannot be trained on."""
+    """Check an image folder or archive, or a labels table, before training: classes,
+    images per class and split, image sizes, unreadable and non-image files, the decoded
+    cache's disk size, pictures on both sides of the split. Exit 2 if it cannot be
+    trained on."""
     from ..data.inspect import format_inspection, inspect
 
-    found = inspect(path, progress=ctx.obj["progress"], image_size=image_size)
+    table = fold_table(table).get("table")
+    found = inspect(path, progress=ctx.obj["progress"], image_size=image_size, table=table)
     click.echo(format_inspection(found), nl=False)
     if found.problems:
         ctx.exit(2)
@@ -96,9 +115,15 @@ def data_inspect(
 
         # Decoded again, not cached: inspecting leaves nothing behind.
         dataset = load_dataset(path, image_size=dup.HASH_SIDE, use_cache=False,
-                               progress=ctx.obj["progress"])  # fmt: skip
+                               progress=ctx.obj["progress"], table=table)  # fmt: skip
         report = dup.check_dataset(dataset)
         click.echo(dup.format_pairs(report, dataset))
         if duplicates_sheet:
             shown = dup.write_sheet(report, dataset, duplicates_sheet)
             click.echo(f"contact sheet of {shown} pairs: {duplicates_sheet}")
+    if embedding_check:
+        from ..data import embedding_twins as twins
+
+        known = twins.named_pairs(report, dataset) if duplicates or duplicates_sheet else set()
+        pairs, seen = twins.check_source(path, known, ctx.obj["progress"], table)
+        click.echo(twins.format_embedding_pairs(pairs, seen))

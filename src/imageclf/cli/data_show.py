@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..training.recipes import RECIPES
+from .table_flags import fold_table, table_flags
 
 
 @click.command("show")
@@ -49,9 +50,10 @@ from ..training.recipes import RECIPES
     show_default=True,
     help="The PNG to write.",
 )
+@table_flags
 @click.pass_context
 def data_show_command(
-    ctx: click.Context, path, per_class, sample, seed, augment, recipe, image_size, out
+    ctx: click.Context, path, per_class, sample, seed, augment, recipe, image_size, out, **table
 ) -> None:
     """Draw a contact sheet (PNG) of a dataset's pictures with their labels and file
     names: N per class, or a random sample; --augment shows what training sees. PATH:
@@ -66,7 +68,8 @@ def data_show_command(
     if per_class is not None and sample is not None:
         raise UserInputError("choose one of --per-class and --sample")
     cfg = resolve(recipe, image_size=image_size, data=path)
-    dataset = load_dataset(path, image_size=cfg.image_size, progress=ctx.obj["progress"])
+    dataset = load_dataset(path, image_size=cfg.image_size, progress=ctx.obj["progress"],
+                           table=fold_table(table).get("table"))  # fmt: skip
     # Pixel translations scale with the picture size, as training adapts them.
     cfg, _ = adapt_to_data(cfg, len(dataset), min_steps=0)
     sheet = write_contact_sheet(

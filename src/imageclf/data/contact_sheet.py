@@ -23,7 +23,7 @@ from .. import plots
 from ..errors import UserInputError
 from ..fileio import atomic_write
 from .augment import AugmentConfig, augment_batch
-from .dataset import Dataset
+from .dataset import Dataset, class_counts
 from .loader import channel_stats
 
 MAX_PICTURES = 200  # beyond this a sheet is slow to draw and too small to read
@@ -54,18 +54,20 @@ def pick(
 ) -> np.ndarray:
     """Indices of the pictures to show, grouped by class: ``per_class`` of each class
     (all of a smaller one; default: up to 8, fewer when many classes share the sheet), or
-    a random ``sample`` of the whole dataset. Seeded: the same seed, the same sheet."""
+    a random ``sample`` of the whole dataset. Seeded: the same seed, the same sheet.
+    Multi-hot labels: a picture with several labels may be drawn for each of them."""
     rng = np.random.default_rng(seed)
     if sample is not None:
         if not 1 <= sample <= MAX_PICTURES:
             raise UserInputError(f"--sample must be from 1 to {MAX_PICTURES}")
         chosen = rng.choice(len(labels), size=min(sample, len(labels)), replace=False)
-        return chosen[np.argsort(labels[chosen], kind="stable")]
+        first = labels[chosen] if labels.ndim == 1 else labels[chosen].argmax(axis=1)
+        return chosen[np.argsort(first, kind="stable")]
     if per_class is None:
         per_class = default_per_class(num_classes)
     if per_class < 1:
         raise UserInputError("--per-class must be at least 1")
-    counts = np.bincount(labels, minlength=num_classes)
+    counts = class_counts(labels, num_classes)
     if np.minimum(counts, per_class).sum() > MAX_PICTURES:
         raise UserInputError(
             f"{int((counts > 0).sum())} classes x {per_class} pictures is more than "
@@ -73,7 +75,7 @@ def pick(
         )
     groups = []
     for c in range(num_classes):
-        members = np.flatnonzero(labels == c)
+        members = np.flatnonzero(labels == c if labels.ndim == 1 else labels[:, c])
         groups.append(
             np.sort(rng.choice(members, size=min(per_class, len(members)), replace=False))
         )
@@ -170,17 +172,37 @@ def write_contact_sheet(
     title = f"{Path(dataset.source).name} ({dataset.image_size} px): {how}"
     if sample is None:  # one row per class, its name on the left
         rows = [
-            (dataset.classes[c], images[labels == c], [str(n) for n in names[chosen[labels == c]]])
-            for c in np.unique(labels)
+            (dataset.classes[c], images[at], [str(n) for n in names[chosen[at]]])
+            for c, at in _class_rows(dataset, labels, per_class)
         ]
         fig = class_rows(rows, title)
     else:
-        titles = [
-            _caption(dataset.classes[y], str(names[i])) for i, y in zip(chosen, labels, strict=True)
-        ]
+        titles = [_caption(_label_text(dataset, y), str(names[i]))
+                  for i, y in zip(chosen, labels, strict=True)]  # fmt: skip
         ncols = min(10, max(4, math.ceil(math.sqrt(len(chosen)))))
         fig = plots.image_grid(list(images), titles, ncols=ncols, title=title)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as handle:
         handle.write(plots.to_png_bytes(fig))
-    return ContactSheet(out, len(chosen), len(set(labels.tolist())))
+    shown = int(labels.any(axis=0).sum()) if dataset.multi_label else len(set(labels.tolist()))
+    return ContactSheet(out, len(chosen), shown)
+
+
+def _class_rows(dataset: Dataset, labels: np.ndarray, per_class: int):
+    """(class, positions in the chosen pictures) per row: ``pick``'s groups, in order."""
+    if not dataset.multi_label:
+        return [(c, labels == c) for c in np.unique(labels)]
+    sizes = np.minimum(class_counts(dataset.labels, len(dataset.classes)), per_class)
+    ends = np.cumsum(sizes)
+    rows = []
+    for c, (start, end) in enumerate(zip(ends - sizes, ends, strict=True)):
+        if end > start:
+            rows.append((c, np.arange(start, end)))
+    return rows
+
+
+def _label_text(dataset: Dataset, label: np.ndarray) -> str:
+    """A picture's label: its class, or its labels joined by '+' (multi-label)."""
+    if not dataset.multi_label:
+        return dataset.classes[int(label)]
+    return "+".join(dataset.classes[c] for c in np.flatnonzero(label)) or "(no label)"

@@ -19,10 +19,14 @@ class Dataset:
     ``TRAIN``; splits decide what becomes validation and test. ``names`` say where
     each image came from (a path inside the source, or archive member), so reports
     can point a user at a mislabelled photo; ``skipped`` lists unreadable files.
+
+    Single-label data has one class index per picture; multi-label data (a table whose
+    rows name several labels: ``tables``) has one row of 0/1 per picture, a column per
+    class (multi-hot), and ``multi_label`` says which.
     """
 
     images: np.ndarray  # (N, H, W, 3) uint8; an np.memmap when held on disk
-    labels: np.ndarray  # (N,) int64
+    labels: np.ndarray  # (N,) int64; multi-label: (N, C) uint8 multi-hot
     partition: np.ndarray  # (N,) uint8, TRAIN, VAL or TEST
     classes: list[str]
     source: str
@@ -38,6 +42,13 @@ class Dataset:
             self.names = np.array([f"#{i}" for i in range(n)])
         if len(self.names) != n:
             raise ValueError("names must have one entry per image")
+        if self.labels.ndim == 2 and self.labels.shape[1] != len(self.classes):
+            raise ValueError("multi-hot labels must have one column per class")
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether a picture may carry several labels (``labels`` is multi-hot)."""
+        return self.labels.ndim == 2
 
     def __len__(self) -> int:
         return len(self.images)
@@ -60,9 +71,31 @@ class Dataset:
         return int(self.images.shape[1])
 
     def counts(self, partition: int | None = None) -> dict[str, int]:
+        """Pictures per class (multi-label: pictures carrying each label)."""
         labels = self.labels if partition is None else self.labels[self.partition == partition]
-        binc = np.bincount(labels, minlength=len(self.classes))
+        binc = class_counts(labels, len(self.classes))
         return {name: int(c) for name, c in zip(self.classes, binc, strict=True)}
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pictures per class of single-label indices or multi-hot rows (positives)."""
+    if labels.ndim == 2:
+        return labels.sum(axis=0, dtype=np.int64)
+    return np.bincount(labels, minlength=num_classes)
+
+
+def class_mapping(dataset: Dataset, classes: list[str], noun: str = "classes") -> np.ndarray:
+    """Dataset class index -> the model's (``classes``); the data may hold a subset of
+    them, never a class the model does not know (evaluate, the multi-label report)."""
+    unknown = [c for c in dataset.classes if c not in classes]
+    if unknown:
+        from ..errors import DataError
+
+        raise DataError(
+            f"the data has {noun} the model does not know: {', '.join(unknown)} "
+            f"(the model's {noun}: {', '.join(classes)})"
+        )
+    return np.array([classes.index(c) for c in dataset.classes], dtype=np.int64)
 
 
 class MemoryPixels:

@@ -126,6 +126,12 @@ def _decode(data: bytes, size: int) -> np.ndarray:
     return resize_for_model(open_image(data), size)
 
 
+def decode_file(payload: Path | bytes, size: int) -> np.ndarray:
+    """A listed file (read capped) decoded at ``size``, as training decodes every
+    picture: the folder reader and the table reader (``tables``) share it."""
+    return _decode(read_payload(payload), size)
+
+
 def assemble_folder(
     entries: list[tuple[str, object]],
     source: str,

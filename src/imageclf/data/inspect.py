@@ -4,7 +4,9 @@ The same listing, layout rules and decoder as training (``readers.list_entries``
 ``layout.scan_layout``, ``imaging.open_image``), so what this reports is what training
 will see: classes, images per class and split, image sizes, every file that would be
 skipped, and the disk the decoded cache will take at the training size (and whether
-training will hold the pictures in memory or memory-map them: ``memory``).
+training will hold the pictures in memory or memory-map them: ``memory``). A labels
+table (``tables``) is read by the table reader's rules, and for multi-label data the
+counts are pictures carrying each label, with the labels per picture and combinations.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .dataset import PARTITION_NAMES
 from .layout import read_payload, scan_layout, summarize_names
 from .memory import decoded_bytes, fits_in_memory, memory_available
 from .readers import list_entries
+from .tables import Table, table_for
 
 
 @dataclass
@@ -36,6 +39,9 @@ class Inspection:
     unreadable: list[str] = field(default_factory=list)  # "name (reason)"
     not_images: list[str] = field(default_factory=list)
     image_size: int = 32  # the training size the cache is decoded at
+    multi_label: bool = False
+    label_sets: list[tuple[str, ...]] = field(default_factory=list)  # readable multi-label rows
+    pictures: dict[str, int] = field(default_factory=dict)  # split -> readable pictures (tables)
 
     @property
     def cache_bytes(self) -> int:
@@ -49,9 +55,15 @@ class Inspection:
         return [f"classes with fewer than 2 training images: {', '.join(few)}"] if few else []
 
 
-def inspect(path: str | Path, *, progress: bool = True, image_size: int = 32) -> Inspection:
-    """What training on ``path`` at ``image_size`` would see, without decoding it all."""
+def inspect(
+    path: str | Path, *, progress: bool = True, image_size: int = 32, table: dict | None = None
+) -> Inspection:
+    """What training on ``path`` at ``image_size`` would see, without decoding it all
+    (a labels table read with ``table``'s options)."""
     path = Path(path).expanduser()
+    found = table_for(path, table)
+    if found is not None:
+        return _inspect_table(found, progress, image_size)
     layout = scan_layout(list_entries(path, progress), str(path))
     counts = {
         name: dict.fromkeys(layout.classes, 0)
@@ -85,6 +97,47 @@ def inspect(path: str | Path, *, progress: bool = True, image_size: int = 32) ->
     )  # fmt: skip
 
 
+def _inspect_table(found: Table, progress: bool, image_size: int) -> Inspection:
+    """The table's rows, each named picture opened (not decoded) as training would."""
+    rows = found.rows
+    present = sorted(set(rows.partition), key=[0, 2, 1].index)  # train, val, test
+    counts = {PARTITION_NAMES[p]: dict.fromkeys(rows.classes, 0) for p in present}
+    sizes, unreadable, label_sets = [], [], []
+    pictures = dict.fromkeys(counts, 0)
+    for i, path in enumerate(
+        tqdm(found.paths, desc=f"checking {found.csv.name}", unit="img", disable=not progress)
+    ):
+        try:
+            with open_image(read_payload(path)) as image:
+                sizes.append(image.size)
+        except (ImageError, OSError) as exc:
+            unreadable.append(f"{found.names[i]} ({getattr(exc, 'strerror', None) or exc})")
+            continue
+        split = PARTITION_NAMES[rows.partition[i]]
+        pictures[split] += 1
+        for label in rows.labels[i]:
+            counts[split][label] += 1
+        label_sets.append(tuple(sorted(rows.labels[i])))
+    form = "0/1 columns" if found.options.label_columns else "a label column"
+    description = f"table {found.csv.name}: files and {form} ({rows.why})"
+    return Inspection(
+        found.source, description, rows.classes, counts, sizes, unreadable, [], image_size,
+        rows.multi_label, label_sets if rows.multi_label else [], pictures,
+    )  # fmt: skip
+
+
+def label_lines(ins: Inspection) -> list[str]:
+    """Multi-label data: labels per picture (cardinality) and distinct combinations."""
+    if not ins.multi_label or not ins.label_sets:
+        return []
+    per = np.array([len(s) for s in ins.label_sets])
+    return [
+        f"labels per picture: mean {per.mean():.2f} (label cardinality), min {per.min()}, "
+        f"max {per.max()}; {int((per == 0).sum())} with no label",
+        f"label combinations: {len(set(ins.label_sets))} distinct",
+    ]
+
+
 def cache_line(ins: Inspection) -> str:
     """How much disk the decoded cache will take, where, and memory or memory-mapped."""
     need, side = ins.cache_bytes, ins.image_size
@@ -105,7 +158,8 @@ def format_inspection(ins: Inspection) -> str:
     """The report, every name from the data made safe to print (``printable``)."""
     splits = list(ins.counts)
     shown = {c: printable(c) for c in ins.classes}
-    width = max(len(c) for c in [*shown.values(), "class", "total"])
+    word = "pictures" if ins.multi_label else "total"  # labels per picture may be several
+    width = max(len(c) for c in [*shown.values(), "class", word])
     lines = [
         f"source:  {printable(ins.source)}",
         f"layout:  {ins.layout}",
@@ -115,9 +169,8 @@ def format_inspection(ins: Inspection) -> str:
     ]
     for c in ins.classes:
         lines.append(f"{shown[c]:<{width}}" + "".join(f"{ins.counts[s][c]:>8}" for s in splits))
-    lines.append(
-        f"{'total':<{width}}" + "".join(f"{sum(ins.counts[s].values()):>8}" for s in splits)
-    )
+    totals = ins.pictures or {s: sum(ins.counts[s].values()) for s in splits}
+    lines.append(f"{word:<{width}}" + "".join(f"{totals[s]:>8}" for s in splits))
     if ins.sizes:
         w = np.array([s[0] for s in ins.sizes])
         h = np.array([s[1] for s in ins.sizes])
@@ -127,6 +180,7 @@ def format_inspection(ins: Inspection) -> str:
             f"{int(np.median(w))}x{int(np.median(h))}, max {w.max()}x{h.max()}; "
             f"{len(set(ins.sizes))} distinct",
         ]
+    lines += label_lines(ins)
     lines.append(cache_line(ins))
     if ins.unreadable:
         lines.append(f"unreadable images (skipped in training): {len(ins.unreadable)}: "

@@ -4,7 +4,8 @@ Supported: the official CIFAR-10 python archive or its extracted folder (``cifar
 and image-folder trees (``layout`` has the rules, ``folders`` decodes them) as a folder
 or as a ``.tar``, ``.tar.gz``/``.tgz`` or ``.zip`` archive (``archives``). Every source
 is listed the same way (``list_entries``), so training and ``imageclf data inspect``
-see the same files.
+see the same files. A labels table (a .csv, or a folder holding ``labels.csv``) is
+``tables``' to read: ``load_dataset`` asks it first, since its options travel with it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Seeded, stratified splits of a ``Dataset`` into train / validation / test indices."""
+"""Seeded, stratified splits of a ``Dataset`` into train / validation / test indices.
+
+Multi-label data (``Dataset.multi_label``) is stratified by iterative stratification
+(``stratify``) and interleaved by label combination; single-label data by class.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import numpy as np
 
 from ..errors import DataError
 from .dataset import TEST, TRAIN, VAL, Dataset
+from .stratify import combination_ids, iterative_take
 
 SPLITS = ("auto", "official", "70-15-15")
 OFFICIAL_VAL_SIZE = 5000
@@ -46,11 +51,13 @@ def _interleave_by_class(indices: np.ndarray, labels: np.ndarray, rng: np.random
     """Shuffle within each class, then deal classes round-robin (proportionally).
 
     Any prefix of the result is (nearly) stratified, so ``--subset N`` takes the
-    first N and smaller subsets are nested inside larger ones.
+    first N and smaller subsets are nested inside larger ones. Multi-label data is
+    dealt by label combination, so a prefix holds its share of every label.
     """
+    groups = labels[indices] if labels.ndim == 1 else combination_ids(labels[indices])
     keys = np.empty(len(indices), np.float64)
-    for c in np.unique(labels[indices]):
-        members = np.flatnonzero(labels[indices] == c)
+    for c in np.unique(groups):
+        members = np.flatnonzero(groups == c)
         order = rng.permutation(len(members))
         # Evenly spaced positions in [0, 1): class c's k-th item sorts at (k + u) / n_c.
         keys[members[order]] = (np.arange(len(members)) + rng.random()) / len(members)
@@ -59,6 +66,8 @@ def _interleave_by_class(indices: np.ndarray, labels: np.ndarray, rng: np.random
 
 def _stratified_take(indices, labels, fraction_or_count, rng):
     """Split ``indices`` into (taken, rest), taking the same share of every class."""
+    if labels.ndim == 2:
+        return iterative_take(indices, labels, fraction_or_count, rng)
     taken, rest = [], []
     n_total = len(indices)
     for c in np.unique(labels[indices]):
@@ -119,7 +128,8 @@ def make_split(
         if subset <= 0:
             raise DataError("--subset must be a positive number of images")
         train = train[:subset]
-    missing = set(range(len(dataset.classes))) - set(np.unique(labels[train]).tolist())
+    present = labels[train].any(axis=0).nonzero()[0] if labels.ndim == 2 else labels[train]
+    missing = set(range(len(dataset.classes))) - set(np.unique(present).tolist())
     if missing:
         names = ", ".join(dataset.classes[i] for i in sorted(missing))
         raise DataError(f"the training split has no images of: {names}")
