@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
+from .table_flags import fold_table
 from .train import _parse_set, train_command
 
 # train's options, less those about a run folder, its length or its end
-NOT_HERE = {"resume_dir", "out", "name", "epochs", "early_stopping"}
+NOT_HERE = {"resume_dir", "out", "name", "epochs", "early_stopping", "track"}
 
 
 @click.command("lr-find")
@@ -44,7 +45,7 @@ def lr_find_command(
         raise UserInputError(f"--plot {plot_path} is a folder; give a .png file name")
     if recipe is None:
         recipe = "finetune" if options.get("pretrained") or options.get("init") else "fast"
-    cfg = resolve(recipe, **{**options, "data": data_path, **_parse_set(sets)})
+    cfg = resolve(recipe, **{**fold_table(options), "data": data_path, **_parse_set(sets)})
     found = lr_find(cfg, start_lr=start_lr, end_lr=end_lr, steps=steps,
                     progress=ctx.obj["progress"])  # fmt: skip
     tenth = found.minimum / 10 if found.minimum else None

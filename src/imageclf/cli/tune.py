@@ -8,12 +8,15 @@ import click
 
 from ..data.splits import SPLITS
 from ..errors import UserInputError
+from ..training.tracking import TRACKERS
+from .table_flags import fold_table, table_flags
 from .train import RECIPE_HELP
 
 
 @click.command("tune")
 @click.option("--recipe", default="fast", show_default=True, help=RECIPE_HELP)
 @click.option("--data", "data_path", default=None, help="Dataset, as for train.")
+@table_flags
 @click.option("--split", type=click.Choice(SPLITS), default=None)
 @click.option("--subset", type=click.IntRange(min=1), default=None, help="As for train.")
 @click.option("--val-size", type=click.IntRange(min=1), default=None, help="As for train.")
@@ -65,16 +68,33 @@ from .train import RECIPE_HELP
     default=None,
     help="Continue the study in this run folder (only --trials/--timeout may change).",
 )
+@click.option(
+    "--track",
+    type=click.Choice(TRACKERS),
+    multiple=True,
+    help="As for train: MLflow gets one parent run with a child per trial, TensorBoard "
+    "event files in each trial's folder; --resume keeps the study's own.",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["accuracy", "map", "macro_f1"]),
+    default=None,
+    help="What trials maximise on validation: accuracy (single-label data); multi-label "
+    "data: map (mean average precision, the default) or macro_f1.",
+)
 @click.pass_context
 def tune_command(ctx: click.Context, data_path, resume, **options):
     """Search hyperparameters on the validation set (needs imageclf[tune]); writes
     best.json, a recipe for `imageclf train --recipe`."""
     from ..tuning import tune
 
+    options = fold_table(options)  # the table flags as one "table" setting
     if resume:
-        fixed = {"data": data_path, **options}
-        keys = ("data", "split", "subset", "val_size", "epochs", "study", "space", "storage")
+        fixed = {"data": data_path, "table": None, **options}
+        keys = ("data", "split", "subset", "val_size", "epochs", "study", "space", "storage",
+                "objective", "table")  # fmt: skip
         changed = ["--" + k.replace("_", "-") for k in keys if fixed[k] is not None]
+        changed = [f if f != "--table" else "the table flags (--file-column...)" for f in changed]
         if changed:
             raise UserInputError(
                 f"--resume takes its settings from {resume}/tune.json; drop {', '.join(changed)}"

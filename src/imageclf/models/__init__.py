@@ -1,4 +1,4 @@
-"""Model architectures by name: the seed CNNs, the fast net and EfficientNet-Lite0."""
+"""Model architectures by name: the seed CNNs, the fast net and EfficientNet-Lite0/1/2."""
 
 from . import efficientnet, fast, seeds  # noqa: F401  (registers the architectures)
 from .protocol import TrainingHooks, training_hooks

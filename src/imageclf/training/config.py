@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ..data.augment import FLIP_MODES, AugmentConfig
 from ..data.splits import SPLITS
+from ..data.table_rules import TableOptions
 from ..device import PRECISIONS, check_device_name
 from ..errors import UserInputError
 from ..models.bundle import MIN_INPUT_SIZE
@@ -22,7 +23,7 @@ from ..models.naming import check_model_name
 from .domains import check_architecture, check_augment_fits, check_domains, short_repr
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "muon")
-SCHEDULES = ("constant", "plateau", "warmup-linear")
+SCHEDULES = ("constant", "plateau", "warmup-linear", "cosine", "onecycle")
 LOSS_REDUCTIONS = ("mean", "sum")
 # Field annotation -> the Python types a value may have (bool is not an int here), and
 # how an error message names them.
@@ -62,8 +63,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     batch_size: int = 64
     epochs: int = 40
-    schedule: str = "constant"  # "constant" | "plateau" | "warmup-linear"
-    warmup: float = 0.2  # warmup-linear: fraction of steps spent rising from 0.2x to 1x
+    schedule: str = "constant"  # "constant" | "plateau" | "warmup-linear" | "cosine" | "onecycle"
+    warmup: float = 0.2  # warmup-linear, cosine, onecycle: the share of steps spent rising
     plateau_factor: float = 0.5
     plateau_patience: int = 2
     min_lr: float = 1e-5
@@ -72,6 +73,12 @@ class TrainConfig:
     lookahead: bool = False  # airbench-style lookahead EMA of the weights
     whiten_bias_epochs: int = 0  # fast net: train the whitening bias only this long
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Stronger regularisers, all off by default (docs/benchmarks.md, "What helped"):
+    trivial_augment: bool = False  # one random op at a random strength per picture
+    mixup: float = 0.0  # MixUp's Beta(alpha, alpha); 0 = off (labels become soft targets)
+    cutmix: float = 0.0  # CutMix's Beta(alpha, alpha); 0 = off; with mixup: one each, 50/50
+    erasing: float = 0.0  # random erasing: the share of pictures given a box of noise
+    ema: float = 0.0  # decay of an average of the weights used for validation and the bundle
     # Progressive resizing: the first low_res_fraction of the epochs see the training
     # pictures shrunk to low_res_scale of image_size, for a fraction of the FLOPs (0.75:
     # about half); the last epochs train at full size, the size the model is used at.
@@ -79,7 +86,7 @@ class TrainConfig:
     low_res_fraction: float = 0.0
     tta: bool = False  # also report test accuracy with flip/translate TTA
     # transfer learning: where a run starts (start.py) and how it fine-tunes (finetune.py)
-    pretrained: str | None = None  # "efficientnet-lite0": ImageNet weights, new head
+    pretrained: str | None = None  # "efficientnet-lite0"/1/2: ImageNet weights, new head
     init: str | None = None  # an imageclf bundle to start from (new head if classes differ)
     freeze_backbone: bool = False  # linear probe: fit the head on fixed embeddings only
     freeze_groups: int = 1  # fine-tuning: earliest layer groups kept frozen (0 = train all)
@@ -96,6 +103,8 @@ class TrainConfig:
     val_size: int | None = None
     subset: int | None = None
     dedupe: bool = False  # drop training pictures with a twin in val/test (data.duplicates)
+    # a labels table's options (data.table_rules.TableOptions: columns, delimiter, ...)
+    table: dict = field(default_factory=dict)
     image_size: int = 32
     # The side the pictures were made at when smaller than image_size (CIFAR: 32): the
     # bundle records it, and served pictures are reduced to it before being enlarged.
@@ -119,6 +128,7 @@ class TrainConfig:
         _choose("schedule", self.schedule, SCHEDULES)
         _choose("loss_reduction", self.loss_reduction, LOSS_REDUCTIONS)
         _choose("split", self.split, SPLITS)
+        TableOptions.from_dict(self.table)  # a bad table option fails before data loads
         _choose("precision", self.precision, PRECISIONS)
         _choose("augment.flip", self.augment.flip, FLIP_MODES)
         check_device_name(self.device)

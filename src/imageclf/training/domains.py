@@ -91,6 +91,10 @@ DOMAINS: dict[str, Domain] = {
     "seed": Domain(0, MAX_SEED),
     "threads": Domain(1, MAX_THREADS),
     "eval_batch_size": Domain(1, MAX_BATCH),
+    "mixup": Domain(0, 100),  # Beta(alpha, alpha): 0 off, 0.2-1 usual, large ~ always 0.5
+    "cutmix": Domain(0, 100),
+    "erasing": Domain(0, 1),
+    "ema": _UNIT,  # 0 off; 1 would never move from the first weights
 }
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from ..device import autocast
 from ..errors import UserInputError
 from ..prediction.inference import Normalizer, loss_and_accuracy, predict_logits
+from .multilabel import bce_per_example
 from .runs import history_record
 
 log = logging.getLogger("imageclf.train")
@@ -128,8 +129,10 @@ def fit_linear(
     l2: float = HEAD_L2,
     label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multinomial logistic regression by full-batch L-BFGS: deterministic, and exact
-    where a few SGD epochs on a frozen backbone are only approximate. Features are
+    """Multinomial logistic regression by full-batch L-BFGS (for (N, C) multi-hot
+    ``labels`` one logistic regression per label, ``weight`` their positive weights):
+    deterministic, and exact where a few SGD epochs on a frozen backbone are only
+    approximate. Features are
     standardised for conditioning; the returned (W, b) act on raw features (b is zero
     when ``bias`` is False: a head without a bias, like the fast net's)."""
     mean = features.mean(0) if bias else torch.zeros(features.shape[1])
@@ -144,7 +147,7 @@ def fit_linear(
 
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(z @ w.T + b, labels, weight=weight, label_smoothing=label_smoothing)
+        loss = head_loss(z @ w.T + b, labels, weight, label_smoothing)
         loss = loss + 0.5 * l2 * (w**2).sum()
         loss.backward()
         return loss
@@ -152,6 +155,19 @@ def fit_linear(
     opt.step(closure)
     w_raw = (w / std).detach()
     return w_raw, (b - w_raw @ mean).detach()
+
+
+def head_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Mean loss of a head: cross-entropy, or for multi-hot labels the binary
+    cross-entropy summed over labels (the loss training steps with)."""
+    if labels.ndim == 2:
+        return bce_per_example(logits, labels, weight, label_smoothing).mean()
+    return F.cross_entropy(logits, labels, weight=weight, label_smoothing=label_smoothing)
 
 
 def choose_head_l2(
@@ -177,7 +193,12 @@ def choose_head_l2(
                 features[rest], labels[rest], n_classes, bias=bias, weight=weight, l2=l2
             )
             logits = features[held] @ w.T + b
-            total += F.cross_entropy(logits, labels[held], weight=weight, reduction="sum").item()
+            if labels.ndim == 2:  # multi-label: binary cross-entropy summed over labels
+                total += bce_per_example(logits, labels[held], weight).sum().item()
+            else:
+                total += F.cross_entropy(
+                    logits, labels[held], weight=weight, reduction="sum"
+                ).item()
         return total / n
 
     return min(HEAD_L2_GRID, key=held_out_loss)

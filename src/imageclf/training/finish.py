@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shlex
 import sys
 import time
@@ -31,6 +32,7 @@ from ..prediction.inference import (
 )
 from .compute import ComputeReport, compute_report, training_flops_per_image
 from .job import Job
+from .multilabel import correct_count, label_decisions
 from .runs import Run, data_record, describe_kept, kept_epoch, plot_curves
 
 log = logging.getLogger("imageclf.train")  # the training logger: the tuner quiets it
@@ -41,6 +43,8 @@ def finish(job: Job) -> Run | None:
     cfg, parts, rt, state = job.cfg, job.parts, job.rt, job.state
     if parts.lookahead is not None:
         parts.lookahead.sync(1.0)  # end on the slow weights
+    if parts.ema is not None:
+        parts.ema.copy_to_model()  # --ema: the average is the model (restore_best may follow)
     if cfg.restore_best and job.best is not None:
         parts.model.load_state_dict(job.best)
     kept = kept_epoch(state, cfg.restore_best, job.best is not None)
@@ -55,18 +59,23 @@ def finish(job: Job) -> Run | None:
         scored = _score(job, kept, metrics)
         compute = _compute(job)
         metrics["compute"] = compute.to_dict()
-        calibration = _calibrate(scored)
+        # Multi-label: per-label calibration and thresholds instead of one temperature.
+        labels = label_decisions(scored, metrics) if parts.multi_label else None
+        calibration = None if parts.multi_label else _calibrate(scored)
         if calibration is not None:
             metrics["calibration"] = calibration
         bundle_path = job.run_dir / "model.safetensors"
         meta = _bundle_metadata(job, metrics)
         if calibration is not None:
             meta["calibration"] = calibration
+        meta.update(labels or {})
         save_bundle(bundle_path, parts.model.state_dict(), meta)
         seconds = time.perf_counter() - job.started
         metrics["wall_seconds"] = round(seconds, 2)
         write_text_atomic(job.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         plot_curves(job.run_dir, state.history, cfg, kept)
+        job.tracker.end(job.run_dir, state.history, metrics, cfg.to_dict(),
+                        job.data.dataset.classes, scored)  # fmt: skip
         log.info("%s", compute.summary())
         result = Run(job.run_dir, bundle_path, state.history, metrics, seconds)
     rt.dist.barrier()
@@ -109,15 +118,20 @@ def _logits(job: Job, x: torch.Tensor, tta: bool, bar) -> torch.Tensor:
     for start in range(0, len(x), SCORE_CHUNK):
         chunk = x[start : start + SCORE_CHUNK]
         out.append(predict_logits(parts.model, chunk, parts.normalizer, tta=tta,
-                                  device=rt.device, amp_dtype=rt.amp_dtype))  # fmt: skip
+                                  device=rt.device, amp_dtype=rt.amp_dtype,
+                                  multi_label=parts.multi_label))  # fmt: skip
         bar.update(len(chunk) * (TTA_VIEWS if tta else 1))
     return torch.cat(out)
 
 
 def split_score(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Loss (before calibration), accuracy, and the counts behind the accuracy."""
-    correct = int((logits.argmax(1) == labels).sum())
-    return {**loss_and_accuracy(logits, labels), "correct": correct, "images": len(labels)}
+    """Loss (before calibration), accuracy, and the counts behind the accuracy (multi-label:
+    subset accuracy at 0.5 and ``map``)."""
+    correct = int(correct_count(logits, labels, labels.ndim == 2))
+    score = loss_and_accuracy(logits, labels)
+    if "map" in score and not math.isfinite(score["map"]):
+        score["map"] = None  # no label has a positive picture in this split
+    return {**score, "correct": correct, "images": len(labels)}
 
 
 def run_summary(run: Run) -> str:
@@ -133,8 +147,14 @@ def run_summary(run: Run) -> str:
                 f"  {name} accuracy {s['accuracy']:.4f} ({s['correct']:,} of {s['images']:,}, "
                 f"no TTA, {m['precision']})  loss {s['loss']:.4f}"
             )
+            if "map" in s:  # multi-label: the labels' figures, not one class's
+                line = (
+                    f"  {name} mAP {s['map']:.4f}  micro F1 {s['micro_f1']:.4f}  macro F1 "
+                    f"{s['macro_f1']:.4f} ({s['images']:,} images, no TTA)  loss {s['loss']:.4f}"
+                )
             if f"{name}_tta" in m:
-                line += f"; with TTA {m[f'{name}_tta']['accuracy']:.4f}"
+                key = "map" if "map" in s else "accuracy"
+                line += f"; with TTA {m[f'{name}_tta'][key]:.4f}"
             lines.append(line)
     lines.append(f"model: {run.bundle_path}")
     return "\n".join(lines)

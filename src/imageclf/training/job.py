@@ -20,6 +20,7 @@ from .eta import Eta
 from .parts import Parts
 from .runs import RunState
 from .start import Start
+from .tracking import Trackers
 from .train_data import TrainData
 
 EpochHook = Callable[[dict], None]
@@ -40,6 +41,7 @@ class Job:
     state: RunState = field(default_factory=RunState)
     best: dict[str, torch.Tensor] | None = None  # the best weights so far (on val loss)
     eta: Eta | None = None  # the run's clock, when progress is shown
+    tracker: Trackers = field(default_factory=Trackers)  # --track: rank 0, epochs and the end
 
     @property
     def total_steps(self) -> int:

@@ -27,12 +27,13 @@ from ..data.loader import batch_indices
 from ..device import DistContext, Runtime, setup_runtime
 from ..errors import TrainingDiverged
 from ..fileio import RunLock
-from . import finetune
+from . import finetune, tracking
 from .adapt import adapt_to_data
 from .config import TrainConfig
 from .eta import Eta
 from .finish import finish
 from .job import EpochHook, Job
+from .multilabel import correct_count
 from .optim import schedule_multiplier, set_learning_rate
 from .parts import Parts, describe_counts
 from .resolve import resolve
@@ -60,6 +61,7 @@ def train(
     progress: bool = True,
     on_epoch_end: EpochHook | None = None,
     evaluate_test: bool = True,
+    track: tracking.Tracking | str | list[str] | None = None,
     **overrides,
 ) -> Run | None:
     """Train and write a run folder; returns the ``Run`` (``None`` on DDP ranks but 0).
@@ -69,6 +71,7 @@ def train(
     ``on_epoch_end(record)`` runs on rank 0 after each epoch's checkpoint with that
     epoch's history record (the tuner reports val_acc through it; an exception it
     raises stops the run). ``evaluate_test=False`` never touches the test split.
+    ``track``: "tensorboard" and/or "mlflow" (training.tracking; a resume keeps them).
     """
     if config is None:
         config = resolve(overrides.pop("recipe", "fast"), **overrides)
@@ -77,7 +80,7 @@ def train(
     run_dir = Path(config.out or default_run_dir(config.recipe))
     start = start_for(config)
     config = start.prepare(config)  # e.g. the architecture the weights belong to
-    return _run(config, start, run_dir, None, progress, on_epoch_end, evaluate_test)
+    return _run(config, start, run_dir, None, progress, on_epoch_end, evaluate_test, track)
 
 
 def resume(run_dir: str | os.PathLike, *, progress: bool = True) -> Run | None:
@@ -99,6 +102,7 @@ def _run(
     progress: bool,
     on_epoch_end: EpochHook | None = None,
     evaluate_test: bool = True,
+    track: tracking.Tracking | str | list[str] | None = None,
 ):
     started = time.perf_counter()
     rt = setup_runtime(cfg.device, cfg.precision, cfg.threads)
@@ -112,7 +116,10 @@ def _run(
             job = Job(
                 cfg, run_dir, rt, start, data, parts, show, started, evaluate_test, on_epoch_end
             )
-            return _drive(job, checkpoint)
+            resumed = checkpoint.state.epoch if checkpoint is not None else None
+            with tracking.opened(track, run_dir, cfg.to_dict(), data.dataset, resumed,
+                                 rt.dist.is_main) as job.tracker:  # fmt: skip
+                return _drive(job, checkpoint)
     finally:
         if lock is not None:
             lock.release()
@@ -178,10 +185,11 @@ def _drive(job: Job, checkpoint: Checkpoint | None) -> Run | None:
         )
         job.state, improved = after_epoch(state, val["loss"] if val else math.nan, cfg)
         if improved:
-            job.best = copy.deepcopy(parts.model.state_dict())
+            job.best = parts.kept_weights()  # the averaged weights under --ema
         if rt.dist.is_main:
             _checkpoint(job, new_best=job.best if improved else None)
             _log_epoch(cfg, record, job.state, left)
+            job.tracker.history(job.state.history)  # --track: the epochs not reported yet
             if job.on_epoch_end is not None:
                 job.on_epoch_end(record)
         rt.dist.barrier()
@@ -222,9 +230,11 @@ def train_one_epoch(job: Job) -> tuple[float, float, int]:
         step += 1
         if parts.lookahead is not None:
             parts.lookahead.after_step(step, total_steps)
+        if parts.ema is not None:
+            parts.ema.update()
         with torch.no_grad():
             loss_sum += loss_each.detach().double().sum().cpu()
-            correct += (logits.argmax(1) == y).sum().cpu()
+            correct += correct_count(logits, y, parts.multi_label).cpu()
         seen += len(idx)
         if job.show and (step_in_epoch % 10 == 0 or step_in_epoch == steps - 1):
             mean_loss, acc = loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
@@ -295,6 +305,7 @@ def _checkpoint(job: Job, new_best: dict | None) -> None:
         optimizer=parts.optimizer.state_dict(),
         state=job.state,
         lookahead=parts.lookahead.slow if parts.lookahead else [],
+        ema=parts.ema.state_dict() if parts.ema else {},
         config=job.cfg.to_dict(),
     ).save(job.run_dir / "last.pt")
     write_history(job.run_dir, job.state.history)
@@ -304,6 +315,8 @@ def _log_epoch(cfg: TrainConfig, record: dict, state: RunState, left: str | None
     val = ""
     if record["val_loss"] is not None:
         val = f"val_loss {record['val_loss']:.4f}  val_acc {record['val_acc']:.4f}  "
+        if record.get("val_map") is not None:  # multi-label
+            val += f"val_mAP {record['val_map']:.4f}  "
     end = "  (early stop)" if state.stopped_early else (f"  {left}" if left else "")
     log.info(
         "epoch %d/%d  loss %.4f  acc %.4f  %slr %.3g  %.1fs%s",

@@ -6,6 +6,8 @@ plotted or tested without training anything.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -16,6 +18,8 @@ LOOKAHEAD_EVERY = 5  # steps between lookahead syncs
 # singular values of a normalised matrix into roughly 0.5..1.5 (Muon, K. Jordan 2024).
 _NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 3
+ONE_CYCLE_DIV = 25.0  # one-cycle starts at lr / 25 ...
+ONE_CYCLE_FINAL_DIV = 1e4  # ... and ends at lr / 25 / 10,000 (torch's OneCycleLR defaults)
 
 
 def _norm_biases(model: nn.Module) -> list[nn.Parameter]:
@@ -128,7 +132,26 @@ def schedule_multiplier(cfg: TrainConfig, step: int, total_steps: int) -> float:
         if step < peak:
             return 0.2 + 0.8 * step / peak
         return max(0.0, (total_steps - step) / max(1, total_steps - peak))
+    if cfg.schedule == "cosine":  # warmup-linear's rise, then half a cosine down to 0
+        peak = max(1, int(cfg.warmup * total_steps))
+        if step < peak:
+            return 0.2 + 0.8 * step / peak
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - peak) / max(1, total_steps - peak))))
+    if cfg.schedule == "onecycle":
+        return one_cycle(step, total_steps, cfg.warmup)
     return 1.0  # "constant", and "plateau" (whose factor lives in the run state)
+
+
+def one_cycle(step: int, total_steps: int, rise: float) -> float:
+    """Smith's one cycle as fastai's ``fit_one_cycle`` and torch's ``OneCycleLR`` draw it:
+    a cosine from 1/25 of the rate up to it over ``rise`` of the steps, then a cosine down
+    to 1/25 of 1/10,000 (momentum is not cycled here)."""
+    start, end = 1 / ONE_CYCLE_DIV, 1 / (ONE_CYCLE_DIV * ONE_CYCLE_FINAL_DIV)
+    peak = max(1, int(rise * total_steps))
+    if step < peak:
+        return start + (1 - start) * (1 - math.cos(math.pi * step / peak)) / 2
+    t = min(1.0, (step - peak) / max(1, total_steps - peak))
+    return end + (1 - end) * (1 + math.cos(math.pi * t)) / 2
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, cfg: TrainConfig, multiplier: float):

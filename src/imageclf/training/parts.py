@@ -5,6 +5,7 @@ counts serve every run: the split described class by class, and ``--class-weight
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from ..errors import UserInputError
 from ..models import TrainingHooks, training_hooks
 from ..prediction.inference import Normalizer, batch_for, loss_and_accuracy, predict_logits
 from .config import TrainConfig
+from .ema import WeightAverage
+from .multilabel import describe_label_counts, is_multi_label, positive_weights
 from .optim import Lookahead
 from .runs import Checkpoint, RunState, load_best
 from .start import Start
@@ -36,7 +39,9 @@ class Parts:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     lookahead: Lookahead | None
-    loss_weight: torch.Tensor | None = None  # --class-weights auto
+    loss_weight: torch.Tensor | None = None  # --class-weights auto (multi-label: pos_weight)
+    multi_label: bool = False  # (N, C) multi-hot labels: sigmoids and binary cross-entropy
+    ema: WeightAverage | None = None  # --ema: validation and the bundle use the average
 
     @classmethod
     def build(cls, cfg: TrainConfig, data: TrainData, rt: Runtime, start: Start) -> Parts:
@@ -53,7 +58,11 @@ class Parts:
         hooks = training_hooks(model)
         model = model.to(rt.device, memory_format=torch.channels_last)
         optimizer = start.optimizer(model, cfg, rt)
-        weight = class_weights(data.y_train.numpy(), classes, cfg.class_weights)
+        multi = is_multi_label(data.y_train)
+        if multi:  # per-label positive weights (multilabel.py)
+            weight = positive_weights(data.y_train.numpy(), cfg.class_weights)
+        else:
+            weight = class_weights(data.y_train.numpy(), classes, cfg.class_weights)
         lookahead = Lookahead(model) if cfg.lookahead else None
         net: nn.Module = model
         if rt.dist.world > 1:
@@ -62,7 +71,9 @@ class Parts:
         scaler = torch.amp.GradScaler("cuda", enabled=rt.amp_dtype == torch.float16)
         if weight is not None:
             weight = weight.to(rt.device)
-        return cls(model, net, hooks, normalizer, optimizer, scaler, lookahead, weight)
+        parts = cls(model, net, hooks, normalizer, optimizer, scaler, lookahead, weight, multi)
+        parts.ema = WeightAverage(model, cfg.ema) if cfg.ema else None
+        return parts
 
     def restore(self, checkpoint: Checkpoint, run_dir: Path) -> tuple[RunState, dict | None]:
         """Weights, optimiser and lookahead from ``last.pt``; the best weights from ``best.pt``."""
@@ -70,6 +81,8 @@ class Parts:
         self.optimizer.load_state_dict(checkpoint.optimizer)
         if self.lookahead is not None:
             self.lookahead.load(checkpoint.lookahead)
+        if self.ema is not None:
+            self.ema.load_state_dict(checkpoint.ema)
         return checkpoint.state, load_best(run_dir)
 
     def logits(self, cfg, x: torch.Tensor, rt: Runtime, tta: bool = False) -> torch.Tensor:
@@ -78,12 +91,21 @@ class Parts:
         batch = min(cfg.eval_batch_size, batch_for(x.shape[1]))
         return predict_logits(
             self.model, x, self.normalizer, batch_size=batch, tta=tta,
-            device=rt.device, amp_dtype=rt.amp_dtype,
+            device=rt.device, amp_dtype=rt.amp_dtype, multi_label=self.multi_label,
         )  # fmt: skip
 
     def score(self, cfg, x: torch.Tensor, y: torch.Tensor, rt: Runtime, tta: bool = False):
-        """Loss and accuracy of ``x``."""
+        """Loss and accuracy of ``x`` (with --ema: of the averaged weights)."""
+        if self.ema is not None:
+            with self.ema.applied():
+                return loss_and_accuracy(self.logits(cfg, x, rt, tta), y)
         return loss_and_accuracy(self.logits(cfg, x, rt, tta), y)
+
+    def kept_weights(self) -> dict[str, torch.Tensor]:
+        """A copy of the weights an epoch would be kept with: the average under --ema."""
+        if self.ema is not None:
+            return self.ema.averaged_state()
+        return copy.deepcopy(self.model.state_dict())
 
 
 def _check_takes_size(model: nn.Module, cfg: TrainConfig) -> None:
@@ -107,6 +129,8 @@ def _check_takes_size(model: nn.Module, cfg: TrainConfig) -> None:
 # ---------------------------------------------------------------- per-class counts
 def describe_counts(dataset: Dataset, split: Split) -> str:
     """Per-class image counts of each split, and a hint when the classes are imbalanced."""
+    if is_multi_label(dataset.labels):
+        return describe_label_counts(dataset.labels, dataset.classes, split)
     lines = ["images per class (train / val / test):"]
     parts = [np.bincount(dataset.labels[idx], minlength=len(dataset.classes)) for idx in
              (split.train, split.val, split.test)]  # fmt: skip

@@ -67,6 +67,7 @@ class Checkpoint:
     state: RunState
     lookahead: list[torch.Tensor]
     config: dict
+    ema: dict = field(default_factory=dict)  # --ema: WeightAverage.state_dict()
 
     def save(self, path: Path) -> None:
         save_torch(
@@ -76,6 +77,7 @@ class Checkpoint:
                 "state": self.state.to_dict(),
                 "lookahead": self.lookahead,
                 "config": self.config,
+                "ema": self.ema,
             },
             path,
         )
@@ -103,6 +105,7 @@ class Checkpoint:
                 RunState.from_dict(raw["state"]),
                 raw["lookahead"],
                 raw["config"],
+                raw.get("ema", {}),
             )
         # An empty or cut-off file raises EOFError, which click would report as Ctrl-C.
         except (EOFError, RuntimeError, pickle.UnpicklingError, KeyError, TypeError) as exc:
@@ -168,7 +171,7 @@ def history_record(
     def rounded(value: float | None) -> float | None:
         return round(value, 6) if value is not None and math.isfinite(value) else None
 
-    return {
+    record = {
         "epoch": epoch,
         "train_loss": round(loss, 6),
         "train_acc": round(acc, 6),
@@ -177,12 +180,16 @@ def history_record(
         "lr": lr,
         "seconds": round(time.perf_counter() - started, 3),
     }
+    if val and "map" in val:  # multi-label: val_acc is subset accuracy, this the mean AP
+        record["val_map"] = rounded(val["map"])
+    return record
 
 
 def write_history(run_dir: Path, history: list[dict]) -> None:
     write_text_atomic(run_dir / "history.json", json.dumps(history, indent=2))
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    fields = HISTORY_FIELDS + (["val_map"] if any("val_map" in r for r in history) else [])
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(history)
     write_text_atomic(run_dir / "history.csv", text.getvalue())

