@@ -9,6 +9,8 @@ import click
 
 from ..data.splits import SPLITS
 from ..device import PRECISIONS
+from ..errors import UserInputError
+from .table_flags import fold_table, table_flags
 
 
 def _train_sample(ctx, param, value: str) -> int | None:
@@ -84,6 +86,12 @@ def _train_sample(ctx, param, value: str) -> int | None:
     help="A folder of pictures of none of the classes: how often the model says so "
     "(AUROC, and the share flagged at its threshold).",
 )
+@click.option(
+    "--gradcam-label",
+    default=None,
+    metavar="NAME",
+    help="Multi-label models: Grad-CAM of this label on the pictures most likely to have it.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option(
     "--out",
@@ -91,10 +99,11 @@ def _train_sample(ctx, param, value: str) -> int | None:
     default=None,
     help="Report folder (default runs/eval-<model>-<timestamp>).",
 )
+@table_flags
 @click.pass_context
 def evaluate_command(
     ctx: click.Context, models, data_path, split, splits, train_sample, tta, tta_splits,
-    precision, gradcam, others, device, out,
+    precision, gradcam, others, gradcam_label, device, out, **table,
 ):  # fmt: skip
     """Evaluate a model, or an ensemble of several (probabilities averaged): metrics,
     plots, Grad-CAM and one self-contained report.html."""
@@ -106,7 +115,18 @@ def evaluate_command(
         list(models) or None, data_path, split=split, splits=parse_splits(splits), tta=tta,
         tta_splits=parse_splits(tta_splits), train_sample=train_sample, device=device,
         precision=precision, progress=ctx.obj["progress"], others=others,
+        table=fold_table(table).get("table"),
     )  # fmt: skip
-    report = write_report(result, out or default_out_dir(result), gradcam=gradcam)
-    click.echo(console_report(result, report))
+    if getattr(result, "multi_label", False):  # one sigmoid per label: its own report
+        from ..evaluation.multilabel_report import console_label_report, write_label_report
+
+        report = write_label_report(
+            result, out or default_out_dir(result), gradcam_label=gradcam_label if gradcam else None
+        )
+        click.echo(console_label_report(result, report))
+    else:
+        if gradcam_label is not None:
+            raise UserInputError("--gradcam-label is for multi-label models; this one is not")
+        report = write_report(result, out or default_out_dir(result), gradcam=gradcam)
+        click.echo(console_report(result, report))
     click.echo(f"wall time: {time.perf_counter() - started:.0f} s")

@@ -1,13 +1,10 @@
 """Honest evaluation of a model (or an ensemble) on its held-out images.
 
-Like fastai's ``interpret.py``: predictions are computed once per split (and per
-TTA setting) into an ``Interpretation``; every number, table and plot is derived
-from that one object. The split a model was trained with is recorded in its
-bundle, so evaluating on the same data reproduces it and val/test are the images
-the model truly never saw.
-
-The numbers are assembled (rounded once) in ``metrics.py`` and written by
-``report.py``.
+Like fastai's ``interpret.py``: predictions are computed once per split (and per TTA
+setting) into an ``Interpretation`` (multi-label models: ``multilabel.py``); every number,
+table and plot is derived from that one object. The split a model was trained with is
+recorded in its bundle, so evaluating on the same data reproduces it and val/test are
+the images the model truly never saw. ``report_metrics`` rounds, ``report`` writes.
 """
 
 from __future__ import annotations
@@ -23,14 +20,16 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data import Dataset, Split, duplicates, load_dataset, make_split
+from ..data import Dataset, Split, duplicates, load_dataset, make_split, table_options_for
+from ..data.dataset import class_mapping
 from ..data.splits import SPLITS
-from ..errors import DataError, UserInputError
+from ..errors import UserInputError
 from ..models.metadata import BundleMetadata
 from ..models.naming import safe_component
 from ..prediction.inference import SCORE_CHUNK, TTA_VIEWS
 from ..prediction.predictor import Predictor
 from .interpretation import Interpretation
+from .multilabel import LabelEvalResult, evaluate_labels
 from .outside import measure_others
 from .report_metrics import agreement_notes, build_metrics
 
@@ -100,17 +99,6 @@ def ensemble_log_probs(
 
 
 # ---------------------------------------------------------------- data and split
-def _class_mapping(dataset: Dataset, classes: list[str]) -> np.ndarray:
-    """Dataset label -> model class index; the data may hold a subset of the classes."""
-    unknown = [c for c in dataset.classes if c not in classes]
-    if unknown:
-        raise DataError(
-            f"the data has classes the model does not know: {', '.join(unknown)} "
-            f"(the model's classes: {', '.join(classes)})"
-        )
-    return np.array([classes.index(c) for c in dataset.classes], dtype=np.int64)
-
-
 def resolve_split(
     dataset: Dataset,
     metadata: BundleMetadata,
@@ -175,11 +163,12 @@ def labelled_split(
 ) -> tuple[Dataset, Split, np.ndarray]:
     """``data`` with the split ``resolve_split`` picks for the model and every label as
     the model's class index (the int8 export calibrates and checks on it)."""
-    dataset = load_dataset(data, image_size=metadata.input_size, progress=False)
+    table = table_options_for(data, metadata.config)  # a table: read as training read it
+    dataset = load_dataset(data, image_size=metadata.input_size, progress=False, table=table)
     split, _, notes = resolve_split(dataset, metadata, None, bundle_path)
     for note in notes:
         log.warning("note: %s", note)
-    return dataset, split, _class_mapping(dataset, metadata.classes)[dataset.labels]
+    return dataset, split, class_mapping(dataset, metadata.classes)[dataset.labels]
 
 
 def _split_from_run_folder(bundle_path: Path | None, recorded: dict) -> Split | None:
@@ -240,7 +229,8 @@ def evaluate(
     precision: str = "auto",
     progress: bool = True,
     others: str | os.PathLike | None = None,
-) -> EvalResult:
+    table: dict | None = None,
+) -> EvalResult | LabelEvalResult:
     """Predict once per split (and with TTA), then derive every metric from those predictions.
 
     ``models``: one bundle path, several (an ensemble: probabilities averaged) or
@@ -261,11 +251,15 @@ def evaluate(
         if not source or not Path(source).exists():
             raise UserInputError("pass --data: the model does not name a dataset that exists here")
         data = source
-    dataset = load_dataset(data, image_size=first.input_size, progress=progress)
+    table = table_options_for(data, first.metadata.config, table)  # as training read it
+    dataset = load_dataset(data, image_size=first.input_size, progress=progress, table=table)
     bundle_path = Path(models[0]) if models else None
     chosen, split_info, notes = resolve_split(dataset, first.metadata, split, bundle_path)
     notes += _ensemble_split_notes(predictors)
     views = Views(splits or list(SPLIT_NAMES), tta, tta_splits, train_sample)
+    if first.metadata.multi_label:  # one sigmoid per label
+        args = (predictors, paths, dataset, chosen, split_info, notes, views, progress, started)
+        return evaluate_labels(*args)
     interpretations = _predict_splits(predictors, dataset, chosen, views, progress, notes)
     notes += agreement_notes(predictors, interpretations, split_info["origin"])
     detail_split = next(s for s in ("test", "val", "train") if (s, False) in interpretations)
@@ -278,7 +272,7 @@ def evaluate(
     )
     if others is not None:
         idx = getattr(chosen, detail_split)
-        labels = _class_mapping(dataset, first.classes)[dataset.labels[idx]]
+        labels = class_mapping(dataset, first.classes)[dataset.labels[idx]]
         metrics["out_of_class"] = measure_others(
             predictors, dataset.images[idx], labels, others, detail_split
         )
@@ -323,7 +317,7 @@ def _sample(idx: np.ndarray, size: int | None) -> np.ndarray:
 def _predict_splits(predictors, dataset, split, views: Views, progress, notes):
     """One ``Interpretation`` per (split, TTA) that has images; notes what was skipped."""
     classes = predictors[0].classes
-    targets_all = _class_mapping(dataset, classes)[dataset.labels]
+    targets_all = class_mapping(dataset, classes)[dataset.labels]
     available = {name: getattr(split, name) for name in SPLIT_NAMES}
     evaluated = [name for name in views.splits if len(available[name])]
     skipped = [name for name in views.splits if not len(available[name])]

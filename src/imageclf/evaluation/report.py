@@ -287,23 +287,34 @@ def _figures(result: EvalResult, gradcam: bool, notes: list[str]) -> dict:
 def write_report(result: EvalResult, out_dir: str | os.PathLike, *, gradcam: bool = True) -> Report:
     """Write every file into ``out_dir``; ``result`` is left as it was."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     notes = list(result.notes)
+    figures = _figures(result, gradcam, notes)  # adds a note for what it could not draw
+    metrics, pngs = write_files(out, result.metrics, _tables(result.metrics), figures, notes,
+                                result.seconds)  # fmt: skip
+    write_text_atomic(out / "report.html", render_html(metrics, pngs, result.seconds))
+    return Report(out / "report.html", metrics["files"], notes)
+
+
+def write_files(
+    out: Path, metrics: dict, tables: dict[str, str], figures: dict, notes: list[str],
+    seconds: float,
+) -> tuple[dict, dict[str, bytes]]:  # fmt: skip
+    """A report's tables, PNGs and metrics.json (the single- and multi-label reports
+    alike); returns metrics.json's content and the PNGs, which the page inlines."""
+    out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in _tables(result.metrics).items():
+    for name, text in tables.items():
         write_text_atomic(out / name, text)
         written.append(name)
     pngs: dict[str, bytes] = {}
-    for name, fig in _figures(result, gradcam, notes).items():
+    for name, fig in figures.items():
         pngs[name] = plots.to_png_bytes(fig)
         (out / f"{name}.png").write_bytes(pngs[name])
         written.append(f"{name}.png")
     files = sorted({*written, "metrics.json", "report.html"})
-    metrics = {**result.metrics, "notes": notes, "files": files}
-    metrics["seconds"] = round(result.seconds, 2)
+    metrics = {**metrics, "notes": notes, "files": files, "seconds": round(seconds, 2)}
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
-    write_text_atomic(out / "report.html", render_html(metrics, pngs, result.seconds))
-    return Report(out / "report.html", files, notes)
+    return metrics, pngs
 
 
 # ---------------------------------------------------------------- HTML
