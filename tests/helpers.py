@@ -34,12 +34,17 @@ def png_bytes(color=(200, 30, 30), size=(32, 32), mode="RGB", fmt="PNG") -> byte
 
 
 def make_tiny_bundle(
-    path: Path, architecture: str = "seed-a", classes=None, calibration: dict | None = None
+    path: Path,
+    architecture: str = "seed-a",
+    classes=None,
+    calibration: dict | None = None,
+    seed: int = 0,
 ) -> Path:
     """A random-weight but fully valid bundle: enough for API and web tests.
-    ``calibration`` (temperature, threshold) makes it a calibrated bundle."""
+    ``calibration`` (temperature, threshold) makes it a calibrated bundle; another
+    ``seed``, another version of it (other weights, same classes)."""
     classes = classes or [f"class{i}" for i in range(10)]
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = build(architecture, num_classes=len(classes), input_size=32)
     save_bundle(
         path,
@@ -108,6 +113,18 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 # ---------------------------------------------------------------- the web app's upload API
+def one_line_error(code: int, err: str, *needles: str) -> str:
+    """Exit 2 and exactly one ``imageclf: error:`` line holding every needle, with no
+    traceback and no terminal escape (a hostile file name must not reach the terminal)."""
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imageclf: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert "Traceback" not in err and "\x1b" not in err
+    return lines[0]
+
+
 def post(client, data: bytes, name: str = "image.png", content_type: str | None = None, **extra):
     """POST one file (and ``extra`` form fields) to /api/v1/predict with a test client."""
     file = (io.BytesIO(data), name, content_type) if content_type else (io.BytesIO(data), name)
@@ -126,3 +143,26 @@ def decode_data_url(html: str, element_id: str) -> Image.Image:
     match = re.search(rf'id="{element_id}"[^>]*src="data:image/png;base64,([^"]+)"', html)
     assert match, f"no PNG data URL on #{element_id}"
     return Image.open(io.BytesIO(base64.b64decode(match.group(1))))
+
+
+def make_tiny_multilabel_bundle(
+    path: Path,
+    classes=None,
+    thresholds: list[float] | None = None,
+    calibration: dict | None = None,
+) -> Path:
+    """``make_tiny_bundle``'s random model as a multi-label bundle (``"task": "multi_label"``):
+    one threshold per label (default 0.5) and, when given, the per-label calibration
+    (``{"method", "scale", "bias"}``)."""
+    from imageclf.models.bundle import load_bundle
+
+    classes = classes or [f"label{i}" for i in range(4)]
+    make_tiny_bundle(path, classes=classes)
+    bundle = load_bundle(path)
+    section = {"thresholds": thresholds or [0.5] * len(classes)}
+    if calibration is not None:
+        section["calibration"] = calibration
+    metadata = {k: v for k, v in bundle.metadata.items() if k not in ("format", "versions")}
+    metadata.update(name="tiny-multilabel", task="multi_label", multi_label=section)
+    save_bundle(path, bundle.state_dict, metadata)
+    return path

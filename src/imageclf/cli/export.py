@@ -77,8 +77,9 @@ def export_command(
     else:
         result = export_onnx(model, out, opset=opset or DEFAULT_OPSET)
         written = f"opset {result.opset}"
+    agreeing = "top-1 agrees" if result.label_agree is None else "every label agrees"
     click.echo(
-        f"verified on {result.images} images: top-1 agrees on {result.top1_agree}/"
+        f"verified on {result.images} images: {agreeing} on {result.top1_agree}/"
         f"{result.images}, max probability difference {result.max_prob_diff:.2e} "
         f"({result.limits})"
     )
@@ -96,14 +97,17 @@ def _export_int8(model, out, opset, calibration, check_data, max_drop) -> None:
         opset=opset,
     )
     facts, check = result.facts, result.check
+    agrees, accuracy = "top-1 agrees", "accuracy"
+    if check.get("decisions") == "labels":  # multi-label: each label on or off
+        agrees, accuracy = "every label agrees", "label accuracy"
     click.echo(
         f"calibrated on {facts['calibration']['images']} pictures from "
         f"{facts['calibration']['source']}"
     )
     click.echo(
-        f"checked on {check['test_images']} test pictures of {check['test_source']}: top-1 "
-        f"agrees with the float model on {check['top1_agree']}/{check['agreement_images']}; "
-        f"accuracy {check['float_accuracy']:.2%} -> {check['int8_accuracy']:.2%} "
+        f"checked on {check['test_images']} test pictures of {check['test_source']}: {agrees} "
+        f"with the float model on {check['top1_agree']}/{check['agreement_images']}; "
+        f"{accuracy} {check['float_accuracy']:.2%} -> {check['int8_accuracy']:.2%} "
         f"({check['accuracy_change_points']:+.2f} points, --max-drop {check['max_drop_points']:g})"
     )
     click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, int8 QDQ, opset {opset})")

@@ -66,7 +66,8 @@ def _quantization_lines(props: dict[str, str]) -> list[str]:
             f"quantized    {printable(q['weights'])} weights, {printable(q['activations'])} "
             f"activations ({printable(q['format'])}); calibrated ({printable(cal['method'])}) "
             f"on {int(cal['images'])} pictures from {printable(cal['source'])}",
-            f"int8 check   top-1 agrees with the float model on {int(check['top1_agree'])}/"
+            f"int8 check   {'every label' if check.get('decisions') == 'labels' else 'top-1'} "
+            f"agrees with the float model on {int(check['top1_agree'])}/"
             f"{int(check['agreement_images'])}; accuracy {float(check['float_accuracy']):.2%} "
             f"-> {float(check['int8_accuracy']):.2%} "
             f"({float(check['accuracy_change_points']):+.2f} points, bound "
@@ -98,6 +99,12 @@ def info_command(model: str | None, as_json: bool) -> None:
         f"input        {meta.input_size}x{meta.input_size} RGB, mean [{mean}], std [{std}]",
         f"classes      {len(meta.classes)}: {', '.join(meta.classes)}",
     ]
+    if meta.multi_label:  # independent sigmoids: each label's threshold and calibration
+        cal = meta.label_calibration
+        limits = ", ".join(
+            f"{c} {t:.3g}" for c, t in zip(meta.classes, meta.label_thresholds, strict=True)
+        )
+        lines.append(f"task         multi-label (calibration: {cal.method}); thresholds {limits}")
     if meta.data_source or meta.data_fingerprint:
         lines.append(f"data         {meta.data_source} (fingerprint {meta.data_fingerprint})")
     if meta.split:

@@ -32,8 +32,16 @@ from ..fileio import printable
     "sort_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Copy each picture into DIR/<label>/ (DIR/unsure/ when the model is not sure); "
+    help="Copy each picture into DIR/<label>/ (DIR/unsure/ when the model is not sure; "
+    "a multi-label model: into each of its labels' folders, DIR/no-label/ for none); "
     "nothing is overwritten or moved.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Multi-label models: one threshold for every label, instead of each label's own "
+    "(chosen on validation).",
 )
 @click.option("--link", is_flag=True, help="With --sort-into: symlinks instead of copies.")
 @click.option("--tta", is_flag=True, help="Average over flipped and shifted views.")
@@ -41,8 +49,8 @@ from ..fileio import printable
 @click.option("--device", default="cpu", show_default=True, help="auto, cpu or cuda.")
 @click.pass_context
 def predict_command(
-    ctx: click.Context, inputs, top_k, out_format, explain_dir, sort_dir, link, tta,
-    batch_size, device,
+    ctx: click.Context, inputs, top_k, out_format, explain_dir, sort_dir, threshold, link,
+    tta, batch_size, device,
 ):  # fmt: skip
     """Classify image files and folders (recursively). MODEL (a .safetensors bundle or an
     exported .onnx file) is optional; without it the bundled model is used. Exit code 2
@@ -60,10 +68,13 @@ def predict_command(
     predictor = Predictor.load(model, device=device)
     if explain_dir and not predictor.explainable:
         raise UserInputError("--explain (Grad-CAM) needs the PyTorch model, not an ONNX export")
-    sorter = Sorter.create(sort_dir, predictor.classes, link, paths) if sort_dir else None
+    predictor.label_thresholds(threshold)  # a single-label model refuses --threshold now
+    sorter = None
+    if sort_dir:
+        sorter = Sorter.create(sort_dir, predictor.classes, link, paths, predictor.multi_label)
     results = []
     for item in predict_files(
-        predictor, paths, top_k=top_k, tta=tta, explain_dir=explain_dir,
+        predictor, paths, top_k=top_k, tta=tta, threshold=threshold, explain_dir=explain_dir,
         batch_size=batch_size, progress=ctx.obj["progress"], skip=sort_dir,
     ):  # fmt: skip
         if sorter:

@@ -6,7 +6,9 @@ returns logits, with the bundle's normalisation folded in and a dynamic batch si
 the bundle's metadata goes into the file's metadata props (see ``onnx_backend``), and
 the reference is the bundle's own ``TorchBackend``.
 Before the file is kept, the same images run through torch and onnxruntime: top-1 must
-agree on every one and probabilities may differ by at most ``MAX_PROB_DIFF``.
+agree on every one and probabilities may differ by at most ``MAX_PROB_DIFF``. For a
+multi-label model the probabilities are its calibrated sigmoids and every label's
+decision (on or off at its threshold) must agree on every image instead of top-1.
 
 ``--format fp16`` stores the bundle's float tensors in half precision: half the file
 (what lets a wide model ship under the package's size limit); it loads into fp32 and
@@ -34,6 +36,7 @@ from torch import nn
 from ..errors import ExportError, UserInputError, import_extra
 from ..models.bundle import load_bundle, save_bundle
 from ..models.metadata import BundleMetadata
+from . import labels
 from .onnx_backend import (
     FORMAT_KEY,
     INPUT_NAME,
@@ -61,6 +64,9 @@ class ExportResult:
     max_prob_diff: float
     size_bytes: int
     limits: str  # what the check allowed, e.g. "limit 0.0001"
+    # A multi-label model: per label, the images whose decision (on/off) agrees; top1_agree
+    # then counts the images whose every label agrees.
+    label_agree: list[int] | None = None
 
 
 def require_onnx_extra() -> None:
@@ -123,6 +129,15 @@ def onnx_metadata(metadata: BundleMetadata) -> dict[str, str]:
         "normalization": json.dumps(metadata["normalization"]),
         "temperature": repr(metadata.temperature),
     }
+    if metadata.multi_label:  # independent sigmoids: what a client without imageclf needs
+        props["task"] = "multi_label"
+        props["output"] = (
+            f"{OUTPUT_NAME}: float32 N x classes; per label p = sigmoid(scale * logit + bias), "
+            "the label is on iff p >= its threshold"
+        )
+        props["thresholds"] = json.dumps(metadata.label_thresholds)
+        props["label_calibration"] = json.dumps(metadata.label_calibration.as_dict())
+        del props["temperature"]
     for key in ("name", "architecture", "recipe"):
         if key in metadata:
             props[key] = str(metadata[key])
@@ -184,15 +199,29 @@ def _reference(model: str | os.PathLike | None, refusal: str) -> TorchBackend:
 
 def verify(
     reference: TorchBackend, exported_logits: Callable[[np.ndarray], np.ndarray], images: np.ndarray
-) -> tuple[int, float]:
-    """(images whose top-1 agrees, largest probability difference) between the original
-    and the exported model, both from raw logits (a temperature scales both alike)."""
+) -> tuple[int, float, list[int] | None]:
+    """(images whose top-1 agrees, largest probability difference, None) between the
+    original and the exported model, both from raw logits (a temperature scales both
+    alike). A multi-label model: (images whose every label's decision agrees, largest
+    difference of calibrated probabilities, images agreeing per label)."""
+    meta = reference.metadata
     if not len(images):
-        return 0, 0.0
-    expected = torch.softmax(torch.from_numpy(raw_logits(reference, images)), 1)
-    got = torch.softmax(torch.from_numpy(exported_logits(images)), 1)
-    agree = int((expected.argmax(1) == got.argmax(1)).sum())
-    return agree, float((expected - got).abs().max())
+        return 0, 0.0, [0] * len(meta.classes) if meta.multi_label else None
+    pair = [
+        torch.from_numpy(raw_logits(reference, images)),
+        torch.from_numpy(exported_logits(images)),
+    ]
+    if not meta.multi_label:
+        expected, got = (torch.softmax(z, 1) for z in pair)
+        agree = int((expected.argmax(1) == got.argmax(1)).sum())
+        return agree, float((expected - got).abs().max()), None
+    limits = labels.thresholds(meta.label_thresholds or [])
+    expected, got = (
+        labels.probabilities(labels.calibrate(z, meta.label_calibration).numpy()) for z in pair
+    )
+    same = labels.labels_on(expected, limits) == labels.labels_on(got, limits)
+    diff = float(np.abs(expected - got).max())
+    return int(same.all(1).sum()), diff, same.sum(0).tolist()
 
 
 def _output_path(model, out, ending: str) -> Path:
@@ -228,16 +257,18 @@ def _write_verified(
     limits += f"{max_diff:g}"
     draft = target.with_name(f".{target.name}.partial")
     try:
-        agree, diff = verify(reference, write(draft), images)
+        agree, diff, per_label = verify(reference, write(draft), images)
         if len(images) - agree > max_changed * len(images) or not diff <= max_diff:
+            agreeing = "top-1 agrees" if per_label is None else "every label agrees"
             raise ExportError(
-                f"{what}: top-1 agrees on {agree} of {len(images)} images, max probability "
+                f"{what}: {agreeing} on {agree} of {len(images)} images, max probability "
                 f"difference {diff:.2e} ({limits})"
             )
         os.replace(draft, target)
     finally:
         draft.unlink(missing_ok=True)
-    return ExportResult(target, opset, len(images), agree, diff, target.stat().st_size, limits)
+    size = target.stat().st_size
+    return ExportResult(target, opset, len(images), agree, diff, size, limits, per_label)
 
 
 def export_onnx(

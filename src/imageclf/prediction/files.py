@@ -36,7 +36,11 @@ class FileResult:
     explanation: str | None = None  # where its Grad-CAM overlay was written
     unsure: bool = False  # which class? top-1 under the model's threshold, as on the page
     outside: bool = False  # one of its classes? familiarity under the model's threshold
-    sorted_to: str | None = None  # where --sort-into copied or linked it
+    # Where --sort-into copied or linked it (a multi-label model: one copy per label).
+    sorted_to: str | list[str] | None = None
+    # A multi-label model's answer: every label at or above its threshold (perhaps none),
+    # most likely first, with the threshold it met; None for a single-label model.
+    labels: list[tuple[str, float, float]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -99,6 +103,7 @@ def predict_files(
     *,
     top_k: int = 3,
     tta: bool = False,
+    threshold: float | None = None,
     explain_dir: str | os.PathLike | None = None,
     batch_size: int = BATCH_SIZE,
     progress: bool = True,
@@ -108,9 +113,11 @@ def predict_files(
 
     ``explain_dir``: also write a Grad-CAM overlay (for the top class) per image there.
     ``skip``: a folder whose files are not read from input folders (``collect_images``).
+    ``threshold``: a multi-label model's one threshold for every label (``labels.py``).
     """
     if top_k < 1:
         raise UserInputError("--top-k must be at least 1")
+    predictor.label_thresholds(threshold)  # refused at once by a single-label model
     files, missing = collect_images(inputs, skip)
     yield from missing
     if not files and not missing:
@@ -144,7 +151,7 @@ def predict_files(
                 continue
             batch = np.stack([d[1] for d in decoded])
             logits = predictor.calibrated_logits(batch, tta=tta)
-            probs = predictor.softmax(logits)
+            probs = predictor.probabilities(logits)
             explained = [None] * len(decoded)
             if out is not None:
                 explained = _write_explanations(predictor, batch, probs, decoded, out, used)
@@ -153,7 +160,10 @@ def predict_files(
                 decoded, probs, explained, doubts, strict=True
             ):
                 top = predictor.top(row, top_k)
-                yield FileResult(str(path), top, None, where, bool(unsure), bool(outside))
+                result = FileResult(str(path), top, None, where, bool(unsure), bool(outside))
+                if predictor.multi_label:
+                    result.labels = predictor.label_answers(row[None], threshold)[0]
+                yield result
 
 
 def _write_explanations(
@@ -178,26 +188,15 @@ def format_results(
     results: Sequence[FileResult], out_format: str = "table", model: str | None = None
 ) -> str:
     """``table`` for people, ``json`` and ``csv`` for machines (failures included).
-    ``model``: the model's name (``Predictor.name``), in every JSON entry."""
+    ``model``: the model's name (``Predictor.name``), in every JSON entry. A multi-label
+    model's results (``FileResult.labels``) list its labels instead of unsure/outside."""
     if out_format == "json":
-        entries = []
-        for r in results:
-            entry: dict = {"path": r.path}
-            if model is not None:
-                entry["model"] = model
-            if r.ok:
-                entry["predictions"] = [{"label": lab, "probability": p} for lab, p in r.top or []]
-                entry["unsure"] = r.unsure
-                entry["outside"] = r.outside
-                if r.explanation:
-                    entry["explanation"] = r.explanation
-            else:
-                entry["error"] = r.error
-            if r.sorted_to:
-                entry["sorted_to"] = r.sorted_to
-            entries.append(entry)
+        entries = [_json_entry(r, model) for r in results]
         return json.dumps(entries, indent=2, allow_nan=False) + "\n"
+    multi = any(r.labels is not None for r in results)
     if out_format == "csv":  # paths and labels that look like formulas stay text
+        if multi:
+            return csv_text([MULTI_CSV_HEADER, *(row for r in results for row in _label_rows(r))])
         rows: list[list] = [["path", "rank", "label", "probability", "unsure", "outside", "error"]]
         for r in results:
             if not r.ok:
@@ -214,6 +213,8 @@ def format_results(
     ok = [r for r in results if r.ok]
     if not ok:
         return ""
+    if multi:
+        return _columns(["image", "labels"], [[r.path, _label_cell(r)] for r in ok])
     k = max(len(r.top or []) for r in ok)
     cells = [[r.path, *(f"{lab} {p:.4f}" for lab, p in r.top or [])] for r in ok]
     for row, r in zip(cells, ok, strict=True):
@@ -221,12 +222,57 @@ def format_results(
             row[1] += " (none of its classes?)"
         elif r.unsure:
             row[1] += " (not sure)"
-    header = ["image", "prediction", *(f"#{i}" for i in range(2, k + 1))]
-    widths = [
-        max(len(row[i]) if i < len(row) else 0 for row in [header, *cells]) for i in range(k + 1)
-    ]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    return _columns(["image", "prediction", *(f"#{i}" for i in range(2, k + 1))], cells)
+
+
+def _columns(header: list[str], cells: list[list[str]]) -> str:
+    """Left-aligned columns, as wide as their widest cell; short rows allowed."""
+    k = max(len(row) for row in [header, *cells])
+    widths = [max(len(row[i]) if i < len(row) else 0 for row in [header, *cells]) for i in range(k)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)).rstrip()]
     lines += [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in cells
     ]
     return "\n".join(lines) + "\n"
+
+
+NO_LABEL = "no label above its threshold"
+MULTI_CSV_HEADER = ["path", "label", "probability", "threshold", "error"]
+
+
+def _json_entry(r: FileResult, model: str | None) -> dict:
+    entry: dict = {"path": r.path}
+    if model is not None:
+        entry["model"] = model
+    if r.ok:
+        entry["predictions"] = [{"label": lab, "probability": p} for lab, p in r.top or []]
+        if r.labels is not None:  # several labels or none: unsure/outside do not apply
+            entry["task"] = "multi_label"
+            entry["labels"] = [
+                {"label": lab, "probability": p, "threshold": t} for lab, p, t in r.labels
+            ]
+        else:
+            entry["unsure"] = r.unsure
+            entry["outside"] = r.outside
+        if r.explanation:
+            entry["explanation"] = r.explanation
+    else:
+        entry["error"] = r.error
+    if r.sorted_to:
+        entry["sorted_to"] = r.sorted_to
+    return entry
+
+
+def _label_rows(r: FileResult) -> list[list]:
+    """A multi-label result's CSV rows: one per label that is on; one empty row if none."""
+    if not r.ok:
+        return [[r.path, "", "", "", r.error]]
+    if not r.labels:
+        return [[r.path, "", "", "", ""]]
+    return [[r.path, lab, f"{p:.4f}", f"{t:.4f}", ""] for lab, p, t in r.labels]
+
+
+def _label_cell(r: FileResult) -> str:
+    if not r.labels:
+        return f"({NO_LABEL})"
+    return ", ".join(f"{lab} {p:.4f}" for lab, p, _ in r.labels)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -68,8 +69,11 @@ def predict_logits(
     tta: bool = False,
     device: torch.device | str = "cpu",
     amp_dtype: torch.dtype | None = None,
+    multi_label: bool = False,
 ) -> torch.Tensor:
-    """uint8 NHWC images -> float32 logits (N, classes); TTA averages log-probabilities."""
+    """uint8 NHWC images -> float32 logits (N, classes); TTA averages log-probabilities
+    (``multi_label``: the logits themselves, since each label is its own sigmoid and a
+    log-softmax over labels would tie them together)."""
     if model.training:  # eval() walks every module: measurable on a one-image request
         model.eval()
     device = torch.device(device)
@@ -79,7 +83,8 @@ def predict_logits(
         x = normalizer(images_u8[start : start + batch_size], device)
         with autocast(device, amp_dtype):
             if tta:
-                out = sum(wt * F.log_softmax(model(v).float(), -1) for wt, v in tta_views(x))
+                view = (lambda z: z) if multi_label else (lambda z: F.log_softmax(z, -1))
+                out = sum(wt * view(model(v).float()) for wt, v in tta_views(x))
             else:
                 out = model(x).float()
         outputs.append(out.float().cpu())
@@ -89,8 +94,34 @@ def predict_logits(
 
 
 def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Cross-entropy and accuracy; for (N, C) multi-hot labels, binary cross-entropy (summed
+    over labels, averaged over pictures), subset accuracy at logit 0 (every label right)
+    and ``map``, the mean average precision over labels with a positive picture."""
     if len(labels) == 0:
         return {"loss": float("nan"), "accuracy": float("nan")}
+    if labels.ndim == 2:
+        targets = labels.float()
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
+        exact = ((logits > 0) == (targets > 0.5)).all(1).double().mean().item()
+        return {
+            "loss": loss.sum(1).mean().item(),
+            "accuracy": exact,
+            "map": mean_average_precision(logits.float().numpy(), labels.numpy()),
+        }
     loss = F.cross_entropy(logits, labels).item()
     accuracy = (logits.argmax(1) == labels).double().mean().item()
     return {"loss": loss, "accuracy": accuracy}
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over labels of scikit-learn's average precision (area under the label's
+    precision-recall curve); labels without a positive picture have none and are left out
+    (NaN when no label has one). ``scores``: any monotone function of the probabilities."""
+    from sklearn.metrics import average_precision_score
+
+    targets = (targets > 0.5) if targets.dtype.kind == "f" else targets.astype(bool)
+    present = targets.any(0)
+    if not present.any():
+        return float("nan")
+    ap = average_precision_score(targets[:, present], scores[:, present], average=None)
+    return float(ap.mean())

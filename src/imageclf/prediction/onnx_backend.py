@@ -133,14 +133,21 @@ class OnnxBackend:
 
     def logits(self, batch_u8: np.ndarray, *, tta: bool = False) -> torch.Tensor:
         """Uncalibrated logits as the torch backend makes them: the graph's, or with TTA
-        the views' weighted log-probabilities (the views shifted as uint8 pictures)."""
+        the views' weighted log-probabilities (the views shifted as uint8 pictures; a
+        multi-label model's weighted logits, as ``inference.predict_logits``)."""
         if not tta:
             return torch.from_numpy(self.graph_logits(batch_u8))
         pixels = torch.from_numpy(np.ascontiguousarray(batch_u8)).permute(0, 3, 1, 2)
+        multi = self.metadata.multi_label
         return sum(
-            weight * torch.log_softmax(torch.from_numpy(self.graph_logits(_pixels(view))), 1)
+            weight * _tta_view(torch.from_numpy(self.graph_logits(_pixels(view))), multi)
             for weight, view in tta_views(pixels.float())
         )
+
+
+def _tta_view(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """What TTA averages: log-probabilities, or a multi-label model's logits themselves."""
+    return logits if multi_label else torch.log_softmax(logits, 1)
 
 
 def _first_line(exc: BaseException) -> str:

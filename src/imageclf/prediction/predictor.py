@@ -7,12 +7,18 @@ pass: the torch model of a ``.safetensors`` bundle (``TorchBackend``) or an expo
 written here once: pictures in (``imaging``'s one decode and one array rule), the
 calibration temperature, top-k, and Grad-CAM where the backend has gradients. Callers
 never reach into the model: these methods are the contract.
+
+A multi-label bundle (``"task": "multi_label"``) goes through the same methods: its
+probabilities are per-label calibrated sigmoids, ``predict`` gives each picture's labels
+at or above their thresholds (``labels.py``, the one rule), ``predict_labels`` those and
+the top-k, and "unsure"/"outside" are never said.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import cast
@@ -34,6 +40,7 @@ from ..imaging import (
 )
 from ..models.bundle import load_bundle
 from ..models.metadata import BundleMetadata
+from . import labels as multilabel
 from .backends import Backend, ExplainingBackend
 from .gradcam import DEFAULT_SIZE, Explanation, GradCAM, overlay
 from .onnx_backend import OnnxBackend
@@ -160,6 +167,8 @@ class Predictor:
     def unsure(self, probs: np.ndarray) -> np.ndarray:
         """Which rows of calibrated (N, C) probabilities say "not sure": top-1 under
         ``unsure_below``. The one rule for the page, the API and ``predict``."""
+        if self.multi_label:  # several labels or none is an answer, not a doubt
+            return np.zeros(len(probs), dtype=bool)
         return probs.max(axis=1) < self.unsure_below
 
     @property
@@ -171,13 +180,14 @@ class Predictor:
     def outside(self, calibrated_logits: np.ndarray) -> np.ndarray:
         """Which rows look like none of the model's classes: familiarity under the bundle's
         validated threshold. A separate question from ``unsure`` (which class?)."""
-        if self.familiar_above is None:
+        if self.familiar_above is None or self.multi_label:
             return np.zeros(len(calibrated_logits), dtype=bool)
         return familiarity(calibrated_logits) < self.familiar_above
 
     def calibrated_logits(self, batch_u8: np.ndarray, *, tta: bool = False) -> np.ndarray:
-        """(N, classes) float32 ``logits / temperature``, for callers that need both the
-        probabilities (``softmax``) and the familiarity from one pass."""
+        """(N, classes) float32 ``logits / temperature`` (multi-label: ``scale * logit +
+        bias`` per label), for callers that need both the probabilities (``probabilities``)
+        and the familiarity from one pass."""
         return self._logits(batch_u8, tta).float().numpy()
 
     @staticmethod
@@ -186,28 +196,105 @@ class Predictor:
         return torch.softmax(torch.from_numpy(calibrated_logits), dim=1).numpy()
 
     def _logits(self, batch_u8: np.ndarray, tta: bool) -> torch.Tensor:
-        """Calibrated logits (``logits / temperature``): the one place confidences are made."""
-        return self.engine.logits(batch_u8, tta=tta) / self.temperature
+        """Calibrated logits (``logits / temperature``; multi-label: each label's scale and
+        bias, ``labels.calibrate``): the one place confidences are made."""
+        logits = self.engine.logits(batch_u8, tta=tta)
+        if self.multi_label:
+            return multilabel.calibrate(logits, self.metadata.label_calibration)
+        return logits / self.temperature
 
     def log_probs(self, batch_u8: np.ndarray, *, tta: bool = False) -> np.ndarray:
-        """Natural-log probabilities (N, classes), float64, for prepared uint8 images.
-        ``tta`` averages over flipped and 1-pixel-shifted views."""
-        return torch.log_softmax(self._logits(batch_u8, tta).double(), dim=1).numpy()
+        """Natural-log probabilities (N, classes), float64, for prepared uint8 images
+        (multi-label: each label's own, ``log sigmoid``). ``tta`` averages over flipped and
+        1-pixel-shifted views."""
+        logits = self._logits(batch_u8, tta).double()
+        if self.multi_label:
+            return torch.nn.functional.logsigmoid(logits).numpy()
+        return torch.log_softmax(logits, dim=1).numpy()
 
     def predict_proba(self, batch_u8: np.ndarray, *, tta: bool = False) -> np.ndarray:
-        """Probabilities (N, classes), float32, for prepared uint8 images."""
-        return torch.softmax(self._logits(batch_u8, tta), dim=1).numpy()
+        """Probabilities (N, classes), float32, for prepared uint8 images (multi-label:
+        independent per-label probabilities, which need not sum to 1)."""
+        return self.probabilities(self._logits(batch_u8, tta).numpy())
+
+    def probabilities(self, calibrated_logits: np.ndarray) -> np.ndarray:
+        """Probabilities from ``calibrated_logits``: the softmax, or per-label sigmoids."""
+        if self.multi_label:
+            return multilabel.probabilities(calibrated_logits)
+        return self.softmax(calibrated_logits)
 
     def predict(
-        self, images: Picture | Sequence[Picture], top_k: int = 3, *, tta: bool = False
+        self,
+        images: Picture | Sequence[Picture],
+        top_k: int | None = None,
+        *,
+        tta: bool = False,
+        threshold: float | None = None,
     ) -> list[list[tuple[str, float]]]:
         """One list of (label, probability), most likely first, per image. An image is a
         path, bytes, a file object, a PIL image or an HxWx3 NumPy array, uint8 or floats
-        in 0..1 (an NxHxWx3 array is a batch)."""
+        in 0..1 (an NxHxWx3 array is a batch). ``top_k`` defaults to 3; for a multi-label
+        model, without ``top_k``: every label at or above its threshold (``threshold``
+        overrides them all), perhaps none; ``predict_labels`` gives both."""
+        if top_k is None and not self.multi_label:
+            top_k = 3
+        if top_k is not None and top_k < 1:
+            raise UserInputError("top_k must be at least 1")
+        found = self.predict_labels(images, top_k=top_k or 1, tta=tta, threshold=threshold)
+        return [item.top if top_k is not None else item.labels for item in found]
+
+    def predict_labels(
+        self,
+        images: Picture | Sequence[Picture],
+        *,
+        top_k: int = 3,
+        tta: bool = False,
+        threshold: float | None = None,
+    ) -> list[multilabel.LabelPrediction]:
+        """Per image: the labels that are on (a multi-label model: each at or above its
+        threshold, or ``threshold``; a single-label one: its top label), with the top-k."""
         if top_k < 1:
             raise UserInputError("top_k must be at least 1")
+        limits = self.label_thresholds(threshold)
         probs = self.predict_proba(self.preprocess(images), tta=tta)
-        return [self.top(p, top_k) for p in probs]
+        on = multilabel.labels_on(probs, limits) if self.multi_label else probs[:, :0]
+        return [
+            multilabel.LabelPrediction(
+                self.labels(row, row_on) if self.multi_label else self.top(row, 1),
+                self.top(row, top_k),
+                limits.tolist(),
+            )
+            for row, row_on in zip(probs, on, strict=True)
+        ]
+
+    @property
+    def multi_label(self) -> bool:
+        """Independent sigmoids, any number of labels per picture (``labels.py``)."""
+        return self.metadata.multi_label
+
+    def label_thresholds(self, threshold: float | None = None) -> np.ndarray:
+        """Each label's threshold: the bundle's, or ``threshold`` for all (checked 0-1).
+        A single-label model has none (an empty array; ``threshold`` is refused)."""
+        if not self.multi_label:
+            if threshold is not None:
+                raise UserInputError(multilabel.SINGLE_LABEL_THRESHOLD)
+            return np.zeros(0)
+        return multilabel.thresholds(self.metadata.label_thresholds or [], threshold)
+
+    def labels_on(self, probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """(N, C) bool: which labels are on, from ``probabilities`` (multi-label only)."""
+        return multilabel.labels_on(probs, self.label_thresholds(threshold))
+
+    def label_answers(
+        self, probs: np.ndarray, threshold: float | None = None
+    ) -> list[list[tuple[str, float, float]]]:
+        """Per row of ``probabilities``: the labels that are on, as (label, probability,
+        the threshold it met), most likely first (multi-label only)."""
+        return multilabel.answers(probs, self.label_thresholds(threshold), self.classes)
+
+    def labels(self, row: np.ndarray, on: np.ndarray) -> list[tuple[str, float]]:
+        """One picture's labels that are on, as (label, probability), most likely first."""
+        return multilabel.chosen(row, on, self.classes)
 
     def top(self, probs: np.ndarray, top_k: int) -> list[tuple[str, float]]:
         """The ``top_k`` (label, probability) pairs of one row of probabilities."""
@@ -229,10 +316,18 @@ class Predictor:
         layer: str | None = None,
     ) -> GradCAM:
         """Grad-CAM of prepared uint8 images; ``class_indices=None`` explains each
-        image's predicted class; ``layer`` names a module (default: the last Conv2d)."""
-        return self._explainer().gradcam(
-            batch_u8, class_indices, layer=layer, temperature=self.temperature
-        )
+        image's predicted class (multi-label: its most probable label; any label can be
+        chosen); ``layer`` names a module (default: the last Conv2d)."""
+        explainer = self._explainer()
+        if not self.multi_label:
+            return explainer.gradcam(
+                batch_u8, class_indices, layer=layer, temperature=self.temperature
+            )
+        # Each label's own calibrated sigmoid, not a softmax over labels, is its probability.
+        probs = self.predict_proba(batch_u8)
+        chosen = probs.argmax(axis=1) if class_indices is None else class_indices
+        cam = explainer.gradcam(batch_u8, chosen, layer=layer)
+        return replace(cam, probabilities=probs)
 
     def explain(
         self,
@@ -244,11 +339,11 @@ class Predictor:
     ) -> Explanation:
         """Grad-CAM of one picture, drawn on the picture itself (squashed to a square, as
         the model sees it) rather than on the tiny model input, so it stays sharp."""
-        explainer = self._explainer()
+        self._explainer()  # refused before decoding when the backend cannot explain
         picture = self.decode(image)
         batch = self.prepare(picture)[None]
         classes = None if class_index is None else [class_index]
-        cam = explainer.gradcam(batch, classes, layer=layer, temperature=self.temperature)
+        cam = self.gradcam(batch, classes, layer=layer)
         index = int(cam.class_indices[0])
         return Explanation(
             heatmap=cam.heatmaps[0],

@@ -13,6 +13,11 @@ pictures: top-1 agreement with the float model on ``AGREE_IMAGES`` of them and t
 accuracy change on all of them. Both go into the file's metadata (``QUANT_KEY``); a drop
 of more than ``max_drop`` points refuses the file (nothing written, exit code 2).
 
+A multi-label model (``labels.py``) is checked on its decisions instead: each label on
+or off at its threshold, from its calibrated sigmoid. "Accuracy" is then the share of
+(picture, label) decisions that are right (1 - Hamming loss), and agreement counts the
+pictures whose every label agrees.
+
 This module takes pictures as arrays; where they come from (the bundle's recorded
 training and test splits, a folder) is the caller's (``cli/export.py``), so prediction
 reads no datasets.
@@ -32,6 +37,7 @@ import torch
 
 from ..errors import ImageError, UserInputError
 from ..imaging import open_image, resize_for_model
+from . import labels
 from .export import (
     DEFAULT_OPSET,
     _build_onnx,
@@ -59,7 +65,7 @@ class Int8Data:
     calibration: np.ndarray
     calibration_source: str
     check_images: np.ndarray
-    check_labels: np.ndarray  # the model's class indices
+    check_labels: np.ndarray  # the model's class indices (multi-label: N x C multi-hot)
     check_source: str
 
 
@@ -155,25 +161,42 @@ def _finish(proto, props: dict[str, str]) -> None:
     onnx.checker.check_model(proto)
 
 
+def _decider(meta) -> Callable[[np.ndarray], np.ndarray]:
+    """Raw logits -> what the model answers: top-1, or a multi-label model's labels on."""
+    if not meta.multi_label:
+        return lambda logits: logits.argmax(1)
+    limits = labels.thresholds(meta.label_thresholds or [])
+
+    def decide(logits: np.ndarray) -> np.ndarray:
+        calibrated = labels.calibrate(torch.from_numpy(logits), meta.label_calibration)
+        return labels.labels_on(labels.probabilities(calibrated.numpy()), limits)
+
+    return decide
+
+
 def _accuracy_check(
     float_logits: Callable[[np.ndarray], np.ndarray],
     int8_logits: Callable[[np.ndarray], np.ndarray],
     data: Int8Data,
+    decide: Callable[[np.ndarray], np.ndarray] = lambda logits: logits.argmax(1),
 ) -> dict:
-    """Top-1 agreement on the first ``AGREE_IMAGES`` check pictures and accuracy of both
-    models on all of them."""
+    """Top-1 agreement (multi-label: every label's decision) on the first
+    ``AGREE_IMAGES`` check pictures and accuracy of both models on all of them."""
     ours, theirs = [], []
     for start in range(0, len(data.check_images), CHUNK):
         batch = data.check_images[start : start + CHUNK]
-        ours.append(float_logits(batch).argmax(1))
-        theirs.append(int8_logits(batch).argmax(1))
+        ours.append(decide(float_logits(batch)))
+        theirs.append(decide(int8_logits(batch)))
     top_float, top_int8 = np.concatenate(ours), np.concatenate(theirs)
     agree = min(AGREE_IMAGES, len(top_float))
-    float_acc = float((top_float == data.check_labels).mean())
-    int8_acc = float((top_int8 == data.check_labels).mean())
+    truth = data.check_labels.astype(bool) if top_float.ndim == 2 else data.check_labels
+    float_acc = float((top_float == truth).mean())
+    int8_acc = float((top_int8 == truth).mean())
+    same = top_float[:agree] == top_int8[:agree]
     return {
+        "decisions": "labels" if top_float.ndim == 2 else "top-1",  # what is compared
         "agreement_images": agree,
-        "top1_agree": int((top_float[:agree] == top_int8[:agree]).sum()),
+        "top1_agree": int((same.all(1) if same.ndim == 2 else same).sum()),
         "test_images": len(top_float),
         "test_source": data.check_source,
         "float_accuracy": round(float_acc, 6),
@@ -190,7 +213,10 @@ def _check_inputs(data: Int8Data, size: int, classes: int) -> None:
         raise UserInputError("no pictures to calibrate the int8 model on")
     if not len(data.check_images) or len(data.check_labels) != len(data.check_images):
         raise UserInputError("no labelled test pictures to check the int8 model against")
-    if data.check_labels.min() < 0 or data.check_labels.max() >= classes:
+    if data.check_labels.ndim == 2:  # multi-hot, one column per label
+        if data.check_labels.shape[1] != classes or not np.isin(data.check_labels, (0, 1)).all():
+            raise UserInputError(f"the check labels must be 0/1, one column per label ({classes})")
+    elif data.check_labels.min() < 0 or data.check_labels.max() >= classes:
         raise UserInputError("the check labels must be the model's class indices")
 
 
@@ -230,7 +256,9 @@ def export_int8(
         _finish(proto, {QUANT_KEY: json.dumps(facts)})
         onnx.save_model(proto, str(draft), save_as_external_data=False)
         int8 = OnnxBackend(draft, threads=torch.get_num_threads())
-        check = _accuracy_check(lambda b: raw_logits(reference, b), int8.graph_logits, data)
+        check = _accuracy_check(
+            lambda b: raw_logits(reference, b), int8.graph_logits, data, _decider(meta)
+        )
         facts["check"] = {**check, "max_drop_points": max_drop}
         drop = -check["accuracy_change_points"]
         if drop > max_drop:

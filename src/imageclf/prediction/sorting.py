@@ -7,7 +7,9 @@ Nothing is ever overwritten or moved: a name already taken gets ``-2``, ``-3``..
 its extension, and the target is created exclusively (``O_EXCL``), so two pictures named
 alike, a second run into the same folder, or another process writing there cannot
 replace a file. The originals are only read. Unreadable pictures go into no folder; the
-command names them on stderr and counts them in the summary.
+command names them on stderr and counts them in the summary. A multi-label model's
+picture is copied into each of its labels' folders, or into ``DIR/no-label/`` when no
+label reaches its threshold (unsure does not apply: several labels or none is an answer).
 
 Labels come from the bundle (``models.class_names`` already refuses control characters),
 but a bundle is untrusted: folder names go through ``models.naming.safe_component`` (no
@@ -30,12 +32,14 @@ from ..models.naming import safe_component
 from .files import FileResult
 
 UNSURE = "unsure"
+NO_LABEL = "no-label"  # a multi-label model's picture with no label above its threshold
 MAX_SUFFIX = 100_000  # "photo-2.jpg" ... a name this far taken is a loop, not a folder
 
 
-def folder_names(classes: list[str]) -> tuple[dict[str, str], str]:
-    """label -> folder name, and the ``unsure`` folder's name: each a safe single path
-    component, distinct from the others even on a case-insensitive file system."""
+def folder_names(classes: list[str], unsure: str = UNSURE) -> tuple[dict[str, str], str]:
+    """label -> folder name, and the ``unsure`` folder's name (a multi-label model's:
+    ``no-label``): each a safe single path component, distinct from the others even on a
+    case-insensitive file system."""
     taken: set[str] = set()
 
     def claim(wanted: str) -> str:
@@ -45,9 +49,9 @@ def folder_names(classes: list[str]) -> tuple[dict[str, str], str]:
         taken.add(name.casefold())
         return name
 
-    taken.add(UNSURE)  # the unsure folder keeps its name: a class called "unsure" moves
+    taken.add(unsure)  # the unsure folder keeps its name: a class called "unsure" moves
     folders = {label: claim(safe_component(label)) for label in classes}
-    return folders, UNSURE
+    return folders, unsure
 
 
 def _numbered(name: str, k: int) -> str:
@@ -105,8 +109,9 @@ class Sorter:
     folders: dict[str, str]
     unsure_folder: str
     link: bool = False
-    counts: Counter = field(default_factory=Counter)
+    counts: Counter = field(default_factory=Counter)  # files written per folder
     failed: int = 0
+    done: int = 0  # pictures sorted (a multi-label picture may fill several folders)
 
     @classmethod
     def create(
@@ -115,6 +120,7 @@ class Sorter:
         classes: list[str],
         link: bool = False,
         inputs: Sequence[str | os.PathLike] = (),
+        multi_label: bool = False,
     ) -> Sorter:
         """The sorter for ``root`` (created if missing; a file there is refused), checked
         against the ``inputs`` it will sort (``check_inputs``) before anything is made."""
@@ -128,7 +134,7 @@ class Sorter:
             raise UserInputError(
                 f"--sort-into {printable(root)}: cannot create it ({exc.strerror or exc})"
             ) from None
-        folders, unsure = folder_names(classes)
+        folders, unsure = folder_names(classes, NO_LABEL if multi_label else UNSURE)
         return cls(root, folders, unsure, link)
 
     def place(self, result: FileResult) -> FileResult:
@@ -137,21 +143,30 @@ class Sorter:
         if not result.ok or not result.top:
             self.failed += 1
             return result
-        doubtful = result.unsure or result.outside
-        folder = self.unsure_folder if doubtful else self.folders[result.top[0][0]]
+        if result.labels is not None:  # multi-label: a copy per label, or the no-label folder
+            targets = [self.folders[label] for label, _, _ in result.labels] or [self.unsure_folder]
+        elif result.unsure or result.outside:
+            targets = [self.unsure_folder]
+        else:
+            targets = [self.folders[result.top[0][0]]]
+        placed = []
         try:
-            (self.root / folder).mkdir(exist_ok=True)
-            result.sorted_to = str(place_file(Path(result.path), self.root / folder, self.link))
+            for folder in targets:
+                (self.root / folder).mkdir(exist_ok=True)
+                placed.append(str(place_file(Path(result.path), self.root / folder, self.link)))
         except OSError as exc:
             self.failed += 1
             result.error = f"classified but not sorted: {exc.strerror or exc}"
+            result.sorted_to = placed or None
             return result
-        self.counts[folder] += 1
+        result.sorted_to = placed if result.labels is not None else placed[0]
+        self.counts.update(targets)
+        self.done += 1
         return result
 
     def summary(self) -> str:
         """Counts per folder (labels that needed another folder name say so)."""
-        done = sum(self.counts.values())
+        done = self.done
         how = "symlinks" if self.link else "copies"
         lines = [f"sorted {done} of {done + self.failed} pictures into {printable(self.root)} "
                  f"({how}):"]  # fmt: skip

@@ -48,6 +48,7 @@ class TorchBackend:
             tta=tta,
             device=self.device,
             amp_dtype=self.amp_dtype,
+            multi_label=self.metadata.multi_label,
         )
         return checked_logits(logits, len(batch_u8), len(self.metadata.classes))
 
