@@ -181,6 +181,13 @@ def test_serve_reads_its_settings_from_the_environment(monkeypatch, capsys, tmp_
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
         assert server.gunicorn_options("127.0.0.1", 0, 1, listen_fd=fd)["bind"] == f"fd://{fd}"
 
+    # several models in one variable: ':' separates them, a space belongs to a path
+    first, second = tmp_path / "my models" / "a.safetensors", tmp_path / "b.onnx"
+    monkeypatch.setenv("IMAGECLF_MODEL", f"a={first}:b={second}")
+    code, _, err = run_cli(["serve"], capsys)
+    assert code == 0, err
+    assert seen["model"] == [f"a={first}", f"b={second}"]
+
     monkeypatch.setenv("IMAGECLF_WORKERS", "many")
     code, _, err = run_cli(["serve"], capsys)
     assert code == 2 and "IMAGECLF_WORKERS" in err

@@ -10,11 +10,17 @@ from .keys import keys_command
 @click.group("serve", invoke_without_command=True)
 @click.option(
     "--model",
-    type=click.Path(dir_okay=False),
-    default=None,
+    "models",
+    multiple=True,
+    metavar="[NAME=]PATH",
+    # click.Path splits IMAGECLF_MODEL on ':' as PATH is split, so a path may hold spaces
+    type=click.Path(),
     envvar="IMAGECLF_MODEL",
     show_envvar=True,
-    help="Model bundle (.safetensors) or an exported .onnx file (default: the bundled model).",
+    help="Model bundle (.safetensors) or an exported .onnx file (default: the bundled model). "
+    "Repeat as NAME=PATH to serve several: the first is the default, each also at "
+    "/api/v1/models/NAME/predict (NAME: a-z, 0-9, '_', '-', at most 32); in "
+    "IMAGECLF_MODEL separated by ':'.",
 )
 @click.option(
     "--host",
@@ -150,8 +156,51 @@ from .keys import keys_command
     help="How long a pass that is not full waits for more requests to join it "
     "(default: 0, it goes at once).",
 )
+@click.option(
+    "--max-model-memory",
+    type=click.FloatRange(min=1),
+    default=None,
+    envvar="IMAGECLF_MAX_MODEL_MEMORY_MB",
+    show_envvar=True,
+    help="MB all models may take in each worker (parameters + working memory, as logged at "
+    "startup): serve refuses to start, and a reload is refused, beyond it.",
+)
+@click.option(
+    "--reload-poll-s",
+    type=click.FloatRange(min=0),
+    default=None,
+    envvar="IMAGECLF_RELOAD_POLL_S",
+    show_envvar=True,
+    help="How often each worker looks for a changed model file (default: 1 s; 0: only "
+    "SIGHUP and POST /api/v1/models/NAME/reload).",
+)
+@click.option(
+    "--allow-class-change",
+    is_flag=True,
+    envvar="IMAGECLF_ALLOW_CLASS_CHANGE",
+    show_envvar=True,
+    help="A reloaded model may have other classes than the one it replaces (refused by default).",
+)
+@click.option(
+    "--allow-reload",
+    type=click.Choice(["loopback", "any", "off"]),
+    default=None,
+    envvar="IMAGECLF_ALLOW_RELOAD",
+    show_envvar=True,
+    help="Without --api-keys, who may POST /api/v1/models/NAME/reload (default: loopback, "
+    "clients on this machine connecting directly). With keys: any valid key.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    envvar="IMAGECLF_THRESHOLD",
+    show_envvar=True,
+    help="Multi-label models: one threshold for every label instead of each label's own "
+    "(a request's own threshold field still wins).",
+)
 def serve_command(
-    model: str | None,
+    models: tuple[str, ...],
     host: str,
     port: int,
     workers: int | None,
@@ -169,9 +218,16 @@ def serve_command(
     feedback_per_minute: float | None,
     max_batch: int | None,
     batch_wait_ms: float | None,
+    max_model_memory: float | None,
+    reload_poll_s: float | None,
+    allow_class_change: bool,
+    allow_reload: str | None,
+    threshold: float | None,
 ) -> None:
     """Serve the upload page and the JSON API (gunicorn). MODEL may be a .safetensors
-    bundle or an exported .onnx file."""
+    bundle or an exported .onnx file; several as NAME=PATH. A changed model file, SIGHUP
+    or POST /api/v1/models/NAME/reload loads the new version, checks it and switches
+    without a restart (docs/limits.md)."""
     if click.get_current_context().invoked_subcommand:
         return  # imageclf serve keys ...
     from ..web.auth import server_settings
@@ -180,16 +236,21 @@ def serve_command(
 
     auth = server_settings(api_keys, key_rate, key_burst, protect_page, protect_metrics)
     feedback = feedback_settings(feedback_dir, feedback_quota_mb, feedback_per_minute)
-    batching = {
+    settings = {
         key: value
         for key, value in (
             ("IMAGECLF_MAX_BATCH", max_batch),
             ("IMAGECLF_BATCH_WAIT_MS", batch_wait_ms),
+            ("IMAGECLF_MAX_MODEL_MEMORY_MB", max_model_memory),
+            ("IMAGECLF_RELOAD_POLL_S", reload_poll_s),
+            ("IMAGECLF_ALLOW_CLASS_CHANGE", allow_class_change or None),
+            ("IMAGECLF_ALLOW_RELOAD", allow_reload),
+            ("IMAGECLF_THRESHOLD", threshold),
         )
         if value is not None
     }
     serve(
-        model,
+        models[0] if len(models) == 1 else list(models),
         host=host,
         port=port,
         workers=workers,
@@ -199,7 +260,7 @@ def serve_command(
         reuse_port=reuse_port,
         auth=auth,
         feedback=feedback,
-        settings=batching,
+        settings=settings,
     )
 
 

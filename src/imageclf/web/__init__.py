@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,6 +27,9 @@ from .feedback import DEFAULT_BURST, DEFAULT_PER_MINUTE, DEFAULT_QUOTA_MB, init_
 from .forward import MAX_BATCH_ROWS
 from .memory import keep_large_blocks_on_mmap
 from .metrics import Metrics
+from .model_store import ModelStore
+from .models import ModelSpec
+from .reload import RELOAD_POLL_S
 from .service import ModelService
 from .uploads import (
     BODY_TIMEOUT_S,
@@ -78,6 +83,16 @@ DEFAULTS: dict[str, Any] = {
     # eager: load in create_app; background: load in a thread (/readyz says when);
     # manual: never (tests call ``get_service(app).load()``).
     "IMAGECLF_MODEL_LOADING": "background",
+    # Several models and hot reload (web/models.py, web/reload.py): the folder of checked
+    # versions the workers share (None: one of this process's own); how often each
+    # worker looks at the model files (0: only SIGHUP and POST .../reload); whether a new
+    # version may change the classes; the memory all models may take in a worker (MB).
+    "IMAGECLF_MODEL_STORE": None,
+    "IMAGECLF_RELOAD_POLL_S": RELOAD_POLL_S,
+    "IMAGECLF_ALLOW_CLASS_CHANGE": False,
+    "IMAGECLF_MAX_MODEL_MEMORY_MB": None,
+    # POST /api/v1/models/NAME/reload without API keys: only from this machine, directly.
+    "IMAGECLF_ALLOW_RELOAD": "loopback",
     # A prediction that arrives while the model loads waits this long before a 503.
     "IMAGECLF_MODEL_WAIT_S": 30.0,
     "IMAGECLF_TORCH_THREADS": None,
@@ -85,6 +100,9 @@ DEFAULTS: dict[str, Any] = {
     "IMAGECLF_BODY_TIMEOUT_S": BODY_TIMEOUT_S,
     # Grad-CAM on the result page (costs a backward pass per upload).
     "IMAGECLF_EXPLAIN_PAGES": True,
+    # A multi-label model's one threshold for every label (serve --threshold); None: each
+    # label's own, chosen on validation (web/label_results.py).
+    "IMAGECLF_THRESHOLD": None,
     # explain=true in the API: at most this many images per request (400 beyond).
     "IMAGECLF_MAX_EXPLAIN_FILES": 16,
     # API keys (web/auth.py): a key file's path or a loaded keys.KeyRing (None: open).
@@ -102,8 +120,14 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Flask:
-    """Build the app around one model file (``None``: the bundled default model).
+def create_app(
+    model_path: str | os.PathLike | None = None,
+    *,
+    models: Sequence[ModelSpec] | None = None,
+    **config: Any,
+) -> Flask:
+    """Build the app around one model file (``None``: the bundled default model), or
+    several (``models``, from ``models.parse_model_specs``; the first is the default).
 
     Keyword arguments override ``DEFAULTS`` and Flask's own settings.
     """
@@ -116,14 +140,17 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
         app.config["MAX_FORM_PARTS"] = int(app.config["IMAGECLF_MAX_FILES"]) + 16
 
     metrics = Metrics()
+    store = app.config["IMAGECLF_MODEL_STORE"]
+    memory_mb = app.config["IMAGECLF_MAX_MODEL_MEMORY_MB"]
     service = ModelService(
-        model_path,
+        models or model_path,
         max_pixels=int(app.config["IMAGECLF_MAX_PIXELS"]),
         max_request_pixels=int(app.config["IMAGECLF_MAX_REQUEST_PIXELS"]),
         decode_seconds=float(app.config["IMAGECLF_DECODE_SECONDS"]),
         torch_threads=app.config["IMAGECLF_TORCH_THREADS"],
         on_loaded=lambda p: metrics.model_loaded(p.name, p.backend, p.classes),
         on_forward_pass=metrics.forward_pass,
+        on_reload=metrics.count_reload,
         max_batch=int(app.config["IMAGECLF_MAX_BATCH"]),
         batch_wait_ms=float(app.config["IMAGECLF_BATCH_WAIT_MS"]),
         decoder=DecodeScheduler(
@@ -132,7 +159,12 @@ def create_app(model_path: str | os.PathLike | None = None, **config: Any) -> Fl
                 float(app.config["IMAGECLF_DECODE_WINDOW_S"]),
             )
         ),
+        store=ModelStore(Path(store)) if store else None,
+        memory_limit_mb=float(memory_mb) if memory_mb else None,
+        allow_class_change=bool(app.config["IMAGECLF_ALLOW_CLASS_CHANGE"]),
+        reload_poll_s=float(app.config["IMAGECLF_RELOAD_POLL_S"]),
     )
+    metrics.allow_models(list(service.slots))
     init_extensions(app, service, metrics)
     init_feedback(app)
     app.wsgi_app = BodyDeadline(app.wsgi_app, float(app.config["IMAGECLF_BODY_TIMEOUT_S"]))

@@ -283,21 +283,35 @@ def _corrected(answer: str | None, label: str | None, classes: list[str]) -> str
     return None
 
 
-def record(upload: Upload, answer: str | None, label: str | None, shown: str | None) -> dict:
-    """Classify the picture again, then store it under the user's answer."""
+def record(
+    upload: Upload,
+    answer: str | None,
+    label: str | None,
+    shown: str | None,
+    model: str | None = None,
+) -> dict:
+    """Classify the picture again (with the served model ``model``, None: the default),
+    then store it under the user's answer."""
     store = _store()
     client = request.remote_addr or "local"
     store.check_rate(client)
     service = get_service()
-    predictor = service.predictor(float(current_app.config["IMAGECLF_MODEL_WAIT_S"]))
+    # One version for the whole answer: a reload meanwhile does not change it.
+    loaded = service.current(model, float(current_app.config["IMAGECLF_MODEL_WAIT_S"]))
+    predictor = loaded.predictor
+    if predictor.multi_label:  # DIR/<label>/ holds one label per picture
+        raise BadRequest(
+            "feedback files each picture under one label; this model gives several labels "
+            "per picture, so its answers cannot be kept that way"
+        )
     corrected = _corrected(answer, label, predictor.classes)
     if shown is not None and shown not in predictor.classes:
         raise BadRequest("shown must be one of the model's classes")
-    (result,) = service.classify([upload], top_k=1, client=client)
+    (result,) = service.classify([upload], top_k=1, client=client, model=loaded)
     predicted, confidence = result.top[0]
     if answer == "right":  # what the user saw and confirmed (the page sends it)
         corrected = shown or predicted
-    version = service.describe(predictor)["version"]
+    version = loaded.version
     key = g.get("api_key") or "anonymous"
     entry = Answer(predicted, float(confidence), corrected, version, key)
     stored = store.save(result.image, entry)

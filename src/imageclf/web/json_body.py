@@ -1,6 +1,7 @@
 """Pictures in a JSON body, for clients that cannot send multipart (some HTTP libraries,
 serverless functions, low-code tools): ``{"images": [{"data": "<base64>", "filename":
-"cat.jpg"}], "top_k": 3, "explain": false}``.
+"cat.jpg"}], "top_k": 3, "explain": false}``, and ``"threshold": 0.5`` for a
+multi-label model.
 
 The same limits as a multipart upload hold after decoding (bytes per picture and in
 all, pictures per request); the body may be a third larger, which is what base64
@@ -22,7 +23,7 @@ from ..errors import UserInputError
 from ..fileio import parse_json
 from .uploads import FORM_OVERHEAD_BYTES, MB, Upload, clean_filename
 
-_FIELDS = {"images", "top_k", "explain"}
+_FIELDS = {"images", "top_k", "explain", "threshold"}
 _IMAGE_FIELDS = {"data", "filename"}
 
 
@@ -31,6 +32,7 @@ class JsonPredictRequest:
     uploads: list[Upload]
     top_k: int | None
     explain: bool
+    threshold: float | None = None  # a number; its range is label_results.parse_threshold's
 
 
 def is_json(request: Request) -> bool:
@@ -62,7 +64,9 @@ def read_json_predict(request: Request, *, max_bytes: int, max_files: int) -> Js
         raise BadRequest('the JSON body must be an object like {"images": [...]}')
     unknown = sorted(set(body) - _FIELDS)
     if unknown:
-        raise BadRequest(f"unknown field {unknown[0]!r}: the body takes images, top_k, explain")
+        raise BadRequest(
+            f"unknown field {unknown[0]!r}: the body takes images, top_k, explain, threshold"
+        )
     images = body.get("images")
     if not isinstance(images, list) or not images:
         raise BadRequest('"images" must be a non-empty list of {"data": "<base64>"} objects')
@@ -77,7 +81,12 @@ def read_json_predict(request: Request, *, max_bytes: int, max_files: int) -> Js
                 f"the images are larger than {max_bytes // MB} MB in all (after base64)"
             )
         uploads.append(upload)
-    return JsonPredictRequest(uploads, _top_k(body.get("top_k")), _explain(body.get("explain")))
+    return JsonPredictRequest(
+        uploads,
+        _top_k(body.get("top_k")),
+        _explain(body.get("explain")),
+        _threshold(body.get("threshold")),
+    )
 
 
 def image_from_json(item: object, index: int, max_bytes: int) -> Upload:
@@ -114,6 +123,12 @@ def _top_k(value: object) -> int | None:
         return None
     if type(value) is not int:
         raise BadRequest("top_k must be a whole number")
+    return value
+
+
+def _threshold(value: object) -> float | None:
+    if value is not None and type(value) not in (int, float):
+        raise BadRequest("threshold must be a number between 0 and 1 (exclusive)")
     return value
 
 

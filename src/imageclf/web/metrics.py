@@ -119,6 +119,15 @@ class Metrics:
             ["key"],
             registry=registry,
         )
+        # Reloads (web/reload.py), counted where the version was decided: switched,
+        # failed (does not load or answer), refused (classes, memory); by served name.
+        self.reloads = Counter(
+            "imageclf_model_reload",
+            "Model versions checked for a reload, by served name and outcome.",
+            ["model", "outcome"],
+            registry=registry,
+        )
+        self._models: frozenset[str] = frozenset()
         self._classes: frozenset[str] = frozenset()
         self._keys: frozenset[str] = frozenset()
         self.ready.set(0)
@@ -131,11 +140,22 @@ class Metrics:
 
     def model_loaded(self, name: str, backend: str, classes: list[str]) -> None:
         """Called once the worker's model is loaded: ready, and a zero per class."""
-        self._classes = frozenset(classes)
+        self._classes = self._classes | frozenset(classes)  # every served model's
         for label in classes:
             self.predictions.labels(label)
         self.model.labels(name, backend).set(1)
         self.ready.set(1)
+
+    def allow_models(self, names: list[str]) -> None:
+        """The served names (``serve --model NAME=PATH``): the reload counter's labels."""
+        self._models = frozenset(names)
+
+    def count_reload(self, model: str, outcome: str) -> None:
+        from .reload import OUTCOMES
+
+        self.reloads.labels(
+            model if model in self._models else OTHER, outcome if outcome in OUTCOMES else OTHER
+        ).inc()
 
     def count_predictions(self, labels: list[str]) -> None:
         for label in labels:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..version import __version__
 from .auth import add_security
+from .openapi_models import model_paths, model_schemas
 from .openapi_schemas import Limits, ref, schemas
 
 _ERROR_REF = {"$ref": "#/components/responses/Error"}
@@ -29,15 +30,28 @@ def _get(operation_id: str, summary: str, responses: dict) -> dict:
     return {"get": {"operationId": operation_id, "summary": summary, "responses": responses}}
 
 
-def build_spec(config: Mapping[str, Any], classes: list[str] | None = None) -> dict:
-    """The document; ``classes`` (once the model is loaded) bounds ``top_k`` exactly."""
+def build_spec(
+    config: Mapping[str, Any],
+    classes: list[str] | None = None,
+    models: list[str] | None = None,
+    *,
+    multi_label: bool = False,
+) -> dict:
+    """The document; ``classes`` (once the model is loaded) bounds ``top_k`` exactly;
+    ``models``: the served names (``serve --model NAME=PATH``), the path parameter's;
+    ``multi_label``: the (default) model takes a ``threshold``."""
     limits = Limits.from_config(config)
+    errors = _errors(limits)
     spec = {
         "openapi": "3.0.3",
         "info": _info(limits),
-        "paths": {**_api_paths(_errors(limits)), **_ops_paths()},
+        "paths": {
+            **_api_paths(errors),
+            **model_paths(errors, models, predict_operation),
+            **_ops_paths(),
+        },
         "components": {
-            "schemas": schemas(limits, _top_k(classes)),
+            "schemas": {**schemas(limits, _top_k(classes), multi_label), **model_schemas()},
             "responses": {"Error": _answer("An error, explained.", ref("Error"))},
         },
     }
@@ -95,8 +109,25 @@ def _errors(limits: Limits) -> dict:
 
 def _api_paths(errors: dict) -> dict:
     """The /api/v1 endpoints: predict, the model's description, this document."""
-    predict = {
-        "operationId": "predict",
+    return {
+        "/api/v1/predict": {"post": predict_operation("predict", errors)},
+        "/api/v1/model": _get(
+            "model",
+            "The served (default) model: name, classes, input size, metrics, version.",
+            {"200": _answer("Model description.", ref("ModelInfo")), "503": errors["503"]},
+        ),
+        "/api/v1/openapi.json": _get(
+            "openapi",
+            "This document.",
+            {"200": _answer("OpenAPI 3 document.", {"type": "object"})},
+        ),
+    }
+
+
+def predict_operation(operation_id: str, errors: dict, **extra: Any) -> dict:
+    """The predict operation (the default model's, or a named one's with ``extra``)."""
+    return {
+        "operationId": operation_id,
         "summary": "Classify one image (file) or a batch (files), or base64 images in JSON.",
         "requestBody": {
             "required": True,
@@ -106,23 +137,27 @@ def _api_paths(errors: dict) -> dict:
             },
         },
         "responses": {
-            "200": _answer("One prediction per image, in upload order.", ref("PredictResponse")),
+            "200": {
+                **_answer("One prediction per image, in upload order.", ref("PredictResponse")),
+                "headers": MODEL_HEADERS,
+            },
             **errors,
         },
+        **extra,
     }
-    return {
-        "/api/v1/predict": {"post": predict},
-        "/api/v1/model": _get(
-            "model",
-            "The served model: name, classes, input size, metrics.",
-            {"200": _answer("Model description.", ref("ModelInfo")), "503": errors["503"]},
-        ),
-        "/api/v1/openapi.json": _get(
-            "openapi",
-            "This document.",
-            {"200": _answer("OpenAPI 3 document.", {"type": "object"})},
-        ),
-    }
+
+
+# Every answer from a model names it (web/api.py): which served name, which version.
+MODEL_HEADERS = {
+    "X-Model-Name": {
+        "description": "The served name of the model that answered.",
+        "schema": {"type": "string"},
+    },
+    "X-Model-Version": {
+        "description": "Its version: the model file's sha256, first 16 hex digits.",
+        "schema": {"type": "string"},
+    },
+}
 
 
 def _feedback(errors: dict) -> dict:

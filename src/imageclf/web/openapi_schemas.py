@@ -8,6 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..imaging import WEB_FORMATS
+from .openapi_labels import (
+    label_thresholds_property,
+    labels_prediction,
+    task_properties,
+    threshold_option,
+)
 
 
 def ref(schema: str) -> dict:
@@ -70,12 +76,14 @@ def _confidence_properties() -> dict:
     }
 
 
-def schemas(limits: Limits, top_k: dict) -> dict:
-    """Every named schema of the document."""
+def schemas(limits: Limits, top_k: dict, multi_label: bool = False) -> dict:
+    """Every named schema of the document; ``multi_label``: the served model takes a
+    ``threshold`` (a single-label model refuses one, so its document has none)."""
     return {
-        "PredictRequest": _predict_request(limits, top_k),
-        "PredictJsonRequest": _predict_json_request(limits, top_k),
+        "PredictRequest": _predict_request(limits, top_k, multi_label),
+        "PredictJsonRequest": _predict_json_request(limits, top_k, multi_label),
         "PredictResponse": _predict_response(),
+        "LabelsPrediction": labels_prediction(),
         **_model_schemas(),
         **_status_schemas(),
         **_feedback_schemas(limits),
@@ -144,7 +152,7 @@ def _feedback_schemas(limits: Limits) -> dict:
     }
 
 
-def _predict_request(limits: Limits, top_k: dict) -> dict:
+def _predict_request(limits: Limits, top_k: dict, multi_label: bool) -> dict:
     return {
         "type": "object",
         "description": (
@@ -163,14 +171,15 @@ def _predict_request(limits: Limits, top_k: dict) -> dict:
                 "maxItems": limits.max_files,
                 "description": "Several images, classified in one batch.",
             },
-            **_predict_options(limits, top_k),
+            **_predict_options(limits, top_k, multi_label),
         },
     }
 
 
-def _predict_options(limits: Limits, top_k: dict) -> dict:
-    """top_k and explain: the same in a multipart form and a JSON body."""
-    return {
+def _predict_options(limits: Limits, top_k: dict, multi_label: bool) -> dict:
+    """top_k and explain (and a multi-label model's threshold): the same in a multipart
+    form and a JSON body."""
+    fields = {
         "top_k": {**top_k, "description": "How many classes to return per image."},
         "explain": {
             "type": "boolean",
@@ -179,9 +188,12 @@ def _predict_options(limits: Limits, top_k: dict) -> dict:
             f"for at most {limits.max_explained} images per request.",
         },
     }
+    if multi_label:
+        fields["threshold"] = threshold_option()
+    return fields
 
 
-def _predict_json_request(limits: Limits, top_k: dict) -> dict:
+def _predict_json_request(limits: Limits, top_k: dict, multi_label: bool) -> dict:
     """The same request as JSON, for clients that cannot send multipart."""
     return {
         "type": "object",
@@ -199,7 +211,7 @@ def _predict_json_request(limits: Limits, top_k: dict) -> dict:
                 "maxItems": limits.max_files,
                 "items": JSON_IMAGE,
             },
-            **_predict_options(limits, top_k),
+            **_predict_options(limits, top_k, multi_label),
         },
     }
 
@@ -245,7 +257,11 @@ def _predict_response() -> dict:
         "required": ["model", "predictions", "elapsed_ms"],
         "properties": {
             "model": ref("ModelBrief"),
-            "predictions": {"type": "array", "items": prediction},
+            "predictions": {
+                "type": "array",
+                # A single-label model's answer, or a multi-label model's (task: multi_label).
+                "items": {"oneOf": [prediction, ref("LabelsPrediction")]},
+            },
             "elapsed_ms": {"type": "number", "minimum": 0},
         },
     }
@@ -262,7 +278,10 @@ def _model_schemas() -> dict:
                 "architecture": {"type": "string", "nullable": True},
                 "input_size": {"type": "integer"},
                 "test_accuracy": {**_probability(), "nullable": True},
+                "served_as": {"type": "string"},
+                "version": {"type": "string"},
                 **_confidence_properties(),
+                **task_properties(),
             },
         },
         "ModelInfo": {
@@ -292,7 +311,12 @@ def _model_schemas() -> dict:
                     "description": "The model file's sha256 (first 16 hex digits); the "
                     "feedback log records it with every answer.",
                 },
+                "served_as": {"type": "string", "description": "serve --model NAME=PATH"},
+                "default": {"type": "boolean"},
+                "memory": ref("ModelMemory"),
                 **_confidence_properties(),
+                **task_properties(),
+                **label_thresholds_property(),
             },
         },
     }

@@ -11,7 +11,16 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from flask import Blueprint, current_app, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    current_app,
+    g,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from PIL import Image
 from werkzeug.exceptions import BadRequest
 from werkzeug.wrappers import Response
@@ -19,6 +28,8 @@ from werkzeug.wrappers import Response
 from ..imaging import WEB_FORMATS, format_extensions, format_mime_type
 from .extensions import get_metrics, get_service
 from .feedback import feedback_enabled, read_page_answer, record
+from .label_results import threshold_for
+from .models import Loaded
 from .pictures import display_copy, png_data_url
 from .service import Prediction
 from .uploads import MB, Upload, collect_uploads
@@ -92,6 +103,9 @@ def render_index(error: str | None = None, error_title: str | None = None) -> st
         max_bytes=max_bytes,
         max_mb=max_bytes // MB,
         max_files=min(PAGE_MAX_FILES, int(current_app.config["IMAGECLF_MAX_FILES"])),
+        # The model picker: shown only when several models are served.
+        choices=list(get_service().slots) if len(get_service().slots) > 1 else [],
+        chosen=g.get("chosen_model"),
         **accepted_formats(),
     )
 
@@ -108,7 +122,7 @@ def predict_get() -> Response:
 
 
 @bp.post("/predict")
-def predict() -> str:
+def predict() -> Response:
     """One picture: the result page with Grad-CAM. Several (dropped or chosen together):
     one list, a row per picture, in one forward pass."""
     service = get_service()
@@ -120,34 +134,42 @@ def predict() -> str:
         max_files=most,
     )
     wait_s = float(current_app.config["IMAGECLF_MODEL_WAIT_S"])
+    loaded = _chosen_model(wait_s)
     explain = bool(current_app.config["IMAGECLF_EXPLAIN_PAGES"]) and len(uploads) == 1
     results = service.classify(
         uploads,
         top_k=TOP_K,
         explain=explain,
-        wait_s=wait_s,
         client=request.remote_addr or "local",
+        model=loaded,
+        threshold=threshold_for(loaded.predictor, None),  # serve --threshold, multi-label
     )
     get_metrics().count_predictions([r.top[0][0] for r in results])
     if len(results) > 1:
-        return render_template(
-            "results.html",
-            model=service.describe(),
-            rows=[_row(r) for r in results],
+        return _named(
+            render_template(
+                "results.html",
+                model=service.describe(loaded),
+                rows=[_row(r) for r in results],
+            ),
+            loaded,
         )
     (result,) = results
     label, confidence = result.top[0]
     image_url = png_data_url(display_copy(result.image))
-    return render_template(
+    page = render_template(
         "result.html",
-        model=service.describe(),
+        model=service.describe(loaded),
         filename=result.filename,
         width=result.size[0],
         height=result.size[1],
         image_url=image_url,
         # The form posts back the PNG this page already shows: nothing is uploaded twice
         # or kept before the user answers (web/feedback.py).
-        feedback_picture=image_url.partition(",")[2] if feedback_enabled() else None,
+        # (Its answers name one class: not offered for a multi-label model's labels.)
+        feedback_picture=image_url.partition(",")[2]
+        if feedback_enabled() and result.labels is None
+        else None,
         small=max(result.image.size) <= 64,
         overlay_url=_overlay_url(result.explanation, result.image.size),
         label=label,
@@ -155,15 +177,35 @@ def predict() -> str:
         top=result.top,
         unsure=result.unsure,
         outside=result.outside,
+        labels=result.labels,  # a multi-label model's: the page lists them instead
         model_view_url=png_data_url(Image.fromarray(result.model_view)),
     )
+    return _named(page, loaded)
+
+
+def _chosen_model(wait_s: float) -> Loaded:
+    """The model picked in the form (``model``, a <select> shown when several are
+    served); the default when none was picked (or an example was pressed)."""
+    name = request.form.get("model") or None
+    if name is not None and name not in get_service().slots:
+        raise BadRequest("unknown model; choose one of the list")
+    g.chosen_model = name  # the picker keeps it when the form comes back with an error
+    return get_service().current(name, wait_s)
+
+
+def _named(page: str, loaded: Loaded) -> Response:
+    """The page, with the headers that name the model and version that answered."""
+    response = make_response(page)
+    response.headers["X-Model-Name"] = loaded.name
+    response.headers["X-Model-Version"] = loaded.version
+    return response
 
 
 @bp.post("/feedback")
 def feedback() -> str:
     """The result page's answer ("right", "wrong, it is X", "none of these"): thanks."""
     upload, answer, label, shown = read_page_answer()
-    stored = record(upload, answer, label, shown)
+    stored = record(upload, answer, label, shown, model=request.form.get("model") or None)
     return render_template("feedback_thanks.html", stored=stored)
 
 
@@ -179,6 +221,7 @@ def _row(result: Prediction) -> dict:
         "top": result.top[:3],
         "unsure": result.unsure,
         "outside": result.outside,
+        "labels": result.labels,
     }
 
 

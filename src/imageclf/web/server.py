@@ -1,20 +1,25 @@
 """``imageclf serve``: gunicorn in production, Flask's own server with ``--debug``.
 
-The model file is checked once in the parent before any worker starts, so a bad
-path is one clear error line instead of a crash loop of workers.
+The model files are checked once in the parent before any worker starts, so a bad
+path (or models over ``--max-model-memory``) is one clear error line instead of a
+crash loop of workers; the bytes checked are what every worker loads (``reload.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import signal
 import socket
 import sys
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError
-from ..prediction.predictor import default_model_path
+from .models import MB, ModelSpec, parse_model_specs
 
 log = logging.getLogger("imageclf.web")
 
@@ -51,21 +56,46 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or cpu_count()) // max(1, workers))
 
 
-def check_model(model: str | os.PathLike | None) -> Path:
-    """Resolve and fully load the model once; raises ``BundleError`` (exit 2) if unusable."""
+def check_models(
+    specs: Sequence[ModelSpec],
+    store: Path,
+    *,
+    batch: int,
+    memory_limit_mb: float | None = None,
+    threshold: float | None = None,
+) -> list[str]:
+    """Load every model once in the parent, state what each costs, and publish the
+    bytes that were checked in ``store`` (what every worker then loads: reload.py).
+
+    Raises ``BundleError`` for a model that cannot load and ``ModelMemoryError`` when
+    together they exceed ``memory_limit_mb`` (one line each, exit 2). Returns one line
+    per model for the log."""
     import torch
 
-    from ..prediction.predictor import Predictor
+    from .model_store import ModelStore
+    from .models import ModelSlot
+    from .reload import Reloader
 
-    path = Path(model) if model else default_model_path()
-    # One thread in the parent: a forked worker must never inherit a started OpenMP pool.
-    torch.set_num_threads(1)
-    Predictor.load(path)
-    return path
+    torch.set_num_threads(1)  # a forked worker must never inherit a started OpenMP pool
+    slots = {spec.name: ModelSlot(spec, default=i == 0) for i, spec in enumerate(specs)}
+    reloader = Reloader(ModelStore(store), slots, batch=batch, memory_limit_mb=memory_limit_mb)
+    lines = []
+    for slot in slots.values():
+        loaded = reloader.initial(slot)
+        lines.append(
+            f"model {slot.name}{' (default)' if slot.default else ''}: {slot.spec.source}, "
+            f"version {loaded.version}, {loaded.cost.text()}"
+        )
+    if threshold is not None and not any(s.current.predictor.multi_label for s in slots.values()):
+        raise UserInputError("--threshold applies to multi-label models; none is served")
+    total = sum(s.current.cost.total_bytes for s in slots.values() if s.current) / MB
+    limit = f" of --max-model-memory {memory_limit_mb:g} MB" if memory_limit_mb else ""
+    lines.append(f"models need {total:.1f} MB in each worker{limit}")
+    return lines
 
 
 # Settings for which 0 means something (no wait) rather than nothing.
-ZERO_ALLOWED = frozenset({"IMAGECLF_BATCH_WAIT_MS"})
+ZERO_ALLOWED = frozenset({"IMAGECLF_BATCH_WAIT_MS", "IMAGECLF_RELOAD_POLL_S"})
 
 
 def limits_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -161,7 +191,7 @@ def end_worker(server, worker) -> None:
 
 
 def serve(
-    model: str | os.PathLike | None = None,
+    model: str | os.PathLike | Sequence[str] | None = None,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -174,17 +204,22 @@ def serve(
     feedback: dict[str, Any] | None = None,
     settings: dict[str, Any] | None = None,
 ) -> None:
-    """Check the model, then serve until interrupted. ``auth``: API key settings from
-    ``auth.server_settings`` (keys read once, here, so every worker shares their quotas);
-    ``feedback``: ``feedback.feedback_settings`` (the folder, checked before the fork);
-    ``settings``: any other app settings (``DEFAULTS`` keys, e.g. the batching knobs)."""
+    """Check the models, then serve until interrupted. ``model``: one file or several
+    ``NAME=PATH`` (the first is the default); ``auth``: ``auth.server_settings`` (keys
+    read once, here, so workers share quotas); ``feedback``: ``feedback_settings``;
+    ``settings``: other ``DEFAULTS`` keys (batching, ``IMAGECLF_MAX_MODEL_MEMORY_MB``)."""
     from . import create_app
 
-    path = check_model(model)
+    values = [model] if isinstance(model, str | os.PathLike) else list(model or [])
+    specs = parse_model_specs(values)
     limits = {**limits_from_env(), **(auth or {}), **(feedback or {}), **(settings or {})}
+    limits["IMAGECLF_MODEL_STORE"] = store = _checked_store(specs, limits)
     if debug:
-        app = create_app(path, IMAGECLF_MODEL_LOADING="eager", **limits)
-        app.run(host=host, port=port, debug=True)  # with the reloader
+        app = create_app(models=specs, IMAGECLF_MODEL_LOADING="eager", **limits)
+        try:
+            app.run(host=host, port=port, debug=True)  # with the reloader
+        finally:
+            shutil.rmtree(store, ignore_errors=True)
         return
 
     from gunicorn.app.base import BaseApplication
@@ -209,17 +244,69 @@ def serve(
                 self.cfg.set(key, value)
 
         def load(self):
-            # Called in each worker after the fork: its own app, model and torch threads.
+            # Called in each worker after the fork: its own app, models and torch threads.
             return create_app(
-                path, IMAGECLF_MODEL_LOADING="eager", IMAGECLF_TORCH_THREADS=threads, **limits
+                models=specs,
+                IMAGECLF_MODEL_LOADING="eager",
+                IMAGECLF_TORCH_THREADS=threads,
+                **limits,
             )
 
     log.info(
         "serving %s on http://%s:%d with %d worker(s) x %d thread(s)",
-        path,
+        ", ".join(spec.name for spec in specs),
         host,
         port,
         workers,
         threads,
     )
-    Server().run()
+    try:
+        _run_master(Server())
+    finally:  # the master leaves: nobody loads from the store any more
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def _checked_store(specs: Sequence[ModelSpec], limits: dict[str, Any]) -> str:
+    """The folder of checked versions every worker loads (web/reload.py), filled by
+    ``check_models`` before any fork; removed again if a model is refused."""
+    from . import DEFAULTS
+
+    store = tempfile.mkdtemp(prefix="imageclf-models-")
+    try:
+        for line in check_models(
+            specs,
+            Path(store),
+            batch=int(limits.get("IMAGECLF_MAX_BATCH", DEFAULTS["IMAGECLF_MAX_BATCH"])),
+            memory_limit_mb=limits.get("IMAGECLF_MAX_MODEL_MEMORY_MB"),
+            threshold=limits.get("IMAGECLF_THRESHOLD"),
+        ):
+            log.info("%s", line)
+    except BaseException:
+        shutil.rmtree(store, ignore_errors=True)
+        raise
+    return store
+
+
+def _run_master(app) -> None:
+    """gunicorn's ``BaseApplication.run`` with ``ModelArbiter`` as the master."""
+    try:
+        _model_arbiter()(app).run()
+    except RuntimeError as exc:  # gunicorn's own way of saying it cannot start
+        print(f"\nError: {exc}\n", file=sys.stderr)
+        sys.exit(1)
+
+
+def _model_arbiter():
+    from gunicorn.arbiter import Arbiter
+
+    class ModelArbiter(Arbiter):
+        """gunicorn's master, where SIGHUP reloads the models in place: every worker
+        checks its model files now (web/reload.py), the new version switched in beside
+        the old, instead of gunicorn's restart of every worker (a broken file would
+        have stopped the new workers from booting, and so the server)."""
+
+        def handle_hup(self) -> None:
+            self.log.info("SIGHUP: the workers check their model files")
+            self.kill_workers(signal.SIGHUP)
+
+    return ModelArbiter

@@ -1,4 +1,7 @@
-"""The model behind the web app: loaded once per process, shared by the pages and the API.
+"""The models behind the web app: loaded once per process, shared by the pages and the API.
+
+Several models may be served (``models.py``: one slot per name, the first the
+default), each switched to a new version without a restart (``reload.py``).
 
 Uploads arrive as bytes and never touch the disk; they are decoded with the web
 allowlist and our pixel limit, then classified in one batched forward pass through
@@ -8,14 +11,13 @@ the same ``Predictor`` the CLI and the reports use.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import dataclasses
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -33,10 +35,13 @@ from ..imaging import (
     working_size,
 )
 from ..prediction.gradcam import overlay
-from ..prediction.predictor import Predictor, default_model_path
+from ..prediction.predictor import Predictor
 from .decoding import DecodeLedger, DecodeScheduler
 from .forward import MAX_BATCH_ROWS, ForwardRunner
 from .memory import release_free_memory
+from .model_store import ModelStore
+from .models import Loaded, ModelSlot, ModelSpec, parse_model_specs
+from .reload import RELOAD_POLL_S, Reloader, ReloadResult, Watcher
 from .uploads import Upload
 
 log = logging.getLogger("imageclf.web")
@@ -65,17 +70,29 @@ class Prediction:
     unsure: bool = False  # which class? top-1 under the bundle's validated threshold
     outside: bool = False  # one of its classes? familiarity under the bundle's threshold
     model_view: np.ndarray | None = None  # (S, S, 3) uint8: the picture as the model saw it
+    # A multi-label model's labels at or above their thresholds: (label, probability,
+    # threshold), most likely first, perhaps none; None for a single-label model.
+    labels: list[tuple[str, float, float]] | None = None
+    model: str = ""  # the served name and version that answered (``models.Loaded``)
+    version: str = ""
+
+
+class ModelNotFoundError(ImageclfError):
+    """No model is served under that name (HTTP 404)."""
+
+    http_status = 404
 
 
 class ModelService:
-    """Owns the ``Predictor``; loads it eagerly, in the background, or on demand.
+    """Owns the served models (``models.ModelSlot`` per name); loads them eagerly, in the
+    background, or on demand, and reloads them (``reload.Reloader``, ``reload.Watcher``).
 
-    ``ready`` turns true once the model is loaded, which is what ``/readyz`` reports.
+    ``ready`` turns true once every model is loaded, which is what ``/readyz`` reports.
     """
 
     def __init__(
         self,
-        model_path: str | os.PathLike | None,
+        models: Sequence[ModelSpec] | str | os.PathLike | None,
         *,
         max_pixels: int = MAX_PIXELS,
         max_request_pixels: int = MAX_REQUEST_PIXELS,
@@ -83,11 +100,19 @@ class ModelService:
         torch_threads: int | None = None,
         on_loaded: Callable[[Predictor], None] | None = None,
         on_forward_pass: Callable[[int], None] | None = None,
+        on_reload: Callable[[str, str], None] | None = None,
         decoder: DecodeScheduler | None = None,
         max_batch: int = MAX_BATCH_ROWS,
         batch_wait_ms: float = 0.0,
+        store: ModelStore | None = None,
+        memory_limit_mb: float | None = None,
+        allow_class_change: bool = False,
+        reload_poll_s: float = RELOAD_POLL_S,
     ) -> None:
-        self.model_path = Path(model_path) if model_path else None
+        if models is None or isinstance(models, str | os.PathLike):
+            models = parse_model_specs([models] if models else [])
+        self.slots = {spec.name: ModelSlot(spec, default=i == 0) for i, spec in enumerate(models)}
+        self.default_name = next(iter(self.slots))
         self.on_loaded = on_loaded  # e.g. the metrics' model-ready gauge
         self.max_pixels = max_pixels
         self.max_request_pixels = max_request_pixels
@@ -99,9 +124,17 @@ class ModelService:
         )
         # Decoding's own thread, fair between clients, each within its share of time.
         self.decoder = decoder or DecodeScheduler(DecodeLedger())
+        self.reloader = Reloader(
+            store or ModelStore.private(),
+            self.slots,
+            batch=max_batch,
+            memory_limit_mb=memory_limit_mb,
+            allow_class_change=allow_class_change,
+            on_outcome=on_reload,
+            on_switch=lambda loaded: self.on_loaded and self.on_loaded(loaded.predictor),
+        )
+        self.watcher = Watcher(self.reloader, reload_poll_s)
         self.error: str | None = None
-        self._predictor: Predictor | None = None
-        self.version = ""  # the model file's sha256 (first 16 hex digits), once loaded
         self._loaded = threading.Event()
         self._settled = threading.Event()  # set when a background load ends, either way
         self._loading = False
@@ -112,27 +145,41 @@ class ModelService:
     def ready(self) -> bool:
         return self._loaded.is_set()
 
+    @property
+    def version(self) -> str:
+        """The default model's version (its file's sha256, 16 hex digits), once loaded."""
+        loaded = self.slots[self.default_name].current
+        return loaded.version if loaded else ""
+
     def load(self) -> Predictor:
-        """Load the model (once); raises the bundle's own error if it cannot."""
+        """Load every model (once); raises the bundle's own error if one cannot load."""
         with self._lock:
-            if self._predictor is None:
+            if not self._loaded.is_set():
                 if self.torch_threads:
                     _limit_torch_threads(self.torch_threads)
                 started = time.perf_counter()
                 try:
-                    self._predictor = Predictor.load(self.model_path)
-                    self.version = model_version(self.model_path or default_model_path())
+                    for slot in self.slots.values():
+                        if slot.current is None:
+                            loaded = self.reloader.initial(slot)
+                            log.info(
+                                "model %s (%s) version %s in process %d: %s",
+                                slot.name,
+                                loaded.predictor.name,
+                                loaded.version,
+                                os.getpid(),
+                                loaded.cost.text(),
+                            )
                 except ImageclfError as exc:
                     self.error = str(exc)
                     raise
+                finally:
+                    self.reloader.flush()
                 self.error = None
-                if self.on_loaded:
-                    self.on_loaded(self._predictor)
                 self._loaded.set()
-                log.info(
-                    "model %s loaded in %.2fs", self._predictor.name, time.perf_counter() - started
-                )
-        return self._predictor
+                self.watcher.start()
+                log.info("models loaded in %.2fs", time.perf_counter() - started)
+        return self.predictor()
 
     def load_in_background(self) -> threading.Thread:
         """Start loading without blocking, so the process answers /healthz at once."""
@@ -155,19 +202,46 @@ class ModelService:
         thread.start()
         return thread
 
-    def predictor(self, wait_s: float = 0.0) -> Predictor:
-        """The loaded predictor, waiting up to ``wait_s`` seconds for a load in progress."""
-        if self._predictor is None and self._loading and wait_s > 0:
+    def slot(self, name: str | None = None) -> ModelSlot:
+        """The slot served as ``name`` (None: the default); 404 for an unknown name."""
+        slot = self.slots.get(name or self.default_name)
+        if slot is None:
+            raise ModelNotFoundError(
+                f"no model is served as {name!r}; GET /api/v1/models lists them"
+            )
+        return slot
+
+    def current(self, name: str | None = None, wait_s: float = 0.0) -> Loaded:
+        """The version ``name`` serves now, waiting up to ``wait_s`` for a load in
+        progress. A request takes it once and keeps it to the end (one version)."""
+        slot = self.slot(name)
+        if slot.current is None and self._loading and wait_s > 0:
             self._settled.wait(wait_s)
-        if self._predictor is None:
+        loaded = slot.current
+        if loaded is None or not self.ready:
             reason = f": {self.error}" if self.error else "; try again in a moment"
             raise ModelNotReadyError(f"the model is not loaded yet{reason}")
-        return self._predictor
+        return loaded
+
+    def predictor(self, wait_s: float = 0.0, name: str | None = None) -> Predictor:
+        """The loaded predictor, waiting up to ``wait_s`` seconds for a load in progress."""
+        return self.current(name, wait_s).predictor
+
+    def reload(self, name: str) -> ReloadResult:
+        """Check the model's file now (``POST /api/v1/models/NAME/reload``)."""
+        slot = self.slot(name)
+        self.current(name)
+        result = self.watcher.run(self.reloader.check, slot)
+        self.watcher.run(self.reloader.sync, slot)
+        serving = slot.current.version if slot.current else ""
+        return dataclasses.replace(result, version=serving)
 
     # ------------------------------------------------------------ describing
-    def describe(self, predictor: Predictor | None = None) -> dict:
-        """Name, classes, input size and metrics, as the API and the pages show them."""
-        p = predictor or self.predictor()
+    def describe(self, which: Loaded | Predictor | None = None) -> dict:
+        """Name, classes, input size and metrics, as the API and the pages show them;
+        ``which``: a version (a request's), a predictor, or None (the default's now)."""
+        loaded = which if isinstance(which, Loaded) else self._find(which)
+        p = loaded.predictor
         meta = p.metadata
         return {
             "name": p.name,
@@ -188,9 +262,26 @@ class ModelService:
             # The share of validation pictures the familiarity rule flags (calibration.py).
             "familiar_flagged": FAMILIAR_VAL_FLAGGED,
             "class_count": len(p.classes),
+            # single_label, or multi_label: any number of labels, each with its threshold.
+            "task": "multi_label" if p.multi_label else "single_label",
+            "label_thresholds": p.label_thresholds().tolist() if p.multi_label else None,
             # Which file this is: feedback lines and retrained models name it.
-            "version": self.version,
+            "version": loaded.version,
+            # The name it is served as (serve --model NAME=PATH) and what it costs.
+            "served_as": loaded.name,
+            "default": loaded.name == self.default_name,
+            "memory": loaded.cost.as_dict(),
         }
+
+    def describe_all(self) -> list[dict]:
+        """Every served model (``GET /api/v1/models``), the default first."""
+        return [self.describe(self.current(name)) for name in self.slots]
+
+    def _find(self, predictor: Predictor | None) -> Loaded:
+        for slot in self.slots.values():
+            if predictor is not None and slot.current and slot.current.predictor is predictor:
+                return slot.current
+        return self.current()
 
     # ------------------------------------------------------------ predicting
     def decode_all(self, uploads: list[Upload], working_size: int) -> list[Decoded]:
@@ -234,6 +325,8 @@ class ModelService:
         explain: bool = False,
         wait_s: float = 0.0,
         client: str = "local",
+        model: Loaded | None = None,
+        threshold: float | None = None,
     ) -> list[Prediction]:
         """Decode every upload, then one forward pass for the whole batch (shared with
         other requests waiting at the same moment: ``forward.ForwardRunner``).
@@ -241,7 +334,8 @@ class ModelService:
         The first undecodable file fails the request with its own status: a batch
         answer is all-or-nothing, so a client never mistakes a partial result.
         """
-        predictor = self.predictor(wait_s)
+        loaded = model or self.current(None, wait_s)
+        predictor = loaded.predictor
         # Reduced like every other caller's pictures (``Predictor.decode``), so the page,
         # the API and ``predict`` give one picture the same answer.
         reduced = working_size(predictor.input_size)
@@ -249,7 +343,7 @@ class ModelService:
         # Decoded once: upright, no orientation left, so nothing is turned twice.
         batch = np.stack([predictor.prepare(d.picture) for d in decoded])
         logits = self.runner.logits(predictor, batch)
-        probs = predictor.softmax(logits)
+        probs = predictor.probabilities(logits)  # a multi-label model's: per-label sigmoids
         best = probs.argmax(axis=1)
         unsure = predictor.unsure(probs)
         outside = predictor.outside(logits)
@@ -257,7 +351,7 @@ class ModelService:
         if explain and predictor.explainable:  # one Grad-CAM pass, drawn on each picture
             heatmaps = self.runner.call(predictor.gradcam, batch, best).heatmaps
             overlays = [overlay(d.picture, h) for d, h in zip(decoded, heatmaps, strict=True)]
-        return [
+        results = [
             Prediction(
                 filename=upload.filename,
                 image=item.picture,
@@ -269,22 +363,18 @@ class ModelService:
                 unsure=bool(doubt),
                 outside=bool(elsewhere),
                 model_view=view,
+                model=loaded.name,
+                version=loaded.version,
             )
             for upload, item, row, index, drawn, doubt, elsewhere, view in zip(
                 uploads, decoded, probs, best, overlays, unsure, outside, batch, strict=True
             )
         ]
-
-
-def model_version(path: Path) -> str:
-    """The model file's sha256, first 16 hex digits: the same for a bundle or an .onnx,
-    and different for every retrained file (the bundle's own digest covers weights and
-    metadata, the file hash everything)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+        if predictor.multi_label:  # every label at or above its threshold (labels.py)
+            answers = predictor.label_answers(probs, threshold)
+            for result, labels in zip(results, answers, strict=True):
+                result.labels = labels
+        return results
 
 
 def _limit_torch_threads(threads: int) -> None:

@@ -34,6 +34,7 @@ import warnings
 from gunicorn.workers.ggevent import GeventWorker
 
 from .forward import connections
+from .reload import request_reload
 
 IDLE_TIMEOUT_S = 15.0
 
@@ -59,10 +60,16 @@ class DeadlineGeventWorker(GeventWorker):
 
         for stop in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
             signal.signal(stop, note)
+        # A SIGHUP while booting must not end the worker (its default): it loads the
+        # published versions anyway, and checks its files once when it starts.
+        signal.signal(signal.SIGHUP, request_reload)
         super().init_process()
 
     def init_signals(self) -> None:
         super().init_signals()
+        # The master forwards SIGHUP (server.ModelArbiter): check the model files now.
+        signal.signal(signal.SIGHUP, request_reload)
+        signal.siginterrupt(signal.SIGHUP, False)
         if self.stopped_early:
             self._exit_booting()
 
