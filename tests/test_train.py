@@ -121,7 +121,7 @@ def test_bad_hyperparameters_are_user_errors():
     [
         ({"optimizer": "adamax"}, "unknown optimizer 'adamax'; choose adam, adamw, sgd"),
         ({"loss_reduction": "summ"}, "unknown loss_reduction 'summ'; choose mean, sum"),
-        ({"schedule": "cosine"}, "unknown schedule 'cosine'"),
+        ({"schedule": "cosine-restarts"}, "unknown schedule 'cosine-restarts'"),
         ({"split": "80-20"}, "unknown split '80-20'"),
         ({"precision": "fp8"}, "unknown precision 'fp8'"),
         ({"device": "gpu"}, "unknown device 'gpu'"),

@@ -160,9 +160,12 @@ def _striped(size=(32, 32), seed=0) -> bytes:
 
 def assert_same_picture(shown: np.ndarray, expected: np.ndarray) -> None:
     """Equal up to rounding: the app computes Grad-CAM for the batch in one pass, which
-    may differ from a one-image pass in the last float bit (and so by 1 in a pixel)."""
+    may differ from a one-image pass in the last float bits; a heat value on the edge
+    of a colour-map step then moves a pixel by a level or two (on an Intel Xeon: up
+    to 2, and by 1 on 7% of one picture's values). Another picture's overlay differs by
+    tens on most pixels."""
     difference = np.abs(shown.astype(int) - expected.astype(int))
-    assert difference.max() <= 1 and difference.mean() < 0.01
+    assert difference.max() <= 4 and difference.mean() < 0.25
 
 
 def _expected_overlay(app, data: bytes, class_index: int) -> np.ndarray:
