@@ -232,6 +232,36 @@ def test_channel_stats_are_exact_without_a_float_copy(tmp_path):
     assert channel_stats(SplitImages(images, np.arange(300))) == expected
 
 
+def test_a_constant_channel_is_standardised_to_zero_not_nan(tmp_path):
+    """Pictures whose blue is 0 everywhere: its spread is floored at one grey level, so
+    the normaliser gives 0 there (not 0/0) and training runs; it used to 'diverge'."""
+    from PIL import Image
+
+    from imageclf.prediction.inference import Normalizer
+    from imageclf.training.loop import train
+    from imageclf.training.resolve import resolve
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    images[..., 2] = 0
+    mean, std = channel_stats(images)
+    assert mean[2] == 0 and std[2] == round(1 / 255, 6) and 0.25 < std[0] < 0.35
+    x = Normalizer(mean, std)(torch.from_numpy(images))
+    assert torch.isfinite(x).all() and (x[:, 2] == 0).all()
+
+    for c, name in enumerate(["red", "green"]):
+        folder = tmp_path / "ds" / name
+        folder.mkdir(parents=True)
+        for i in range(12):
+            pixels = np.zeros((32, 32, 3), np.uint8)
+            pixels[..., c] = rng.integers(150, 256)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    cfg = resolve("seed-a", data=str(tmp_path / "ds"), out=str(tmp_path / "run"), epochs=2,
+                  batch_size=8, seed=0)  # fmt: skip
+    result = train(cfg, progress=False)
+    assert all(np.isfinite(h["train_loss"]) for h in result.history)
+
+
 def test_training_data_is_the_same_from_disk(tmp_path, monkeypatch, folder):
     from imageclf.training.config import TrainConfig
     from imageclf.training.train_data import TrainData

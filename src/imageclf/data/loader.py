@@ -72,6 +72,9 @@ def _read_rows(images: np.memmap, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+MIN_STD = 1 / 255  # the smallest per-channel spread channel_stats reports (one grey level)
+
+
 def channel_stats(images: np.ndarray | SplitImages) -> tuple[list[float], list[float]]:
     """Per-channel mean and std in [0, 1] units, from (a sample of) the training images:
     exact integer sums over chunks, never the sample in float (8 bytes a pixel value)."""
@@ -88,7 +91,10 @@ def channel_stats(images: np.ndarray | SplitImages) -> tuple[list[float], list[f
     count = max(1, len(rows) * per_image // 3)
     mean = total.astype(np.float64) / count / 255.0
     var = np.maximum(squares.astype(np.float64) / count / 255.0**2 - mean**2, 0.0)
-    return mean.round(6).tolist(), np.sqrt(var).round(6).tolist()
+    # A channel with one value in every picture (all-black blue, say) would divide by 0
+    # and train on NaN; one grey level of spread standardises it to 0 instead.
+    std = np.maximum(np.sqrt(var), MIN_STD)
+    return mean.round(6).tolist(), std.round(6).tolist()
 
 
 def batch_indices(
