@@ -252,3 +252,15 @@ def test_tune_has_one_parent_run_and_a_child_per_trial(data, tmp_path, client, c
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val_acc")] == [1, 2]
     for trial in ("0000", "0001"):  # TensorBoard: one folder per trial
         assert _steps(_events(out / "trials" / trial / "tensorboard"), "accuracy/val") == [1, 2]
+
+    # A resumed study goes on under the same parent run: one more child, none repeated.
+    code, _, err = run_cli(["-q", "tune", "--resume", str(out), "--trials", "3"], capsys)
+    assert code == 0, err
+    assert json.loads((out / RECORD).read_text())["mlflow"]["run_id"] == parent_id
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
+    assert sorted(c.info.run_name for c in children) == ["trial-0000", "trial-0001", "trial-0002"]
+    assert len(client.search_runs([parent.info.experiment_id])) == 4  # no second parent
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    assert _steps(_events(out / "trials" / "0002" / "tensorboard"), "accuracy/val") == [1, 2]
