@@ -269,6 +269,28 @@ def test_openapi_names_the_models(files):
     assert "ModelList" in spec["components"]["schemas"]
 
 
+def test_openapi_documents_threshold_when_a_second_model_is_multilabel(files, tmp_path):
+    """The predict routes share their request schemas: a multi-label model served beside
+    a single-label default makes ``threshold`` part of them (the default refuses it, 400),
+    and without one it is absent."""
+    from helpers import make_tiny_multilabel_bundle
+
+    live, _, _ = files
+    tags = make_tiny_multilabel_bundle(tmp_path / "tags.safetensors", ["a", "b"], [0.5, 0.5])
+
+    def request_fields(app) -> dict:
+        spec = app.test_client().get("/api/v1/openapi.json").json
+        return spec["components"]["schemas"]["PredictRequest"]["properties"]
+
+    assert "threshold" not in request_fields(make_app(f"main={live}"))
+    client = make_app(f"main={live}", f"tags={tags}").test_client()
+    assert "threshold" in request_fields(client.application)
+    asked = {"file": (io.BytesIO(png()), "x.png"), "threshold": "0.4"}
+    assert client.post("/api/v1/models/tags/predict", data=asked).status_code == 200
+    asked = {"file": (io.BytesIO(png()), "x.png"), "threshold": "0.4"}
+    assert client.post("/api/v1/predict", data=asked).status_code == 400
+
+
 def test_onnx_model_is_served_and_reloaded(files, tmp_path):
     pytest.importorskip("onnxruntime", reason="needs the onnx extra")
     from imageclf.prediction.export import export_onnx

@@ -196,7 +196,12 @@ def openapi() -> Response:
     """The OpenAPI 3 document for this server (limits and classes filled in)."""
     service = get_service()
     classes = service.predictor().classes if service.ready else None
-    multi_label = service.ready and service.predictor().multi_label  # takes a threshold
+    # threshold is documented when any served model takes it (every predict route
+    # shares the request schemas; a single-label model answers it with a 400)
+    multi_label = service.ready and any(
+        slot.current is not None and slot.current.predictor.multi_label
+        for slot in service.slots.values()
+    )
     return jsonify(
         build_spec(current_app.config, classes, list(service.slots), multi_label=multi_label)
     )
