@@ -77,11 +77,7 @@ def inspect(
     for parts, payload, name in tqdm(
         layout.images, desc=f"checking {path.name}", unit="img", disable=not progress
     ):
-        try:
-            with open_image(read_payload(payload)) as image:
-                sizes.append(image.size)
-        except (ImageError, OSError) as exc:
-            unreadable.append(f"{name} ({getattr(exc, 'strerror', None) or exc})")
+        if not _opened(payload, name, sizes, unreadable):
             continue
         split = PARTITION_NAMES[layout.partition_of(parts)] if layout.partitioned else "train"
         counts[split][parts[-2]] += 1
@@ -97,6 +93,18 @@ def inspect(
     )  # fmt: skip
 
 
+def _opened(payload, name: str, sizes: list, unreadable: list[str]) -> bool:
+    """Open (not decode) one picture as training would: its size into ``sizes``, or why
+    not into ``unreadable``."""
+    try:
+        with open_image(read_payload(payload)) as image:
+            sizes.append(image.size)
+    except (ImageError, OSError) as exc:
+        unreadable.append(f"{name} ({getattr(exc, 'strerror', None) or exc})")
+        return False
+    return True
+
+
 def _inspect_table(found: Table, progress: bool, image_size: int) -> Inspection:
     """The table's rows, each named picture opened (not decoded) as training would."""
     rows = found.rows
@@ -107,11 +115,7 @@ def _inspect_table(found: Table, progress: bool, image_size: int) -> Inspection:
     for i, path in enumerate(
         tqdm(found.paths, desc=f"checking {found.csv.name}", unit="img", disable=not progress)
     ):
-        try:
-            with open_image(read_payload(path)) as image:
-                sizes.append(image.size)
-        except (ImageError, OSError) as exc:
-            unreadable.append(f"{found.names[i]} ({getattr(exc, 'strerror', None) or exc})")
+        if not _opened(path, found.names[i], sizes, unreadable):
             continue
         split = PARTITION_NAMES[rows.partition[i]]
         pictures[split] += 1
