@@ -95,3 +95,21 @@ def test_ctrl_c_stops_serve_quietly_and_promptly(tmp_path, kind):
     assert not [word for word in NOISE if word in text], text
     # gunicorn's graceful timeout is 10 s; the hang ran into it.
     assert seconds < 8, (seconds, text)
+
+
+@pytest.mark.parametrize("after_s", [0.2, 0.7, 1.5])
+def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path, after_s):
+    """A Ctrl-C in the first second or two, while the CLI's modules (torch) load, used
+    to print a KeyboardInterrupt traceback from the middle of an import."""
+    model = make_tiny_bundle(tmp_path / "m.safetensors")
+    process, _, log = _serve(model, tmp_path)
+    try:
+        time.sleep(after_s)
+        _ctrl_c(process)
+    finally:
+        log.close()
+    text = (tmp_path / "serve.log").read_text(errors="replace")
+    assert process.returncode in (0, 130), text  # 0: it was already serving
+    assert not [word for word in NOISE if word in text], text
+    if process.returncode == 130:
+        assert text.strip().splitlines()[-1] == "imageclf: interrupted", text

@@ -5,6 +5,12 @@ the console script. Errors meant for the user become one line on stderr and exit
 (bad input) or 1 (failure); anything else is a bug and keeps its traceback.
 """
 
-from .entry import cli, main
+import sys
+
+try:
+    from .entry import cli, main
+except KeyboardInterrupt:  # Ctrl-C while the commands' modules load (torch: a second or two)
+    sys.stderr.write("imageclf: interrupted\n")
+    raise SystemExit(130) from None
 
 __all__ = ["cli", "main"]
