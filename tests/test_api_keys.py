@@ -18,6 +18,7 @@ import os
 import re
 import socket
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -544,20 +545,22 @@ def server_side_pid(server, connection) -> int | None:
 
 
 def connection_per_worker(server) -> dict[int, object]:
-    """A kept-alive connection held by each worker (new ones until both are covered)."""
+    """A kept-alive connection held by each worker (new ones until both are covered).
+    An idle worker may take every accept for a while (seen in CI: 40 in a row), so this
+    keeps trying, a little apart, for up to 30 s."""
     found: dict[int, http.client.HTTPConnection] = {}
     spare = []
-    for _ in range(40):
+    deadline = time.monotonic() + 30
+    while len(found) < 2 and time.monotonic() < deadline:
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         connection.request("GET", "/healthz")
         connection.getresponse().read()
         pid = server_side_pid(server, connection)
         if pid is None or pid in found:
             spare.append(connection)
+            time.sleep(0.05)
         else:
             found[pid] = connection
-        if len(found) == 2:
-            break
     for connection in spare:
         connection.close()
     assert len(found) == 2, "could not reach both workers"

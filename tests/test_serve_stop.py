@@ -109,7 +109,10 @@ def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path, after_s):
     finally:
         log.close()
     text = (tmp_path / "serve.log").read_text(errors="replace")
-    assert process.returncode in (0, 130), text  # 0: it was already serving
+    # 0: it was already serving. 130, or ended by SIGINT itself: CPython re-raises the
+    # signal at exit when the KeyboardInterrupt went through code run by exec() (a
+    # dataclass being made, say), even though main() handled it; a shell shows 130 too.
+    assert process.returncode in (0, 130, -signal.SIGINT), text
     assert not [word for word in NOISE if word in text], text
-    if process.returncode == 130:
+    if process.returncode != 0:
         assert text.strip().splitlines()[-1] == "imageclf: interrupted", text
