@@ -31,6 +31,15 @@ def test_auto_on_cuda_always_uses_amp(monkeypatch, bf16, expected):
     assert resolve_precision(CUDA, "auto") is expected
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_trains_depthwise_nets_in_fp32_on_cpu(monkeypatch, native):
+    monkeypatch.setattr(device_mod, "cpu_has_fast_bf16", lambda: native)
+    assert resolve_precision(CPU, "auto", depthwise_training=True) is None
+    assert resolve_precision(CPU, "bf16", depthwise_training=True) is torch.bfloat16  # asked
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision(CUDA, "auto", depthwise_training=True) is torch.bfloat16
+
+
 def test_explicit_precisions(monkeypatch):
     monkeypatch.setattr(device_mod, "cpu_has_fast_bf16", lambda: False)
     assert resolve_precision(CPU, "fp32") is None and resolve_precision(CUDA, "fp32") is None

@@ -26,7 +26,7 @@ from ..data.splits import SPLITS
 from ..errors import UserInputError
 from ..models.metadata import BundleMetadata
 from ..models.naming import safe_component
-from ..prediction.inference import SCORE_CHUNK, TTA_VIEWS
+from ..prediction.inference import TTA_VIEWS, score_in_chunks
 from ..prediction.predictor import Predictor
 from .interpretation import Interpretation
 from .multilabel import LabelEvalResult, evaluate_labels
@@ -36,7 +36,6 @@ from .report_metrics import agreement_notes, build_metrics
 log = logging.getLogger("imageclf.evaluate")
 
 SPLIT_NAMES = ("train", "val", "test")
-CHUNK = SCORE_CHUNK  # images per forward call: a progress step; training's final scoring too
 # The training split is scored to show the train/test gap, which a seeded sample of this
 # many images measures to about half a point; all 45,000 took most of an evaluation.
 TRAIN_SAMPLE = 5000
@@ -83,15 +82,8 @@ def ensemble_log_probs(
     own = tqdm(total=total, desc=desc, unit="view", disable=not progress or bar is not None,
                leave=False, dynamic_ncols=True)  # fmt: skip
     with own:
-        for predictor in predictors:
-            parts = []
-            for start in range(0, len(images_u8), CHUNK):
-                chunk = images_u8[start : start + CHUNK]
-                parts.append(predictor.log_probs(chunk, tta=tta))
-                (bar or own).update(len(chunk) * views)
-            members.append(
-                np.concatenate(parts) if parts else np.zeros((0, len(predictor.classes)))
-            )
+        for p in predictors:
+            members.append(score_in_chunks(p.log_probs, images_u8, len(p.classes), tta, bar or own))
     stacked = np.stack(members)
     # log(mean_m p_m) computed stably: logsumexp over members minus log(M).
     top = stacked.max(0)

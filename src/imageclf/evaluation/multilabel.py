@@ -22,7 +22,7 @@ import numpy as np
 from ..data import Dataset, Split
 from ..data.dataset import class_mapping
 from ..errors import DataError
-from ..prediction.inference import SCORE_CHUNK, TTA_VIEWS
+from ..prediction.inference import TTA_VIEWS, score_in_chunks
 from .report_metrics import rnd
 
 log = logging.getLogger("imageclf.evaluate")
@@ -149,13 +149,8 @@ def label_targets(dataset: Dataset, classes: list[str]) -> np.ndarray:
 def member_probabilities(predictor, images_u8: np.ndarray, tta: bool, bar=None) -> np.ndarray:
     """One model's calibrated (N, C) label probabilities (``Predictor.predict_proba``: each
     label's ``sigmoid(scale * logit + bias)``), in ``evaluate``'s chunks."""
-    out = []
-    for start in range(0, len(images_u8), SCORE_CHUNK):
-        chunk = images_u8[start : start + SCORE_CHUNK]
-        out.append(predictor.predict_proba(chunk, tta=tta).astype(np.float64))
-        if bar is not None:
-            bar.update(len(chunk) * (TTA_VIEWS if tta else 1))
-    return np.concatenate(out) if out else np.zeros((0, len(predictor.classes)))
+    scores = score_in_chunks(predictor.predict_proba, images_u8, len(predictor.classes), tta, bar)
+    return scores.astype(np.float64)
 
 
 # ---------------------------------------------------------------- the evaluation

@@ -4,7 +4,7 @@ path shared by training-time evaluation, ``Predictor`` and the reports; and the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +47,22 @@ def tta_views(x: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
 # Images per call when a whole split is scored: one progress step. ``evaluate`` and the end
 # of a training run chunk alike, so their batches, and so their numbers, are the same.
 SCORE_CHUNK = 2000
+
+
+def score_in_chunks(
+    score: Callable[..., np.ndarray], images_u8: np.ndarray, classes: int, tta: bool, bar=None
+) -> np.ndarray:
+    """``score(chunk, tta=tta)`` over ``SCORE_CHUNK``-image chunks, concatenated: (N, classes),
+    empty when there are no images. ``bar`` counts forward views (a TTA image is
+    ``TTA_VIEWS``), so one bar can follow several models and splits."""
+    parts = []
+    for start in range(0, len(images_u8), SCORE_CHUNK):
+        chunk = images_u8[start : start + SCORE_CHUNK]
+        parts.append(score(chunk, tta=tta))
+        if bar is not None:
+            bar.update(len(chunk) * (TTA_VIEWS if tta else 1))
+    return np.concatenate(parts) if parts else np.zeros((0, classes))
+
 
 # Pixels per forward batch. Activations beyond a few hundred MB cost more in page faults
 # than they gain: EfficientNet-Lite0 at 96 px in bf16 on 2 AVX-512 cores ran ~950 img/s

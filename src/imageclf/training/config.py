@@ -19,6 +19,7 @@ from ..device import PRECISIONS, check_device_name
 from ..errors import UserInputError
 from ..models.bundle import MIN_INPUT_SIZE
 from ..models.class_names import MAX_TEXT
+from ..models.efficientnet import VARIANTS
 from ..models.naming import check_model_name
 from .domains import check_architecture, check_augment_fits, check_domains, short_repr
 
@@ -146,6 +147,12 @@ class TrainConfig:
         smallest = self.image_size_at(0)
         check_augment_fits(self.augment.translate, self.augment.cutout, smallest)
         check_architecture(self.architecture, self.arch_kwargs, self.image_size)
+
+    @property
+    def depthwise(self) -> bool:
+        """An EfficientNet: depthwise convolutions, which ``--precision auto`` trains in fp32
+        on a CPU (``device.resolve_precision``)."""
+        return self.architecture in VARIANTS
 
     @property
     def low_res_epochs(self) -> int:

@@ -105,7 +105,7 @@ def _run(
     track: tracking.Tracking | str | list[str] | None = None,
 ):
     started = time.perf_counter()
-    rt = setup_runtime(cfg.device, cfg.precision, cfg.threads)
+    rt = setup_runtime(cfg.device, cfg.precision, cfg.threads, cfg.depthwise)
     # One process per run folder: a second train or resume into it is refused clearly.
     lock = RunLock(run_dir) if rt.dist.is_main else None
     try:

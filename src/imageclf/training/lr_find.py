@@ -174,13 +174,13 @@ def lr_find(
 ) -> LRFind:
     """Build what ``train(cfg)`` would (data adapted to its size, as a fresh run is) and
     sweep it; nothing is written and the parts are thrown away."""
-    rt = setup_runtime(cfg.device, cfg.precision, cfg.threads)
+    start = start_for(cfg)
+    cfg = start.prepare(cfg)
+    rt = setup_runtime(cfg.device, cfg.precision, cfg.threads, cfg.depthwise)
     if rt.dist.world > 1:
         raise UserInputError("lr-find runs in one process; run it without torchrun")
     if cfg.freeze_backbone:
         raise UserInputError("--freeze-backbone fits the head by L-BFGS: no learning rate to find")
-    start = start_for(cfg)
-    cfg = start.prepare(cfg)
     data = TrainData.load(cfg, progress)
     cfg, _ = adapt_to_data(cfg, len(data.x_train), start.min_steps)
     parts = Parts.build(cfg, data, rt, start)
