@@ -12,15 +12,13 @@ forward pass (from /metrics). A table on stdout, JSON in benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import describe, loadavg
+from _machine import loadavg, write_result
 from serveload.load import run_level
 from serveload.payloads import resolve_model, upload_requests
 from serveload.server import start_server, stop_server, wait_ready
@@ -69,11 +67,7 @@ def main() -> None:
         print(f"| {r['max_batch']} | {r['wait_ms']:g} | {r['concurrency']} | "
               f"{r['throughput_rps']} | {r['p50_ms']} | {r['p99_ms']} | "
               f"{r['images_per_forward_pass']} |")  # fmt: skip
-    result = {"machine": describe(), "date": time.strftime("%Y-%m-%d"),
-              "load_before": started_load, "load_after": loadavg(),
-              "model": args.model or "bundled", "rows": rows}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_result(args.out, rows, started_load, model=args.model or "bundled")
 
 
 if __name__ == "__main__":

@@ -4,13 +4,16 @@ Synthetic 32x32 input, one step = forward + backward + nesterov SGD (the fast
 recipe's loss and optimiser), fp32 or bf16 autocast, channels_last. This is how
 the ``fast`` recipe's width and batch size were chosen for a given CPU.
 
+``--efficientnet`` measures EfficientNet-Lite0 instead (10 classes, batch 64, 64-128
+px, fp32 against bf16 autocast: which ``--precision auto`` trains it in).
+
     python benchmarks/net_throughput.py [--precision fp32|bf16]
+    python benchmarks/net_throughput.py --efficientnet
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import describe, loadavg
+from _machine import loadavg, write_result
 
 from imageclf.device import autocast
 from imageclf.models import build
@@ -33,12 +36,17 @@ CONFIGS = [
 ]
 
 
-def measure(widths, batch, dtype, images=2048) -> float:
+EFFICIENTNET_SIDES = (64, 96, 128)
+EFFICIENTNET_BATCH = 64  # the bundled model's training batch
+
+
+def measure(widths, batch, dtype, images=2048, net="fast", side=32) -> float:
     torch.manual_seed(0)
-    model = build("fast", widths=widths).to(memory_format=torch.channels_last)
+    kwargs = {"widths": widths} if net == "fast" else {}
+    model = build(net, 10, side, **kwargs).to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.85, nesterov=True)
-    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, side, side).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
 
     def step():
@@ -59,26 +67,44 @@ def measure(widths, batch, dtype, images=2048) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--out", default="benchmarks/results/net_throughput.json")
+    parser.add_argument("--efficientnet", action="store_true", help="Lite0, fp32 and bf16")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/<name>.json")
     args = parser.parse_args()
-    dtype = torch.bfloat16 if args.precision == "bf16" else None
     load = loadavg()
+    if args.efficientnet:
+        rows, precision = efficientnet_rows(), "fp32 and bf16"
+        out = args.out or "benchmarks/results/net_throughput_efficientnet.json"
+    else:
+        rows, precision = fast_rows(args.precision), args.precision
+        out = args.out or "benchmarks/results/net_throughput.json"
+    write_result(out, rows, load, precision=precision)
+
+
+def fast_rows(precision: str) -> list[dict]:
+    dtype = torch.bfloat16 if precision == "bf16" else None
     rows = []
     print("| widths | batch | training img/s |\n|---|---:|---:|")
     for widths, batch in CONFIGS:
         rate = measure(widths, batch, dtype)
         rows.append({"widths": list(widths), "batch": batch, "images_per_s": round(rate, 1)})
         print(f"| {'/'.join(map(str, widths))} | {batch} | {rate:,.0f} |", flush=True)
-    result = {
-        "machine": describe(),
-        "precision": args.precision,
-        "rows": rows,
-        "loadavg_before": load,
-        "loadavg_after": loadavg(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    return rows
+
+
+def efficientnet_rows() -> list[dict]:
+    rows = []
+    print("| side | batch | fp32 img/s | bf16 img/s | bf16 / fp32 |\n|---:|---:|---:|---:|---:|")
+    for side in EFFICIENTNET_SIDES:
+        rates = {
+            name: measure(None, EFFICIENTNET_BATCH, dtype, 1024, "efficientnet-lite0", side)
+            for name, dtype in (("fp32", None), ("bf16", torch.bfloat16))
+        }
+        rows.append({"side": side, "batch": EFFICIENTNET_BATCH,
+                     **{f"{k}_images_per_s": round(v, 1) for k, v in rates.items()}})  # fmt: skip
+        ratio = rates["bf16"] / rates["fp32"]
+        print(f"| {side} | {EFFICIENTNET_BATCH} | {rates['fp32']:,.0f} | {rates['bf16']:,.0f} "
+              f"| {ratio:.2f} |", flush=True)  # fmt: skip
+    return rows
 
 
 if __name__ == "__main__":

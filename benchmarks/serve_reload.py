@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
-import json
 import re
 import shutil
 import statistics
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import describe, loadavg
+from _machine import loadavg, write_result
 from serveload.payloads import HOST, multipart, tiny_bundle
 from serveload.server import free_port, stop_server, wait_ready
 
@@ -150,10 +149,7 @@ def main() -> None:
         print(f"| {r['model']} | {r['workers']} | {r['reloads']} | {r['switch_s_median']} | "
               f"{r['switch_s_max']} | {r['requests']} | {r['failed']} | {r['p50_ms']} | "
               f"{r['p99_ms']} |")  # fmt: skip
-    result = {"machine": describe(), "date": time.strftime("%Y-%m-%d"),
-              "load_before": started_load, "load_after": loadavg(), "rows": rows}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_result(args.out, rows, started_load)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,19 @@ def stop_process(process: subprocess.Popen) -> int:
     return process.returncode
 
 
+def stop_group(process: subprocess.Popen, sig: int, timeout: float) -> None:
+    """Send ``sig`` to the process's group (started with ``start_new_session``) and wait;
+    past ``timeout`` SIGKILL the group, then raise TimeoutExpired: a test that expected a
+    prompt exit fails, and no process outlives it either way."""
+    os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+
+
 @contextlib.contextmanager
 def serving(
     model: Path,

@@ -13,7 +13,7 @@ import time
 
 import pytest
 from helpers import make_tiny_bundle, png_bytes
-from realserver import free_port
+from realserver import free_port, stop_group
 
 NOISE = ("Traceback", "SystemExit", "SIGKILL", "terminate called", "Perhaps out of memory")
 
@@ -65,13 +65,7 @@ def _ready(port: int, process: subprocess.Popen) -> None:
 
 def _ctrl_c(process: subprocess.Popen) -> float:
     started = time.monotonic()
-    os.killpg(process.pid, signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        raise
+    stop_group(process, signal.SIGINT, timeout=30)
     return time.monotonic() - started
 
 

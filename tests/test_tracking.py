@@ -4,10 +4,9 @@ through MLflow's client. Runs are tiny (3 classes, 60 pictures, the fast net).""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from helpers import run_cli, write_image_folder
+from realserver import free_port, stop_group
 
 from imageclf.data import load_dataset
 from imageclf.errors import MissingExtraError, UserInputError
@@ -42,18 +42,12 @@ def _cfg(data: Path, out: Path, epochs: int = 3):
                    seed=0, threads=1, arch_kwargs={"widths": [8, 16, 16]})  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def server_process(tmp_path_factory):
     """A real ``mlflow server`` (SQLite, artifacts proxied to a folder), started when the
     module starts so that it boots while the first tests run; stopped after."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     command = [
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
         f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
@@ -66,12 +60,8 @@ def server_process(tmp_path_factory):
     try:
         yield proc, f"http://127.0.0.1:{port}", root / "server.log"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        with contextlib.suppress(subprocess.TimeoutExpired):  # a slow exit is not the test
+            stop_group(proc, signal.SIGTERM, timeout=20)
         log.close()
 
 
@@ -134,7 +124,7 @@ def test_tensorboard_scalars_per_epoch_config_and_images(data, tmp_path):
 
 
 def test_an_unreachable_server_is_one_line(data, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     code, _, err = run_cli(
