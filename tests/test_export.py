@@ -356,8 +356,9 @@ def test_onnx_workers_end_without_aborting(tmp_path):
 
     from realserver import serving
 
+    side = Predictor.load().input_size
     model = export_onnx(
-        None, tmp_path / "bundled.onnx", verify_images=np.zeros((2, 96, 96, 3), np.uint8)
+        None, tmp_path / "bundled.onnx", verify_images=np.zeros((2, side, side, 3), np.uint8)
     )
     body = (
         b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
