@@ -52,9 +52,9 @@ def resolve_precision(
     device: torch.device, precision: str = "auto", depthwise_training: bool = False
 ) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32. ``depthwise_training``: training a net of
-    depthwise convolutions (EfficientNet), which CPU bf16 autocast slows down: 76 vs 118
-    images/s at 96 px on an AMX Xeon, 112 vs 158 at 64 px on an AVX512-BF16 EPYC, so
-    ``auto`` keeps it in fp32 there (inference gains from bf16 in big batches: not here)."""
+    depthwise convolutions (EfficientNet), which CPU bf16 autocast slows down (Lite0, 96
+    px: 67 vs 86 images/s on an AMX Xeon; 64 px: 112 vs 158 on an AVX512-BF16 EPYC; see
+    docs/benchmarks.md), so ``auto`` trains it in fp32 there. Inference keeps bf16."""
     if precision not in PRECISIONS:
         raise UserInputError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
     if precision == "fp32":
