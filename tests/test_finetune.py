@@ -103,7 +103,7 @@ def test_finetuned_bundle_predicts_evaluates_and_serves(finetuned, folder, tmp_p
 
 
 def test_auto_precision_fine_tunes_in_fp32_where_bf16_is_native(folder, tmp_path, monkeypatch):
-    """EfficientNet's depthwise convolutions train ~1.5x slower under CPU bf16 autocast."""
+    """EfficientNet's depthwise convolutions train 1.1-1.5x slower under CPU bf16 autocast."""
     require_pretrained_extra()
     monkeypatch.setattr(device_mod, "cpu_has_fast_bf16", lambda: True)
     run = tmp_path / "run"
