@@ -333,10 +333,40 @@ def test_tta_everywhere_and_a_train_sample_on_request(trained, tmp_path, capsys)
     assert re.search(r"^wall time: \d+ s$", capsys.readouterr().out, re.M)
 
 
+def test_tta_on_a_seeded_sample_says_its_paired_score(trained):
+    """TTA's row covers a seeded sample; the note gives the same images' score without TTA,
+    so its gain is read on the same pictures."""
+    data, run = trained
+    runs = [
+        evaluate([run.bundle_path], data, tta_splits=["val", "test"], tta_sample=5,
+                 train_sample=None, progress=False)
+        for _ in range(2)
+    ]  # fmt: skip
+    result = runs[0]
+    sizes = {key: len(interp) for key, interp in result.interpretations.items()}
+    assert sizes == {("train", False): 24, ("val", False): 6, ("val", True): 5,
+                     ("test", False): 18, ("test", True): 5}  # fmt: skip
+    plain, tta = result.interpretations[("test", False)], result.interpretations[("test", True)]
+    assert set(tta.indices) < set(plain.indices)
+    assert list(tta.indices) == list(runs[1].interpretations[("test", True)].indices)
+    same = plain.correct[np.isin(plain.indices, tta.indices)].mean()
+    assert (
+        "TTA on a seeded sample of 5 of the test split's 18 images (--tta-sample all scores "
+        f"every one); without TTA those images score {same:.2%}"
+    ) in result.notes
+    assert any(
+        n.startswith("TTA on a seeded sample of 5 of the val split's 6") for n in result.notes
+    )
+    everything = evaluate([run.bundle_path], data, splits=["test"], tta_sample=None, progress=False)
+    assert len(everything.interpretations[("test", True)]) == 18
+    assert not any("seeded sample" in note for note in everything.notes)
+
+
+@pytest.mark.parametrize("flag", ["--train-sample", "--tta-sample"])
 @pytest.mark.parametrize("value", ["0", "-3", "many"])
-def test_train_sample_must_be_a_count_or_all(value, capsys):
+def test_samples_must_be_a_count_or_all(flag, value, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["evaluate", "--train-sample", value])
+        main(["evaluate", flag, value])
     assert exc.value.code == 2
     assert "neither a positive number of images nor 'all'" in capsys.readouterr().err
 

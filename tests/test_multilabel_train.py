@@ -265,13 +265,18 @@ def test_fast_recipe_learns_mosaics_and_writes_a_multilabel_bundle(trained):
 def test_evaluate_a_multilabel_bundle(trained, table, tmp_path, capsys):
     out = tmp_path / "report"
     argv = ["-q", "evaluate", str(trained.bundle_path), "--data", str(table), "--out", str(out),
-            "--gradcam-label", "green", "--splits", "val,test"]  # fmt: skip
+            "--tta-sample", "7", "--gradcam-label", "green", "--splits", "val,test"]  # fmt: skip
     code, stdout, err = run(argv, capsys)
     assert code == 0, err
     assert "mAP" in stdout and "per label" in stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "multi_label"
     test = next(r for r in metrics["summary"] if r["split"] == "test" and not r["tta"])
+    tta = next(r for r in metrics["summary"] if r["split"] == "test" and r["tta"])
+    assert tta["images"] == 7 < test["images"]
+    assert f"TTA on a seeded sample of 7 of the test split's {test['images']:,} images" in (
+        " ".join(metrics["notes"])
+    )
     # evaluate scores the bundle the way training's end did: the same numbers.
     assert test["map"] == pytest.approx(trained.metrics["test"]["map"], abs=1e-4)
     assert test["micro_f1"] == pytest.approx(trained.metrics["test"]["micro_f1"], abs=1e-4)

@@ -16,6 +16,7 @@ from datetime import timedelta
 
 import torch
 
+from .allocator import kept
 from .errors import ImageclfError, UserInputError
 
 log = logging.getLogger("imageclf.device")
@@ -99,6 +100,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "fast_bf16": cpu_has_fast_bf16(),
+        "malloc_keeps_freed": kept(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
     }

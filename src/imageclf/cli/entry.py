@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from ..allocator import keep_freed_memory
 from ..errors import ImageclfError
 from ..fileio import printable
 from ..version import __version__
@@ -54,6 +55,7 @@ for command in (
 
 # ---------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> None:
+    keep_freed_memory()  # before any tensor: see allocator.py
     try:
         code = cli.main(args=argv, prog_name="imageclf", standalone_mode=False)
     except click.exceptions.Exit as exc:

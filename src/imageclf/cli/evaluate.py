@@ -13,7 +13,7 @@ from ..errors import UserInputError
 from .table_flags import fold_table, table_flags
 
 
-def _train_sample(ctx, param, value: str) -> int | None:
+def _sample_size(ctx, param, value: str) -> int | None:
     if value.strip().lower() == "all":
         return None
     try:
@@ -51,8 +51,16 @@ def _train_sample(ctx, param, value: str) -> int | None:
     default="5000",
     show_default=True,
     metavar="N|all",
-    callback=_train_sample,
+    callback=_sample_size,
     help="Score a seeded sample of N training images (the train/test gap), or all.",
+)
+@click.option(
+    "--tta-sample",
+    default="5000",
+    show_default=True,
+    metavar="N|all",
+    callback=_sample_size,
+    help="TTA on a seeded sample of N images of each TTA split (its gain, paired), or all.",
 )
 @click.option(
     "--tta/--no-tta",
@@ -102,8 +110,8 @@ def _train_sample(ctx, param, value: str) -> int | None:
 @table_flags
 @click.pass_context
 def evaluate_command(
-    ctx: click.Context, models, data_path, split, splits, train_sample, tta, tta_splits,
-    precision, gradcam, others, gradcam_label, device, out, **table,
+    ctx: click.Context, models, data_path, split, splits, train_sample, tta_sample, tta,
+    tta_splits, precision, gradcam, others, gradcam_label, device, out, **table,
 ):  # fmt: skip
     """Evaluate a model, or an ensemble of several (probabilities averaged): metrics,
     plots, Grad-CAM and one self-contained report.html."""
@@ -113,8 +121,8 @@ def evaluate_command(
     started = time.perf_counter()
     result = evaluate(
         list(models) or None, data_path, split=split, splits=parse_splits(splits), tta=tta,
-        tta_splits=parse_splits(tta_splits), train_sample=train_sample, device=device,
-        precision=precision, progress=ctx.obj["progress"], others=others,
+        tta_splits=parse_splits(tta_splits), train_sample=train_sample, tta_sample=tta_sample,
+        device=device, precision=precision, progress=ctx.obj["progress"], others=others,
         table=fold_table(table).get("table"),
     )  # fmt: skip
     if getattr(result, "multi_label", False):  # one sigmoid per label: its own report

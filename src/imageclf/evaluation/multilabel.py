@@ -187,22 +187,24 @@ def evaluate_labels(
         raise DataError("an ensemble cannot mix multi-label and single-label models")
     targets = label_targets(dataset, classes)
     thresholds = np.mean([p.metadata.label_thresholds for p in predictors], axis=0)
-    chosen = {n: _sample(getattr(split, n), views.train_sample if n == "train" else None)
-              for n in views.splits if len(getattr(split, n))}  # fmt: skip
-    if not chosen:
+    evaluated = [n for n in views.splits if len(getattr(split, n))]
+    if not evaluated:
         raise DataError(f"none of the requested splits ({', '.join(views.splits)}) has images")
-    passes = [(n, t) for n in chosen for t in ((False, True) if n in views.tta_on(list(chosen))
-                                              else (False,))]  # fmt: skip
-    total = sum(len(chosen[n]) * (TTA_VIEWS if t else 1) for n, t in passes) * len(predictors)
+    with_tta = views.tta_on(evaluated)
+    passes = [(n, t) for n in evaluated for t in ((False, True) if n in with_tta else (False,))]
+    chosen = {(n, t): views.scored(n, getattr(split, n), t) for n, t in passes}
+    total = sum(len(idx) * (TTA_VIEWS if t else 1) for (_, t), idx in chosen.items())
     interpretations = {}
-    with tqdm(total=total, unit="view", disable=not progress, leave=False) as bar:
+    with tqdm(total=total * len(predictors), unit="view", disable=not progress,
+              leave=False) as bar:  # fmt: skip
         for name, tta in passes:
-            idx = chosen[name]
+            idx = chosen[(name, tta)]
             images = dataset.images[idx]
             probs = np.mean([member_probabilities(p, images, tta, bar) for p in predictors], 0)
             interpretations[(name, tta)] = LabelInterpretation(
                 name, tta, probs, targets[idx], thresholds, classes, idx
             )
+    notes += views.tta_sample_notes(interpretations)
     detail = next(interpretations[(s, False)] for s in ("test", "val", "train")
                   if (s, False) in interpretations)  # fmt: skip
     for note in notes:
@@ -210,13 +212,6 @@ def evaluate_labels(
     metrics = label_metrics(interpretations, detail, dataset, paths, split_info, predictors)
     return LabelEvalResult(predictors, paths, dataset, split, interpretations, detail, metrics,
                            notes, time.perf_counter() - started)  # fmt: skip
-
-
-def _sample(idx: np.ndarray, size: int | None) -> np.ndarray:
-    """The evaluator's seeded train sample (the same rule, so both score the same images)."""
-    if size is None or len(idx) <= size:
-        return idx
-    return np.sort(np.random.default_rng(0).choice(idx, size, replace=False))
 
 
 def label_metrics(interpretations, detail, dataset, paths, split_info, predictors) -> dict:
