@@ -81,3 +81,15 @@ def test_opting_out_or_own_settings_leave_malloc_alone(env):
     result = probe("allocator.keep_freed_memory()", **env)
     assert result["kept"] is False
     assert result["faults"] > 300_000
+
+
+def test_a_server_puts_large_blocks_back_on_mmap():
+    """``create_app`` replaces the batch policy: a worker gives big uploads' memory back."""
+    result = probe(
+        "assert allocator.keep_freed_memory()\n"
+        "from imageclf.web import create_app\n"
+        "create_app()\n"
+        "assert not allocator.keep_freed_memory()  # the server's policy stays"
+    )
+    assert result["kept"] is False
+    assert result["faults"] > 300_000

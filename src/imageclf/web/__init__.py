@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask, Response, g, request
 
+from ..allocator import keep_large_blocks_on_mmap
 from ..imaging import DECODE_SECONDS, MAX_PIXELS, MAX_REQUEST_PIXELS
 from .auth import init_auth
 from .decoding import CLIENT_DECODE_SECONDS, WINDOW_S, DecodeLedger, DecodeScheduler
@@ -25,7 +26,6 @@ from .errors import request_id
 from .extensions import get_metrics, init_extensions
 from .feedback import DEFAULT_BURST, DEFAULT_PER_MINUTE, DEFAULT_QUOTA_MB, init_feedback
 from .forward import MAX_BATCH_ROWS
-from .memory import keep_large_blocks_on_mmap
 from .metrics import Metrics
 from .model_store import ModelStore
 from .models import ModelSpec

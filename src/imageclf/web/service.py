@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from ..allocator import release_free_memory
 from ..calibration import FAMILIAR_VAL_FLAGGED
 from ..errors import ImageclfError
 from ..imaging import (
@@ -38,7 +39,6 @@ from ..prediction.gradcam import overlay
 from ..prediction.predictor import Predictor
 from .decoding import DecodeLedger, DecodeScheduler
 from .forward import MAX_BATCH_ROWS, ForwardRunner
-from .memory import release_free_memory
 from .model_store import ModelStore
 from .models import Loaded, ModelSlot, ModelSpec, parse_model_specs
 from .reload import RELOAD_POLL_S, Reloader, ReloadResult, Watcher
