@@ -24,6 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import loadavg, write_result
 
+from imageclf.allocator import keep_freed_memory
 from imageclf.device import autocast
 from imageclf.models import build
 
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--efficientnet", action="store_true", help="Lite0, fp32 and bf16")
     parser.add_argument("--out", default=None, help="default: benchmarks/results/<name>.json")
     args = parser.parse_args()
+    keep_freed_memory()  # as `imageclf train` runs
     load = loadavg()
     if args.efficientnet:
         rows, precision = efficientnet_rows(), "fp32 and bf16"

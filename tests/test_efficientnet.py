@@ -6,6 +6,7 @@ the same probe on a random backbone by a wide margin)."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import sys
 import tarfile
@@ -49,6 +50,23 @@ def test_same_padding_is_tensorflows():
     assert out.shape == (1, 1, 4, 4)
     assert out[0, 0, 0, 0].item() == 1.0  # top-left tap: no padding above/left
     assert conv(torch.zeros(1, 1, 7, 7)).shape == (1, 1, 4, 4)  # ceil(7 / 2)
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [7, 8, 9, 12])
+def test_same_padding_matches_explicit_padding_everywhere(kernel, stride, size):
+    """Stride-1 layers let the convolution pad itself (no copy of the activation); the
+    result is still TensorFlow's SAME, computed here the long way."""
+    torch.manual_seed(0)
+    conv = E.SameConv2d(4, 4, kernel, stride=stride, groups=4)
+    x = torch.randn(2, 4, size, size)
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    padded = torch.nn.functional.pad(x, [total // 2, total - total // 2] * 2)
+    expected = torch.nn.functional.conv2d(padded, conv.weight, None, stride, 0, 1, 4)
+    assert conv.pads_itself == (stride == 1)
+    assert torch.allclose(conv(x), expected, atol=1e-6)
+    assert conv(x).shape[-1] == math.ceil(size / stride)
 
 
 def test_missing_extra_is_one_clear_error(monkeypatch):

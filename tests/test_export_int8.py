@@ -174,6 +174,30 @@ def test_calibration_folder_and_check_data_for_a_bundle_without_data(tmp_path, c
     assert "checked on 6 test pictures" in text and out.is_file()
 
 
+def test_check_data_may_be_a_table_with_its_own_columns(tmp_path, capsys):
+    """--check-data reads a labels table with the same table flags as train and evaluate."""
+    bundle = make_tiny_bundle(tmp_path / "plain.safetensors", classes=CLASSES)
+    data = write_image_folder(tmp_path / "data", per_class=4)
+    rows = ["picture,kind,part"] + [
+        f"{p.relative_to(data).as_posix()},{p.parent.name},{p.parts[-3]}"
+        for p in sorted(data.rglob("*.png"))
+    ]
+    (data / "pictures.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "plain.int8.onnx"
+    base = ["export", str(bundle), "--format", "onnx-int8", "--max-drop", "100", "--out",
+            str(out), "--calibration", str(data / "train"), "--check-data",
+            str(data / "pictures.csv")]  # fmt: skip
+    code, _, err = run_cli(base, capsys)  # the default column names are not there
+    assert code == 2 and "Traceback" not in err and not out.exists()
+    flags = ["--file-column", "picture", "--label-column", "kind", "--split-column", "part"]
+    code, text, err = run_cli([*base, *flags], capsys)
+    assert code == 0, err
+    assert "checked on 6 test pictures of" in text and "pictures.csv (test split)" in text
+    # Without --check-data the flags would have nothing to say.
+    code, _, err = run_cli(["export", str(bundle), "--format", "onnx-int8", *flags[:2]], capsys)
+    assert code == 2 and "--file-column says how --check-data is read" in err
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [

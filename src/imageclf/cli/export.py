@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from .table_flags import fold_table, table_flags
+
 
 @click.command("export")
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
@@ -48,6 +50,7 @@ import click
     help="onnx-int8: accuracy points the int8 model may lose on the test split before "
     "the file is refused (default 1).",
 )
+@table_flags
 def export_command(
     model: str | None,
     fmt: str,
@@ -56,18 +59,24 @@ def export_command(
     calibration: str | None,
     check_data: str | None,
     max_drop: float | None,
+    **table_options,
 ) -> None:
     """Export a model bundle (default: the bundled model), checked against the original
     before the file is kept: on 1,000 images, and for int8 on a labelled test split."""
     from ..errors import UserInputError
     from ..prediction.export import DEFAULT_OPSET, export_half, export_onnx
 
+    table = fold_table(table_options).get("table")
     int8_only = {"--calibration": calibration, "--check-data": check_data, "--max-drop": max_drop}
     given = [name for name, value in int8_only.items() if value is not None]
     if fmt != "onnx-int8" and given:
         raise UserInputError(f"{given[0]} applies to --format onnx-int8 only")
+    if table and check_data is None:  # the recorded data is read as its run recorded
+        flag = "--" + next(iter(table)).replace("_", "-")
+        raise UserInputError(f"{flag} says how --check-data is read: pass --check-data too")
     if fmt == "onnx-int8":
-        _export_int8(model, out, opset or DEFAULT_OPSET, calibration, check_data, max_drop)
+        data = int8_data(model, calibration, check_data, table)
+        _export_int8(model, out, opset or DEFAULT_OPSET, data, max_drop)
         return
     if fmt == "fp16":
         if opset is not None:
@@ -86,13 +95,13 @@ def export_command(
     click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, {written})")
 
 
-def _export_int8(model, out, opset, calibration, check_data, max_drop) -> None:
+def _export_int8(model, out, opset, data, max_drop) -> None:
     from ..prediction.quantize import MAX_DROP, export_int8
 
     result = export_int8(
         model,
         out,
-        data=int8_data(model, calibration, check_data),
+        data=data,
         max_drop=MAX_DROP if max_drop is None else max_drop,
         opset=opset,
     )
@@ -113,10 +122,13 @@ def _export_int8(model, out, opset, calibration, check_data, max_drop) -> None:
     click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, int8 QDQ, opset {opset})")
 
 
-def int8_data(model: str | None, calibration: str | None, check_data: str | None):
+def int8_data(
+    model: str | None, calibration: str | None, check_data: str | None, table: dict | None = None
+):
     """The int8 export's pictures (``quantize.Int8Data``): calibration from the folder
     given, else a seeded sample of the bundle's recorded training split; the check on the
-    test split of ``check_data``, else of the bundle's recorded data."""
+    test split of ``check_data`` (a labels table read by ``table``'s options, else as the
+    run recorded), else of the bundle's recorded data."""
     import numpy as np
 
     from ..errors import UserInputError
@@ -138,10 +150,10 @@ def int8_data(model: str | None, calibration: str | None, check_data: str | None
     )
     loaded = {}
 
-    def load(data: str):  # once, when calibration and check read the same data
-        key = Path(data).resolve()
+    def load(data: str, options: dict | None = None):  # once when both read the same data
+        key = (Path(data).resolve(), repr(options))
         if key not in loaded:
-            loaded[key] = labelled_split(meta, data, Path(model) if model else None)
+            loaded[key] = labelled_split(meta, data, Path(model) if model else None, options)
         return loaded[key]
 
     if calibration is not None:
@@ -166,7 +178,7 @@ def int8_data(model: str | None, calibration: str | None, check_data: str | None
             "--check-data DATA (a dataset with a test split)"
         )
     source = check_data or recorded
-    dataset, split, labels = load(source)
+    dataset, split, labels = load(source, table if check_data else None)
     if not len(split.test):
         raise UserInputError(f"{printable(source)} has no test split to check the int8 model on")
     return Int8Data(

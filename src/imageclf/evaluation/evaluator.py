@@ -155,11 +155,15 @@ def resolve_split(
 
 
 def labelled_split(
-    metadata: BundleMetadata, data: str | os.PathLike, bundle_path: Path | None = None
+    metadata: BundleMetadata,
+    data: str | os.PathLike,
+    bundle_path: Path | None = None,
+    table: dict | None = None,
 ) -> tuple[Dataset, Split, np.ndarray]:
     """``data`` with the split ``resolve_split`` picks for the model and every label as
-    the model's class index (the int8 export calibrates and checks on it)."""
-    table = table_options_for(data, metadata.config)  # a table: read as training read it
+    the model's class index (the int8 export calibrates and checks on it). A table is read
+    with ``table``'s options, else as training read it."""
+    table = table_options_for(data, metadata.config, table)
     dataset = load_dataset(data, image_size=metadata.input_size, progress=False, table=table)
     split, _, notes = resolve_split(dataset, metadata, None, bundle_path)
     for note in notes:

@@ -114,9 +114,16 @@ class SameConv2d(nn.Conv2d):
     padding pixel (when the total is odd) at the bottom/right."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1):
-        super().__init__(c_in, c_out, kernel, stride, padding=0, groups=groups, bias=False)
+        # At stride 1 an odd kernel's "SAME" is (k - 1) / 2 on every side whatever the
+        # input, which the convolution pads itself; F.pad's copy of each activation cost
+        # ~10% of a 128 px training step. Strided layers depend on the input size.
+        self.pads_itself = stride == 1 and kernel % 2 == 1
+        padding = (kernel - 1) // 2 if self.pads_itself else 0
+        super().__init__(c_in, c_out, kernel, stride, padding=padding, groups=groups, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pads_itself:
+            return super().forward(x)
         k, s = self.kernel_size[0], self.stride[0]
         pads = []
         for size in (x.shape[-1], x.shape[-2]):  # F.pad wants (left, right, top, bottom)
