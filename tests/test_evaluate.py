@@ -16,15 +16,11 @@ from helpers import make_tiny_bundle, run_cli, write_image_folder
 from imageclf import Predictor
 from imageclf.cli import main
 from imageclf.errors import UserInputError
-from imageclf.evaluation.evaluator import (
-    ensemble_log_probs,
-    evaluate,
-    load_predictors,
-    parse_splits,
-)
+from imageclf.evaluation.evaluator import ensemble_log_probs, evaluate, load_predictors
 from imageclf.evaluation.interpretation import Interpretation
 from imageclf.evaluation.report import write_report
 from imageclf.evaluation.report_metrics import fmt, report_rows
+from imageclf.evaluation.views import parse_splits
 from imageclf.training.loop import train
 from imageclf.training.resolve import resolve
 

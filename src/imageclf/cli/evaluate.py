@@ -115,8 +115,9 @@ def evaluate_command(
 ):  # fmt: skip
     """Evaluate a model, or an ensemble of several (probabilities averaged): metrics,
     plots, Grad-CAM and one self-contained report.html."""
-    from ..evaluation.evaluator import default_out_dir, evaluate, parse_splits
+    from ..evaluation.evaluator import default_out_dir, evaluate
     from ..evaluation.report import console_report, write_report
+    from ..evaluation.views import parse_splits
 
     started = time.perf_counter()
     result = evaluate(

@@ -178,7 +178,7 @@ def evaluate_labels(
     predictors, paths: list[str], dataset: Dataset, split: Split, split_info: dict,
     notes: list[str], views, progress: bool, started: float,
 ) -> LabelEvalResult:  # fmt: skip
-    """``evaluate`` of multi-label models (``views``: evaluator's Views); an ensemble
+    """``evaluate`` of multi-label models (``views``: views.Views); an ensemble
     averages calibrated probabilities and thresholds."""
     from tqdm.auto import tqdm
 
