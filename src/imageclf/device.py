@@ -54,7 +54,7 @@ def resolve_precision(
 ) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32. ``depthwise_training``: training a net of
     depthwise convolutions (EfficientNet), which CPU bf16 autocast slows down (Lite0, 96
-    px: 67 vs 86 images/s on an AMX Xeon; 64 px: 112 vs 158 on an AVX512-BF16 EPYC; see
+    px: 81 vs 120 images/s on an AMX Xeon; 64 px: 112 vs 158 on an AVX512-BF16 EPYC; see
     docs/benchmarks.md), so ``auto`` trains it in fp32 there. Inference keeps bf16."""
     if precision not in PRECISIONS:
         raise UserInputError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
