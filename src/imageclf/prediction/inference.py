@@ -50,7 +50,11 @@ SCORE_CHUNK = 2000
 
 
 def score_in_chunks(
-    score: Callable[..., np.ndarray], images_u8: np.ndarray, classes: int, tta: bool, bar=None
+    score: Callable[..., np.ndarray],
+    images_u8: np.ndarray | torch.Tensor,
+    classes: int,
+    tta: bool,
+    bar=None,
 ) -> np.ndarray:
     """``score(chunk, tta=tta)`` over ``SCORE_CHUNK``-image chunks, concatenated: (N, classes),
     empty when there are no images. ``bar`` counts forward views (a TTA image is

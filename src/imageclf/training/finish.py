@@ -24,12 +24,7 @@ from ..device import machine, precision_name
 from ..fileio import write_text_atomic
 from ..models.bundle import save_bundle
 from ..models.naming import default_model_name
-from ..prediction.inference import (
-    SCORE_CHUNK,
-    TTA_VIEWS,
-    loss_and_accuracy,
-    predict_logits,
-)
+from ..prediction.inference import TTA_VIEWS, loss_and_accuracy, predict_logits, score_in_chunks
 from .compute import ComputeReport, compute_report, training_flops_per_image
 from .job import Job
 from .multilabel import correct_count, label_decisions
@@ -112,16 +107,15 @@ def _score(job: Job, kept: dict, metrics: dict) -> dict[str, tuple[torch.Tensor,
 
 
 def _logits(job: Job, x: torch.Tensor, tta: bool, bar) -> torch.Tensor:
-    """Logits in the chunks ``evaluate`` uses (each a progress step), default batches."""
+    """Logits in the chunks ``evaluate`` uses (``score_in_chunks``), default batches."""
     parts, rt = job.parts, job.rt
-    out = []
-    for start in range(0, len(x), SCORE_CHUNK):
-        chunk = x[start : start + SCORE_CHUNK]
-        out.append(predict_logits(parts.model, chunk, parts.normalizer, tta=tta,
-                                  device=rt.device, amp_dtype=rt.amp_dtype,
-                                  multi_label=parts.multi_label))  # fmt: skip
-        bar.update(len(chunk) * (TTA_VIEWS if tta else 1))
-    return torch.cat(out)
+
+    def score(chunk: torch.Tensor, tta: bool):
+        logits = predict_logits(parts.model, chunk, parts.normalizer, tta=tta, device=rt.device,
+                                amp_dtype=rt.amp_dtype, multi_label=parts.multi_label)  # fmt: skip
+        return logits.numpy()
+
+    return torch.from_numpy(score_in_chunks(score, x, len(job.data.dataset.classes), tta, bar))
 
 
 def split_score(logits: torch.Tensor, labels: torch.Tensor) -> dict:
