@@ -203,6 +203,7 @@ def test_check_data_may_be_a_table_with_its_own_columns(tmp_path, capsys):
     [
         (["--max-drop", "1"], "--max-drop applies to --format onnx-int8 only"),
         (["--calibration", "x"], "--calibration applies to --format onnx-int8 only"),
+        (["--label-column", "kind"], "--label-column applies to --format onnx-int8 only"),
         (["--format", "onnx-int8", "--max-drop", "500"], "500"),
     ],
 )

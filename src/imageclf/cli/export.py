@@ -67,13 +67,14 @@ def export_command(
     from ..prediction.export import DEFAULT_OPSET, export_half, export_onnx
 
     table = fold_table(table_options).get("table")
-    int8_only = {"--calibration": calibration, "--check-data": check_data, "--max-drop": max_drop}
+    table_flag = "--" + next(iter(table)).replace("_", "-") if table else None
+    int8_only = {"--calibration": calibration, "--check-data": check_data, "--max-drop": max_drop,
+                 table_flag: table}  # fmt: skip
     given = [name for name, value in int8_only.items() if value is not None]
     if fmt != "onnx-int8" and given:
         raise UserInputError(f"{given[0]} applies to --format onnx-int8 only")
     if table and check_data is None:  # the recorded data is read as its run recorded
-        flag = "--" + next(iter(table)).replace("_", "-")
-        raise UserInputError(f"{flag} says how --check-data is read: pass --check-data too")
+        raise UserInputError(f"{table_flag} says how --check-data is read: pass --check-data too")
     if fmt == "onnx-int8":
         data = int8_data(model, calibration, check_data, table)
         _export_int8(model, out, opset or DEFAULT_OPSET, data, max_drop)

@@ -173,6 +173,7 @@ def _split_from_run_folder(bundle_path: Path | None, recorded: dict) -> Split | 
     return split if split.digest() == recorded.get("digest") else None
 
 
+# ---------------------------------------------------------------- the evaluation
 @dataclass
 class EvalResult:
     """Everything an evaluation found: the interpretations and the rounded metrics."""

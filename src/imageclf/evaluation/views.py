@@ -35,9 +35,6 @@ def parse_splits(text: str | Sequence[str] | None) -> list[str] | None:
     return [s for s in SPLIT_NAMES if s in chosen]
 
 
-# ---------------------------------------------------------------- the evaluation
-
-
 @dataclass(frozen=True)
 class Views:
     """Which predictions an evaluation makes: splits, where TTA runs, the samples."""
