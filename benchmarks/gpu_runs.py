@@ -59,6 +59,10 @@ IMAGECLF = [sys.executable, "-m", "imageclf", "--log-format", "json"]
 FINETUNE_OVERHEAD_S = 150
 RECIPES_SHARE = 0.3  # of the budget, kept for the three recipes
 MAX_EPOCHS = 40
+# A real epoch is slower than the probe's steps on one resident batch: the batch's
+# augmentation and copy to the GPU, validation, the checkpoint. A fine-tune past its
+# deadline is stopped with nothing to show, so the plan assumes twice the probe's time.
+EPOCH_SAFETY = 2.0
 
 
 def probe_images_per_s(side: int, device: str, precision: str, seconds: float = 1.0) -> float:
@@ -114,7 +118,7 @@ def run(cmd: list[str], log, deadline_s: float) -> tuple[bool, float, str]:
 def finetune(args, runs: Path, out: Path, log, budget_s: float) -> dict:
     rate = probe_images_per_s(args.image_size, args.device, args.precision)
     train_images = 47500 if args.subset is None else args.subset
-    epoch_s = train_images / rate
+    epoch_s = EPOCH_SAFETY * train_images / rate
     epochs = int(max(1, min(MAX_EPOCHS, (budget_s - FINETUNE_OVERHEAD_S) / epoch_s)))
     if args.epochs:
         epochs = args.epochs
@@ -127,7 +131,7 @@ def finetune(args, runs: Path, out: Path, log, budget_s: float) -> dict:
     if args.subset:
         cmd += ["--subset", str(args.subset)]
     row = {"step": "finetune", "image_size": args.image_size, "epochs": epochs,
-           "probe_images_per_s": round(rate, 1),
+           "probe_images_per_s": round(rate, 1), "planned_epoch_s": round(epoch_s, 1),
            "command": "imageclf " + shlex.join(cmd[len(IMAGECLF):])}  # fmt: skip
     ok, seconds, why = run(cmd, log, budget_s)
     row.update(finished=ok, wall_s=round(seconds, 1), failure=why or None)
