@@ -2,7 +2,7 @@
 
 1. The bundled model's recipe (EfficientNet-Lite0 from ImageNet weights, the mirror's
    47,500 training pictures, 2,500 held out) fine-tuned at a larger size for as many
-   epochs as the time budget holds: a one-second probe of training steps on the GPU
+   epochs as the time budget holds: a ten-step probe of training steps on the GPU
    sets the count. Its fp16 export comes back in ``--out``, to be measured on the CPU
    through ``Predictor`` and the served path (benchmarks/real_photos.py, infer_speed.py)
    before it may replace the bundled model.
@@ -43,6 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import loadavg, write_result
+from net_throughput import measure
 
 # The bundled model's recipe (its metadata's command) without --threads and --image-size.
 FINETUNE = [
@@ -65,41 +66,16 @@ MAX_EPOCHS = 40
 EPOCH_SAFETY = 2.0
 
 
-def probe_images_per_s(side: int, device: str, precision: str, seconds: float = 1.0) -> float:
-    """Training steps per second of Lite0 at ``side`` px, batch 64, in ``precision``."""
+def probe_images_per_s(side: int, device: str, precision: str) -> float:
+    """Training images per second of Lite0 at ``side`` px, batch 64, in ``precision``
+    (ten steps on one resident batch: net_throughput's measurement)."""
     import torch
-    import torch.nn.functional as F
 
-    from imageclf.device import autocast, resolve_precision
-    from imageclf.models import build
+    from imageclf.device import resolve_precision
 
-    dev = torch.device(device)
-    dtype = resolve_precision(dev, precision, depthwise_training=True)
-    model = build("efficientnet-lite0", 10, side).to(dev, memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(64, 3, side, side, device=dev).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (64,), device=dev)
-
-    def step() -> None:
-        with autocast(dev, dtype):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(3):
-        step()
-    sync()
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or steps < 2:
-        step()
-        steps += 1
-    sync()
-    return steps * 64 / (time.perf_counter() - start)
+    dtype = resolve_precision(torch.device(device), precision, depthwise_training=True)
+    return measure(None, 64, dtype, images=640, net="efficientnet-lite0", side=side,
+                   device=device)  # fmt: skip
 
 
 def run(cmd: list[str], log, deadline_s: float) -> tuple[bool, float, str]:

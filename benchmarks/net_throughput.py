@@ -41,27 +41,35 @@ EFFICIENTNET_SIDES = (64, 96, 128)
 EFFICIENTNET_BATCH = 64  # the bundled model's training batch
 
 
-def measure(widths, batch, dtype, images=2048, net="fast", side=32) -> float:
+def measure(widths, batch, dtype, images=2048, net="fast", side=32, device="cpu") -> float:
+    """Training images per second of ``net`` on ``device`` (synthetic batch, one warm-up)."""
+    dev = torch.device(device)
     torch.manual_seed(0)
     kwargs = {"widths": widths} if net == "fast" else {}
-    model = build(net, 10, side, **kwargs).to(memory_format=torch.channels_last)
+    model = build(net, 10, side, **kwargs).to(dev, memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.85, nesterov=True)
-    x = torch.randn(batch, 3, side, side).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.randn(batch, 3, side, side, device=dev).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=dev)
 
     def step():
-        with autocast(torch.device("cpu"), dtype):
+        with autocast(dev, dtype):
             loss = F.cross_entropy(model(x).float(), y, label_smoothing=0.2, reduction="sum")
         opt.zero_grad()
         loss.backward()
         opt.step()
 
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
     step()  # warm-up
+    sync()
     steps = max(2, images // batch)
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     return steps * batch / (time.perf_counter() - start)
 
 

@@ -72,6 +72,8 @@ def keep_large_blocks_on_mmap() -> bool:
     global _policy
     if _policy == "server":
         return True
+    if _glibc() is None:
+        return False
     if not _set_thresholds(SERVER_MMAP_THRESHOLD, SERVER_TRIM_THRESHOLD):
         log.warning("could not set the allocator's mmap threshold")
         return False

@@ -32,7 +32,7 @@ from .interpretation import Interpretation
 from .multilabel import LabelEvalResult, evaluate_labels
 from .outside import measure_others
 from .report_metrics import agreement_notes, build_metrics
-from .views import SPLIT_NAMES, TRAIN_SAMPLE, TTA_SAMPLE, Views, skipped_notes
+from .views import SPLIT_NAMES, TRAIN_SAMPLE, TTA_SAMPLE, Views, skipped_notes, tta_sample_notes
 
 log = logging.getLogger("imageclf.evaluate")
 
@@ -299,7 +299,7 @@ def _predict_splits(predictors, dataset, split, views: Views, progress, notes):
             interpretations[(name, use_tta)] = Interpretation(
                 name, use_tta, log_probs, targets_all[idx], classes, idx
             )
-    notes += views.tta_sample_notes(interpretations)
+    notes += tta_sample_notes(interpretations)
     return interpretations
 
 

@@ -24,6 +24,7 @@ from ..data.dataset import class_mapping
 from ..errors import DataError
 from ..prediction.inference import TTA_VIEWS, score_in_chunks
 from .report_metrics import rnd
+from .views import tta_sample_notes
 
 log = logging.getLogger("imageclf.evaluate")
 
@@ -204,7 +205,7 @@ def evaluate_labels(
             interpretations[(name, tta)] = LabelInterpretation(
                 name, tta, probs, targets[idx], thresholds, classes, idx
             )
-    notes += views.tta_sample_notes(interpretations)
+    notes += tta_sample_notes(interpretations)
     detail = next(interpretations[(s, False)] for s in ("test", "val", "train")
                   if (s, False) in interpretations)  # fmt: skip
     for note in notes:

@@ -52,25 +52,6 @@ class Views:
             idx = seeded_sample(idx, self.train_sample)
         return seeded_sample(idx, self.tta_sample) if tta else idx
 
-    @staticmethod
-    def tta_sample_notes(interpretations: dict) -> list[str]:
-        """Which images each sampled TTA pass scored, and (single-label) what the same
-        images score without it: TTA's gain is that difference, not the whole split's."""
-        notes = []
-        for (split, tta), with_tta in interpretations.items():
-            plain = interpretations.get((split, False))
-            if not tta or plain is None or len(with_tta) == len(plain):
-                continue
-            note = (
-                f"TTA on a seeded sample of {len(with_tta):,} of the {split} split's "
-                f"{len(plain):,} images (--tta-sample all scores every one)"
-            )
-            if hasattr(plain, "correct"):
-                same = np.isin(plain.indices, with_tta.indices)
-                note += f"; without TTA those images score {plain.correct[same].mean():.2%}"
-            notes.append(note)
-        return notes
-
     def tta_on(self, evaluated: list[str]) -> list[str]:
         if not self.tta:
             return []
@@ -100,4 +81,23 @@ def skipped_notes(views: Views, evaluated: list[str], with_tta: list[str], n_tra
             f"TTA on the {with_tta[0]} split only (--tta-splits {','.join(evaluated)} adds "
             f"{', '.join(without)})"
         )
+    return notes
+
+
+def tta_sample_notes(interpretations: dict) -> list[str]:
+    """Which images each sampled TTA pass scored, and (single-label) what the same
+    images score without it: TTA's gain is that difference, not the whole split's."""
+    notes = []
+    for (split, tta), with_tta in interpretations.items():
+        plain = interpretations.get((split, False))
+        if not tta or plain is None or len(with_tta) == len(plain):
+            continue
+        note = (
+            f"TTA on a seeded sample of {len(with_tta):,} of the {split} split's "
+            f"{len(plain):,} images (--tta-sample all scores every one)"
+        )
+        if hasattr(plain, "correct"):
+            same = np.isin(plain.indices, with_tta.indices)
+            note += f"; without TTA those images score {plain.correct[same].mean():.2%}"
+        notes.append(note)
     return notes

@@ -117,9 +117,12 @@ class SameConv2d(nn.Conv2d):
         # At stride 1 an odd kernel's "SAME" is (k - 1) / 2 on every side whatever the
         # input, which the convolution pads itself; F.pad's copy of each activation cost
         # ~10% of a 128 px training step. Strided layers depend on the input size.
-        self.pads_itself = stride == 1 and kernel % 2 == 1
-        padding = (kernel - 1) // 2 if self.pads_itself else 0
+        padding = (kernel - 1) // 2 if stride == 1 and kernel % 2 == 1 else 0
         super().__init__(c_in, c_out, kernel, stride, padding=padding, groups=groups, bias=False)
+
+    @property
+    def pads_itself(self) -> bool:
+        return self.stride[0] == 1 and self.kernel_size[0] % 2 == 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pads_itself:
