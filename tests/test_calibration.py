@@ -12,7 +12,14 @@ from helpers import write_image_folder
 
 import imageclf
 from imageclf import Predictor
-from imageclf.calibration import calibrate, choose_threshold, ece, fit_temperature, nll
+from imageclf.calibration import (
+    MAX_CORRECT_FLAGGED,
+    calibrate,
+    choose_threshold,
+    ece,
+    fit_temperature,
+    nll,
+)
 from imageclf.models import build
 from imageclf.training.compute import training_flops_per_image
 from imageclf.training.loop import train
@@ -70,6 +77,22 @@ def test_threshold_flags_errors_more_than_correct_answers():
     threshold, errors, right = choose_threshold(confidence, correct)
     assert 0.5 <= threshold <= 0.6
     assert errors == 1.0 and right == 0.0
+
+
+def test_threshold_doubts_at_most_the_capped_share_of_right_answers():
+    """A fifth of the right answers are as unsure as the mistakes: the best trade alone
+    (doubt everything under 0.95, every mistake) would doubt 20% of right answers."""
+    rng = np.random.default_rng(1)
+    mistakes, hard, easy = (
+        rng.uniform(lo, hi, n)
+        for lo, hi, n in ((0.5, 0.95, 500), (0.5, 0.95, 1000), (0.96, 1.0, 4000))
+    )
+    confidence = np.concatenate([mistakes, hard, easy])
+    correct = np.concatenate([np.zeros(500, bool), np.ones(5000, bool)])
+    threshold, errors, right = choose_threshold(confidence, correct)
+    assert right <= MAX_CORRECT_FLAGGED < float((confidence[correct] < threshold + 0.01).mean())
+    assert right == float((confidence[correct] < threshold).mean())
+    assert 0.5 < errors < 1.0
 
 
 def test_training_records_compute_and_calibration(tmp_path):

@@ -234,6 +234,13 @@ def test_resume_after_interruption_matches_uninterrupted(synthetic, uninterrupte
     ref_metrics = json.loads((uninterrupted / "metrics.json").read_text())
     got_metrics = json.loads((run / "metrics.json").read_text())
     assert got_metrics["test"] == ref_metrics["test"]
+    # The bundle's time is the whole run's: the first process's up to its checkpoint too.
+    later = sum(h["seconds"] for h in got_hist[state["epoch"] :])
+    assert got_metrics["train_seconds"] > state["wall_seconds"] + later
+    assert (
+        Predictor.load(run / "model.safetensors").metadata["metrics"]["train_seconds"]
+        == (got_metrics["train_seconds"])
+    )
 
 
 def test_resume_of_missing_run_is_clear(tmp_path):

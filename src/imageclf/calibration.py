@@ -33,8 +33,13 @@ MIN_IMAGES = 50
 # Bundles without a fitted threshold (trained before calibration existed) use this.
 UNCALIBRATED_UNSURE_BELOW = 0.5
 # The notice should catch most mistakes while bothering few right answers: the
-# threshold maximises (errors flagged) - (correct flagged) x this weight.
+# threshold maximises (errors flagged) - (correct flagged) x this weight...
 CORRECT_FLAG_COST = 2.0
+# ...and doubts at most this share of right validation answers. New pictures are less
+# familiar than validation ones (real photos against CIFAR thumbnails), so a right
+# answer is doubted more often there: a model sure of its validation pictures would
+# otherwise get a threshold that doubts one right real-photo answer in six.
+MAX_CORRECT_FLAGGED = 0.10
 # Share of validation pictures the "not one of its classes" rule may flag.
 FAMILIAR_VAL_FLAGGED = 0.05
 
@@ -112,7 +117,8 @@ class Calibration:
 
 
 def choose_threshold(confidence: np.ndarray, correct: np.ndarray) -> tuple[float, float, float]:
-    """(threshold, errors flagged, correct flagged) on calibrated validation confidences."""
+    """(threshold, errors flagged, correct flagged) on calibrated validation confidences:
+    the best trade within the cap on doubted right answers."""
     n_err, n_ok = max(1, int((~correct).sum())), max(1, int(correct.sum()))
     best = (0.0, 0.0, 0.0, -math.inf)
     for t in np.linspace(0.05, 0.95, 91):
@@ -120,7 +126,7 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray) -> tuple[float
         err = float((flagged & ~correct).sum()) / n_err
         ok = float((flagged & correct).sum()) / n_ok
         score = err - CORRECT_FLAG_COST * ok
-        if score > best[3]:
+        if ok <= MAX_CORRECT_FLAGGED and score > best[3]:
             best = (float(round(t, 2)), err, ok, score)
     return best[0], best[1], best[2]
 

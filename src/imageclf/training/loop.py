@@ -148,6 +148,9 @@ def _drive(job: Job, checkpoint: Checkpoint | None) -> Run | None:
     cfg, data, parts, rt = job.cfg, job.data, job.parts, job.rt
     if checkpoint is not None:
         job.state, job.best = parts.restore(checkpoint, job.run_dir)
+        # The run's clock goes on from the checkpoint: the bundle's train_seconds and the
+        # estimate count every process's time, not only this one's.
+        job.started -= job.state.wall_seconds
         if job.show:
             log.info("resuming %s after epoch %d of %d", job.run_dir, job.state.epoch, cfg.epochs)
     if rt.dist.is_main:
@@ -182,6 +185,7 @@ def _drive(job: Job, checkpoint: Checkpoint | None) -> Run | None:
             step=steps,
             history=[*job.state.history, record],
             train_seconds=train_seconds,
+            wall_seconds=time.perf_counter() - job.started,
         )
         job.state, improved = after_epoch(state, val["loss"] if val else math.nan, cfg)
         if improved:

@@ -48,6 +48,7 @@ class RunState:
     bad_epochs: int = 0  # epochs since val_loss last improved
     stopped_early: bool = False
     train_seconds: float = 0.0  # time inside training epochs only: the compute rate's divisor
+    wall_seconds: float = 0.0  # since the run began, across resumes, at this checkpoint
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
