@@ -2,6 +2,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -237,10 +238,12 @@ def test_resume_after_interruption_matches_uninterrupted(synthetic, uninterrupte
     # The bundle's time is the whole run's: the first process's up to its checkpoint too.
     later = sum(h["seconds"] for h in got_hist[state["epoch"] :])
     assert got_metrics["train_seconds"] > state["wall_seconds"] + later
-    assert (
-        Predictor.load(run / "model.safetensors").metadata["metrics"]["train_seconds"]
-        == (got_metrics["train_seconds"])
-    )
+    meta = Predictor.load(run / "model.safetensors").metadata
+    assert meta["metrics"]["train_seconds"] == got_metrics["train_seconds"]
+    # ...and its command is the one that makes the model again, not the resume.
+    began = shlex.join(["imageclf", "-q", "train", *_resume_args(synthetic), "--out", str(run)])
+    assert meta["provenance"]["command"] == began
+    assert meta["provenance"]["finished_by"] == f"imageclf -q train --resume {run}"
 
 
 def test_resume_of_missing_run_is_clear(tmp_path):

@@ -28,7 +28,7 @@ from ..prediction.inference import TTA_VIEWS, loss_and_accuracy, predict_logits,
 from .compute import ComputeReport, compute_report, training_flops_per_image
 from .job import Job
 from .multilabel import correct_count, label_decisions
-from .runs import Run, data_record, describe_kept, kept_epoch, plot_curves
+from .runs import Run, RunState, data_record, describe_kept, kept_epoch, plot_curves
 
 log = logging.getLogger("imageclf.train")  # the training logger: the tuner quiets it
 
@@ -208,12 +208,20 @@ def _bundle_metadata(job: Job, metrics: dict) -> dict:
         "data": data_record(data.dataset),
         "split": data.split.describe(),
         "metrics": metrics,
-        "provenance": {
-            "command": command_line(),
-            "machine": machine(),
-            "date": time.strftime("%Y-%m-%d"),
-        },
+        "provenance": _provenance(job.state),
     }
+
+
+def _provenance(state: RunState) -> dict:
+    this = command_line()
+    record = {
+        "command": state.command or this,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if state.command and this != state.command:
+        record["finished_by"] = this  # a resume: the machine and date are its own
+    return record
 
 
 def _preprocessing(cfg) -> dict:

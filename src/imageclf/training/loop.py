@@ -31,7 +31,7 @@ from . import finetune, tracking
 from .adapt import adapt_to_data
 from .config import TrainConfig
 from .eta import Eta
-from .finish import finish
+from .finish import command_line, finish
 from .job import EpochHook, Job
 from .multilabel import correct_count
 from .optim import schedule_multiplier, set_learning_rate
@@ -153,6 +153,8 @@ def _drive(job: Job, checkpoint: Checkpoint | None) -> Run | None:
         job.started -= job.state.wall_seconds
         if job.show:
             log.info("resuming %s after epoch %d of %d", job.run_dir, job.state.epoch, cfg.epochs)
+    else:  # what makes the model again is the command that began the run, not a resume
+        job.state = dataclasses.replace(job.state, command=command_line())
     if rt.dist.is_main:
         norm = {"mean": data.mean, "std": data.std}
         write_run_record(job.run_dir, cfg, data.dataset, data.split, norm, rt)

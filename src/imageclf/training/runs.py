@@ -49,6 +49,7 @@ class RunState:
     stopped_early: bool = False
     train_seconds: float = 0.0  # time inside training epochs only: the compute rate's divisor
     wall_seconds: float = 0.0  # since the run began, across resumes, at this checkpoint
+    command: str | None = None  # the imageclf command that began the run (not a resume)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
