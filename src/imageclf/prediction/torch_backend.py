@@ -17,7 +17,7 @@ from ..errors import BundleError, ModelOutputError
 from ..models.bundle import Bundle, build_model
 from .backends import checked_logits, probe_pictures
 from .gradcam import GradCAM, gradcam_batch
-from .inference import Normalizer, predict_logits
+from .inference import Normalizer, fold_batchnorm, predict_logits
 
 
 class TorchBackend:
@@ -30,7 +30,10 @@ class TorchBackend:
         self.bundle = bundle  # the weights too: ``imageclf export --format fp16`` halves them
         self.metadata = bundle.metadata
         self.device = resolve_device(device)
+        # The bundle's own architecture (Grad-CAM, inspection) and the same function with
+        # BatchNorm folded into the convolutions, which every prediction runs.
         self.model = build_model(bundle).to(self.device, memory_format=torch.channels_last)
+        self.inference_model = fold_batchnorm(self.model)
         self.amp_dtype = resolve_precision(self.device, precision)
         self.normalizer = Normalizer(self.metadata.mean, self.metadata.std)
         try:  # finite weights can still overflow: one pass on two blank pictures
@@ -42,7 +45,7 @@ class TorchBackend:
         """Uncalibrated logits (N, classes) for prepared uint8 NHWC pictures, checked
         (``backends.checked_logits``: one finite row per picture)."""
         logits = predict_logits(
-            self.model,
+            self.inference_model,
             torch.from_numpy(np.ascontiguousarray(batch_u8)),
             self.normalizer,
             tta=tta,

@@ -124,7 +124,9 @@ def measure_cost(predictor: Predictor, batch: int, file_bytes: int) -> MemoryCos
         before = _resident_bytes()
         predictor.calibrated_logits(probe_batch(predictor.input_size, batch))
         return MemoryCost(file_bytes, max(0, _resident_bytes() - before))
-    tensors = [*model.parameters(), *model.buffers()]
+    # Both of the backend's modules: the bundle's (Grad-CAM) and the folded one (predictions).
+    held = (model, predictor.engine.inference_model)
+    tensors = [t for m in held for t in (*m.parameters(), *m.buffers())]
     parameters = sum(t.numel() * t.element_size() for t in tensors)
     return MemoryCost(parameters, _largest_layer_bytes(predictor) * max(1, batch))
 
@@ -139,7 +141,7 @@ def _largest_layer_bytes(predictor: Predictor) -> int:
         tensors = [t for t in (*inputs, output) if isinstance(t, torch.Tensor)]
         largest = max(largest, sum(t.numel() * t.element_size() for t in tensors))
 
-    leaves = [m for m in predictor.model.modules() if not list(m.children())]
+    leaves = [m for m in predictor.engine.inference_model.modules() if not list(m.children())]
     handles = [m.register_forward_hook(record) for m in leaves]
     try:
         predictor.calibrated_logits(probe_batch(predictor.input_size, 1))
