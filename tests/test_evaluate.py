@@ -18,9 +18,10 @@ from imageclf.cli import main
 from imageclf.errors import UserInputError
 from imageclf.evaluation.evaluator import ensemble_log_probs, evaluate, load_predictors
 from imageclf.evaluation.interpretation import Interpretation
-from imageclf.evaluation.report import write_report
+from imageclf.evaluation.report import model_title, write_report
 from imageclf.evaluation.report_metrics import fmt, report_rows
 from imageclf.evaluation.views import parse_splits
+from imageclf.prediction.predictor import default_model_path
 from imageclf.training.loop import train
 from imageclf.training.resolve import resolve
 
@@ -279,6 +280,16 @@ def test_other_data_with_a_subset_of_classes(tmp_path, tiny_bundle):
     for name in ("top_losses.png", "top_losses_gradcam.png", "samples_gradcam.png"):
         assert (page.parent / name).is_file()
     assert "No history.json" in page.read_text()
+
+
+def test_the_bundled_model_is_named_by_its_file(tmp_path):
+    """Without a model argument the report says which file it scored (it said
+    "((bundled default model))")."""
+    data = write_image_folder(tmp_path / "ds", classes=["cat", "dog"], per_class=2)
+    result = evaluate(None, data, splits=["test"], tta=False, progress=False)
+    assert result.metrics["models"][0]["path"] == str(default_model_path())
+    title = model_title(result.metrics)
+    assert title == f"model: efficientnet-lite0-cifar10 ({default_model_path()})"
 
 
 def test_data_with_unknown_classes_is_refused(tmp_path, tiny_bundle, capsys):

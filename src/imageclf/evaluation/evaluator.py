@@ -27,7 +27,7 @@ from ..errors import UserInputError
 from ..models.metadata import BundleMetadata
 from ..models.naming import safe_component
 from ..prediction.inference import TTA_VIEWS, score_in_chunks
-from ..prediction.predictor import Predictor
+from ..prediction.predictor import Predictor, default_model_path
 from .interpretation import Interpretation
 from .multilabel import LabelEvalResult, evaluate_labels
 from .outside import measure_others
@@ -224,7 +224,7 @@ def evaluate(
     """
     started = time.perf_counter()
     predictors = load_predictors(models, device=device, precision=precision)
-    paths = [str(p) for p in (models or [])] or ["(bundled default model)"]
+    paths = [str(p) for p in (models or [])] or [str(default_model_path())]
     first = predictors[0]
     if data is None:
         source = first.metadata.data_source
