@@ -52,6 +52,8 @@ def test_bundled_model_metadata():
     assert meta["calibration"]["val_images"] == sizes["val"] > 0
     assert meta.temperature == p.temperature != 1.0
     assert 0 < meta.unsure_below < 1
+    # One calibration: the copy `info` prints from the metrics says what predictions use.
+    assert meta["metrics"]["calibration"] == meta["calibration"]
 
 
 def test_bundled_model_fits_the_package_limit():
