@@ -265,7 +265,8 @@ def test_fast_recipe_learns_mosaics_and_writes_a_multilabel_bundle(trained):
 def test_evaluate_a_multilabel_bundle(trained, table, tmp_path, capsys):
     out = tmp_path / "report"
     argv = ["-q", "evaluate", str(trained.bundle_path), "--data", str(table), "--out", str(out),
-            "--tta-sample", "7", "--gradcam-label", "green", "--splits", "val,test"]  # fmt: skip
+            "--tta-sample", "7", "--train-sample", "5", "--gradcam-label", "green",
+            "--splits", "train,val,test"]  # fmt: skip
     code, stdout, err = run(argv, capsys)
     assert code == 0, err
     assert "mAP" in stdout and "per label" in stdout
@@ -276,6 +277,14 @@ def test_evaluate_a_multilabel_bundle(trained, table, tmp_path, capsys):
     assert tta["images"] == 7 < test["images"]
     assert f"TTA on a seeded sample of 7 of the test split's {test['images']:,} images" in (
         " ".join(metrics["notes"])
+    )
+    # What was left out to save time is said, as for single-label models.
+    train = next(r for r in metrics["summary"] if r["split"] == "train")
+    assert train["images"] == 5
+    assert "train split: a seeded sample of 5 of its " in " ".join(metrics["notes"])
+    assert (
+        "TTA on the test split only (--tta-splits train,val,test adds train, val)"
+        in (metrics["notes"])
     )
     # evaluate scores the bundle the way training's end did: the same numbers.
     assert test["map"] == pytest.approx(trained.metrics["test"]["map"], abs=1e-4)

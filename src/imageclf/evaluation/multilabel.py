@@ -24,7 +24,7 @@ from ..data.dataset import class_mapping
 from ..errors import DataError
 from ..prediction.inference import TTA_VIEWS, score_in_chunks
 from .report_metrics import rnd
-from .views import tta_sample_notes
+from .views import skipped_notes, tta_sample_notes
 
 log = logging.getLogger("imageclf.evaluate")
 
@@ -192,6 +192,7 @@ def evaluate_labels(
     if not evaluated:
         raise DataError(f"none of the requested splits ({', '.join(views.splits)}) has images")
     with_tta = views.tta_on(evaluated)
+    notes += skipped_notes(views, evaluated, with_tta, len(split.train))
     passes = [(n, t) for n in evaluated for t in ((False, True) if n in with_tta else (False,))]
     chosen = {(n, t): views.scored(n, getattr(split, n), t) for n, t in passes}
     total = sum(len(idx) * (TTA_VIEWS if t else 1) for (_, t), idx in chosen.items())
