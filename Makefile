@@ -48,11 +48,14 @@ wheels: install
 	rm -rf $(WHEELS)
 	$(BIN)/pip wheel -q --wheel-dir $(WHEELS) torch==2.13.0 .
 
-# --format docker: the OCI format drops HEALTHCHECK (podman's default is OCI).
+# --format docker: the OCI format drops HEALTHCHECK (podman's default is OCI). Then the
+# untagged images an earlier build of this Containerfile left (its build stage, the image
+# the tag moved from: about 3 GB a rebuild) go; prune never touches a tagged image.
 image: wheels
 	$(if $(ENGINE),,$(error make image needs podman or docker (or ENGINE=...)))
 	$(ENGINE) build $(if $(findstring podman,$(ENGINE)),--format docker) \
 		--build-arg BASE=$(BASE) -t $(IMAGE) -f Containerfile .
+	$(ENGINE) image prune --force --filter label=io.imageclf.stage
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
