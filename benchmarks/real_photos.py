@@ -65,10 +65,16 @@ class Answer:
     confidence: float  # calibrated top-1 probability
     unsure: bool  # the page would say "not sure" instead of a confident headline
     seconds: float  # the whole served classification of this one photo
+    outside: bool = False  # the page would say "not one of its classes"
 
     @property
     def right(self) -> bool:
         return self.label == self.truth
+
+    @property
+    def doubted(self) -> bool:
+        """Either doubt: what issue 24 counts as "not sure" (no confident headline)."""
+        return self.unsure or self.outside
 
 
 def folders(root: Path) -> dict[str, list[Path]]:
@@ -109,7 +115,9 @@ def classify(
             (result,) = service.classify([upload], top_k=1)
             seconds = time.perf_counter() - start
             label, confidence = result.top[0]
-            answers.append(Answer(path, truth, label, confidence, result.unsure, seconds))
+            answers.append(
+                Answer(path, truth, label, confidence, result.unsure, seconds, result.outside)
+            )
     return answers
 
 
@@ -135,6 +143,7 @@ def _by_group(
             "photos": len(mine),
             **{name: figure(mine) for name, figure in figures.items()},
             "unsure": _fraction(a.unsure for a in mine),
+            "doubted": _fraction(a.doubted for a in mine),
             "predicted": dict(Counter(a.label for a in mine).most_common()),
         }
     return groups
@@ -154,8 +163,11 @@ def in_class_summary(answers: list[Answer]) -> dict:
         "confidence_wrong": _mean(a.confidence for a in wrong),
         "unsure_when_right": _fraction(a.unsure for a in right),
         "unsure_when_wrong": _fraction(a.unsure for a in wrong),
+        "outside_when_right": _fraction(a.outside for a in right),
+        "doubted_when_right": _fraction(a.doubted for a in right),
+        "doubted_when_wrong": _fraction(a.doubted for a in wrong),
         # the answers a user would take at face value and be misled by
-        "confidently_wrong": _fraction(not a.right and not a.unsure for a in answers),
+        "confidently_wrong": _fraction(not a.right and not a.doubted for a in answers),
         "per_class": per_class,
     }
 
@@ -165,6 +177,8 @@ def out_of_class_summary(answers: list[Answer]) -> dict:
     return {
         "photos": len(answers),
         "unsure": _fraction(a.unsure for a in answers),
+        "outside": _fraction(a.outside for a in answers),
+        "doubted": _fraction(a.doubted for a in answers),
         "confidence": _mean(a.confidence for a in answers),
         "per_group": per_group,
     }
@@ -253,9 +267,20 @@ def print_tables(results: list[dict]) -> None:
         ("'not sure' threshold", lambda r: _pct(r["unsure_below"])),
         ("'not sure' on right answers", lambda r: _pct(r["in_class"]["unsure_when_right"])),
         ("'not sure' on mistakes", lambda r: _pct(r["in_class"]["unsure_when_wrong"])),
+        (
+            "'not one of its classes' on right answers",
+            lambda r: _pct(r["in_class"].get("outside_when_right")),
+        ),
+        ("either doubt on right answers", lambda r: _pct(r["in_class"].get("doubted_when_right"))),
+        ("either doubt on mistakes", lambda r: _pct(r["in_class"].get("doubted_when_wrong"))),
         ("confidently wrong (of all photos)", lambda r: _pct(r["in_class"]["confidently_wrong"])),
         ("out-of-class photos", lambda r: str(r["out_of_class"]["photos"])),
         ("'not sure' on out-of-class", lambda r: _pct(r["out_of_class"]["unsure"])),
+        (
+            "'not one of its classes' on out-of-class",
+            lambda r: _pct(r["out_of_class"].get("outside")),
+        ),
+        ("either doubt on out-of-class", lambda r: _pct(r["out_of_class"].get("doubted"))),
         ("mean confidence, out-of-class", lambda r: _pct(r["out_of_class"]["confidence"])),
         (
             f"accuracy, photo squashed to {shrink} px first",
@@ -274,23 +299,23 @@ def print_tables(results: list[dict]) -> None:
         print(f"| {label} | " + " | ".join(cell(r) for r in results) + " |")
 
     classes = sorted({c for r in results for c in r["in_class"]["per_class"]})
-    print("\n| class | photos | " + " | ".join(f"{n} acc / not sure" for n in names) + " |")
+    print("\n| class | photos | " + " | ".join(f"{n} acc / either doubt" for n in names) + " |")
     print("|---|---:|" + "---:|" * len(results))
     for cls in classes:
         cells = []
         for r in results:
             c = r["in_class"]["per_class"].get(cls)
-            cells.append("-" if c is None else f"{_pct(c['accuracy'])} / {_pct(c['unsure'])}")
+            cells.append("-" if c is None else f"{_pct(c['accuracy'])} / {_pct(c['doubted'])}")
         photos = max(r["in_class"]["per_class"].get(cls, {}).get("photos", 0) for r in results)
         print(f"| {cls} | {photos} | " + " | ".join(cells) + " |")
 
     groups = sorted({g for r in results for g in r["out_of_class"]["per_group"]})
-    print("\n| out of class | photos | " + " | ".join(f"{n} not sure" for n in names) + " |")
+    print("\n| out of class | photos | " + " | ".join(f"{n} either doubt" for n in names) + " |")
     print("|---|---:|" + "---:|" * len(results))
     for what in groups:
         per = [r["out_of_class"]["per_group"][what] for r in results]
         print(
-            f"| {what} | {per[0]['photos']} | " + " | ".join(_pct(g["unsure"]) for g in per) + " |"
+            f"| {what} | {per[0]['photos']} | " + " | ".join(_pct(g["doubted"]) for g in per) + " |"
         )
 
 

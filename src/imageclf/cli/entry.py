@@ -18,6 +18,7 @@ from .data import data_command
 from .evaluate import evaluate_command
 from .export import export_command
 from .feedback import feedback_command
+from .gate import gate_command
 from .info import info_command
 from .logs import configure_logging
 from .lr_find import lr_find_command
@@ -48,7 +49,8 @@ def cli(ctx: click.Context, quiet: bool, log_format: str) -> None:
 
 for command in (
     data_command, train_command, tune_command, info_command, evaluate_command,
-    predict_command, export_command, serve_command, feedback_command, lr_find_command,
+    predict_command, export_command, gate_command, serve_command, feedback_command,
+    lr_find_command,
 ):  # fmt: skip
     cli.add_command(command)
 

@@ -31,10 +31,20 @@ def _bundle_line(path: Path):
     bundle = load_bundle(path)
     params = sum(t.numel() for k, t in bundle.state_dict.items() if "running" not in k)
     stored = sorted({str(t.dtype).removeprefix("torch.") for t in bundle.state_dict.values()})
-    return bundle.metadata, (
+    first = (
         f"model        {path} ({path.stat().st_size / 1e6:.1f} MB, {params:,} numbers, "
         f"stored as {'/'.join(stored)})"
     )
+    gate = bundle.metadata.get("gate")
+    if gate:  # prediction.gate: the ImageNet network's second opinion on photos
+        numbers = sum(t.numel() for k, t in bundle.gate.items() if not k.endswith(".scale"))
+        named = sum(len(v) for v in gate["groups"].values())
+        first += (
+            f"\ngate         {gate['architecture']} ImageNet network at {gate['side']} px "
+            f"({numbers:,} numbers, int8): {named} ImageNet classes are its classes; a photo "
+            f"with less than {_num(gate['outside_below'])} of ImageNet's mass on them is outside"
+        )
+    return bundle.metadata, first
 
 
 def _onnx_line(path: Path):

@@ -37,21 +37,30 @@ def _familiarity(predictor: Predictor, images: np.ndarray, step: Callable[[int],
     return np.concatenate(scores), np.concatenate(predicted)
 
 
-def read_others(predictor: Predictor, folder: str | os.PathLike) -> tuple[np.ndarray, int]:
+def read_others(
+    predictor: Predictor, folder: str | os.PathLike
+) -> tuple[np.ndarray, int, np.ndarray | None]:
     """The outside pictures of ``folder`` (recursively) as the model's input, decoded the
-    way every caller decodes them; and how many files could not be read."""
+    way every caller decodes them; how many files could not be read; and, for a bundle
+    with an ImageNet gate, each picture's "outside" as the app says it (``verdict``: the
+    gate for photos it sees, familiarity for the rest), else None."""
     files, missing = collect_images([Path(folder)])
     if missing:
         raise UserInputError(f"--others: {missing[0]} does not exist")
-    pictures, failed = [], 0
+    pictures, flags, failed = [], [], 0
     for path in files:
         try:
-            pictures.append(predictor.prepare(predictor.decode(path)))
+            decoded = predictor.decode(path)
         except UserInputError:
             failed += 1
+            continue
+        pictures.append(predictor.prepare(decoded))
+        if predictor.gate is not None:  # one at a time: the decoded photo is not kept
+            logits = predictor.calibrated_logits(pictures[-1][None])
+            flags.append(bool(predictor.verdict(logits, [decoded]).outside[0]))
     if not pictures:
         raise UserInputError(f"--others: no readable pictures in {folder}")
-    return np.stack(pictures), failed
+    return np.stack(pictures), failed, np.array(flags) if predictor.gate is not None else None
 
 
 def measure_others(
@@ -63,9 +72,15 @@ def measure_others(
 ) -> dict:
     """``metrics["out_of_class"]``: the first model's rule (an ensemble has no single
     threshold) on ``folder`` against the evaluated ``split``."""
-    others, failed = read_others(predictors[0], folder)
+    others, failed, gate_flags = read_others(predictors[0], folder)
     found = out_of_class(predictors[0], inside, labels, others)
     found.update(folder=printable(folder), split=split, unreadable=failed)
+    if gate_flags is not None:  # what the app says of these photos, gate included
+        found["outside_flagged"] = round(float(gate_flags.mean()), 4)
+        found["note"] = (
+            "outside pictures judged as the app judges them: by the ImageNet gate where it "
+            "sees a photo, else by familiarity; AUROC is familiarity's alone"
+        )
     if len(predictors) > 1:
         found["note"] = "measured for the first model of the ensemble"
     return found

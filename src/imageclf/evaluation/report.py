@@ -148,13 +148,14 @@ def outside_lines(found: dict | None) -> list[str]:
         return ["", head, f"  {found['note']}"]
     share = found["right_flagged"]
     right = "" if share is None else f" ({share:.1%} of its right answers)"
-    return [
+    lines = [
         "",
         head,
         f"  at the model's threshold: {found['outside_flagged']:.1%} of them said to be none "
         f"of its classes; {found['inside_flagged']:.1%} of the {found['split']} pictures "
         "too" + right,
     ]
+    return lines + ([f"  {found['note']}"] if found.get("note") else [])
 
 
 # ---------------------------------------------------------------- tables

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,6 +37,7 @@ from .metadata import (
 from .registry import build, names
 
 FORMAT = "imageclf-bundle/1"
+GATE_PREFIX = "gate."  # the ImageNet gate's tensors (``prediction.gate``)
 # Re-exported: the file format's readers and writers import these from here.
 __all__ = [
     "FORMAT",
@@ -55,6 +56,9 @@ __all__ = [
 class Bundle:
     state_dict: dict[str, torch.Tensor]
     metadata: BundleMetadata
+    # The ImageNet gate's tensors (``prediction.gate``), without their prefix; empty
+    # unless the metadata has a ``gate``.
+    gate: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def versions() -> dict[str, str]:
@@ -79,11 +83,20 @@ def _digest(metadata_json: str, tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_bundle(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict):
+def save_bundle(
+    path: str | os.PathLike,
+    state_dict: dict[str, torch.Tensor],
+    metadata: dict,
+    gate: dict[str, torch.Tensor] | None = None,
+):
     """Write atomically; ``metadata`` must hold at least ``REQUIRED_KEYS`` and pass the
-    schema (a ``ValueError`` otherwise: writing a bundle nobody can load is a bug)."""
+    schema (a ``ValueError`` otherwise: writing a bundle nobody can load is a bug).
+    ``gate``: the ImageNet gate's tensors (``Bundle.gate``), when the metadata has one."""
     metadata = finite_or_null(metadata)
     BundleMetadata.check(json.loads(json.dumps(metadata)))
+    if bool(gate) != (metadata.get("gate") is not None):
+        raise ValueError("a gate needs both its metadata and its tensors")
+    state_dict = {**state_dict, **{GATE_PREFIX + k: v for k, v in (gate or {}).items()}}
     meta = {
         "format": FORMAT,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -125,7 +138,11 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         metadata = BundleMetadata.check(raw)
     except ValueError as exc:
         raise BundleError(f"{path} has bad metadata: {exc}") from None
-    bundle = Bundle(tensors, metadata)
+    gate = {k[len(GATE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(GATE_PREFIX)}
+    if bool(gate) != (metadata.get("gate") is not None):
+        raise BundleError(f"{path} has bad metadata: a gate needs both its metadata and tensors")
+    model = {k: v for k, v in tensors.items() if not k.startswith(GATE_PREFIX)}
+    bundle = Bundle(model, metadata, gate)
     _check_shapes(bundle, path)
     _check_finite(bundle, path)
     return bundle
@@ -142,7 +159,8 @@ def missing_model_message(path: Path) -> str:
 
 def _check_finite(bundle: Bundle, path: Path) -> None:
     """NaN or infinite weights make NaN predictions, which JSON cannot carry: refused."""
-    for key, tensor in bundle.state_dict.items():
+    gate = {GATE_PREFIX + k: v for k, v in bundle.gate.items()}
+    for key, tensor in {**bundle.state_dict, **gate}.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise BundleError(f"{path}: weight {key} holds NaN or infinity; the model is broken")
 

@@ -119,9 +119,11 @@ def _quiet():
 
 def onnx_metadata(metadata: BundleMetadata) -> dict[str, str]:
     """Metadata props: the bundle's own JSON plus a few keys readable without parsing it."""
+    # The ImageNet gate (``gate.py``) stays behind: the ONNX file is the model alone.
+    alone = {k: v for k, v in metadata.items() if k != "gate"}
     props = {
         FORMAT_KEY: ONNX_FORMAT,
-        METADATA_KEY: json.dumps(metadata, sort_keys=True),
+        METADATA_KEY: json.dumps(alone, sort_keys=True),
         "classes": json.dumps(list(metadata["classes"])),
         "input_size": str(int(metadata["input_size"])),
         "input": f"{INPUT_NAME}: uint8 RGB, N x H x W x 3, resized to the input size",
@@ -322,7 +324,7 @@ def export_half(
         )
 
     def write(path: Path):
-        save_bundle(path, half, dict(bundle.metadata))
+        save_bundle(path, half, dict(bundle.metadata), bundle.gate)  # the gate is int8 already
         return partial(raw_logits, TorchBackend(load_bundle(path)))
 
     return _write_verified(

@@ -137,6 +137,7 @@ def predict_files(
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
             decoded: list[tuple[Path, np.ndarray, Image.Image | None]] = []
+            pictures: list[Image.Image] = []  # as decoded (working size), for a gate
             for path in chunk:
                 try:
                     picture = predictor.decode(path)
@@ -146,16 +147,17 @@ def predict_files(
                 # The picture is kept (small) only to draw the explanation on.
                 small = picture.resize((EXPLAIN_SIZE, EXPLAIN_SIZE)) if out else None
                 decoded.append((path, predictor.prepare(picture), small))
+                pictures.append(picture)
             bar.update(len(chunk))
             if not decoded:
                 continue
             batch = np.stack([d[1] for d in decoded])
-            logits = predictor.calibrated_logits(batch, tta=tta)
-            probs = predictor.probabilities(logits)
+            verdict = predictor.verdict(predictor.calibrated_logits(batch, tta=tta), pictures)
+            probs = verdict.probs
             explained = [None] * len(decoded)
             if out is not None:
                 explained = _write_explanations(predictor, batch, probs, decoded, out, used)
-            doubts = zip(predictor.unsure(probs), predictor.outside(logits), strict=True)
+            doubts = zip(verdict.unsure, verdict.outside, strict=True)
             for (path, _, _), row, where, (unsure, outside) in zip(
                 decoded, probs, explained, doubts, strict=True
             ):

@@ -6,7 +6,9 @@ pass: the torch model of a ``.safetensors`` bundle (``TorchBackend``) or an expo
 ``.onnx`` graph on onnxruntime (``OnnxBackend``). Everything around the forward pass is
 written here once: pictures in (``imaging``'s one decode and one array rule), the
 calibration temperature, top-k, and Grad-CAM where the backend has gradients. Callers
-never reach into the model: these methods are the contract.
+never reach into the model: these methods are the contract. A bundle's ImageNet gate
+(``gate.py``) judges decoded photos in ``verdict``; methods that take prepared arrays
+(``predict_proba``, ``calibrated_logits``...) are the model's own.
 
 A multi-label bundle (``"task": "multi_label"``) goes through the same methods: its
 probabilities are per-label calibrated sigmoids, ``predict`` gives each picture's labels
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import cast
@@ -42,6 +44,7 @@ from ..models.bundle import load_bundle
 from ..models.metadata import BundleMetadata
 from . import labels as multilabel
 from .backends import Backend, ExplainingBackend
+from .gate import Gate
 from .gradcam import DEFAULT_SIZE, Explanation, GradCAM, overlay
 from .onnx_backend import OnnxBackend
 from .torch_backend import TorchBackend
@@ -184,6 +187,25 @@ class Predictor:
             return np.zeros(len(calibrated_logits), dtype=bool)
         return familiarity(calibrated_logits) < self.familiar_above
 
+    @property
+    def gate(self) -> Gate | None:
+        """The bundle's ImageNet gate (``gate.py``), None without one or on onnxruntime."""
+        return getattr(self.engine, "gate", None)
+
+    def verdict(
+        self, calibrated_logits: np.ndarray, pictures: Sequence[Image.Image] | None = None
+    ) -> Verdict:
+        """Probabilities, "not sure" and "not one of its classes" for one batch: the rule
+        the page, the API and both predicts share. With a gate and the decoded
+        ``pictures``, each photo it ``sees`` gets its votes multiplied in and "outside"
+        from its mass; thumbnails keep the model's own familiarity rule."""
+        probs = self.probabilities(calibrated_logits)
+        outside = self.outside(calibrated_logits)
+        mass = np.full(len(probs), np.nan)
+        if self.gate is not None and pictures is not None and not self.multi_label:
+            mass = self.gate.judge(pictures, probs, outside)
+        return Verdict(probs, self.unsure(probs), outside, mass)
+
     def calibrated_logits(self, batch_u8: np.ndarray, *, tta: bool = False) -> np.ndarray:
         """(N, classes) float32 ``logits / temperature`` (multi-label: ``scale * logit +
         bias`` per label), for callers that need both the probabilities (``probabilities``)
@@ -256,7 +278,9 @@ class Predictor:
         if top_k < 1:
             raise UserInputError("top_k must be at least 1")
         limits = self.label_thresholds(threshold)
-        probs = self.predict_proba(self.preprocess(images), tta=tta)
+        pictures = [self.decode(item) for item in _as_list(images)]
+        batch = np.stack([self.prepare(p) for p in pictures])
+        probs = self.verdict(self.calibrated_logits(batch, tta=tta), pictures).probs
         on = multilabel.labels_on(probs, limits) if self.multi_label else probs[:, :0]
         return [
             multilabel.LabelPrediction(
@@ -353,6 +377,16 @@ class Predictor:
             probability=float(cam.probabilities[0, index]),
             layer=cam.layer,
         )
+
+
+@dataclass
+class Verdict:
+    """One batch's answers (``Predictor.verdict``): (N, C) probabilities and two flags."""
+
+    probs: np.ndarray
+    unsure: np.ndarray  # top-1 under the bundle's validated threshold: "which class?"
+    outside: np.ndarray  # "not one of its classes": familiarity, or the gate's mass
+    mass: np.ndarray  # the gate's probability on the model's classes; NaN: not judged
 
 
 def _as_list(images) -> list:

@@ -16,6 +16,7 @@ from ..device import resolve_device, resolve_precision
 from ..errors import BundleError, ModelOutputError
 from ..models.bundle import Bundle, build_model
 from .backends import checked_logits, probe_pictures
+from .gate import Gate, GateSpec
 from .gradcam import GradCAM, gradcam_batch
 from .inference import Normalizer, fold_batchnorm, predict_logits
 
@@ -35,6 +36,11 @@ class TorchBackend:
         self.model = build_model(bundle).to(self.device, memory_format=torch.channels_last)
         self.inference_model = fold_batchnorm(self.model)
         self.amp_dtype = resolve_precision(self.device, precision)
+        # The ImageNet gate's second opinion on photos, when the bundle carries one (fp32).
+        self.gate = None
+        if bundle.gate:
+            spec = GateSpec.from_metadata(bundle.metadata["gate"])
+            self.gate = Gate(spec, bundle.gate, self.metadata.classes)
         self.normalizer = Normalizer(self.metadata.mean, self.metadata.std)
         try:  # finite weights can still overflow: one pass on two blank pictures
             self.logits(probe_pictures(self.metadata.input_size))

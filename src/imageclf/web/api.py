@@ -47,6 +47,7 @@ def _model_brief(info: dict) -> dict:
         "familiar_above": info["familiar_above"],
         "familiar_flagged": info["familiar_flagged"],
         "class_count": info["class_count"],
+        "gate": info["gate"],
         "task": info["task"],
         "served_as": info["served_as"],
         "version": info["version"],

@@ -124,8 +124,10 @@ def measure_cost(predictor: Predictor, batch: int, file_bytes: int) -> MemoryCos
         before = _resident_bytes()
         predictor.calibrated_logits(probe_batch(predictor.input_size, batch))
         return MemoryCost(file_bytes, max(0, _resident_bytes() - before))
-    # Both of the backend's modules: the bundle's (Grad-CAM) and the folded one (predictions).
-    held = (model, predictor.engine.inference_model)
+    # Both of the backend's modules: the bundle's (Grad-CAM) and the folded one
+    # (predictions); and the ImageNet gate's network where the bundle has one.
+    gate = predictor.gate
+    held = (model, predictor.engine.inference_model, *((gate.net,) if gate else ()))
     tensors = [t for m in held for t in (*m.parameters(), *m.buffers())]
     parameters = sum(t.numel() * t.element_size() for t in tensors)
     return MemoryCost(parameters, _largest_layer_bytes(predictor) * max(1, batch))

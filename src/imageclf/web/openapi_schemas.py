@@ -73,6 +73,22 @@ def _confidence_properties() -> dict:
             "description": "The share of validation pictures the familiarity rule flags.",
         },
         "class_count": {"type": "integer", "description": "How many classes it knows."},
+        "gate": {
+            "type": "object",
+            "nullable": True,
+            "description": "The ImageNet gate (imageclf gate), null without one: the "
+            "1,000-class network the model was fine-tuned from judges every photo of at "
+            "least min_side px: its votes are multiplied into the probabilities, and a photo "
+            "with less than outside_below of its probability on the model's classes is "
+            "outside.",
+            "properties": {
+                "network": {"type": "string"},
+                "side": {"type": "integer"},
+                "min_side": {"type": "integer"},
+                "outside_below": _probability(),
+                "imagenet_classes": {"type": "integer"},
+            },
+        },
     }
 
 
@@ -229,10 +245,11 @@ def _predict_response() -> dict:
             },
             "outside": {
                 "type": "boolean",
-                "description": "One of its classes? No class responds to the picture as "
-                "strongly as to nearly all of its validation pictures (familiar_above): "
-                "probably something it has no class for. Never true for models that "
-                "predate the rule.",
+                "description": "One of its classes? For a photo and a model with an "
+                "ImageNet gate: the gate puts under outside_below of its probability on the "
+                "model's classes. Otherwise: no class responds to the picture as strongly "
+                "as to nearly all of its validation pictures (familiar_above): probably "
+                "something it has no class for. Never true for models that predate the rule.",
             },
             "top": {
                 "type": "array",

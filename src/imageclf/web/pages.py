@@ -177,6 +177,7 @@ def predict() -> Response:
         top=result.top,
         unsure=result.unsure,
         outside=result.outside,
+        gate_mass=result.gate_mass,  # why "outside": the ImageNet gate, or familiarity
         labels=result.labels,  # a multi-label model's: the page lists them instead
         model_view_url=png_data_url(Image.fromarray(result.model_view)),
     )

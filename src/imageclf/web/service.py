@@ -69,6 +69,7 @@ class Prediction:
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0))
     unsure: bool = False  # which class? top-1 under the bundle's validated threshold
     outside: bool = False  # one of its classes? familiarity under the bundle's threshold
+    gate_mass: float | None = None  # the ImageNet gate's share on its classes, if it judged
     model_view: np.ndarray | None = None  # (S, S, 3) uint8: the picture as the model saw it
     # A multi-label model's labels at or above their thresholds: (label, probability,
     # threshold), most likely first, perhaps none; None for a single-label model.
@@ -262,6 +263,7 @@ class ModelService:
             # The share of validation pictures the familiarity rule flags (calibration.py).
             "familiar_flagged": FAMILIAR_VAL_FLAGGED,
             "class_count": len(p.classes),
+            "gate": p.gate.brief() if p.gate else None,
             # single_label, or multi_label: any number of labels, each with its threshold.
             "task": "multi_label" if p.multi_label else "single_label",
             "label_thresholds": p.label_thresholds().tolist() if p.multi_label else None,
@@ -343,10 +345,12 @@ class ModelService:
         # Decoded once: upright, no orientation left, so nothing is turned twice.
         batch = np.stack([predictor.prepare(d.picture) for d in decoded])
         logits = self.runner.logits(predictor, batch)
-        probs = predictor.probabilities(logits)  # a multi-label model's: per-label sigmoids
+        # A multi-label model's probabilities are per-label sigmoids; a gate (if the bundle
+        # has one) runs on the model thread too, on the decoded photos.
+        pictures = [d.picture for d in decoded]
+        verdict = self.runner.call(predictor.verdict, logits, pictures)
+        probs = verdict.probs
         best = probs.argmax(axis=1)
-        unsure = predictor.unsure(probs)
-        outside = predictor.outside(logits)
         overlays: list[Image.Image | None] = [None] * len(decoded)
         if explain and predictor.explainable:  # one Grad-CAM pass, drawn on each picture
             heatmaps = self.runner.call(predictor.gradcam, batch, best).heatmaps
@@ -355,20 +359,19 @@ class ModelService:
             Prediction(
                 filename=upload.filename,
                 image=item.picture,
-                top=predictor.top(row, top_k),
+                top=predictor.top(probs[i], top_k),
                 size=item.size,
-                class_index=int(index),
-                probabilities=row,
-                explanation=drawn,
-                unsure=bool(doubt),
-                outside=bool(elsewhere),
-                model_view=view,
+                class_index=int(best[i]),
+                probabilities=probs[i],
+                explanation=overlays[i],
+                unsure=bool(verdict.unsure[i]),
+                outside=bool(verdict.outside[i]),
+                gate_mass=None if np.isnan(verdict.mass[i]) else float(verdict.mass[i]),
+                model_view=batch[i],
                 model=loaded.name,
                 version=loaded.version,
             )
-            for upload, item, row, index, drawn, doubt, elsewhere, view in zip(
-                uploads, decoded, probs, best, overlays, unsure, outside, batch, strict=True
-            )
+            for i, (upload, item) in enumerate(zip(uploads, decoded, strict=True))
         ]
         if predictor.multi_label:  # every label at or above its threshold (labels.py)
             answers = predictor.label_answers(probs, threshold)

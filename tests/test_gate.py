@@ -1,0 +1,268 @@
+"""The ImageNet gate (``prediction.gate``): stored int8 in the bundle, judging only photos.
+
+The gate's network here has random weights except its head, which is set so that all of
+ImageNet's probability falls on one class we choose: then whether a photo is "outside",
+and which class the product of experts picks, are known in advance.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_tiny_bundle, one_line_error, post, require_pretrained_extra, run_cli
+from PIL import Image
+
+from imageclf.errors import BundleError
+from imageclf.models.bundle import load_bundle, save_bundle
+from imageclf.models.metadata import BundleMetadata
+from imageclf.prediction.gate import (
+    GateSpec,
+    _network,
+    combine,
+    dequantize,
+    quantize,
+)
+from imageclf.prediction.predictor import Predictor
+
+CLASSES = ["cat", "dog", "frog"]
+SURE = 7  # the ImageNet class the rigged head puts (nearly) all its probability on
+
+
+def rigged_gate(groups: dict[str, list[int]], below: float = 0.25):
+    """Gate metadata and tensors whose network always answers ImageNet class ``SURE``."""
+    torch.manual_seed(0)
+    net = _network()
+    with torch.no_grad():
+        net.classifier.weight.zero_()
+        net.classifier.bias.zero_()
+        net.classifier.bias[SURE] = 30.0
+    return GateSpec(160, below, groups).to_metadata(), quantize(net.state_dict())
+
+
+def gated_bundle(path, groups, **tiny):
+    plain = load_bundle(make_tiny_bundle(path, classes=CLASSES, **tiny))
+    meta, tensors = rigged_gate(groups)
+    save_bundle(path, plain.state_dict, {**plain.metadata, "gate": meta}, tensors)
+    return path
+
+
+def photo(side: int = 300, color=(120, 140, 90)) -> Image.Image:
+    rng = np.random.default_rng(side)
+    pixels = np.clip(rng.normal(color, 30, (side, side, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def jpeg(picture: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_int8_weights_round_trip_within_half_a_step():
+    torch.manual_seed(0)
+    state = {"conv.weight": torch.randn(8, 3, 3, 3), "conv.bias": torch.randn(8)}
+    state["conv.weight"][2] = 0  # an all-zero channel must not divide by zero
+    stored = quantize(state)
+    assert stored["conv.weight"].dtype == torch.int8
+    assert torch.equal(stored["conv.bias"], state["conv.bias"])
+    back = dequantize(stored)
+    step = stored["conv.weight.scale"].reshape(-1, 1, 1, 1)
+    assert bool(((back["conv.weight"] - state["conv.weight"]).abs() <= step / 2 + 1e-7).all())
+    assert torch.equal(back["conv.weight"][2], torch.zeros(3, 3, 3))
+    del stored["conv.weight.scale"]
+    with pytest.raises(BundleError, match="no matching per-channel scale"):
+        dequantize(stored)
+
+
+def test_the_product_of_experts_keeps_the_models_say_where_imagenet_has_none():
+    probs = np.array([[0.7, 0.2, 0.1]], np.float32)
+    out = combine(probs, np.array([[0.0, 0.9, 0.0]]))
+    assert out.argmax() == 1 and out.sum() == pytest.approx(1)
+    # no vote at all: the floor leaves the model's own ranking
+    assert combine(probs, np.zeros((1, 3))).argmax() == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"architecture": "resnet"}, "gate.architecture"),
+        ({"side": 224}, "gate.side"),
+        ({"outside_below": 1.5}, "outside_below"),
+        ({"groups": {"yak": [1]}}, "not a class"),
+        ({"groups": {"cat": [1000]}}, "indices 0-999"),
+        ({"groups": {"cat": [1, 2], "dog": [2]}}, "repeats an index"),
+        ({"groups": {}}, "gate.groups"),
+    ],
+)
+def test_gate_metadata_is_checked(change, message):
+    meta = {
+        "architecture": "seed-a",
+        "arch_kwargs": {},
+        "classes": CLASSES,
+        "input_size": 32,
+        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3},
+        "gate": {**GateSpec(160, 0.25, {"cat": [1]}).to_metadata(), **change},
+    }
+    with pytest.raises(ValueError, match=message):
+        BundleMetadata.check(meta)
+
+
+def test_a_bundle_carries_its_gate_and_refuses_half_of_one(tmp_path):
+    path = gated_bundle(tmp_path / "g.safetensors", {"cat": [SURE]})
+    bundle = load_bundle(path)
+    assert bundle.metadata["gate"]["groups"] == {"cat": [SURE]}
+    assert not any(k.startswith("gate.") for k in bundle.state_dict)
+    assert bundle.gate["classifier.weight"].dtype == torch.int8
+    with pytest.raises(ValueError, match="both its metadata and its tensors"):
+        save_bundle(tmp_path / "x.safetensors", bundle.state_dict, dict(bundle.metadata))
+    no_meta = {k: v for k, v in bundle.metadata.items() if k != "gate"}
+    with pytest.raises(ValueError, match="both its metadata and its tensors"):
+        save_bundle(tmp_path / "x.safetensors", bundle.state_dict, no_meta, bundle.gate)
+
+
+def test_photos_get_the_gates_say_and_thumbnails_do_not(tmp_path):
+    calibration = {"temperature": 1.0, "threshold": 0.5}
+    tiny = {"calibration": calibration}
+    mapped = Predictor.load(gated_bundle(tmp_path / "a.safetensors", {"dog": [SURE]}, **tiny))
+    other = gated_bundle(tmp_path / "b.safetensors", {"dog": [SURE + 1]}, **tiny)
+    elsewhere = Predictor.load(other)
+    plain = Predictor.load(make_tiny_bundle(tmp_path / "c.safetensors", classes=CLASSES, **tiny))
+    big, thumb = photo(300), photo(32)
+
+    # ImageNet is sure it is one of the classes, and which: the product picks dog, sure of it
+    [row] = mapped.predict(big, top_k=1)
+    assert row[0][0] == "dog" and row[0][1] > 0.99
+    logits = mapped.calibrated_logits(mapped.preprocess([big]))
+    verdict = mapped.verdict(logits, [big])
+    assert not verdict.outside[0] and not verdict.unsure[0]
+    # ImageNet is sure it is none of them: "not one of its classes"
+    assert elsewhere.verdict(logits, [big]).outside[0]
+    # a thumbnail is the model's alone: the same answer as the bundle without a gate
+    small = mapped.preprocess([thumb])
+    assert not mapped.verdict(mapped.calibrated_logits(small), [thumb]).outside[0]
+    np.testing.assert_allclose(
+        mapped.predict_proba(small), plain.predict_proba(plain.preprocess([thumb])), atol=1e-6
+    )
+    assert mapped.predict(thumb, top_k=3) == plain.predict(thumb, top_k=3)
+
+
+def test_the_api_and_predict_say_outside_from_the_gate(tmp_path, capsys):
+    from imageclf.web import create_app
+
+    path = gated_bundle(tmp_path / "g.safetensors", {"dog": [SURE + 1]})
+    app = create_app(path, TESTING=True, IMAGECLF_MODEL_LOADING="eager")
+    answer = post(app.test_client(), jpeg(photo(300)), "photo.jpg").get_json()
+    assert answer["predictions"][0]["outside"] is True
+    thumb = post(app.test_client(), jpeg(photo(32)), "thumb.jpg").get_json()
+    assert thumb["predictions"][0]["outside"] is False
+    gate = app.test_client().get("/api/v1/model").get_json()["gate"]
+    assert gate == {"network": "efficientnet-lite0", "side": 160, "min_side": 80,
+                    "outside_below": 0.25, "imagenet_classes": 1}  # fmt: skip
+    assert answer["model"]["gate"] == gate
+    # the page says why: the gate's share on its classes, not familiarity
+    page = app.test_client().post(
+        "/predict", data={"file": (io.BytesIO(jpeg(photo(300))), "p.jpg")}
+    )
+    text = " ".join(page.get_data(as_text=True).split())
+    assert 'id="outside"' in text and "puts only less than 1% of its belief on these classes" in text
+
+    (tmp_path / "photo.jpg").write_bytes(jpeg(photo(300)))
+    code, out, err = run_cli(["predict", str(path), str(tmp_path / "photo.jpg"), "--format",
+                              "json"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)[0]["outside"] is True
+
+
+def test_fp16_export_keeps_the_gate_and_onnx_metadata_leaves_it(tmp_path):
+    from imageclf.prediction.export import export_half, onnx_metadata
+
+    path = gated_bundle(tmp_path / "g.safetensors", {"dog": [SURE]})
+    export_half(path, tmp_path / "half.safetensors")
+    half = load_bundle(tmp_path / "half.safetensors")
+    original = load_bundle(path)
+    assert half.metadata["gate"] == original.metadata["gate"]
+    assert all(torch.equal(half.gate[k], v) for k, v in original.gate.items())
+    props = onnx_metadata(original.metadata)
+    assert "gate" not in json.loads(props["imageclf"])
+
+
+def test_info_names_the_gate(tmp_path, capsys):
+    path = gated_bundle(tmp_path / "g.safetensors", {"dog": [SURE], "cat": [1, 2]})
+    code, out, err = run_cli(["info", str(path)], capsys)
+    assert code == 0, err
+    assert "gate         efficientnet-lite0 ImageNet network at 160 px" in out
+    assert "3 ImageNet classes are its classes" in out
+
+
+def test_gate_command_adds_imagenets_network(tmp_path, capsys):
+    require_pretrained_extra()
+    from imageclf.data.cifar import CIFAR10_CLASSES
+
+    model = make_tiny_bundle(tmp_path / "m.safetensors", classes=list(CIFAR10_CLASSES))
+    out = tmp_path / "gated.safetensors"
+    code, printed, err = run_cli(["gate", str(model), "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "226 ImageNet classes stand for 10 of its 10 classes" in printed
+    bundle = load_bundle(out)
+    assert bundle.metadata["gate"]["outside_below"] == 0.25
+    assert bundle.metadata["gate"]["groups"]["frog"] == [30, 31, 32]
+    original = load_bundle(model).state_dict
+    assert all(torch.equal(bundle.state_dict[k], v) for k, v in original.items())
+    # the real ImageNet network: a plain grey photo is no CIFAR class
+    predictor = Predictor.load(out)
+    grey = Image.new("RGB", (300, 300), (128, 128, 128))
+    logits = predictor.calibrated_logits(predictor.preprocess([grey]))
+    assert predictor.verdict(logits, [grey]).outside[0]
+
+
+def test_gate_command_errors_are_one_line(tmp_path, capsys):
+    require_pretrained_extra()
+    model = make_tiny_bundle(tmp_path / "m.safetensors", classes=CLASSES)
+    out = str(tmp_path / "o.safetensors")
+    code, _, err = run_cli(["gate", str(model), "--out", out], capsys)
+    one_line_error(code, err, "not CIFAR-10's", "--map")
+    bad = tmp_path / "map.json"
+    bad.write_text(json.dumps({"classes": {"yak": {"indices": [3]}}}))
+    code, _, err = run_cli(["gate", str(model), "--out", out, "--map", str(bad)], capsys)
+    one_line_error(code, err, "yak", "not a class")
+    bad.write_text("{not json")
+    code, _, err = run_cli(["gate", str(model), "--out", out, "--map", str(bad)], capsys)
+    one_line_error(code, err, "--map")
+    bad.write_text(json.dumps({"cat": [1]}))
+    code, _, err = run_cli(["gate", str(model), "--out", out, "--map", str(bad)], capsys)
+    one_line_error(code, err, "expected")
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_evaluate_others_says_what_the_app_says_of_photos(tmp_path):
+    from imageclf.evaluation.outside import measure_others
+
+    calibration = {"temperature": 1.0, "threshold": 0.0, "familiar_above": -1e9}
+    path = gated_bundle(tmp_path / "g.safetensors", {"dog": [SURE + 1]}, calibration=calibration)
+    predictor = Predictor.load(path)
+    folder = tmp_path / "others"
+    folder.mkdir()
+    for index, side in enumerate((300, 200, 40)):  # two photos and a thumbnail
+        photo(side).save(folder / f"{index}.png")
+    inside = np.zeros((4, 32, 32, 3), np.uint8)
+    found = measure_others([predictor], inside, np.zeros(4, int), folder, "test")
+    # familiarity flags nothing (threshold -1e9); the gate flags both photos it sees
+    assert found["outside_flagged"] == round(2 / 3, 4) and found["inside_flagged"] == 0
+    assert "ImageNet gate" in found["note"]
+
+
+def test_gate_remove_gives_back_the_model_alone(tmp_path, capsys):
+    path = gated_bundle(tmp_path / "g.safetensors", {"dog": [SURE]})
+    out = tmp_path / "alone.safetensors"
+    code, printed, err = run_cli(["gate", str(path), "--out", str(out), "--remove"], capsys)
+    assert code == 0, err
+    assert "the model alone" in printed
+    alone, gated = load_bundle(out), load_bundle(path)
+    assert not alone.gate and "gate" not in alone.metadata
+    assert all(torch.equal(alone.state_dict[k], v) for k, v in gated.state_dict.items())
+    code, _, err = run_cli(["gate", str(out), "--out", str(out), "--remove"], capsys)
+    one_line_error(code, err, "has no gate to remove")
