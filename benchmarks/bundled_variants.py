@@ -38,12 +38,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import loadavg, write_result
-from real_photos import folders
+from real_photos import dev_set_arguments, folders
 
 from imageclf.calibration import ece
 from imageclf.data import load_dataset
 from imageclf.data.dataset import TEST
-from imageclf.prediction.predictor import Predictor, default_model_path
+from imageclf.prediction.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
 CHUNK = 250
@@ -114,10 +114,7 @@ def row(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="the CIFAR-10 archive or folder")
-    parser.add_argument("--photos", type=Path, required=True, help="DIR/<class>/*.jpg")
-    parser.add_argument("--others", type=Path, required=True, help="DIR/<what>/*.jpg")
-    parser.add_argument("--model", default=str(default_model_path()))
+    dev_set_arguments(parser, "the CIFAR-10 archive or folder")
     parser.add_argument("--sides", default="", help="other input sides to try, e.g. 112,160")
     parser.add_argument("--partner", help="a second bundle to average with")
     parser.add_argument("--weights", default="0.5,0.6,0.7", help="the main model's weights")

@@ -42,14 +42,14 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import loadavg, write_result
-from real_photos import folders
+from real_photos import dev_set_arguments, folders
 
 from imageclf.data import load_dataset
 from imageclf.data.dataset import TRAIN
 from imageclf.imaging import open_image, picture_from_array, resize_for_model
 from imageclf.models.efficientnet import imagenet_classes, pretrained
 from imageclf.prediction.gate import combine
-from imageclf.prediction.predictor import Predictor, default_model_path
+from imageclf.prediction.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS = (0.1, 0.25, 0.5)
@@ -106,10 +106,7 @@ def single_image_ms(net: torch.nn.Module, side: int, repeats: int = 30) -> float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="the training data (CIFAR-10 archive)")
-    parser.add_argument("--photos", type=Path, required=True, help="DIR/<class>/*.jpg")
-    parser.add_argument("--others", type=Path, required=True, help="DIR/<what>/*.jpg")
-    parser.add_argument("--model", default=str(default_model_path()))
+    dev_set_arguments(parser, "the training data (CIFAR-10 archive)")
     parser.add_argument("--sides", default="128,160,224", help="the gate's input sides")
     parser.add_argument(
         "--map",

@@ -77,6 +77,14 @@ class Answer:
         return self.unsure or self.outside
 
 
+def dev_set_arguments(parser: argparse.ArgumentParser, data_help: str) -> None:
+    """The options of the benchmarks that score one model on the mirror and the photos."""
+    parser.add_argument("--data", required=True, help=data_help)
+    parser.add_argument("--photos", type=Path, required=True, help="DIR/<class>/*.jpg")
+    parser.add_argument("--others", type=Path, required=True, help="DIR/<what>/*.jpg")
+    parser.add_argument("--model", default=str(default_model_path()))
+
+
 def folders(root: Path) -> dict[str, list[Path]]:
     """``root/<name>/`` -> its image files (sorted, hidden files skipped)."""
     if not root.is_dir():
