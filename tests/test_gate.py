@@ -168,7 +168,8 @@ def test_the_api_and_predict_say_outside_from_the_gate(tmp_path, capsys):
         "/predict", data={"file": (io.BytesIO(jpeg(photo(300))), "p.jpg")}
     )
     text = " ".join(page.get_data(as_text=True).split())
-    assert 'id="outside"' in text and "puts only less than 1% of its belief on these classes" in text
+    assert 'id="outside"' in text
+    assert "puts only less than 1% of its belief on these classes" in text
 
     (tmp_path / "photo.jpg").write_bytes(jpeg(photo(300)))
     code, out, err = run_cli(["predict", str(path), str(tmp_path / "photo.jpg"), "--format",
