@@ -201,7 +201,7 @@ class BundleMetadata(dict):
 
 # The ImageNet gate (``prediction.gate``): which network, at which side, over how many classes.
 GATE_ARCHITECTURE = "efficientnet-lite0"
-GATE_SIDE = 160  # the largest side that keeps a gated prediction within 15 ms on 2 cores
+GATE_SIDE = 160  # photos are judged at this side (docs/benchmarks.md: accuracy vs latency)
 IMAGENET_CLASSES = 1000
 
 
