@@ -31,7 +31,6 @@ issue 24 counts), with the gate network's single-image time on this machine.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -48,7 +47,7 @@ from imageclf.data import load_dataset
 from imageclf.data.dataset import TRAIN
 from imageclf.imaging import open_image, picture_from_array, resize_for_model
 from imageclf.models.efficientnet import imagenet_classes, pretrained
-from imageclf.prediction.gate import combine
+from imageclf.prediction.gate import combine, read_map
 from imageclf.prediction.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,10 +74,11 @@ def learn_map(probs: np.ndarray, labels: np.ndarray, n_classes: int, purity: flo
     return {int(j): int(owner[j]) for j in np.flatnonzero(pure & big)}
 
 
-def read_map(path: Path, classes: list[str]) -> dict[int, int]:
-    """A written map (``imagenet_to_cifar10.json``): ImageNet index -> the model's class."""
-    written = json.loads(path.read_text())["classes"]
-    return {j: classes.index(c) for c, entry in written.items() for j in entry["indices"]}
+def written_map(path: Path, classes: list[str]) -> dict[int, int]:
+    """A written map, read and checked as ``imageclf gate --map`` reads it
+    (``gate.read_map``), turned around: ImageNet index -> the model's class."""
+    groups = read_map(path, classes)
+    return {j: classes.index(c) for c, indices in groups.items() for j in indices}
 
 
 def votes(probs: np.ndarray, mapping: dict[int, int], n_classes: int) -> np.ndarray:
@@ -158,7 +158,7 @@ def main() -> None:
             mapping = learn_map(ref, np.asarray(data.labels[sample]), len(classes), args.purity,
                                 args.min_share)  # fmt: skip
         else:
-            mapping = read_map(Path(args.map), classes)
+            mapping = written_map(Path(args.map), classes)
         keep = sorted(mapping)
         votes_in = votes(imagenet_probs(net, photo_side(files, side)), mapping, len(classes))
         votes_out = votes(imagenet_probs(net, photo_side(others, side)), mapping, len(classes))

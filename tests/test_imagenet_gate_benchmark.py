@@ -26,3 +26,15 @@ def test_learnt_map_keeps_pure_big_classes_only():
     assert mapping == {5: 0, 7: 1}
     votes = imagenet_gate.votes(probs, mapping, 2)
     np.testing.assert_allclose(votes, [[0.8, 0], [0.8, 0], [0, 0.8], [0, 0.8]])
+
+
+def test_written_map_is_the_gate_commands_map_turned_around():
+    from imageclf.data.cifar import CIFAR10_CLASSES
+    from imageclf.prediction.gate import read_map
+
+    classes = list(CIFAR10_CLASSES)
+    path = Path(imagenet_gate.__file__).parents[1] / "src/imageclf/models/imagenet_to_cifar10.json"
+    mapping = imagenet_gate.written_map(path, classes)
+    assert len(mapping) == 226 and mapping[30] == classes.index("frog")
+    groups = read_map(None, classes)
+    assert {j: classes.index(c) for c, v in groups.items() for j in v} == mapping
