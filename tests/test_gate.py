@@ -267,3 +267,51 @@ def test_gate_remove_gives_back_the_model_alone(tmp_path, capsys):
     assert all(torch.equal(alone.state_dict[k], v) for k, v in gated.state_dict.items())
     code, _, err = run_cli(["gate", str(out), "--out", str(out), "--remove"], capsys)
     one_line_error(code, err, "has no gate to remove")
+
+
+def test_the_gates_pass_beside_the_models_gives_the_same_verdict(tmp_path, monkeypatch):
+    from imageclf.prediction import gate as gate_module
+
+    predictor = Predictor.load(gated_bundle(tmp_path / "gated.safetensors", {"dog": [SURE]}))
+    pictures = [photo(300), photo(20)]  # a photo the gate sees, a thumbnail it does not
+    batch = np.stack([predictor.prepare(p) for p in pictures])
+    started = []
+    real_start = gate_module.side_by_side.start
+    monkeypatch.setattr(
+        gate_module.side_by_side, "start", lambda *a: started.append(1) or real_start(*a)
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        beside = predictor.judged(batch, pictures)
+        assert started and torch.get_num_threads() == 2  # beside, and the count restored
+        monkeypatch.setattr(gate_module, "ALONGSIDE_AT_MOST", 0)
+        alone = predictor.judged(batch, pictures)
+        assert len(started) == 1
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(beside.probs, alone.probs, atol=1e-6)
+    assert beside.outside.tolist() == alone.outside.tolist() == [False, False]
+    assert beside.probs[0].argmax() == CLASSES.index("dog") and np.isnan(beside.mass[1])
+
+
+def test_a_failed_model_pass_still_waits_for_the_gates(tmp_path, monkeypatch):
+    predictor = Predictor.load(gated_bundle(tmp_path / "gated.safetensors", {"dog": [SURE]}))
+    pictures = [photo(300)]
+    batch = np.stack([predictor.prepare(p) for p in pictures])
+    surveyed = []
+    real_survey = predictor.gate.survey
+    monkeypatch.setattr(predictor.gate, "survey", lambda p: surveyed.append(1) or real_survey(p))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("model pass failed")
+
+    monkeypatch.setattr(predictor, "calibrated_logits", broken)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match="model pass failed"):
+            predictor.judged(batch, pictures)
+        assert surveyed == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

@@ -160,6 +160,37 @@ def test_outside_gevent_everything_runs_in_the_caller():
     assert sizes == [2]
 
 
+class VerdictPredictor(FakePredictor):
+    """Where each verdict came from: ``judged`` (one call, gate beside the model) or
+    ``verdict`` on logits merged through the model thread."""
+
+    def __init__(self) -> None:
+        super().__init__(delay=0)
+        self.routes: list[tuple[str, int]] = []
+
+    def judged(self, batch, pictures):
+        self.routes.append(("judged", threading.get_ident()))
+        return ("verdict", self.calibrated_logits(batch)[:, 0].tolist(), pictures)
+
+    def verdict(self, logits, pictures):
+        self.routes.append(("verdict", threading.get_ident()))
+        return ("verdict", logits[:, 0].tolist(), pictures)
+
+
+def test_a_lone_request_is_judged_inline_and_a_busy_worker_merges_then_judges(monkeypatch):
+    runner = ForwardRunner(cooperative=True)
+    predictor = VerdictPredictor()
+    monkeypatch.setattr(connections, "open", 1)
+    assert runner.verdict(predictor, pictures(3), ["photo"]) == ("verdict", [3], ["photo"])
+    assert predictor.routes == [("judged", threading.get_ident())]  # gate beside, inline
+    monkeypatch.setattr(connections, "open", 2)
+    greenlet = gevent.spawn(runner.verdict, predictor, pictures(4), ["other"])
+    greenlet.join(timeout=30)
+    assert greenlet.value == ("verdict", [4], ["other"])
+    route, thread = predictor.routes[-1]
+    assert route == "verdict" and thread != threading.get_ident()  # on the model thread
+
+
 @pytest.mark.parametrize("rows", [1, 3])
 def test_the_real_predictor_gives_the_same_answers_through_the_model_thread(rows, tiny_bundle):
     from imageclf import Predictor

@@ -306,3 +306,21 @@ def test_onnx_model_is_served_and_reloaded(files, tmp_path):
     assert client.post("/api/v1/models/edge/reload").json["outcome"] == "switched"
     answer = predict(client, "/api/v1/models/edge/predict")
     assert answer.status_code == 200 and answer.headers["X-Model-Version"] == version_of(newer)
+
+
+def test_memory_counts_the_frozen_traces_copy_of_the_weights(files):
+    from imageclf import Predictor
+    from imageclf.web.models import measure_cost
+
+    live, _, _ = files
+    predictor = Predictor.load(live)
+    net = predictor.engine.inference_model
+    model_bytes = sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
+    bundle_bytes = sum(
+        t.numel() * t.element_size()
+        for t in (*predictor.model.parameters(), *predictor.model.buffers())
+    )
+    cost = measure_cost(predictor, 1, live.stat().st_size)
+    # The bundle's module (Grad-CAM), the folded one, and its trace's copy (traced.py).
+    assert cost.parameter_bytes == bundle_bytes + 2 * model_bytes
+    assert cost.working_bytes > 0  # the layer sizes were measured on the eager layers

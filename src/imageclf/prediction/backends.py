@@ -9,14 +9,18 @@ temperature, top-k) is ``Predictor``'s, written once for both, so they cannot dr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import torch
 
-from ..errors import ModelOutputError
+from ..errors import ModelOutputError, UserInputError
 from ..models.metadata import BundleMetadata
 from .gradcam import GradCAM
+
+EXPLAIN_UNAVAILABLE = (
+    "Grad-CAM needs the PyTorch model's gradients: use the .safetensors bundle, not the ONNX export"
+)
 
 
 class Backend(Protocol):
@@ -75,3 +79,10 @@ def checked_logits(logits: torch.Tensor, rows: int, classes: int) -> torch.Tenso
             "the model file is broken (NaN or huge weights)"
         )
     return logits
+
+
+def explaining(engine: Backend) -> ExplainingBackend:
+    """The backend's Grad-CAM, or the one clear refusal when it has no gradients."""
+    if not engine.can_explain:
+        raise UserInputError(EXPLAIN_UNAVAILABLE)
+    return cast(ExplainingBackend, engine)

@@ -152,7 +152,7 @@ def predict_files(
             if not decoded:
                 continue
             batch = np.stack([d[1] for d in decoded])
-            verdict = predictor.verdict(predictor.calibrated_logits(batch, tta=tta), pictures)
+            verdict = predictor.judged(batch, pictures, tta=tta)
             probs = verdict.probs
             explained = [None] * len(decoded)
             if out is not None:

@@ -20,10 +20,11 @@ ImageNet network sees no more than the model does, and the model was trained on 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -37,6 +38,10 @@ from ..models.bundle import load_bundle, save_bundle
 from ..models.metadata import GATE_ARCHITECTURE as ARCHITECTURE
 from ..models.metadata import GATE_SIDE as SIDE
 from ..models.metadata import IMAGENET_CLASSES, check_gate
+from . import side_by_side
+from .traced import Traced
+
+T = TypeVar("T")
 
 # ImageNet's preprocessing for these weights: (x - 127) / 128 (efficientnet.NORMALIZATION).
 _MEAN, _SCALE = 127.0, 128.0
@@ -44,6 +49,9 @@ _MEAN, _SCALE = 127.0, 128.0
 # model's say, scaled down, instead of being vetoed.
 VOTE_FLOOR = 1e-3
 SCALE_SUFFIX = ".scale"
+# Batches of at most this many pictures get the gate's pass beside the model's
+# (``alongside``): a photo's answer sooner. Bigger ones split well across threads anyway.
+ALONGSIDE_AT_MOST = 4
 CIFAR10_MAP = "imagenet_to_cifar10.json"  # in imageclf/models, written from class names
 
 
@@ -112,6 +120,14 @@ def _network() -> torch.nn.Module:
     return fold_batchnorm(EfficientNetLite(IMAGENET_CLASSES, SIDE, variant=ARCHITECTURE))
 
 
+class Survey(NamedTuple):
+    """The gate's pass on one batch: which pictures it sees, and (rows for those only)
+    each class's ImageNet mass."""
+
+    seen: np.ndarray
+    votes: np.ndarray
+
+
 class Gate:
     """A loaded gate: the folded ImageNet network and each model class's ImageNet indices."""
 
@@ -123,8 +139,9 @@ class Gate:
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]
             raise BundleError(f"the gate's weights do not fit {ARCHITECTURE}: {first}") from None
-        # channels_last like the model's own copy (torch_backend): about 1 ms a photo less
-        self.net = self.net.eval().to(memory_format=torch.channels_last)
+        # channels_last like the model's own copy (torch_backend): about 1 ms a photo less;
+        # a frozen trace on the CPU, as the model's (``traced``).
+        self.net = Traced(self.net.eval().to(memory_format=torch.channels_last), spec.side)
         self.columns = [torch.tensor(spec.groups.get(c, []), dtype=torch.long) for c in classes]
 
     @property
@@ -157,15 +174,44 @@ class Gate:
             "imagenet_classes": sum(len(v) for v in self.spec.groups.values()),
         }
 
-    def judge(
-        self, pictures: Sequence[Image.Image], probs: np.ndarray, outside: np.ndarray
-    ) -> np.ndarray:
-        """On the photos it ``sees``: its votes multiplied into ``probs`` and "outside"
-        from its mass, both in place; returns the mass per row (NaN: not judged)."""
-        mass = np.full(len(probs), np.nan)
+    def survey(self, pictures: Sequence[Image.Image]) -> Survey:
+        """Which pictures it ``sees``, and their votes: its whole pass on one batch."""
         seen = np.array([self.sees(p) for p in pictures], dtype=bool)
+        photos = [p for p, s in zip(pictures, seen, strict=True) if s]
+        votes = self.votes(photos) if photos else np.zeros((0, len(self.columns)), np.float32)
+        return Survey(seen, votes)
+
+    def alongside(
+        self, model_pass: Callable[[], T], pictures: Sequence[Image.Image], device: torch.device
+    ) -> tuple[T, Survey]:
+        """``model_pass()`` and ``survey(pictures)``; for a few photos on a CPU with
+        threads to share, both at once (``side_by_side``), else one after the other."""
+        split = side_by_side.shares(torch.get_num_threads())
+        few = len(pictures) <= ALONGSIDE_AT_MOST and any(self.sees(p) for p in pictures)
+        if split is None or device.type != "cpu" or not few:
+            return model_pass(), self.survey(pictures)
+        mine, theirs = split
+        wait = side_by_side.start(lambda: self.survey(pictures), theirs)
+        try:
+            with side_by_side.torch_threads(mine):
+                result = model_pass()
+        finally:
+            survey = wait()  # never left running, even when the model's pass failed
+        return result, survey
+
+    def judge(
+        self,
+        pictures: Sequence[Image.Image],
+        probs: np.ndarray,
+        outside: np.ndarray,
+        survey: Survey | None = None,
+    ) -> np.ndarray:
+        """On the photos it ``sees``: its votes (``survey``'s, else its own pass now)
+        multiplied into ``probs`` and "outside" from its mass, both in place; returns the
+        mass per row (NaN: not judged)."""
+        mass = np.full(len(probs), np.nan)
+        seen, votes = survey or self.survey(pictures)
         if seen.any():
-            votes = self.votes([p for p, s in zip(pictures, seen, strict=True) if s])
             probs[seen] = combine(probs[seen], votes)
             outside[seen], mass[seen] = self.outside(votes), votes.sum(axis=1)
         return mass

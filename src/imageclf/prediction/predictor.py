@@ -1,19 +1,15 @@
 """``Predictor``: the one path from a picture to class probabilities, for the CLI, the
 reports and the web app alike.
 
-A ``Predictor`` is composed with a backend (``backends.Backend``) that runs the forward
-pass: the torch model of a ``.safetensors`` bundle (``TorchBackend``) or an exported
-``.onnx`` graph on onnxruntime (``OnnxBackend``). Everything around the forward pass is
-written here once: pictures in (``imaging``'s one decode and one array rule), the
-calibration temperature, top-k, and Grad-CAM where the backend has gradients. Callers
-never reach into the model: these methods are the contract. A bundle's ImageNet gate
-(``gate.py``) judges decoded photos in ``verdict``; methods that take prepared arrays
-(``predict_proba``, ``calibrated_logits``...) are the model's own.
-
-A multi-label bundle (``"task": "multi_label"``) goes through the same methods: its
-probabilities are per-label calibrated sigmoids, ``predict`` gives each picture's labels
-at or above their thresholds (``labels.py``, the one rule), ``predict_labels`` those and
-the top-k, and "unsure"/"outside" are never said.
+A ``Predictor`` runs its forward pass on a backend (``backends.Backend``): a bundle's torch
+model (``TorchBackend``) or an exported ``.onnx`` graph on onnxruntime (``OnnxBackend``).
+Everything around that pass is written here once: pictures in (``imaging``'s one decode
+and one array rule), calibration, top-k, Grad-CAM where the backend has gradients. A
+bundle's ImageNet gate (``gate.py``) judges decoded photos in ``verdict``/``judged``;
+methods that take prepared arrays (``predict_proba``, ``calibrated_logits``...) are the
+model's own. A multi-label bundle goes through the same methods: per-label calibrated
+sigmoids, the labels at or above their thresholds (``labels.py``), and no "unsure" or
+"outside".
 """
 
 from __future__ import annotations
@@ -21,9 +17,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
@@ -43,16 +39,13 @@ from ..imaging import (
 from ..models.bundle import load_bundle
 from ..models.metadata import BundleMetadata
 from . import labels as multilabel
-from .backends import Backend, ExplainingBackend
-from .gate import Gate
+from .backends import Backend, explaining
+from .gate import Gate, Survey
 from .gradcam import DEFAULT_SIZE, Explanation, GradCAM, overlay
 from .onnx_backend import OnnxBackend
 from .torch_backend import TorchBackend
 
 DEFAULT_BUNDLE = "default.safetensors"
-EXPLAIN_UNAVAILABLE = (
-    "Grad-CAM needs the PyTorch model's gradients: use the .safetensors bundle, not the ONNX export"
-)
 # A file, bytes, a PIL image, or an array (``imaging.picture_from_array`` says which).
 Picture = ImageSource | np.ndarray
 
@@ -193,18 +186,32 @@ class Predictor:
         return getattr(self.engine, "gate", None)
 
     def verdict(
-        self, calibrated_logits: np.ndarray, pictures: Sequence[Image.Image] | None = None
+        self,
+        calibrated_logits: np.ndarray,
+        pictures: Sequence[Image.Image] | None = None,
+        survey: Survey | None = None,
     ) -> Verdict:
         """Probabilities, "not sure" and "not one of its classes" for one batch: the rule
-        the page, the API and both predicts share. With a gate and the decoded
-        ``pictures``, each photo it ``sees`` gets its votes multiplied in and "outside"
-        from its mass; thumbnails keep the model's own familiarity rule."""
+        the page, the API and both predicts share. A gate's votes (``survey``, or its pass
+        now on the decoded ``pictures``) are multiplied into the photos it ``sees``, and
+        its mass says "outside"; thumbnails keep the model's familiarity rule."""
         probs = self.probabilities(calibrated_logits)
         outside = self.outside(calibrated_logits)
         mass = np.full(len(probs), np.nan)
         if self.gate is not None and pictures is not None and not self.multi_label:
-            mass = self.gate.judge(pictures, probs, outside)
+            mass = self.gate.judge(pictures, probs, outside, survey)
         return Verdict(probs, self.unsure(probs), outside, mass)
+
+    def judged(
+        self, batch_u8: np.ndarray, pictures: Sequence[Image.Image], *, tta: bool = False
+    ) -> Verdict:
+        """``verdict`` of prepared ``batch_u8`` and the same ``pictures`` decoded, the
+        gate's pass beside the model's where that is sooner (``Gate.alongside``)."""
+        model_pass = partial(self.calibrated_logits, batch_u8, tta=tta)
+        if self.gate is None or self.multi_label:
+            return self.verdict(model_pass(), pictures)
+        logits, survey = self.gate.alongside(model_pass, pictures, self.device)
+        return self.verdict(logits, pictures, survey)
 
     def calibrated_logits(self, batch_u8: np.ndarray, *, tta: bool = False) -> np.ndarray:
         """(N, classes) float32 ``logits / temperature`` (multi-label: ``scale * logit +
@@ -280,7 +287,7 @@ class Predictor:
         limits = self.label_thresholds(threshold)
         pictures = [self.decode(item) for item in _as_list(images)]
         batch = np.stack([self.prepare(p) for p in pictures])
-        probs = self.verdict(self.calibrated_logits(batch, tta=tta), pictures).probs
+        probs = self.judged(batch, pictures, tta=tta).probs
         on = multilabel.labels_on(probs, limits) if self.multi_label else probs[:, :0]
         return [
             multilabel.LabelPrediction(
@@ -326,12 +333,6 @@ class Predictor:
         return [(self.classes[i], float(probs[i])) for i in order]
 
     # ------------------------------------------------------------ explanations
-    def _explainer(self) -> ExplainingBackend:
-        """The backend's Grad-CAM, or the one clear refusal when it has no gradients."""
-        if not self.engine.can_explain:
-            raise UserInputError(EXPLAIN_UNAVAILABLE)
-        return cast(ExplainingBackend, self.engine)
-
     def gradcam(
         self,
         batch_u8: np.ndarray,
@@ -342,7 +343,7 @@ class Predictor:
         """Grad-CAM of prepared uint8 images; ``class_indices=None`` explains each
         image's predicted class (multi-label: its most probable label; any label can be
         chosen); ``layer`` names a module (default: the last Conv2d)."""
-        explainer = self._explainer()
+        explainer = explaining(self.engine)
         if not self.multi_label:
             return explainer.gradcam(
                 batch_u8, class_indices, layer=layer, temperature=self.temperature
@@ -363,7 +364,7 @@ class Predictor:
     ) -> Explanation:
         """Grad-CAM of one picture, drawn on the picture itself (squashed to a square, as
         the model sees it) rather than on the tiny model input, so it stays sharp."""
-        self._explainer()  # refused before decoding when the backend cannot explain
+        explaining(self.engine)  # refused before decoding when the backend cannot explain
         picture = self.decode(image)
         batch = self.prepare(picture)[None]
         classes = None if class_index is None else [class_index]

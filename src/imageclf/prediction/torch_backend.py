@@ -19,6 +19,7 @@ from .backends import checked_logits, probe_pictures
 from .gate import Gate, GateSpec
 from .gradcam import GradCAM, gradcam_batch
 from .inference import Normalizer, fold_batchnorm, predict_logits
+from .traced import Traced
 
 
 class TorchBackend:
@@ -32,9 +33,10 @@ class TorchBackend:
         self.metadata = bundle.metadata
         self.device = resolve_device(device)
         # The bundle's own architecture (Grad-CAM, inspection) and the same function with
-        # BatchNorm folded into the convolutions, which every prediction runs.
+        # BatchNorm folded into the convolutions, which every prediction runs (as a
+        # frozen trace on the CPU: ``traced``).
         self.model = build_model(bundle).to(self.device, memory_format=torch.channels_last)
-        self.inference_model = fold_batchnorm(self.model)
+        self.inference_model = Traced(fold_batchnorm(self.model), self.metadata.input_size)
         self.amp_dtype = resolve_precision(self.device, precision)
         # The ImageNet gate's second opinion on photos, when the bundle carries one (fp32).
         self.gate = None

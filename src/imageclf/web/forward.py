@@ -20,13 +20,14 @@ Outside gevent (the Flask debug server, tests) everything runs in the caller, as
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+from PIL import Image
 
-from ..prediction.predictor import Predictor
+from ..prediction.predictor import Predictor, Verdict
 
 T = TypeVar("T")
 
@@ -101,9 +102,24 @@ class ForwardRunner:
             return function(*args)
         return self._thread().apply(function, args)
 
+    def _inline(self) -> bool:
+        """Run a pass in the caller: outside gevent, or alone in this worker."""
+        return not self.cooperative or (connections.open <= 1 and not self._draining)
+
+    def verdict(
+        self, predictor: Predictor, batch: np.ndarray, pictures: Sequence[Image.Image]
+    ) -> Verdict:
+        """``predictor.judged``: alone inline (a gate's pass beside the model's, the
+        sooner answer); else the model's pass merged (``logits``), then the verdict (a
+        gate's pass on the decoded photos) on the model thread."""
+        if self._inline():
+            self._count(len(batch))
+            return predictor.judged(batch, pictures)
+        return self.call(predictor.verdict, self.logits(predictor, batch), pictures)
+
     def logits(self, predictor: Predictor, batch: np.ndarray) -> np.ndarray:
         """``predictor.calibrated_logits(batch)``, merged with whatever else is waiting."""
-        if not self.cooperative or (connections.open <= 1 and not self._draining):
+        if self._inline():
             self._count(len(batch))
             return predictor.calibrated_logits(batch)
         from gevent import spawn

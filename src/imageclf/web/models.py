@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import UserInputError
 from ..prediction.predictor import Predictor, default_model_path, is_onnx_path
+from ..prediction.traced import eager
 
 DEFAULT_NAME = "default"
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
@@ -128,6 +129,8 @@ def measure_cost(predictor: Predictor, batch: int, file_bytes: int) -> MemoryCos
     # (predictions); and the ImageNet gate's network where the bundle has one.
     gate = predictor.gate
     held = (model, predictor.engine.inference_model, *((gate.net,) if gate else ()))
+    if predictor.device.type == "cpu" and predictor.precision == "fp32":
+        held += held[1:]  # each one's frozen trace holds a copy of its weights (``traced``)
     tensors = [t for m in held for t in (*m.parameters(), *m.buffers())]
     parameters = sum(t.numel() * t.element_size() for t in tensors)
     return MemoryCost(parameters, _largest_layer_bytes(predictor) * max(1, batch))
@@ -143,10 +146,12 @@ def _largest_layer_bytes(predictor: Predictor) -> int:
         tensors = [t for t in (*inputs, output) if isinstance(t, torch.Tensor)]
         largest = max(largest, sum(t.numel() * t.element_size() for t in tensors))
 
-    leaves = [m for m in predictor.engine.inference_model.modules() if not list(m.children())]
+    net = predictor.engine.inference_model
+    leaves = [m for m in net.modules() if not list(m.children())]
     handles = [m.register_forward_hook(record) for m in leaves]
     try:
-        predictor.calibrated_logits(probe_batch(predictor.input_size, 1))
+        with eager(net):  # a frozen trace would run past the hooks
+            predictor.calibrated_logits(probe_batch(predictor.input_size, 1))
     finally:
         for handle in handles:
             handle.remove()

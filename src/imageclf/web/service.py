@@ -344,11 +344,9 @@ class ModelService:
         decoded = self.decoder.run(client, self.decode_all, uploads, reduced)
         # Decoded once: upright, no orientation left, so nothing is turned twice.
         batch = np.stack([predictor.prepare(d.picture) for d in decoded])
-        logits = self.runner.logits(predictor, batch)
         # A multi-label model's probabilities are per-label sigmoids; a gate (if the bundle
-        # has one) runs on the model thread too, on the decoded photos.
-        pictures = [d.picture for d in decoded]
-        verdict = self.runner.call(predictor.verdict, logits, pictures)
+        # has one) judges the decoded photos (``ForwardRunner.verdict`` says where).
+        verdict = self.runner.verdict(predictor, batch, [d.picture for d in decoded])
         probs = verdict.probs
         best = probs.argmax(axis=1)
         overlays: list[Image.Image | None] = [None] * len(decoded)

@@ -1,0 +1,90 @@
+"""``prediction.traced``: the frozen trace is the eager function, made on the second pass,
+used only where it is the same function, and never in the way of hooks or failures."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from imageclf.models import build
+from imageclf.prediction import traced
+from imageclf.prediction.inference import fold_batchnorm
+from imageclf.prediction.traced import Traced, eager
+
+
+def lite0(side: int = 64) -> nn.Module:
+    torch.manual_seed(0)
+    return fold_batchnorm(build("efficientnet-lite0", 10, side)).eval()
+
+
+def pictures(n: int, side: int = 64) -> torch.Tensor:
+    torch.manual_seed(n)
+    return torch.randn(n, 3, side, side).contiguous(memory_format=torch.channels_last)
+
+
+def test_the_trace_is_made_on_the_second_pass_and_gives_the_eager_answer():
+    net = lite0()
+    wrapped = Traced(net, 64)
+    with torch.inference_mode():
+        first = wrapped(pictures(1))
+        assert wrapped.graph is None  # a one-off prediction never pays for the trace
+        second = wrapped(pictures(1))
+        assert wrapped.graph is not None
+        for n in (1, 5):  # traced at one picture, right for any batch
+            torch.testing.assert_close(wrapped(pictures(n)), net(pictures(n)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(first, second)
+
+
+def test_other_sides_autocast_and_gradients_run_the_eager_module(monkeypatch):
+    net = lite0()
+    wrapped = Traced(net, 64)
+    with torch.inference_mode():
+        wrapped(pictures(1))
+        wrapped(pictures(1))
+    graph = wrapped.graph
+    calls = []
+    monkeypatch.setattr(wrapped, "graph", lambda x: calls.append(x) or graph(x))
+    with torch.inference_mode():
+        wrapped(pictures(1))
+        assert len(calls) == 1
+        wrapped(pictures(1, side=96))  # the trace's padding is fixed for 64 px
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            wrapped(pictures(1))
+    out = wrapped(pictures(1).requires_grad_())
+    assert out.requires_grad and len(calls) == 1
+
+
+def test_hooks_fire_inside_eager_and_the_module_stays_in_eval_mode():
+    wrapped = Traced(lite0(), 64)
+    wrapped.train()
+    assert not wrapped.training and not wrapped.module.training
+    seen = []
+    handle = wrapped.module.classifier.register_forward_hook(lambda *a: seen.append(1))
+    with torch.inference_mode():
+        for _ in range(2):
+            wrapped(pictures(1))
+        assert wrapped.graph is not None
+        before = len(seen)
+        wrapped(pictures(1))
+        assert len(seen) == before  # the trace runs past hooks
+        with eager(wrapped):
+            wrapped(pictures(1))
+    handle.remove()
+    assert len(seen) == before + 1
+    # The graph is no submodule: parameters are the eager module's, counted once.
+    assert sum(1 for _ in wrapped.parameters()) == sum(1 for _ in wrapped.module.parameters())
+
+
+def test_a_torch_that_cannot_trace_keeps_the_eager_module(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no jit here")
+
+    monkeypatch.setattr(traced.torch.jit, "trace", refuse)
+    net = lite0()
+    wrapped = Traced(net, 64)
+    with torch.inference_mode():
+        outs = [wrapped(pictures(2)) for _ in range(3)]
+        expected = net(pictures(2))
+    assert wrapped.failed and wrapped.graph is None
+    for out in outs:
+        torch.testing.assert_close(out, expected)
