@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from imageclf.models import build
-from imageclf.models.bundle import save_bundle
+from imageclf.models.bundle import load_bundle, save_bundle
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHARED_ARCHIVE = SHARED_DATA / "cifar10-jpeg.tar.gz"
@@ -165,4 +165,29 @@ def make_tiny_multilabel_bundle(
     metadata = {k: v for k, v in bundle.metadata.items() if k not in ("format", "versions")}
     metadata.update(name="tiny-multilabel", task="multi_label", multi_label=section)
     save_bundle(path, bundle.state_dict, metadata)
+    return path
+
+
+# ---------------------------------------------------------------- a rigged ImageNet gate
+SURE = 7  # the ImageNet class the rigged head puts (nearly) all its probability on
+
+
+def rigged_gate(groups: dict[str, list[int]], below: float = 0.25):
+    """Gate metadata and tensors whose network always answers ImageNet class ``SURE``."""
+    from imageclf.prediction.gate import GateSpec, _network, quantize
+
+    torch.manual_seed(0)
+    net = _network()
+    with torch.no_grad():
+        net.classifier.weight.zero_()
+        net.classifier.bias.zero_()
+        net.classifier.bias[SURE] = 30.0
+    return GateSpec(160, below, groups).to_metadata(), quantize(net.state_dict())
+
+
+def gated_bundle(path, groups, **tiny):
+    """A tiny bundle of ``CLASSES`` carrying a rigged gate (``rigged_gate``)."""
+    plain = load_bundle(make_tiny_bundle(path, classes=CLASSES, **tiny))
+    meta, tensors = rigged_gate(groups)
+    save_bundle(path, plain.state_dict, {**plain.metadata, "gate": meta}, tensors)
     return path

@@ -13,7 +13,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import make_tiny_bundle, one_line_error, post, require_pretrained_extra, run_cli
+from helpers import (
+    CLASSES,
+    SURE,
+    gated_bundle,
+    make_tiny_bundle,
+    one_line_error,
+    post,
+    require_pretrained_extra,
+    run_cli,
+)
 from PIL import Image
 
 from imageclf.errors import BundleError
@@ -21,33 +30,11 @@ from imageclf.models.bundle import load_bundle, save_bundle
 from imageclf.models.metadata import BundleMetadata
 from imageclf.prediction.gate import (
     GateSpec,
-    _network,
     combine,
     dequantize,
     quantize,
 )
 from imageclf.prediction.predictor import Predictor
-
-CLASSES = ["cat", "dog", "frog"]
-SURE = 7  # the ImageNet class the rigged head puts (nearly) all its probability on
-
-
-def rigged_gate(groups: dict[str, list[int]], below: float = 0.25):
-    """Gate metadata and tensors whose network always answers ImageNet class ``SURE``."""
-    torch.manual_seed(0)
-    net = _network()
-    with torch.no_grad():
-        net.classifier.weight.zero_()
-        net.classifier.bias.zero_()
-        net.classifier.bias[SURE] = 30.0
-    return GateSpec(160, below, groups).to_metadata(), quantize(net.state_dict())
-
-
-def gated_bundle(path, groups, **tiny):
-    plain = load_bundle(make_tiny_bundle(path, classes=CLASSES, **tiny))
-    meta, tensors = rigged_gate(groups)
-    save_bundle(path, plain.state_dict, {**plain.metadata, "gate": meta}, tensors)
-    return path
 
 
 def photo(side: int = 300, color=(120, 140, 90)) -> Image.Image:

@@ -324,3 +324,14 @@ def test_memory_counts_the_frozen_traces_copy_of_the_weights(files):
     # The bundle's module (Grad-CAM), the folded one, and its trace's copy (traced.py).
     assert cost.parameter_bytes == bundle_bytes + 2 * model_bytes
     assert cost.working_bytes > 0  # the layer sizes were measured on the eager layers
+
+
+def test_a_loaded_model_is_traced_before_its_first_request(tmp_path):
+    from helpers import SURE, gated_bundle
+
+    from imageclf.web.models import load_checked
+
+    path = gated_bundle(tmp_path / "gated.safetensors", {"dog": [SURE]})
+    predictor = load_checked("m", path, "v1", batch=1).predictor
+    assert predictor.engine.inference_model.graph is not None
+    assert predictor.gate.net.graph is not None  # the gate's too: the probe is a photo

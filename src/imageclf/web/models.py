@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..errors import UserInputError
 from ..prediction.predictor import Predictor, default_model_path, is_onnx_path
-from ..prediction.traced import eager
+from ..prediction.traced import TRACE_ON_PASS, eager
 
 DEFAULT_NAME = "default"
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
@@ -193,8 +194,19 @@ def load_checked(name: str, path: Path, version: str, batch: int) -> Loaded:
     picture; raises the bundle's own error (``BundleError``) otherwise."""
     predictor = Predictor.load(path)
     predictor.calibrated_logits(probe_batch(predictor.input_size))  # one finite row, checked
+    warm(predictor)
     cost = measure_cost(predictor, batch, path.stat().st_size)
     return Loaded(name, predictor, version, cost)
+
+
+def warm(predictor: Predictor) -> None:
+    """A probe photo through everything a request runs, until the frozen traces
+    (``prediction.traced``) are made: the first requests never wait for them."""
+    gate = predictor.gate
+    side = max(predictor.input_size, gate.spec.side if gate else 0)  # one the gate sees
+    photo = Image.fromarray(probe_batch(side)[0])
+    for _ in range(TRACE_ON_PASS):
+        predictor.judged(predictor.prepare(photo)[None], [photo])
 
 
 class ModelSlot:
