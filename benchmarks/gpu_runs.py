@@ -103,13 +103,15 @@ def probe(args, log) -> list[dict]:
     size's probe at once on the one GPU (what the fine-tunes side by side will get)."""
     sides = [int(s) for s in args.image_sizes.split(",")]
     rows = [{"step": "probe", "image_size": side,
-             "solo_images_per_s": round(probe_images_per_s(side, args.device, args.precision), 1)}
+             "solo_images_per_s": round(probe_images_per_s(
+                 side, args.device, args.precision, max(128, args.probe_images // 3)), 1)}
             for side in sides]  # fmt: skip
     code = ("import sys; sys.path.insert(0, {here!r}); from gpu_runs import probe_images_per_s;"
-            " print(probe_images_per_s({side}, {device!r}, {precision!r}, 1920))")  # fmt: skip
+            " print(probe_images_per_s({side}, {device!r}, {precision!r}, {images}))")  # fmt: skip
     here = str(Path(__file__).resolve().parent)
     procs = [subprocess.Popen([sys.executable, "-c", code.format(
-        here=here, side=side, device=args.device, precision=args.precision)],
+        here=here, side=side, device=args.device, precision=args.precision,
+        images=args.probe_images)],
         stdout=subprocess.PIPE, stderr=log, text=True) for side in sides]  # fmt: skip
     for row, proc in zip(rows, procs, strict=True):
         out, _ = proc.communicate(timeout=300)
@@ -230,6 +232,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--subset", type=int, default=None, help="a smoke run's training images")
+    parser.add_argument("--probe-images", type=int, default=1920,
+                        help="per size, side by side (alone: a third)")  # fmt: skip
     parser.add_argument("--recipes", default=",".join(RECIPES), help="from-scratch recipes to time")
     parser.add_argument("--skip", default="", help="steps to leave out: probe,finetune,recipes")
     args = parser.parse_args()

@@ -20,7 +20,8 @@ def test_gpu_runs_plumbing_on_a_cpu(shared_archive, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, str(SCRIPT), "--data", str(shared_archive), "--out", str(out),
            "--runs", str(tmp_path / "runs"), "--device", "cpu", "--subset", "100", "--epochs",
-           "1", "--image-sizes", "64,72", "--recipes", "fast", "--budget-s", "900"]  # fmt: skip
+           "1", "--image-sizes", "64,72", "--recipes", "fast", "--budget-s", "900",
+           "--probe-images", "128"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((out / "gpu_runs.json").read_text())
