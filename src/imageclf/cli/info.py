@@ -37,7 +37,9 @@ def _bundle_line(path: Path):
     )
     gate = bundle.metadata.get("gate")
     if gate:  # prediction.gate: the ImageNet network's second opinion on photos
-        numbers = sum(t.numel() for k, t in bundle.gate.items() if not k.endswith(".scale"))
+        from ..prediction.gate import SCALE_SUFFIX
+
+        numbers = sum(t.numel() for k, t in bundle.gate.items() if not k.endswith(SCALE_SUFFIX))
         named = sum(len(v) for v in gate["groups"].values())
         first += (
             f"\ngate         {gate['architecture']} ImageNet network at {gate['side']} px "
