@@ -24,8 +24,8 @@ bundle's own gate does not touch; the gate is measured here).
 The table: AUROC of the mass (photos of the classes against others), and at fixed mass
 thresholds the share of class photos, of right answers and of other photos the gate
 flags, alone and together with "not sure", as the served app decides (``gate.combine``:
-the model's probabilities times the gate's votes, then the bundle's threshold; what
-issue 24 counts), with the gate network's single-image time on this machine.
+the model's probabilities times the gate's votes over ImageNet's prior, then the bundle's
+threshold; what issue 24 counts), with the gate network's single-image time here.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from imageclf.data import load_dataset
 from imageclf.data.dataset import TRAIN
 from imageclf.imaging import open_image, picture_from_array, resize_for_model
 from imageclf.models.efficientnet import imagenet_classes, pretrained
-from imageclf.prediction.gate import combine, read_map
+from imageclf.prediction.gate import combine, imagenet_prior, read_map
 from imageclf.prediction.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,7 +164,9 @@ def main() -> None:
         votes_out = votes(imagenet_probs(net, photo_side(others, side)), mapping, len(classes))
         mass_in, mass_out = votes_in.sum(1), votes_out.sum(1)
         # what the served app does with a gate: the product of experts, its "not sure"
-        gated_in, gated_out = combine(mine, votes_in), combine(theirs, votes_out)
+        named = {c: [j for j, k in mapping.items() if classes[k] == c] for c in classes}
+        prior = imagenet_prior(named, classes)  # the served rule (Gate.judge)
+        gated_in, gated_out = combine(mine, votes_in, prior), combine(theirs, votes_out, prior)
         right_gated = gated_in.argmax(1) == truth
         unsure_gated_in, unsure_gated_out = model.unsure(gated_in), model.unsure(gated_out)
         auroc = roc_auc_score(np.r_[np.zeros(len(mass_in)), np.ones(len(mass_out))],

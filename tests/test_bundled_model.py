@@ -30,15 +30,18 @@ import real_photos
 # Lite0 92.1% mirror, 85.7%, 13.2%, 69.2%; the 32 px net 91.1%, 83.9%, 24.0%, 70.6%.
 MIRROR_ACCURACY = 0.93  # CIFAR-10 JPEG mirror, test, no TTA (measured 93.14%)
 MIRROR_ECE = 0.03  # after temperature scaling (measured 0.017)
-# realphotos-dev, photos of the ten classes: measured 93.04% (254 of 273), issue 24's 93%
-# with no photo to spare; the floor allows one to tip on another CPU's arithmetic.
+# realphotos-dev, photos of the ten classes: measured 93.41% (255 of 273), issue 24's 93%
+# with one photo to spare; the floor allows one more to tip on another CPU's arithmetic.
 REAL_ACCURACY = 0.925
-RIGHT_DOUBTED = 0.15  # right answers doubted at most: issue 24's bound (measured 10.6%)
-OTHERS_DOUBTED = 0.95  # out-of-class photos doubted at least: target 85% (measured 100%)
+# Every class at least issue 24's 85% (measured: frog 86.4%, 19 of 22, the lowest; no
+# class's answers nearer a tie than 0.02 in probability, so no CPU's rounding tips one).
+REAL_EVERY_CLASS = 0.85
+RIGHT_DOUBTED = 0.15  # right answers doubted at most: issue 24's bound (measured 10.2%)
+OTHERS_DOUBTED = 0.95  # out-of-class photos doubted at least: target 85% (measured 99.3%)
 MAX_BYTES = 12_000_000
-# Issue #24's targets not reached by this model (docs/benchmarks.md says how far and
-# what would close the rest); strict xfails, so reaching one fails until it is promoted.
-TARGET = {"mirror": 0.95, "real_class": 0.85}
+# Issue #24's target not reached by this model (docs/benchmarks.md says how far and
+# what would close the rest); reaching it fails its test until the floor is promoted.
+TARGET = {"mirror": 0.95}
 
 
 def test_bundled_model_metadata():
@@ -126,10 +129,10 @@ def test_bundled_model_on_real_photos_through_the_served_path(served_on_real_pho
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue #24 target not reached (docs/benchmarks.md)")
-def test_issue_24_every_class_target(served_on_real_photos):
-    per_class = served_on_real_photos["in_class"]["per_class"].values()
-    assert min(c["accuracy"] for c in per_class) >= TARGET["real_class"]
+def test_every_class_on_real_photos_through_the_served_path(served_on_real_photos):
+    per_class = served_on_real_photos["in_class"]["per_class"]
+    worst = min(per_class, key=lambda c: per_class[c]["accuracy"])
+    assert per_class[worst]["accuracy"] >= REAL_EVERY_CLASS, worst
 
 
 def test_bundled_model_carries_the_imagenet_gate():

@@ -32,6 +32,7 @@ from imageclf.prediction.gate import (
     GateSpec,
     combine,
     dequantize,
+    imagenet_prior,
     quantize,
 )
 from imageclf.prediction.predictor import Predictor
@@ -67,10 +68,33 @@ def test_int8_weights_round_trip_within_half_a_step():
 
 def test_the_product_of_experts_keeps_the_models_say_where_imagenet_has_none():
     probs = np.array([[0.7, 0.2, 0.1]], np.float32)
-    out = combine(probs, np.array([[0.0, 0.9, 0.0]]))
+    even = imagenet_prior({"a": [1], "b": [2], "c": [3]}, ["a", "b", "c"])
+    out = combine(probs, np.array([[0.0, 0.9, 0.0]]), even)
     assert out.argmax() == 1 and out.sum() == pytest.approx(1)
     # no vote at all: the floor leaves the model's own ranking
-    assert combine(probs, np.zeros((1, 3))).argmax() == 0
+    assert combine(probs, np.zeros((1, 3)), even).argmax() == 0
+    # a class ImageNet has no name for: the gate says nothing of it, for or against
+    unnamed = imagenet_prior({"b": [2], "c": [3]}, ["a", "b", "c"])
+    assert unnamed[0] == 0
+    out = combine(probs, np.array([[0.0, 0.0, 0.0]]), unnamed)
+    np.testing.assert_allclose(out[0, 0], 0.7 / (0.7 + (0.3 * 0.001 / 0.002)), rtol=1e-5)
+
+
+def test_a_class_imagenet_names_often_does_not_outvote_one_it_names_rarely():
+    """A grey horse reads to ImageNet as a Saluki (it names 118 dogs and one horse): the
+    model, sure of "horse", must keep it; but a photo ImageNet puts squarely on one of
+    its few horses still overrules a model that leans to dog."""
+    classes = ["dog", "horse"]
+    prior = imagenet_prior({"dog": list(range(151, 269)), "horse": [339, 603]}, classes)
+    np.testing.assert_allclose(prior, [0.118, 0.002])
+    sure_horse = np.array([[0.03, 0.97]], np.float32)
+    saluki = np.array([[0.97, 0.0]])
+    assert combine(sure_horse, saluki, prior).argmax() == 1
+    assert combine(sure_horse, saluki, np.zeros(2) + 0.06).argmax() == 0  # prior ignored
+    leaning_dog = np.array([[0.7, 0.3]], np.float32)
+    assert combine(leaning_dog, np.array([[0.05, 0.9]]), prior).argmax() == 1
+    # and a clear dog vote still overrules a model leaning to horse
+    assert combine(np.array([[0.3, 0.7]], np.float32), np.array([[0.95, 0.0]]), prior).argmax() == 0
 
 
 @pytest.mark.parametrize(
@@ -226,11 +250,18 @@ def test_gate_command_errors_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "o.safetensors").exists()
 
 
-def test_evaluate_others_says_what_the_app_says_of_photos(tmp_path):
+@pytest.mark.parametrize(
+    ("familiar_above", "dog", "flagged"),
+    [
+        (-1e9, SURE + 1, 2 / 3),  # familiarity flags nothing; the gate both photos it sees
+        (1e9, SURE, 1 / 3),  # familiarity flags all; the gate clears its photos: the thumbnail
+    ],
+)
+def test_evaluate_others_says_what_the_app_says_of_photos(tmp_path, familiar_above, dog, flagged):
     from imageclf.evaluation.outside import measure_others
 
-    calibration = {"temperature": 1.0, "threshold": 0.0, "familiar_above": -1e9}
-    path = gated_bundle(tmp_path / "g.safetensors", {"dog": [SURE + 1]}, calibration=calibration)
+    calibration = {"temperature": 1.0, "threshold": 0.0, "familiar_above": familiar_above}
+    path = gated_bundle(tmp_path / "g.safetensors", {"dog": [dog]}, calibration=calibration)
     predictor = Predictor.load(path)
     folder = tmp_path / "others"
     folder.mkdir()
@@ -238,9 +269,14 @@ def test_evaluate_others_says_what_the_app_says_of_photos(tmp_path):
         photo(side).save(folder / f"{index}.png")
     inside = np.zeros((4, 32, 32, 3), np.uint8)
     found = measure_others([predictor], inside, np.zeros(4, int), folder, "test")
-    # familiarity flags nothing (threshold -1e9); the gate flags both photos it sees
-    assert found["outside_flagged"] == round(2 / 3, 4) and found["inside_flagged"] == 0
+    assert found["outside_flagged"] == round(flagged, 4)
     assert "ImageNet gate" in found["note"]
+    # each picture as the app judges it, one at a time: the same flags
+    verdicts = [
+        predictor.verdict(predictor.calibrated_logits(predictor.preprocess([f])), [f]).outside[0]
+        for f in [Image.open(folder / f"{i}.png") for i in range(3)]
+    ]
+    assert np.mean(verdicts) == pytest.approx(flagged)
 
 
 def test_gate_remove_gives_back_the_model_alone(tmp_path, capsys):

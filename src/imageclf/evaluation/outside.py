@@ -21,6 +21,7 @@ from ..calibration import detection_rates, familiarity
 from ..errors import UserInputError
 from ..fileio import printable
 from ..prediction.files import collect_images
+from ..prediction.gate import Survey
 from ..prediction.predictor import Predictor
 
 CHUNK = 256  # pictures per forward pass
@@ -39,15 +40,16 @@ def _familiarity(predictor: Predictor, images: np.ndarray, step: Callable[[int],
 
 def read_others(
     predictor: Predictor, folder: str | os.PathLike
-) -> tuple[np.ndarray, int, np.ndarray | None]:
+) -> tuple[np.ndarray, int, Survey | None]:
     """The outside pictures of ``folder`` (recursively) as the model's input, decoded the
     way every caller decodes them; how many files could not be read; and, for a bundle
-    with an ImageNet gate, each picture's "outside" as the app says it (``verdict``: the
-    gate for photos it sees, familiarity for the rest), else None."""
+    with an ImageNet gate, its survey of them (the decoded photos are not kept: the
+    gate's pass runs on each as it is read), else None."""
     files, missing = collect_images([Path(folder)])
     if missing:
         raise UserInputError(f"--others: {missing[0]} does not exist")
-    pictures, flags, failed = [], [], 0
+    gate = predictor.gate
+    pictures, surveys, failed = [], [], 0
     for path in files:
         try:
             decoded = predictor.decode(path)
@@ -55,12 +57,12 @@ def read_others(
             failed += 1
             continue
         pictures.append(predictor.prepare(decoded))
-        if predictor.gate is not None:  # one at a time: the decoded photo is not kept
-            logits = predictor.calibrated_logits(pictures[-1][None])
-            flags.append(bool(predictor.verdict(logits, [decoded]).outside[0]))
+        if gate is not None:
+            surveys.append(gate.survey([decoded]))
     if not pictures:
         raise UserInputError(f"--others: no readable pictures in {folder}")
-    return np.stack(pictures), failed, np.array(flags) if predictor.gate is not None else None
+    survey = Survey.joined(surveys, len(predictor.classes)) if gate is not None else None
+    return np.stack(pictures), failed, survey
 
 
 def measure_others(
@@ -72,11 +74,10 @@ def measure_others(
 ) -> dict:
     """``metrics["out_of_class"]``: the first model's rule (an ensemble has no single
     threshold) on ``folder`` against the evaluated ``split``."""
-    others, failed, gate_flags = read_others(predictors[0], folder)
-    found = out_of_class(predictors[0], inside, labels, others)
+    others, failed, survey = read_others(predictors[0], folder)
+    found = out_of_class(predictors[0], inside, labels, others, survey=survey)
     found.update(folder=printable(folder), split=split, unreadable=failed)
-    if gate_flags is not None:  # what the app says of these photos, gate included
-        found["outside_flagged"] = round(float(gate_flags.mean()), 4)
+    if survey is not None:
         found["note"] = (
             "outside pictures judged as the app judges them: by the ImageNet gate where it "
             "sees a photo, else by familiarity; AUROC is familiarity's alone"
@@ -92,9 +93,12 @@ def out_of_class(
     labels: np.ndarray,
     others: np.ndarray,
     step: Callable[[int], None] = lambda n: None,
+    survey: Survey | None = None,
 ) -> dict:
     """The detection figures for ``others`` against ``inside`` (the evaluated split's
-    prepared pictures and their labels, in the model's class order)."""
+    prepared pictures and their labels, in the model's class order). With the gate's
+    ``survey`` of ``others``, their ``outside_flagged`` is what the app says of them
+    (``Predictor.verdict``: the gate on the photos it sees, familiarity on the rest)."""
     familiar_in, predicted = _familiarity(predictor, inside, step)
     familiar_out, _ = _familiarity(predictor, others, step)
     threshold = predictor.familiar_above
@@ -102,10 +106,14 @@ def out_of_class(
         rates = detection_rates(familiar_in, familiar_out, -np.inf)
         rates.update(outside_flagged=None, inside_flagged=None, right_flagged=None)
         rates["note"] = "the model has no familiar_above threshold (trained before it existed)"
-        return rates
-    rates = detection_rates(familiar_in, familiar_out, threshold)
-    right = predicted == labels
-    flagged = familiar_in[right] < threshold
-    rates["right_flagged"] = round(float(flagged.mean()), 4) if right.any() else None
-    rates["familiar_above"] = threshold
+    else:
+        rates = detection_rates(familiar_in, familiar_out, threshold)
+        right = predicted == labels
+        flagged = familiar_in[right] < threshold
+        rates["right_flagged"] = round(float(flagged.mean()), 4) if right.any() else None
+        rates["familiar_above"] = threshold
+    if survey is not None and predictor.gate is not None:
+        flags = np.zeros(len(familiar_out), bool) if threshold is None else familiar_out < threshold
+        flags[survey.seen] = predictor.gate.outside(survey.votes)
+        rates["outside_flagged"] = round(float(flags.mean()), 4)
     return rates

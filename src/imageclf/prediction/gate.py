@@ -12,7 +12,11 @@ from ImageNet classes to the model's classes (``groups``). For each photo it giv
 - the mass: the share of ImageNet's probability on the model's classes; a photo under
   ``outside_below`` is "not one of its classes";
 - a vote per class (that class's mass), multiplied into the model's probabilities and
-  renormalised (a product of experts: both must agree for a confident answer).
+  renormalised (a product of experts: both must agree for a confident answer). Each vote
+  is first divided by the class's share of ImageNet's classes (``imagenet_prior``), the mass that
+  network gives the class before it looks: Bayes' rule for two opinions counts each
+  prior once. Without it a class ImageNet names 118 times (dog) outvotes one it names
+  twice (horse) on every animal it half recognises: a white horse reads as a Saluki.
 
 It judges only pictures large enough to be photos (``sees``): on a thumbnail the
 ImageNet network sees no more than the model does, and the model was trained on those.
@@ -45,8 +49,8 @@ T = TypeVar("T")
 
 # ImageNet's preprocessing for these weights: (x - 127) / 128 (efficientnet.NORMALIZATION).
 _MEAN, _SCALE = 127.0, 128.0
-# A vote never reaches zero: a class ImageNet has no name for (CIFAR's deer) keeps the
-# model's say, scaled down, instead of being vetoed.
+# A vote (and a prior) never reaches zero: a class ImageNet has no name for keeps the
+# model's say unchanged, and one it names but did not see is scaled down, not vetoed.
 VOTE_FLOOR = 1e-3
 SCALE_SUFFIX = ".scale"
 # Batches of at most this many pictures get the gate's pass beside the model's
@@ -127,6 +131,15 @@ class Survey(NamedTuple):
     seen: np.ndarray
     votes: np.ndarray
 
+    @classmethod
+    def joined(cls, parts: Sequence[Survey], classes: int) -> Survey:
+        """One survey of the pictures of ``parts`` in turn (each pass's rows kept)."""
+        if not parts:
+            return cls(np.zeros(0, bool), np.zeros((0, classes), np.float32))
+        return cls(
+            np.concatenate([p.seen for p in parts]), np.concatenate([p.votes for p in parts])
+        )
+
 
 class Gate:
     """A loaded gate: the folded ImageNet network and each model class's ImageNet indices."""
@@ -144,6 +157,7 @@ class Gate:
         # a frozen trace on the CPU, as the model's (``traced``).
         self.net = Traced(self.net.eval().to(memory_format=torch.channels_last), spec.side)
         self.columns = [torch.tensor(spec.groups.get(c, []), dtype=torch.long) for c in classes]
+        self.prior = imagenet_prior(spec.groups, classes)
 
     @property
     def min_side(self) -> int:
@@ -213,7 +227,7 @@ class Gate:
         mass = np.full(len(probs), np.nan)
         seen, votes = survey or self.survey(pictures)
         if seen.any():
-            probs[seen] = combine(probs[seen], votes)
+            probs[seen] = combine(probs[seen], votes, self.prior)
             outside[seen], mass[seen] = self.outside(votes), votes.sum(axis=1)
         return mass
 
@@ -222,9 +236,17 @@ class Gate:
         return votes.sum(axis=1) < self.spec.outside_below
 
 
-def combine(probs: np.ndarray, votes: np.ndarray) -> np.ndarray:
-    """The model's probabilities times the gate's votes (floored), renormalised."""
-    weighted = probs.astype(np.float64) * (votes + VOTE_FLOOR)
+def imagenet_prior(groups: Mapping[str, Sequence[int]], classes: Sequence[str]) -> np.ndarray:
+    """Each class's share of ImageNet's classes: the ImageNet network's mass on it before
+    it sees anything (it was trained on about as many pictures of every class)."""
+    return np.array([len(groups.get(c, [])) for c in classes], np.float64) / IMAGENET_CLASSES
+
+
+def combine(probs: np.ndarray, votes: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """The model's probabilities times the gate's votes over their ``prior`` (both
+    floored), renormalised: the evidence of the photo, not of ImageNet's class list."""
+    ratio = (votes + VOTE_FLOOR) / (np.asarray(prior, np.float64) + VOTE_FLOOR)
+    weighted = probs.astype(np.float64) * ratio
     return (weighted / weighted.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
