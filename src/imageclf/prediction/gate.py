@@ -13,9 +13,9 @@ from ImageNet classes to the model's classes (``groups``). For each photo it giv
   ``outside_below`` is "not one of its classes";
 - a vote per class (that class's mass), multiplied into the model's probabilities and
   renormalised (a product of experts: both must agree for a confident answer). Each vote
-  is first divided by the class's share of ImageNet's classes (``imagenet_prior``), the mass that
-  network gives the class before it looks: Bayes' rule for two opinions counts each
-  prior once. Without it a class ImageNet names 118 times (dog) outvotes one it names
+  is first divided by the class's share of ImageNet's classes (``imagenet_prior``), the
+  mass that network gives the class before it looks: Bayes' rule for two opinions counts
+  each prior once. Without it a class ImageNet names 118 times (dog) outvotes one it names
   twice (horse) on every animal it half recognises: a white horse reads as a Saluki.
 
 It judges only pictures large enough to be photos (``sees``): on a thumbnail the
