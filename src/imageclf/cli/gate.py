@@ -36,8 +36,9 @@ def gate_command(
     model: str, out: str, map_file: str | None, outside_below: float, remove: bool
 ) -> None:
     """Add the ImageNet gate to MODEL (needs the pretrained extra; about 4.7 MB of int8
-    weights). Photos (not thumbnails) then get ImageNet's votes multiplied into the
-    model's probabilities, and "not one of its classes" from ImageNet's mass."""
+    weights). Photos (not thumbnails) then get ImageNet's votes, each over its class's
+    share of ImageNet's classes, multiplied into the model's probabilities, and "not one
+    of its classes" from ImageNet's mass."""
     from pathlib import Path
 
     from ..errors import UserInputError
