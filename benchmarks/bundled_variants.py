@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import loadavg, write_result
-from real_photos import dev_set_arguments, folders
+from real_photos import dev_set_arguments, dev_set_files
 
 from imageclf.calibration import ece
 from imageclf.data import load_dataset
@@ -129,10 +129,7 @@ def main() -> None:
     test_idx = np.flatnonzero(dataset.partition == TEST)
     test = [dataset.images[i] for i in test_idx]
     labels = np.asarray(dataset.labels[test_idx])
-    groups = folders(args.photos)
-    photos = [f for c in classes for f in groups.get(c, [])]
-    truth = np.array([classes.index(c) for c in classes for _ in groups.get(c, [])])
-    others = [f for files in folders(args.others).values() for f in files]
+    photos, truth, others = dev_set_files(args.photos, args.others, classes)
 
     start = time.perf_counter()
     plain = score(args.model, None, test, photos, others)

@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import loadavg, write_result
-from real_photos import dev_set_arguments, folders
+from real_photos import dev_set_arguments, dev_set_files
 
 from imageclf.data import load_dataset
 from imageclf.data.dataset import TEST
@@ -92,10 +92,7 @@ def main() -> None:
     gate, classes = model.gate, model.classes
     if gate is None:
         parser.error(f"{args.model} has no gate (imageclf gate adds one)")
-    groups = folders(args.photos)
-    files = [f for c in classes for f in groups.get(c, [])]
-    photo_truth = np.array([classes.index(c) for c in classes for _ in groups.get(c, [])])
-    others = [f for fs in folders(args.others).values() for f in fs]
+    files, photo_truth, others = dev_set_files(args.photos, args.others, classes)
     photo_probs, photo_votes = passes(model, gate, [model.decode(f) for f in files])
     other_probs, other_votes = passes(model, gate, [model.decode(f) for f in others])
     outside = gate.outside(other_votes)

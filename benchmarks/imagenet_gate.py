@@ -41,7 +41,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import loadavg, write_result
-from real_photos import dev_set_arguments, folders
+from real_photos import dev_set_arguments, dev_set_files
 
 from imageclf.data import load_dataset
 from imageclf.data.dataset import TRAIN
@@ -125,10 +125,7 @@ def main() -> None:
     load_before = loadavg()
     model = Predictor.load(args.model)
     classes = model.classes
-    groups = folders(args.photos)
-    files = [f for c in classes for f in groups.get(c, [])]
-    truth = np.array([classes.index(c) for c in classes for _ in groups.get(c, [])])
-    others = [f for fs in folders(args.others).values() for f in fs]
+    files, truth, others = dev_set_files(args.photos, args.others, classes)
 
     def served(paths: list[Path]) -> np.ndarray:
         return model.predict_proba(np.stack([model.prepare(model.decode(p)) for p in paths]))

@@ -85,6 +85,17 @@ def dev_set_arguments(parser: argparse.ArgumentParser, data_help: str) -> None:
     parser.add_argument("--model", default=str(default_model_path()))
 
 
+def dev_set_files(
+    photos: Path, others: Path, classes: list[str]
+) -> tuple[list[Path], np.ndarray, list[Path]]:
+    """The class photos in the model's class order, their class indices, and the photos
+    of other things (``--photos`` and ``--others``)."""
+    groups = folders(photos)
+    files = [f for c in classes for f in groups.get(c, [])]
+    truth = np.array([classes.index(c) for c in classes for _ in groups.get(c, [])])
+    return files, truth, [f for fs in folders(others).values() for f in fs]
+
+
 def folders(root: Path) -> dict[str, list[Path]]:
     """``root/<name>/`` -> its image files (sorted, hidden files skipped)."""
     if not root.is_dir():

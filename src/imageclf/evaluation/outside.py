@@ -61,7 +61,7 @@ def read_others(
             surveys.append(gate.survey([decoded]))
     if not pictures:
         raise UserInputError(f"--others: no readable pictures in {folder}")
-    survey = Survey.joined(surveys, len(predictor.classes)) if gate is not None else None
+    survey = Survey.joined(surveys) if gate is not None else None  # pictures: not empty
     return np.stack(pictures), failed, survey
 
 

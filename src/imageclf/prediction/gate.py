@@ -132,10 +132,8 @@ class Survey(NamedTuple):
     votes: np.ndarray
 
     @classmethod
-    def joined(cls, parts: Sequence[Survey], classes: int) -> Survey:
-        """One survey of the pictures of ``parts`` in turn (each pass's rows kept)."""
-        if not parts:
-            return cls(np.zeros(0, bool), np.zeros((0, classes), np.float32))
+    def joined(cls, parts: Sequence[Survey]) -> Survey:
+        """One survey of the pictures of ``parts`` (at least one) in turn."""
         return cls(
             np.concatenate([p.seen for p in parts]), np.concatenate([p.votes for p in parts])
         )
