@@ -292,49 +292,17 @@ def test_gate_remove_gives_back_the_model_alone(tmp_path, capsys):
     one_line_error(code, err, "has no gate to remove")
 
 
-def test_the_gates_pass_beside_the_models_gives_the_same_verdict(tmp_path, monkeypatch):
-    from imageclf.prediction import gate as gate_module
-
+def test_a_photo_gets_the_same_verdict_from_the_traces_as_from_the_eager_pass(tmp_path):
     predictor = Predictor.load(gated_bundle(tmp_path / "gated.safetensors", {"dog": [SURE]}))
     pictures = [photo(300), photo(20)]  # a photo the gate sees, a thumbnail it does not
     batch = np.stack([predictor.prepare(p) for p in pictures])
-    started = []
-    real_start = gate_module.side_by_side.start
-    monkeypatch.setattr(
-        gate_module.side_by_side, "start", lambda *a: started.append(1) or real_start(*a)
-    )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        beside = predictor.judged(batch, pictures)
-        assert started and torch.get_num_threads() == 2  # beside, and the count restored
-        monkeypatch.setattr(gate_module, "ALONGSIDE_AT_MOST", 0)
-        alone = predictor.judged(batch, pictures)
-        assert len(started) == 1
-    finally:
-        torch.set_num_threads(threads)
-    np.testing.assert_allclose(beside.probs, alone.probs, atol=1e-6)
-    assert beside.outside.tolist() == alone.outside.tolist() == [False, False]
-    assert beside.probs[0].argmax() == CLASSES.index("dog") and np.isnan(beside.mass[1])
-
-
-def test_a_failed_model_pass_still_waits_for_the_gates(tmp_path, monkeypatch):
-    predictor = Predictor.load(gated_bundle(tmp_path / "gated.safetensors", {"dog": [SURE]}))
-    pictures = [photo(300)]
-    batch = np.stack([predictor.prepare(p) for p in pictures])
-    surveyed = []
-    real_survey = predictor.gate.survey
-    monkeypatch.setattr(predictor.gate, "survey", lambda p: surveyed.append(1) or real_survey(p))
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("model pass failed")
-
-    monkeypatch.setattr(predictor, "calibrated_logits", broken)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with pytest.raises(RuntimeError, match="model pass failed"):
-            predictor.judged(batch, pictures)
-        assert surveyed == [1] and torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
+    eager = predictor.judged(batch, pictures)  # the traces come on the second pass
+    one = predictor.judged(batch[:1], pictures[:1])
+    for _ in range(2):  # two pictures run the plain traces, one the fused ones (traced.py)
+        two = predictor.judged(batch, pictures)
+        one = predictor.judged(batch[:1], pictures[:1])
+    assert predictor.gate.net.graph is not None and predictor.gate.net.single is not None
+    np.testing.assert_allclose(two.probs, eager.probs, atol=1e-5)
+    np.testing.assert_allclose(one.probs, eager.probs[:1], atol=1e-5)
+    assert two.outside.tolist() == eager.outside.tolist() == [False, False]
+    assert two.probs[0].argmax() == CLASSES.index("dog") and np.isnan(two.mass[1])

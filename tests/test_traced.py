@@ -13,8 +13,16 @@ from imageclf.prediction.traced import Traced, eager
 
 
 def lite0(side: int = 64) -> nn.Module:
+    """Lite0 with logits of order 1: as built, each block's last BatchNorm starts at zero
+    and the logits are ~1e-8, so no comparison of them could fail."""
     torch.manual_seed(0)
-    return fold_batchnorm(build("efficientnet-lite0", 10, side)).eval()
+    net = build("efficientnet-lite0", 10, side)
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+    return fold_batchnorm(net).eval()
 
 
 def pictures(n: int, side: int = 64) -> torch.Tensor:
@@ -45,12 +53,12 @@ def test_other_sides_autocast_and_gradients_run_the_eager_module(monkeypatch):
     calls = []
     monkeypatch.setattr(wrapped, "graph", lambda x: calls.append(x) or graph(x))
     with torch.inference_mode():
-        wrapped(pictures(1))
+        wrapped(pictures(2))
         assert len(calls) == 1
-        wrapped(pictures(1, side=96))  # the trace's padding is fixed for 64 px
+        wrapped(pictures(2, side=96))  # the trace's padding is fixed for 64 px
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            wrapped(pictures(1))
-    out = wrapped(pictures(1).requires_grad_())
+            wrapped(pictures(2))
+    out = wrapped(pictures(2).requires_grad_())
     assert out.requires_grad and len(calls) == 1
 
 
@@ -88,3 +96,44 @@ def test_a_torch_that_cannot_trace_keeps_the_eager_module(monkeypatch):
     assert wrapped.failed and wrapped.graph is None
     for out in outs:
         torch.testing.assert_close(out, expected)
+
+
+def test_one_picture_runs_onednn_graphs_trace_and_a_batch_the_plain_one(monkeypatch):
+    net = lite0()
+    wrapped = Traced(net, 64)
+    with torch.inference_mode():
+        wrapped(pictures(1))
+        wrapped(pictures(1))
+    assert wrapped.single is not None and wrapped.single is not wrapped.graph
+    assert not torch.jit.onednn_fusion_enabled()  # the process-wide switch is put back
+    used = []
+    for name in ("graph", "single"):
+        graph = getattr(wrapped, name)
+        monkeypatch.setattr(wrapped, name, lambda x, g=graph, n=name: used.append(n) or g(x))
+    with torch.inference_mode():
+        for n in (1, 3, 1):
+            torch.testing.assert_close(wrapped(pictures(n)), net(pictures(n)), atol=1e-5, rtol=0)
+    assert used == ["single", "graph", "single"]
+
+
+def test_a_fused_graph_that_answers_otherwise_or_cannot_be_made_is_not_used(monkeypatch, caplog):
+    monkeypatch.setattr(traced, "FUSED_TOLERANCE", -1.0)  # no answer is close enough
+    wrapped = Traced(lite0(), 64)
+    with torch.inference_mode():
+        wrapped(pictures(1))
+        wrapped(pictures(1))
+    assert wrapped.graph is not None and wrapped.single is None
+    assert "not used" in caplog.text
+
+    def refuse(on):
+        raise RuntimeError("built without oneDNN Graph")
+
+    monkeypatch.setattr(traced.torch.jit, "enable_onednn_fusion", refuse)
+    net = lite0()
+    wrapped = Traced(net, 64)
+    with torch.inference_mode():
+        outs = [wrapped(pictures(1)) for _ in range(3)]
+        expected = net(pictures(1))
+    assert wrapped.graph is not None and wrapped.single is None and not wrapped.failed
+    for out in outs:
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)

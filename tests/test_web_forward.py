@@ -161,7 +161,7 @@ def test_outside_gevent_everything_runs_in_the_caller():
 
 
 class VerdictPredictor(FakePredictor):
-    """Where each verdict came from: ``judged`` (one call, gate beside the model) or
+    """Where each verdict came from: ``judged`` (one call: the model's pass, the gate's) or
     ``verdict`` on logits merged through the model thread."""
 
     def __init__(self) -> None:
@@ -182,7 +182,7 @@ def test_a_lone_request_is_judged_inline_and_a_busy_worker_merges_then_judges(mo
     predictor = VerdictPredictor()
     monkeypatch.setattr(connections, "open", 1)
     assert runner.verdict(predictor, pictures(3), ["photo"]) == ("verdict", [3], ["photo"])
-    assert predictor.routes == [("judged", threading.get_ident())]  # gate beside, inline
+    assert predictor.routes == [("judged", threading.get_ident())]  # judged inline
     monkeypatch.setattr(connections, "open", 2)
     greenlet = gevent.spawn(runner.verdict, predictor, pictures(4), ["other"])
     greenlet.join(timeout=30)

@@ -24,11 +24,11 @@ ImageNet network sees no more than the model does, and the model was trained on 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -42,10 +42,7 @@ from ..models.bundle import load_bundle, save_bundle
 from ..models.metadata import GATE_ARCHITECTURE as ARCHITECTURE
 from ..models.metadata import GATE_SIDE as SIDE
 from ..models.metadata import IMAGENET_CLASSES, check_gate
-from . import side_by_side
 from .traced import Traced
-
-T = TypeVar("T")
 
 # ImageNet's preprocessing for these weights: (x - 127) / 128 (efficientnet.NORMALIZATION).
 _MEAN, _SCALE = 127.0, 128.0
@@ -53,9 +50,6 @@ _MEAN, _SCALE = 127.0, 128.0
 # model's say unchanged, and one it names but did not see is scaled down, not vetoed.
 VOTE_FLOOR = 1e-3
 SCALE_SUFFIX = ".scale"
-# Batches of at most this many pictures get the gate's pass beside the model's
-# (``alongside``): a photo's answer sooner. Bigger ones split well across threads anyway.
-ALONGSIDE_AT_MOST = 4
 CIFAR10_MAP = "imagenet_to_cifar10.json"  # in imageclf/models, written from class names
 
 
@@ -193,24 +187,6 @@ class Gate:
         photos = [p for p, s in zip(pictures, seen, strict=True) if s]
         votes = self.votes(photos) if photos else np.zeros((0, len(self.columns)), np.float32)
         return Survey(seen, votes)
-
-    def alongside(
-        self, model_pass: Callable[[], T], pictures: Sequence[Image.Image], device: torch.device
-    ) -> tuple[T, Survey]:
-        """``model_pass()`` and ``survey(pictures)``; for a few photos on a CPU with
-        threads to share, both at once (``side_by_side``), else one after the other."""
-        split = side_by_side.shares(torch.get_num_threads())
-        few = len(pictures) <= ALONGSIDE_AT_MOST and any(self.sees(p) for p in pictures)
-        if split is None or device.type != "cpu" or not few:
-            return model_pass(), self.survey(pictures)
-        mine, theirs = split
-        wait = side_by_side.start(lambda: self.survey(pictures), theirs)
-        try:
-            with side_by_side.torch_threads(mine):
-                result = model_pass()
-        finally:
-            survey = wait()  # never left running, even when the model's pass failed
-        return result, survey
 
     def judge(
         self,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -205,13 +204,11 @@ class Predictor:
     def judged(
         self, batch_u8: np.ndarray, pictures: Sequence[Image.Image], *, tta: bool = False
     ) -> Verdict:
-        """``verdict`` of prepared ``batch_u8`` and the same ``pictures`` decoded, the
-        gate's pass beside the model's where that is sooner (``Gate.alongside``)."""
-        model_pass = partial(self.calibrated_logits, batch_u8, tta=tta)
-        if self.gate is None or self.multi_label:
-            return self.verdict(model_pass(), pictures)
-        logits, survey = self.gate.alongside(model_pass, pictures, self.device)
-        return self.verdict(logits, pictures, survey)
+        """``verdict`` of prepared ``batch_u8`` and the same ``pictures`` decoded: the
+        model's pass, then the gate's, each on all of torch's threads (one picture runs
+        oneDNN Graph's trace, ``traced``: sooner so than the two passes side by side,
+        docs/benchmarks.md)."""
+        return self.verdict(self.calibrated_logits(batch_u8, tta=tta), pictures)
 
     def calibrated_logits(self, batch_u8: np.ndarray, *, tta: bool = False) -> np.ndarray:
         """(N, classes) float32 ``logits / temperature`` (multi-label: ``scale * logit +

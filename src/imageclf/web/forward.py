@@ -109,9 +109,9 @@ class ForwardRunner:
     def verdict(
         self, predictor: Predictor, batch: np.ndarray, pictures: Sequence[Image.Image]
     ) -> Verdict:
-        """``predictor.judged``: alone inline (a gate's pass beside the model's, the
-        sooner answer); else the model's pass merged (``logits``), then the verdict (a
-        gate's pass on the decoded photos) on the model thread."""
+        """``predictor.judged``: alone inline (one picture: the fused traces, the sooner
+        answer); else the model's pass merged (``logits``), then the verdict (a gate's
+        pass on the decoded photos) on the model thread."""
         if self._inline():
             self._count(len(batch))
             return predictor.judged(batch, pictures)

@@ -1,7 +1,7 @@
-"""Single-picture latency of a gated model: the gate's pass after the model's or beside
-it, each network eager or as a frozen trace (``prediction.side_by_side``, ``traced``).
+"""Single-picture latency of a gated model: each network eager, as a frozen trace, or
+(one picture) as oneDNN Graph's trace (``prediction.traced``).
 
-    python benchmarks/gate_alongside.py [--model PATH] [--data ../shared/data/cifar10-jpeg.tar.gz]
+    python benchmarks/gate_latency.py [--model PATH] [--data ../shared/data/cifar10-jpeg.tar.gz]
 
 Each configuration runs in its own process (torch's thread counts and traces are
 per-process state), ``--rounds`` times in turn so that a noisy neighbour hits them all
@@ -24,29 +24,27 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import loadavg, write_result
 
-# name -> (gate's pass beside the model's, frozen traces)
+# name -> (frozen traces, oneDNN Graph's trace for one picture)
 CONFIGS = {
-    "model alone (no gate)": (False, True),
-    "gate after model, eager": (False, False),
-    "gate after model, traced": (False, True),
-    "gate beside model, eager": (True, False),
-    "gate beside model, traced (shipped)": (True, True),
+    "model alone (no gate), oneDNN Graph": (True, True),
+    "model and gate, eager": (False, False),
+    "model and gate, traced": (True, False),
+    "model and gate, traced, oneDNN Graph (shipped)": (True, True),
 }
 
 
-def one_run(model: str | None, data: str | None, beside: bool, trace: bool, requests: int):
+def one_run(model: str | None, data: str | None, trace: bool, fused: bool, requests: int):
     """p50 and p90 (ms) of one configuration, in this process."""
     import torch
     from infer_speed import phone_jpegs, sample_images, single_latencies
 
     from imageclf import Predictor
-    from imageclf.prediction import gate, traced
+    from imageclf.prediction import traced
 
     torch.set_num_threads(2)
-    if not beside:
-        gate.ALONGSIDE_AT_MOST = 0
     if not trace:
         traced.TRACE_ON_PASS = sys.maxsize
+    traced.ONE_PICTURE_FUSED = fused
     predictor = Predictor.load(model)
     latencies = single_latencies(predictor, phone_jpegs(sample_images(data, 50)), requests)
     return [float(v) for v in np.percentile(latencies, [50, 90])]
@@ -58,12 +56,12 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="take real test images from this dataset")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default="benchmarks/results/gate_alongside.json")
+    parser.add_argument("--out", default="benchmarks/results/gate_latency.json")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a child's config
     args = parser.parse_args()
     if args.one:
-        beside, trace = CONFIGS[args.one]
-        print(json.dumps(one_run(args.model, args.data, beside, trace, args.requests)))
+        trace, fused = CONFIGS[args.one]
+        print(json.dumps(one_run(args.model, args.data, trace, fused, args.requests)))
         return
 
     from imageclf.models.bundle import load_bundle
