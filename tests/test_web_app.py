@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -450,6 +452,19 @@ def test_healthz_and_readyz(client):
     response = client.get("/readyz")
     assert response.status_code == 200
     assert response.get_json()["model"] == "tiny-seed-a"
+
+
+def test_a_process_that_ends_while_its_model_loads_exits_cleanly():
+    """The loader is no daemon: a daemon thread caught inside torch at exit aborts the
+    process (SIGABRT, "terminate called without an active exception")."""
+    code = (
+        "import torch\nfrom imageclf.web import create_app\ncreate_app()\n"
+        "torch.nn.Conv2d(3, 32, 3)(torch.randn(32, 3, 128, 128))\n"  # torch's threads busy too
+        "print('created')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "created", done.stderr[-2000:]
+    assert "terminate called" not in done.stderr
 
 
 # /metrics has its own file: test_web_metrics.py.

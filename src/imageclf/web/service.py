@@ -199,7 +199,10 @@ class ModelService:
 
         self._loading = True
         self._settled.clear()
-        thread = threading.Thread(target=run, name="imageclf-model-loader", daemon=True)
+        # Not a daemon: a process that ends mid-load waits for it (seconds). A daemon thread
+        # stopped inside torch's kernels at exit aborts the whole process ("terminate called
+        # without an active exception", SIGABRT) instead of exiting.
+        thread = threading.Thread(target=run, name="imageclf-model-loader", daemon=False)
         thread.start()
         return thread
 
