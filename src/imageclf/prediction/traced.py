@@ -132,7 +132,9 @@ class Traced(nn.Module):
                 graph(example)
         return graph
 
-    def _fused(self, example: torch.Tensor, plain: torch.jit.ScriptModule):
+    def _fused(
+        self, example: torch.Tensor, plain: torch.jit.ScriptModule
+    ) -> torch.jit.ScriptModule | None:
         """oneDNN Graph's trace for one picture, checked against ``plain`` on a random
         one; None where torch has no oneDNN Graph or it answers otherwise."""
         if not ONE_PICTURE_FUSED:
