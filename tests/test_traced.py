@@ -30,6 +30,17 @@ def pictures(n: int, side: int = 64) -> torch.Tensor:
     return torch.randn(n, 3, side, side).contiguous(memory_format=torch.channels_last)
 
 
+def three_passes(n: int) -> tuple[Traced, list[torch.Tensor], torch.Tensor]:
+    """A wrapped Lite0 after three passes of ``n`` pictures (the trace is made on the
+    second), their outputs, and the eager module's answer."""
+    net = lite0()
+    wrapped = Traced(net, 64)
+    with torch.inference_mode():
+        outs = [wrapped(pictures(n)) for _ in range(3)]
+        expected = net(pictures(n))
+    return wrapped, outs, expected
+
+
 def test_the_trace_is_made_on_the_second_pass_and_gives_the_eager_answer():
     net = lite0()
     wrapped = Traced(net, 64)
@@ -88,11 +99,7 @@ def test_a_torch_that_cannot_trace_keeps_the_eager_module(monkeypatch):
         raise RuntimeError("no jit here")
 
     monkeypatch.setattr(traced.torch.jit, "trace", refuse)
-    net = lite0()
-    wrapped = Traced(net, 64)
-    with torch.inference_mode():
-        outs = [wrapped(pictures(2)) for _ in range(3)]
-        expected = net(pictures(2))
+    wrapped, outs, expected = three_passes(2)
     assert wrapped.failed and wrapped.graph is None
     for out in outs:
         torch.testing.assert_close(out, expected)
@@ -131,11 +138,7 @@ def test_a_fused_graph_that_answers_otherwise_or_cannot_be_made_is_not_used(monk
         raise RuntimeError("built without oneDNN Graph")
 
     monkeypatch.setattr(traced.torch.jit, "enable_onednn_fusion", refuse)
-    net = lite0()
-    wrapped = Traced(net, 64)
-    with torch.inference_mode():
-        outs = [wrapped(pictures(1)) for _ in range(3)]
-        expected = net(pictures(1))
+    wrapped, outs, expected = three_passes(1)
     assert wrapped.graph is not None and wrapped.single is None and not wrapped.failed
     for out in outs:
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)

@@ -134,7 +134,7 @@ def measure_cost(predictor: Predictor, batch: int, file_bytes: int) -> MemoryCos
         # Each one's frozen trace holds a copy of its weights, and its oneDNN Graph trace
         # for one picture another, in oneDNN's layout (``traced``; measured: 1.4 copies).
         traces = held[1:]
-        held += traces + tuple(m for m in traces if getattr(m, "single", None) is not None)
+        held += traces + tuple(m for m in traces if m.single is not None)
     tensors = [t for m in held for t in (*m.parameters(), *m.buffers())]
     parameters = sum(t.numel() * t.element_size() for t in tensors)
     return MemoryCost(parameters, _largest_layer_bytes(predictor) * max(1, batch))
